@@ -1,0 +1,3 @@
+from batchsub.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""The exception tree of batchsub. Every error the product raises on purpose is one of these.
+
+BatchsubError
+ +-- ConfigError          a setting is missing or wrong; the CLI exits 2 with one line
+ +-- ManifestError        a manifest file or job cannot be used (names the file and field)
+ +-- LedgerError          the ledger cannot be opened, locked or written
+ |    +-- LedgerLockedError   another batchsub process holds the ledger
+ +-- ApiError             the API answered with an error or could not be reached
+      +-- FatalApiError       stop the whole run (401/403: a wrong credential or project)
+      +-- RetryableError      try again later; ``defer`` says how long at least
+
+aiohttp errors are turned into ApiError in ``batchsub.client`` and aiosqlite errors into
+LedgerError in ``batchsub.ledgers``; nothing else catches library exceptions.
+"""
+
+from __future__ import annotations
+
+
+class BatchsubError(Exception):
+    """Root of every error batchsub raises on purpose."""
+
+
+class ConfigError(BatchsubError):
+    """A setting is missing or invalid; the message says which one and how to fix it."""
+
+
+class ManifestError(BatchsubError):
+    """A manifest cannot be read, parsed or validated."""
+
+
+class LedgerError(BatchsubError):
+    """The ledger cannot be opened or written."""
+
+
+class LedgerLockedError(LedgerError):
+    """Another batchsub process is using this ledger."""
+
+
+class ApiError(BatchsubError):
+    """The API answered with an error, or the request did not get an answer."""
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class FatalApiError(ApiError):
+    """An answer that makes every further request pointless (bad credential, wrong project)."""
+
+
+class RetryableError(ApiError):
+    """A transient failure; ``defer`` is the least time to wait before trying again."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        defer: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, status=status)
+        self.defer = defer

@@ -1,0 +1,103 @@
+"""The values that flow along the data path: source -> manifest -> submitter -> ledger -> report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    """What a run did for one job, as the report and the exit code see it."""
+
+    CREATED = "created"
+    ALREADY_CREATED = "already_created"
+    INVALID = "invalid"
+    FAILED = "failed"
+    UNRESOLVED = "unresolved"
+    DRIFTED = "drifted"
+
+
+class LedgerState(StrEnum):
+    """A job's state in the ledger; only ``created`` and ``failed`` are final."""
+
+    SUBMITTING = "submitting"  # intent committed; a request may be in flight
+    UNKNOWN = "unknown"  # the answer was lost: reconcile before sending again
+    RETRYING = "retrying"  # a transient failure known not to have created the job
+    CREATED = "created"
+    FAILED = "failed"  # permanent: needs a fix (quota, missing queue, bad field)
+
+
+IN_DOUBT_STATES = frozenset({LedgerState.SUBMITTING, LedgerState.UNKNOWN})
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One valid job from a manifest: its request body exactly as it will be sent."""
+
+    name: str
+    body: bytes  # JSON of the manifest's fields as written, nothing added
+    body_hash: str  # sha256 hex of the canonical JSON (sorted keys): format-independent
+    source: str  # "path" or "path#index" for an item of a list
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidManifest:
+    """A manifest file or job that cannot be used; ``error`` names the file and field."""
+
+    source: str
+    error: str
+    name: str | None = None
+
+
+ManifestItem = JobSpec | InvalidManifest
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """An API or transport error as recorded in the ledger and the report."""
+
+    message: str
+    code: str | None = None
+    http_status: int | None = None
+
+    def __str__(self) -> str:
+        parts = [
+            p for p in (self.code, f"HTTP {self.http_status}" if self.http_status else None) if p
+        ]
+        return f"{' '.join(parts)}: {self.message}" if parts else self.message
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRecord:
+    """One ledger row, keyed by (project_id, name)."""
+
+    project_id: str
+    name: str
+    state: LedgerState
+    job_id: int | None
+    attempts: int
+    error: ErrorInfo | None
+    source: str
+    body_hash: str
+    body: bytes
+    adopted: bool
+    created_at: float  # epoch seconds of the first record
+    updated_at: float
+
+    def spec(self) -> JobSpec:
+        """The job as recorded, to reconcile or resend it without its manifest."""
+        return JobSpec(name=self.name, body=self.body, body_hash=self.body_hash, source=self.source)
+
+
+@dataclass(slots=True)
+class JobResult:
+    """The final word on one job in one run: a row of the report."""
+
+    source: str
+    name: str | None
+    outcome: Outcome
+    job_id: int | None = None
+    error: str | None = None
+    attempts: int = 0
+    adopted: bool = False
+    drift: list[str] = field(default_factory=list)

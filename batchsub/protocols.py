@@ -1,0 +1,82 @@
+"""The swappable parts of batchsub. Implementations depend on these, never on each other."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Protocol
+
+from yarl import URL
+
+from batchsub.jobs import ErrorInfo, JobResult, JobSpec, LedgerRecord, LedgerState, ManifestItem
+
+
+class Source(Protocol):
+    """Where manifests come from: a directory, a drop folder, a message queue."""
+
+    def items(self) -> AsyncIterator[ManifestItem]:
+        """Yield jobs and invalid manifests, streamed: memory must not grow with their number."""
+        ...
+
+    async def settle(self, item: ManifestItem, result: JobResult) -> None:
+        """Called once per item after its outcome is committed (ack a message, move a file)."""
+        ...
+
+
+class Ledger(Protocol):
+    """The durable record of every job's state, keyed by (project_id, name).
+
+    Every write that records a state is durable when the call returns: the submitter
+    commits ``submitting`` before a request leaves, so a crash never loses a job.
+    """
+
+    async def open(self) -> None:
+        """Create or migrate the schema and take whatever lock the backend needs."""
+        ...
+
+    async def close(self) -> None:
+        """Flush pending writes and release the ledger."""
+        ...
+
+    async def get_many(self, project_id: str, names: Sequence[str]) -> dict[str, LedgerRecord]:
+        """The records of those names that exist (one round trip, for batches of names)."""
+        ...
+
+    async def begin_attempt(self, project_id: str, job: JobSpec) -> int | None:
+        """Record the intent to send ``job`` (state submitting, attempts + 1), durably.
+
+        Returns the attempt number, or None when another live worker holds the job.
+        """
+        ...
+
+    async def record(
+        self,
+        project_id: str,
+        job: JobSpec,
+        state: LedgerState,
+        *,
+        job_id: int | None = None,
+        error: ErrorInfo | None = None,
+        adopted: bool = False,
+    ) -> None:
+        """Record a state (insert the row if absent), durably, releasing any claim."""
+        ...
+
+    async def in_doubt(self, project_id: str) -> list[LedgerRecord]:
+        """Records in ``submitting`` or ``unknown``: a request may have created them."""
+        ...
+
+    def records(self, project_id: str | None = None) -> AsyncIterator[LedgerRecord]:
+        """Every record (of one project, or all), ordered by source then name."""
+        ...
+
+
+class Auth(Protocol):
+    """Adds the authentication headers to one request."""
+
+    def headers(self, method: str, url: URL, body: bytes) -> Mapping[str, str]:
+        """The headers to send with this exact request (a signature covers method, URL, body)."""
+        ...
+
+    def describe(self) -> str:
+        """Which credential this is, for error messages, with no secret in it."""
+        ...

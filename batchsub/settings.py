@@ -1,0 +1,147 @@
+"""One typed settings object: command-line flags over ``BATCHSUB_*`` environment over a TOML file.
+
+Nothing else in batchsub reads ``os.environ``. Credentials also come from the official Huawei
+Cloud SDK's variable names (``HUAWEICLOUD_SDK_AK``, ``_SK``, ``_PROJECT_ID``) so that a user
+who has the SDK set up needs nothing new.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from batchsub.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("config/batchsub.toml")
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "batchsub_config_file", default=None
+)
+
+
+class Settings(BaseSettings):
+    """Every setting of batchsub; the example ``config/batchsub.toml`` documents each one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BATCHSUB_", extra="forbid", populate_by_name=True, frozen=True
+    )
+
+    # Where to send: an explicit endpoint wins over the one derived from the region.
+    endpoint: str | None = None
+    region: str | None = None
+    project_id: str | None = Field(
+        None, validation_alias=AliasChoices("BATCHSUB_PROJECT_ID", "HUAWEICLOUD_SDK_PROJECT_ID")
+    )
+    ca_file: Path | None = None
+
+    # Credentials: AK/SK (the official SDK's variables) or an IAM token.
+    ak: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("BATCHSUB_AK", "HUAWEICLOUD_SDK_AK")
+    )
+    sk: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("BATCHSUB_SK", "HUAWEICLOUD_SDK_SK")
+    )
+    auth_token: SecretStr | None = None
+
+    # Ledger: a SQLite file path (a postgresql:// URL comes later).
+    ledger: str = "batchsub.db"
+
+    # Pool, pacing and retries.
+    concurrency: int = Field(8, ge=1, le=1024)
+    rate: float = Field(10.0, ge=0.0)
+    timeout: float = Field(30.0, gt=0.0)
+    max_attempts: int = Field(10, ge=1)
+    job_deadline: float = Field(900.0, gt=0.0)
+    retry_after_cap: float = Field(120.0, gt=0.0)
+    backoff_base: float = Field(0.5, gt=0.0)
+    backoff_max: float = Field(30.0, gt=0.0)
+    drain_timeout: float = Field(30.0, ge=0.0)
+
+    # Output.
+    log_format: Literal["auto", "json", "console"] = "auto"
+    # None: info, or warning on a terminal where the progress bar shows the rest.
+    log_level: Literal["debug", "info", "warning", "error"] | None = None
+    progress: Literal["auto", "on", "off"] = "auto"
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    def resolved_endpoint(self) -> str:
+        """The API endpoint: explicit, or derived from the region as the official SDK does."""
+        if self.endpoint:
+            return self.endpoint
+        if self.region:
+            domain = "myhuaweicloud.eu" if self.region == "eu-west-101" else "myhuaweicloud.com"
+            return f"https://dli.{self.region}.{domain}"
+        raise ConfigError(
+            "no endpoint: pass --endpoint URL or --region NAME (or set BATCHSUB_ENDPOINT)"
+        )
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a dict with every secret masked, for ``config show`` and logs."""
+        shown: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                shown[name] = "********" if value.get_secret_value() else ""
+            elif isinstance(value, Path):
+                shown[name] = str(value)
+            else:
+                shown[name] = value
+        return shown
+
+
+def load_settings(flags: dict[str, Any], config_file: Path | None = None) -> Settings:
+    """Build the settings: ``flags`` (only those given) over environment over the TOML file.
+
+    Without ``config_file`` the default ``config/batchsub.toml`` is read when it exists.
+    """
+    if config_file is None and DEFAULT_CONFIG_FILE.is_file():
+        config_file = DEFAULT_CONFIG_FILE
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+    token = _config_file.set(config_file)
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, config_file)) from None
+    except ValueError as exc:  # a TOML syntax error surfaces as a ValueError subclass
+        raise ConfigError(f"config file {config_file}: {exc}") from None
+    finally:
+        _config_file.reset(token)
+
+
+def _describe(exc: ValidationError, config_file: Path | None) -> str:
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "settings"
+        problems.append(f"{field}: {err['msg']}")
+    where = f" (flags, BATCHSUB_* environment or {config_file})" if config_file else ""
+    return "invalid setting" + where + ": " + "; ".join(problems)
