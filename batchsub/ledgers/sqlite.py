@@ -1,0 +1,438 @@
+"""The SQLite ledger: one row per job in a local file, for one batchsub process at a time.
+
+Writes are durable when they return, yet cheap at thousands per second: callers queue their
+write with a future, and one writer task commits everything queued in one transaction (group
+commit) before resolving the futures. Reads share the connection and never see a transaction
+in progress. aiosqlite and sqlite3 errors become ``LedgerError`` here, naming the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import aiosqlite
+
+from batchsub.errors import LedgerError
+from batchsub.jobs import IN_DOUBT_STATES, ErrorInfo, JobSpec, LedgerRecord, LedgerState
+from batchsub.ledgers.lock import LedgerLock
+
+SCHEMA_VERSION = 1
+
+# _MIGRATIONS[v] takes a ledger from schema version v to v + 1 (0: a new file).
+_MIGRATIONS: dict[int, str] = {
+    0: """
+    CREATE TABLE IF NOT EXISTS jobs (
+        project_id    TEXT    NOT NULL,
+        name          TEXT    NOT NULL,
+        state         TEXT    NOT NULL,
+        job_id        INTEGER,
+        attempts      INTEGER NOT NULL,
+        error_code    TEXT,
+        error_message TEXT,
+        http_status   INTEGER,
+        source        TEXT    NOT NULL,
+        body_hash     TEXT    NOT NULL,
+        body          BLOB    NOT NULL,
+        adopted       INTEGER NOT NULL DEFAULT 0,
+        created_at    REAL    NOT NULL,
+        updated_at    REAL    NOT NULL,
+        PRIMARY KEY (project_id, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (project_id, state);
+    CREATE INDEX IF NOT EXISTS jobs_by_source ON jobs (source, name, project_id);
+    """,
+}
+
+_COLUMNS = (
+    "project_id, name, state, job_id, attempts, error_code, error_message, http_status,"
+    " source, body_hash, body, adopted, created_at, updated_at"
+)
+
+_BEGIN_SQL = f"""
+INSERT INTO jobs ({_COLUMNS})
+VALUES (?, ?, 'submitting', NULL, 1, NULL, NULL, NULL, ?, ?, ?, 0, ?, ?)
+ON CONFLICT (project_id, name) DO UPDATE SET
+    state = 'submitting', attempts = attempts + 1, source = excluded.source,
+    body_hash = excluded.body_hash, body = excluded.body, updated_at = excluded.updated_at
+"""
+
+_RECORD_SQL = f"""
+INSERT INTO jobs ({_COLUMNS})
+VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (project_id, name) DO UPDATE SET
+    state = excluded.state, job_id = coalesce(excluded.job_id, jobs.job_id),
+    error_code = excluded.error_code, error_message = excluded.error_message,
+    http_status = excluded.http_status, adopted = excluded.adopted,
+    updated_at = excluded.updated_at
+"""
+
+_CHUNK = 500  # names per IN (...): well under SQLite's 32766 host parameters
+
+
+@dataclass(slots=True)
+class _Write:
+    """One queued write and the future its caller awaits."""
+
+    kind: Literal["begin", "record"]
+    key: tuple[str, str]
+    params: tuple[Any, ...]
+    future: asyncio.Future[int | None]
+
+
+class SqliteLedger:
+    """A ``Ledger`` in one SQLite file (WAL), locked to one process, with group commit.
+
+    ``commits`` counts committed write transactions, to show that concurrent writes share them.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout: float = 5.0,
+        max_batch: int = 1000,
+        page_size: int = 500,
+    ) -> None:
+        self.path = Path(path)
+        self.commits = 0
+        self._clock = clock
+        self._busy_timeout_ms = int(busy_timeout * 1000)
+        self._max_batch = max_batch
+        self._page_size = page_size
+        self._lock = LedgerLock(self.path)
+        self._conn: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        # Held for a whole write transaction and for each read, so reads on the shared
+        # connection see committed rows only.
+        self._db_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Lock the ledger, open it, and create or migrate its schema."""
+        if self._conn is not None:
+            return
+        self._lock.acquire()
+        try:
+            self._conn = await self._connect()
+        except BaseException:
+            self._lock.release()
+            raise
+        self._closing = False
+        self._queue = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_loop(), name=f"ledger-writer {self.path}")
+
+    async def close(self) -> None:
+        """Commit every queued write, stop the writer, close the file and release the lock."""
+        if self._conn is None:
+            return
+        self._closing = True
+        try:
+            if self._writer is not None:
+                self._queue.put_nowait(None)
+                await self._writer
+        finally:
+            conn, self._conn, self._writer = self._conn, None, None
+            try:
+                await conn.close()
+            except sqlite3.Error as exc:
+                raise self._error("cannot close", exc) from exc
+            finally:
+                self._lock.release()
+
+    async def get_many(self, project_id: str, names: Sequence[str]) -> dict[str, LedgerRecord]:
+        """The records of those names that exist, one query per 500 names."""
+        unique = list(dict.fromkeys(names))
+        found: dict[str, LedgerRecord] = {}
+        for start in range(0, len(unique), _CHUNK):
+            chunk = unique[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._read(
+                f"SELECT {_COLUMNS} FROM jobs WHERE project_id = ? AND name IN ({marks})",
+                (project_id, *chunk),
+            )
+            found.update((rec.name, rec) for rec in map(_to_record, rows))
+        return found
+
+    async def begin_attempt(self, project_id: str, job: JobSpec) -> int | None:
+        """Commit state ``submitting`` with attempts + 1 and return the new attempt number.
+
+        One process owns the file (see ``LedgerLock``), so no other worker can hold the job:
+        this never returns None.
+        """
+        now = self._clock()
+        params = (project_id, job.name, job.source, job.body_hash, job.body, now, now)
+        return await self._submit("begin", (project_id, job.name), params)
+
+    async def record(
+        self,
+        project_id: str,
+        job: JobSpec,
+        state: LedgerState,
+        *,
+        job_id: int | None = None,
+        error: ErrorInfo | None = None,
+        adopted: bool = False,
+    ) -> None:
+        """Commit a state; keeps a known job_id when given None, inserts an unknown job."""
+        now = self._clock()
+        params = (
+            project_id,
+            job.name,
+            str(state),
+            job_id,
+            error.code if error else None,
+            error.message if error else None,
+            error.http_status if error else None,
+            job.source,
+            job.body_hash,
+            job.body,
+            int(adopted),
+            now,
+            now,
+        )
+        await self._submit("record", (project_id, job.name), params)
+
+    async def in_doubt(self, project_id: str) -> list[LedgerRecord]:
+        """Records in ``submitting`` or ``unknown``: a request may have created these jobs."""
+        states = sorted(str(s) for s in IN_DOUBT_STATES)
+        marks = ",".join("?" * len(states))
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM jobs INDEXED BY jobs_by_state"
+            f" WHERE project_id = ? AND state IN ({marks})"
+            " ORDER BY source, name",
+            (project_id, *states),
+        )
+        return [_to_record(row) for row in rows]
+
+    async def records(self, project_id: str | None = None) -> AsyncIterator[LedgerRecord]:
+        """Every record (of one project, or all) by source then name, read a page at a time."""
+        after: tuple[Any, ...] | None = None
+        while True:
+            where, params = _page_filter(project_id, after)
+            rows = await self._read(
+                # INDEXED BY: walk the index in order; without statistics SQLite may pick the
+                # primary key and sort every row for every page.
+                f"SELECT {_COLUMNS} FROM jobs INDEXED BY jobs_by_source {where}"
+                " ORDER BY source, name, project_id LIMIT ?",
+                (*params, self._page_size),
+            )
+            for rec in map(_to_record, rows):
+                yield rec
+            if len(rows) < self._page_size:
+                return
+            last = rows[-1]
+            after = (last[8], last[1], last[0])
+
+    # --- internals -------------------------------------------------------------------------
+
+    async def _connect(self) -> aiosqlite.Connection:
+        # isolation_level=None: no implicit transactions; the writer issues BEGIN/COMMIT itself.
+        conn = aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await conn
+        except sqlite3.Error as exc:
+            raise self._error("cannot open", exc) from exc
+        try:
+            await self._configure(conn)
+        except BaseException as exc:
+            await conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._error("cannot open", exc) from exc
+            raise
+        return conn
+
+    async def _configure(self, conn: aiosqlite.Connection) -> None:
+        await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
+        if str(rows[0][0]).lower() != "wal":
+            raise LedgerError(f"cannot open ledger {self.path}: WAL mode unavailable")
+        # In WAL mode, NORMAL makes each commit durable against a crash of this process
+        # (kill -9 included): the commit is in the WAL before it returns. Only an OS crash or
+        # power loss can drop the last commits, which FULL would prevent at an fsync each.
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        rows = list(await conn.execute_fetchall("PRAGMA user_version"))
+        version = int(rows[0][0])
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"ledger {self.path} has schema version {version}, newer than this batchsub "
+                f"supports ({SCHEMA_VERSION}); upgrade batchsub"
+            )
+        while version < SCHEMA_VERSION:
+            await conn.executescript(
+                f"BEGIN IMMEDIATE; {_MIGRATIONS[version]}"
+                f" PRAGMA user_version = {version + 1}; COMMIT;"
+            )
+            version += 1
+
+    def _error(self, what: str, exc: BaseException) -> LedgerError:
+        return LedgerError(f"ledger {self.path}: {what}: {exc}")
+
+    async def _read(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        conn = self._require_open()
+        try:
+            async with self._db_lock:
+                return list(await conn.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise self._error("read failed", exc) from exc
+
+    def _require_open(self) -> aiosqlite.Connection:
+        if self._conn is None or self._closing:
+            raise LedgerError(f"ledger {self.path} is not open")
+        return self._conn
+
+    async def _submit(
+        self, kind: Literal["begin", "record"], key: tuple[str, str], params: tuple[Any, ...]
+    ) -> int | None:
+        self._require_open()
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Write(kind, key, params, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        """Commit whatever is queued, up to ``max_batch`` writes per transaction, until None."""
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch, stop = [first], False
+            while len(batch) < self._max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            await self._commit_batch(batch)
+            if stop:
+                return
+
+    async def _commit_batch(self, batch: list[_Write]) -> None:
+        """Run ``batch`` in one transaction, then resolve its futures (or fail them all)."""
+        try:
+            async with self._db_lock:
+                attempts = await self._transaction(batch)
+        except Exception as exc:  # the writer must survive to serve later writes
+            for write in batch:
+                if not write.future.done():
+                    write.future.set_exception(self._error("write failed", exc))
+            return
+        self.commits += 1
+        for write, result in zip(batch, attempts, strict=True):
+            if not write.future.done():
+                write.future.set_result(result)
+
+    async def _transaction(self, batch: list[_Write]) -> list[int | None]:
+        conn = self._require_conn()
+        results: list[int | None] = []
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for segment in _segments(batch):
+                begins = [w for w in segment if w.kind == "begin"]
+                records = [w for w in segment if w.kind == "record"]
+                if begins:
+                    await conn.executemany(_BEGIN_SQL, [w.params for w in begins])
+                if records:
+                    await conn.executemany(_RECORD_SQL, [w.params for w in records])
+                counts = await self._attempts(conn, [w.key for w in begins])
+                results.extend(counts[w.key] if w.kind == "begin" else None for w in segment)
+            await conn.execute("COMMIT")
+        except BaseException:
+            try:
+                await conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite may have rolled back already (e.g. on a full disk)
+            raise
+        return results
+
+    def _require_conn(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise LedgerError(f"ledger {self.path} is not open")
+        return self._conn
+
+    async def _attempts(
+        self, conn: aiosqlite.Connection, keys: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], int]:
+        """The attempt counts of ``keys`` inside the current transaction."""
+        by_project: dict[str, list[str]] = {}
+        for project_id, name in keys:
+            by_project.setdefault(project_id, []).append(name)
+        counts: dict[tuple[str, str], int] = {}
+        for project_id, names in by_project.items():
+            for start in range(0, len(names), _CHUNK):
+                chunk = names[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = await conn.execute_fetchall(
+                    f"SELECT name, attempts FROM jobs WHERE project_id = ? AND name IN ({marks})",
+                    (project_id, *chunk),
+                )
+                counts.update(((project_id, row[0]), row[1]) for row in rows)
+        return counts
+
+
+def _segments(batch: Iterable[_Write]) -> Iterable[list[_Write]]:
+    """Split a batch so no job appears twice in a segment; writes to distinct jobs commute."""
+    segment: list[_Write] = []
+    seen: set[tuple[str, str]] = set()
+    for write in batch:
+        if write.key in seen:
+            yield segment
+            segment, seen = [], set()
+        segment.append(write)
+        seen.add(write.key)
+    if segment:
+        yield segment
+
+
+def _page_filter(
+    project_id: str | None, after: tuple[Any, ...] | None
+) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause of a page of ``records()``: keyset paging after the last row seen."""
+    clauses: list[str] = []
+    params: tuple[Any, ...] = ()
+    if after is not None:
+        clauses.append("(source, name, project_id) > (?, ?, ?)")
+        params += after
+    if project_id is not None:
+        clauses.append("project_id = ?")
+        params += (project_id,)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _to_record(row: sqlite3.Row | tuple[Any, ...]) -> LedgerRecord:
+    (project_id, name, state, job_id, attempts, code, message, status) = row[:8]
+    (source, body_hash, body, adopted, created_at, updated_at) = row[8:14]
+    error = None if message is None else ErrorInfo(message=message, code=code, http_status=status)
+    return LedgerRecord(
+        project_id=project_id,
+        name=name,
+        state=LedgerState(state),
+        job_id=job_id,
+        attempts=attempts,
+        error=error,
+        source=source,
+        body_hash=body_hash,
+        body=bytes(body),
+        adopted=bool(adopted),
+        created_at=created_at,
+        updated_at=updated_at,
+    )

@@ -1,0 +1,385 @@
+"""SqliteLedger against real files: durability, group commit, paging, the lock, broken files."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchsub.errors import LedgerError, LedgerLockedError
+from batchsub.jobs import ErrorInfo, JobSpec, LedgerRecord, LedgerState
+from batchsub.ledgers import SqliteLedger
+from batchsub.ledgers.sqlite import SCHEMA_VERSION
+from batchsub.protocols import Ledger
+
+P = "project-1"
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def job(name: str, source: str | None = None, body: bytes | None = None) -> JobSpec:
+    data = body if body is not None else b'{"name":"%s","queue_name":"q1"}' % name.encode()
+    return JobSpec(
+        name=name,
+        body=data,
+        body_hash=hashlib.sha256(data).hexdigest(),
+        source=source if source is not None else f"jobs/{name}.yaml",
+    )
+
+
+OpenLedger = Callable[..., Coroutine[Any, Any, SqliteLedger]]
+
+
+@pytest.fixture
+async def open_ledger(tmp_path: Path) -> AsyncIterator[OpenLedger]:
+    """Open ledgers (default file tmp_path/batchsub.db) and close them all at teardown."""
+    opened: list[SqliteLedger] = []
+
+    async def factory(path: Path | None = None, **kwargs: Any) -> SqliteLedger:
+        ledger = SqliteLedger(path or tmp_path / "batchsub.db", **kwargs)
+        await ledger.open()
+        opened.append(ledger)
+        return ledger
+
+    yield factory
+    for ledger in opened:
+        await ledger.close()
+
+
+async def all_records(ledger: SqliteLedger, project_id: str | None = None) -> list[LedgerRecord]:
+    return [rec async for rec in ledger.records(project_id)]
+
+
+def test_sqlite_ledger_is_a_ledger(tmp_path: Path) -> None:
+    ledger: Ledger = SqliteLedger(tmp_path / "batchsub.db")  # mypy checks the protocol
+    assert isinstance(ledger, SqliteLedger)
+
+
+async def test_begin_attempt_increments_and_survives_reopen(open_ledger: OpenLedger) -> None:
+    clock = FakeClock(1_000.0)
+    ledger = await open_ledger(clock=clock)
+    assert await ledger.begin_attempt(P, job("a")) == 1
+    clock.now = 1_005.0
+    changed = job("a", source="jobs/renamed.yaml", body=b'{"name":"a","queue_name":"q2"}')
+    assert await ledger.begin_attempt(P, changed) == 2
+    await ledger.close()
+
+    reopened = await open_ledger()
+    rec = (await reopened.get_many(P, ["a"]))["a"]
+    assert (rec.state, rec.attempts, rec.job_id, rec.adopted) == (
+        LedgerState.SUBMITTING,
+        2,
+        None,
+        False,
+    )
+    assert rec.spec() == changed  # source, body and hash follow the latest attempt
+    assert (rec.created_at, rec.updated_at) == (1_000.0, 1_005.0)
+    assert await reopened.begin_attempt(P, changed) == 3
+
+
+async def test_record_inserts_an_unknown_job_then_get_many(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger(clock=FakeClock(42.0))
+    await ledger.record(P, job("adopted"), LedgerState.CREATED, job_id=138, adopted=True)
+    await ledger.begin_attempt(P, job("other"))
+
+    found = await ledger.get_many(P, ["adopted", "missing", "adopted"])
+    assert list(found) == ["adopted"]
+    rec = found["adopted"]
+    assert rec == LedgerRecord(
+        project_id=P,
+        name="adopted",
+        state=LedgerState.CREATED,
+        job_id=138,
+        attempts=0,
+        error=None,
+        source="jobs/adopted.yaml",
+        body_hash=job("adopted").body_hash,
+        body=job("adopted").body,
+        adopted=True,
+        created_at=42.0,
+        updated_at=42.0,
+    )
+    assert await ledger.get_many("project-2", ["adopted"]) == {}
+
+
+async def test_record_keeps_job_id_when_none_and_error_none_clears(
+    open_ledger: OpenLedger,
+) -> None:
+    ledger = await open_ledger()
+    spec = job("a")
+    await ledger.begin_attempt(P, spec)
+    await ledger.record(P, spec, LedgerState.CREATED, job_id=7)
+    await ledger.record(P, spec, LedgerState.UNKNOWN)
+    rec = (await ledger.get_many(P, ["a"]))["a"]
+    assert (rec.state, rec.job_id, rec.attempts) == (LedgerState.UNKNOWN, 7, 1)
+
+    error = ErrorInfo(message="quota insufficient", code="DLI.1028", http_status=400)
+    await ledger.record(P, spec, LedgerState.FAILED, error=error)
+    rec = (await ledger.get_many(P, ["a"]))["a"]
+    assert (rec.state, rec.error, rec.job_id) == (LedgerState.FAILED, error, 7)
+
+    await ledger.record(P, spec, LedgerState.RETRYING)
+    assert (await ledger.get_many(P, ["a"]))["a"].error is None
+
+
+async def test_get_many_over_several_chunks(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger()
+    names = [f"job-{i:04d}" for i in range(1_200)]
+    await asyncio.gather(*(ledger.begin_attempt(P, job(n)) for n in names[::2]))
+    found = await ledger.get_many(P, names)
+    assert sorted(found) == names[::2]
+    assert all(found[n].name == n for n in found)
+
+
+async def test_in_doubt_lists_submitting_and_unknown_only(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger()
+    for name in ("s", "u", "r", "c", "f"):
+        await ledger.begin_attempt(P, job(name))
+    await ledger.begin_attempt("project-2", job("elsewhere"))
+    await ledger.record(P, job("u"), LedgerState.UNKNOWN)
+    await ledger.record(P, job("r"), LedgerState.RETRYING)
+    await ledger.record(P, job("c"), LedgerState.CREATED, job_id=1)
+    await ledger.record(P, job("f"), LedgerState.FAILED, error=ErrorInfo("no queue"))
+
+    doubtful = await ledger.in_doubt(P)
+    assert {(r.name, r.state) for r in doubtful} == {
+        ("s", LedgerState.SUBMITTING),
+        ("u", LedgerState.UNKNOWN),
+    }
+
+
+async def test_records_ordered_by_source_then_name_across_pages(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger(page_size=3)
+    specs = [
+        job(f"n{i}", source=f"dir/m{i % 4}.yaml#{i % 2}") for i in reversed(range(11))
+    ]  # 11 rows: several pages of 3, duplicate sources, written out of order
+    for spec in specs:
+        await ledger.begin_attempt(P, spec)
+    await ledger.begin_attempt("project-0", job("n1", source="dir/m1.yaml#1"))
+
+    mine = await all_records(ledger, P)
+    assert [(r.source, r.name) for r in mine] == sorted((s.source, s.name) for s in specs)
+    assert {r.project_id for r in mine} == {P}
+
+    everything = await all_records(ledger)
+    assert len(everything) == 12
+    keys = [(r.source, r.name, r.project_id) for r in everything]
+    assert keys == sorted(keys)
+
+
+async def test_records_of_an_empty_ledger(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger(page_size=2)
+    assert await all_records(ledger) == []
+
+
+async def test_concurrent_writes_share_commits_and_are_durable(
+    open_ledger: OpenLedger, tmp_path: Path
+) -> None:
+    ledger = await open_ledger()
+    before = ledger.commits
+    names = [f"job-{i:03d}" for i in range(200)]
+    attempts = await asyncio.gather(*(ledger.begin_attempt(P, job(n)) for n in names))
+    assert attempts == [1] * 200
+    assert 1 <= ledger.commits - before < 200
+    await ledger.close()
+
+    # A plain sqlite3 connection sees every row: they were committed, not just queued.
+    with sqlite3.connect(tmp_path / "batchsub.db") as conn:
+        rows = conn.execute("SELECT name, attempts, state FROM jobs ORDER BY name").fetchall()
+    conn.close()
+    assert rows == [(n, 1, "submitting") for n in names]
+
+
+async def test_same_job_twice_in_one_batch_gets_distinct_attempts(
+    open_ledger: OpenLedger,
+) -> None:
+    ledger = await open_ledger()
+    before = ledger.commits
+    results = await asyncio.gather(
+        ledger.begin_attempt(P, job("a")),
+        ledger.begin_attempt(P, job("b")),
+        ledger.begin_attempt(P, job("a")),
+        ledger.record(P, job("a"), LedgerState.CREATED, job_id=9),
+    )
+    assert list(results) == [1, 1, 2, None]
+    assert ledger.commits - before == 1
+    rec = (await ledger.get_many(P, ["a"]))["a"]
+    assert (rec.attempts, rec.state, rec.job_id) == (2, LedgerState.CREATED, 9)
+
+
+async def test_a_lone_write_commits_at_once(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger()
+    before = ledger.commits
+    await ledger.begin_attempt(P, job("a"))
+    assert ledger.commits == before + 1
+
+
+async def test_close_flushes_queued_writes_and_is_idempotent(
+    open_ledger: OpenLedger, tmp_path: Path
+) -> None:
+    ledger = await open_ledger()
+    tasks = [asyncio.create_task(ledger.begin_attempt(P, job(f"j{i}"))) for i in range(50)]
+    await asyncio.sleep(0)  # let every task queue its write
+    await ledger.close()
+    assert [t.result() for t in tasks] == [1] * 50
+    await ledger.close()
+    with pytest.raises(LedgerError, match="is not open"):
+        await ledger.begin_attempt(P, job("late"))
+
+    async with SqliteLedger(tmp_path / "batchsub.db") as again:
+        assert len(await again.get_many(P, [f"j{i}" for i in range(50)])) == 50
+
+
+async def test_write_error_reaches_callers_and_writer_survives(
+    open_ledger: OpenLedger, tmp_path: Path
+) -> None:
+    path = tmp_path / "batchsub.db"
+    ledger = await open_ledger(busy_timeout=0.05)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the file's write lock
+        results = await asyncio.gather(
+            ledger.begin_attempt(P, job("a")),
+            ledger.record(P, job("b"), LedgerState.CREATED),
+            return_exceptions=True,
+        )
+        for result in results:
+            assert isinstance(result, LedgerError)
+            assert str(path) in str(result)
+            assert "locked" in str(result)
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    assert await ledger.begin_attempt(P, job("a")) == 1  # the failed attempt left no trace
+    assert list(await ledger.get_many(P, ["a", "b"])) == ["a"]
+
+
+async def test_second_ledger_on_the_same_file_is_refused_until_close(
+    open_ledger: OpenLedger, tmp_path: Path
+) -> None:
+    path = tmp_path / "batchsub.db"
+    first = await open_ledger(path)
+    second = SqliteLedger(path)
+    with pytest.raises(LedgerLockedError) as caught:
+        await second.open()
+    message = str(caught.value)
+    assert str(path) in message
+    assert f"pid {os.getpid()}" in message
+    assert "\n" not in message
+    assert (tmp_path / "batchsub.db.lock").read_text().strip() == str(os.getpid())
+
+    await first.close()
+    await second.open()
+    try:
+        assert await second.begin_attempt(P, job("a")) == 1
+    finally:
+        await second.close()
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, str(os.getpid()).encode())
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+async def test_lock_of_a_killed_process_is_free(open_ledger: OpenLedger, tmp_path: Path) -> None:
+    path = tmp_path / "batchsub.db"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, f"{path}.lock"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(LedgerLockedError, match=f"pid {holder.pid}"):
+            await SqliteLedger(path).open()
+    finally:
+        holder.kill()  # SIGKILL: no cleanup code runs in the holder
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    assert holder.returncode == -9
+
+    ledger = await open_ledger(path)
+    assert await ledger.begin_attempt(P, job("a")) == 1
+
+
+async def test_corrupt_file_raises_ledger_error_naming_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "batchsub.db"
+    path.write_bytes(b"this is not a database\x00" * 200)
+    for _ in range(2):  # the second try proves the failed open released the lock
+        with pytest.raises(LedgerError) as caught:
+            await SqliteLedger(path).open()
+        assert not isinstance(caught.value, LedgerLockedError)
+        assert str(path) in str(caught.value)
+        assert "not a database" in str(caught.value)
+
+
+async def test_missing_directory_raises_ledger_error(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "batchsub.db"
+    with pytest.raises(LedgerError, match="does not exist") as caught:
+        await SqliteLedger(path).open()
+    assert str(path) in str(caught.value)
+    assert not (tmp_path / "nowhere").exists()
+
+
+async def test_directory_that_is_a_file_raises_ledger_error(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("x")
+    path = tmp_path / "plain" / "batchsub.db"
+    with pytest.raises(LedgerError, match="not a directory") as caught:
+        await SqliteLedger(path).open()
+    assert str(path) in str(caught.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write in any directory")
+async def test_unwritable_directory_raises_ledger_error(tmp_path: Path) -> None:
+    locked = tmp_path / "readonly"
+    locked.mkdir(mode=0o500)
+    try:
+        with pytest.raises(LedgerError, match="not writable") as caught:
+            await SqliteLedger(locked / "batchsub.db").open()
+        assert str(locked / "batchsub.db") in str(caught.value)
+    finally:
+        locked.chmod(0o700)
+
+
+async def test_schema_version_and_wal_are_set(open_ledger: OpenLedger, tmp_path: Path) -> None:
+    ledger = await open_ledger()
+    await ledger.close()
+    with sqlite3.connect(tmp_path / "batchsub.db") as conn:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(jobs)").fetchall()}
+    conn.close()
+    assert version == SCHEMA_VERSION >= 1
+    assert mode == "wal"
+    assert "jobs_by_state" in indexes
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "batchsub.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(LedgerError, match="newer than this batchsub") as caught:
+        await SqliteLedger(path).open()
+    assert str(path) in str(caught.value)
