@@ -1,0 +1,284 @@
+"""The DLI API client on aiohttp: create a Flink Jar job, list jobs, classify every answer.
+
+This is the one place where aiohttp errors become batchsub's own: a create never raises for
+an API or transport failure, it returns a ``CreateAnswer`` whose ``kind`` tells the submitter
+whether the job was created, certainly not created, or may have been created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from batchsub.errors import ApiError, ConfigError, FatalApiError, RetryableError
+from batchsub.jobs import ErrorInfo
+from batchsub.protocols import Auth
+from batchsub.retry import parse_retry_after
+
+
+class AnswerKind(StrEnum):
+    """What one create answer means for the job."""
+
+    CREATED = "created"
+    PERMANENT = "permanent"  # not created, and sending it again as is will not help
+    RETRY_SAFE = "retry_safe"  # transient, and known not to have created the job
+    IN_DOUBT = "in_doubt"  # transient, and the job may exist: reconcile before resending
+    DUPLICATE = "duplicate"  # the server says the name exists: find and adopt it
+    FATAL = "fatal"  # stop the run: every further request would fail the same way
+
+
+@dataclass(frozen=True, slots=True)
+class CreateAnswer:
+    """The classified answer to one create request."""
+
+    kind: AnswerKind
+    job_id: int | None = None
+    error: ErrorInfo | None = None
+    retry_after: float | None = None
+    throttled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteJob:
+    """A job as the list call shows it."""
+
+    job_id: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """One page of the list call."""
+
+    total_count: int
+    jobs: list[RemoteJob]
+
+
+# DLI answers these with HTTP 400 although the server, not the request, is at fault.
+_SERVER_SIDE_CODES = frozenset({"DLI.0999"})
+_EXISTS_CODES = frozenset({"DLI.0006"})
+LIST_PAGE_SIZE = 100
+
+
+def make_session(concurrency: int, ca_file: str | None = None) -> aiohttp.ClientSession:
+    """An HTTP session sized for the pool; ``ca_file`` adds a private CA for TLS."""
+    ssl_context: ssl.SSLContext | bool = True
+    if ca_file:
+        try:
+            ssl_context = ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"--ca-file {ca_file}: cannot load it: {exc}") from None
+    connector = aiohttp.TCPConnector(limit=concurrency + 4, ssl=ssl_context, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector, json_serialize=lambda o: orjson.dumps(o).decode()
+    )
+
+
+class DliClient:
+    """Sends create and list requests for one project and classifies the answers."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        endpoint: str,
+        project_id: str,
+        auth: Auth,
+        *,
+        timeout: float = 30.0,
+    ) -> None:
+        base = URL(endpoint.rstrip("/"))
+        self._session = session
+        self._auth = auth
+        self._endpoint = endpoint
+        self._create_url = base / "v1.0" / project_id / "streaming" / "flink-jobs"
+        self._list_url = base / "v1.0" / project_id / "streaming" / "jobs"
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.project_id = project_id
+
+    async def create(self, body: bytes) -> CreateAnswer:
+        """POST one create request; never raises for an API or transport failure."""
+        headers = dict(self._auth.headers("POST", self._create_url, body))
+        headers.setdefault("Content-Type", "application/json;charset=UTF-8")
+        try:
+            async with self._session.post(
+                self._create_url, data=body, headers=headers, timeout=self._timeout
+            ) as resp:
+                raw = await resp.read()
+                return classify_create(resp.status, raw, resp.headers)
+        except aiohttp.ClientSSLError as exc:
+            return _fatal(f"TLS failure talking to {self._endpoint}: {exc}; use --ca-file")
+        except aiohttp.ClientConnectorError as exc:
+            # The connection was never made, so the request never left.
+            return CreateAnswer(AnswerKind.RETRY_SAFE, error=ErrorInfo(f"cannot connect: {exc}"))
+        except TimeoutError:
+            return CreateAnswer(
+                AnswerKind.IN_DOUBT, error=ErrorInfo("no answer before the timeout")
+            )
+        except aiohttp.ClientError as exc:
+            what = type(exc).__name__
+            return CreateAnswer(AnswerKind.IN_DOUBT, error=ErrorInfo(f"answer lost: {what}: {exc}"))
+
+    async def list_page(self, *, name: str | None, offset: int) -> JobPage:
+        """One page of Flink Jar jobs, optionally filtered by name; raises ApiError subclasses."""
+        query: dict[str, str] = {
+            "job_type": "flink_jar_job",
+            "limit": str(LIST_PAGE_SIZE),
+            "offset": str(offset),
+            "order": "asc",
+        }
+        if name is not None:
+            query["name"] = name
+        url = self._list_url.with_query(query)
+        headers = self._auth.headers("GET", url, b"")
+        try:
+            async with self._session.get(url, headers=headers, timeout=self._timeout) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        except aiohttp.ClientSSLError as exc:
+            raise FatalApiError(
+                f"TLS failure talking to {self._endpoint}: {exc}; use --ca-file"
+            ) from None
+        except TimeoutError:
+            raise RetryableError("list jobs: no answer before the timeout") from None
+        except aiohttp.ClientError as exc:
+            raise RetryableError(f"list jobs: {type(exc).__name__}: {exc}") from None
+        return _parse_page(status, raw, retry_after)
+
+    async def find(self, name: str) -> list[RemoteJob]:
+        """Every job whose name is exactly ``name`` (the API's name filter may be fuzzy)."""
+        found: list[RemoteJob] = []
+        offset = 0
+        while True:
+            page = await self.list_page(name=name, offset=offset)
+            found.extend(job for job in page.jobs if job.name == name)
+            offset += len(page.jobs)
+            if not page.jobs or offset >= page.total_count:
+                return found
+
+
+def classify_create(status: int, raw: bytes, headers: Mapping[str, str]) -> CreateAnswer:
+    """Classify a create answer by HTTP status and DLI error code (see dli-api-notes.md)."""
+    payload = _decode(raw)
+    error = _error_info(status, payload, raw)
+    if status == 200:
+        return _classify_ok(payload, error)
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    if status == 429:
+        return CreateAnswer(
+            AnswerKind.RETRY_SAFE, error=error, retry_after=retry_after, throttled=True
+        )
+    if status in (401, 403):
+        return CreateAnswer(AnswerKind.FATAL, error=error)
+    if status == 404:
+        return _fatal(f"HTTP 404 from the create URL: wrong --endpoint or --project-id? ({error})")
+    if status >= 500 or error.code in _SERVER_SIDE_CODES:
+        return CreateAnswer(AnswerKind.IN_DOUBT, error=error, retry_after=retry_after)
+    if error.code in _EXISTS_CODES or _names_existing_job(error.message):
+        return CreateAnswer(AnswerKind.DUPLICATE, error=error)
+    return CreateAnswer(AnswerKind.PERMANENT, error=error)
+
+
+def _classify_ok(payload: Any, error: ErrorInfo) -> CreateAnswer:
+    if not isinstance(payload, dict):
+        # A 200 we cannot read may still mean the job exists.
+        return CreateAnswer(
+            AnswerKind.IN_DOUBT,
+            error=ErrorInfo("HTTP 200 with an unreadable body", http_status=200),
+        )
+    job = payload.get("job")
+    job_id = job.get("job_id") if isinstance(job, dict) else None
+    if (
+        _truthy(payload.get("is_success"))
+        and isinstance(job_id, int)
+        and not isinstance(job_id, bool)
+    ):
+        return CreateAnswer(AnswerKind.CREATED, job_id=job_id)
+    if _truthy(payload.get("is_success")):
+        return CreateAnswer(
+            AnswerKind.IN_DOUBT,
+            error=ErrorInfo("HTTP 200 success without a job_id", http_status=200),
+        )
+    if error.code in _SERVER_SIDE_CODES:
+        return CreateAnswer(AnswerKind.IN_DOUBT, error=error)
+    return CreateAnswer(AnswerKind.PERMANENT, error=error)
+
+
+def _parse_page(status: int, raw: bytes, retry_after: float | None) -> JobPage:
+    payload = _decode(raw)
+    if status == 200 and isinstance(payload, dict) and _truthy(payload.get("is_success", True)):
+        job_list = payload.get("job_list")
+        if isinstance(job_list, dict):
+            jobs = [
+                RemoteJob(job_id=j["job_id"], name=j["name"])
+                for j in job_list.get("jobs") or []
+                if isinstance(j, dict)
+                and isinstance(j.get("job_id"), int)
+                and isinstance(j.get("name"), str)
+            ]
+            total = job_list.get("total_count")
+            return JobPage(total_count=total if isinstance(total, int) else len(jobs), jobs=jobs)
+    error = _error_info(status, payload, raw)
+    message = f"list jobs: {error}"
+    if status == 429 or status >= 500 or error.code in _SERVER_SIDE_CODES:
+        raise RetryableError(message, code=error.code, status=status, defer=retry_after)
+    if status in (401, 403):
+        raise FatalApiError(message, code=error.code, status=status)
+    raise ApiError(message, code=error.code, status=status)
+
+
+def _fatal(message: str) -> CreateAnswer:
+    return CreateAnswer(AnswerKind.FATAL, error=ErrorInfo(message))
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _truthy(value: object) -> bool:
+    # The API sends is_success as a boolean in some answers and as "true" in others.
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def _error_info(status: int, payload: Any, raw: bytes) -> ErrorInfo:
+    code: str | None = None
+    message: str | None = None
+    if isinstance(payload, dict):
+        # DLI says error_code/error_msg; some gateways errorCode/errorMsg or code/message.
+        for code_key, msg_key in (
+            ("error_code", "error_msg"),
+            ("errorCode", "errorMsg"),
+            ("code", "message"),
+        ):
+            if payload.get(code_key) or payload.get(msg_key):
+                code = str(payload.get(code_key) or "") or None
+                message = str(payload.get(msg_key) or "")
+                break
+        else:
+            message = str(payload.get("message") or "") or None
+    if not message:
+        text = raw[:200].decode("utf-8", "replace").strip()
+        message = text or "no error message"
+    return ErrorInfo(message=message, code=code, http_status=status)
+
+
+def _names_existing_job(message: str) -> bool:
+    lowered = message.lower()
+    return "already exist" in lowered and "job" in lowered
+
+
+async def close_session(session: aiohttp.ClientSession) -> None:
+    """Close the session and give the connector a moment to close its transports."""
+    await session.close()
+    await asyncio.sleep(0)

@@ -1,0 +1,429 @@
+"""The pool: takes jobs from a Source and creates each exactly once, under failure.
+
+Per job: look it up in the ledger; commit the intent (``submitting``) before the request
+leaves; send under the shared rate limiter; classify the answer; commit the outcome. A job
+whose answer was lost is ``unknown`` and is reconciled (looked up by name) before it is ever
+sent again. Ledger writes are shielded from cancellation, as arq's ``finish_job`` is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from batchsub.client import AnswerKind, CreateAnswer, DliClient
+from batchsub.errors import ApiError, FatalApiError
+from batchsub.jobs import (
+    IN_DOUBT_STATES,
+    ErrorInfo,
+    InvalidManifest,
+    JobResult,
+    JobSpec,
+    LedgerRecord,
+    LedgerState,
+    ManifestItem,
+    Outcome,
+)
+from batchsub.limiter import RateLimiter, RetryBudget
+from batchsub.manifest import diff_fields
+from batchsub.protocols import Ledger, Source
+from batchsub.reconcile import Reconciler
+from batchsub.retry import RetryPolicy
+
+log = structlog.get_logger("batchsub.submitter")
+
+LOOKUP_BATCH = 256
+
+
+class RunStopped(Exception):
+    """Raised inside a job when the run stops (fatal answer or shutdown) before it was sent."""
+
+
+@dataclass(slots=True)
+class _Job:
+    spec: JobSpec
+    record: LedgerRecord | None
+
+
+class Submitter:
+    """Creates the jobs of a Source through the DLI client, recording every step in the ledger."""
+
+    def __init__(
+        self,
+        *,
+        client: DliClient,
+        ledger: Ledger,
+        limiter: RateLimiter,
+        policy: RetryPolicy,
+        budget: RetryBudget,
+        reconciler: Reconciler,
+        concurrency: int,
+        on_result: Callable[[JobResult], None],
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._ledger = ledger
+        self._limiter = limiter
+        self._policy = policy
+        self._budget = budget
+        self._reconciler = reconciler
+        self._concurrency = concurrency
+        self._on_result = on_result
+        self._rng = rng or random.Random()
+        self._project = client.project_id
+        self.fatal: ErrorInfo | None = None
+        self._stopping = asyncio.Event()
+        self.creates_sent = 0
+
+    def stop(self) -> None:
+        """Stop taking new work: queued and unsent jobs end as unresolved, in-flight ones finish."""
+        self._stopping.set()
+
+    @property
+    def stopped(self) -> bool:
+        """True once a stop was asked for or a fatal answer arrived."""
+        return self._stopping.is_set()
+
+    async def run(self, source: Source) -> None:
+        """Process every item of ``source``; returns when each has a result."""
+        await self._recover_in_doubt()
+        queue: asyncio.Queue[tuple[_Job, ManifestItem] | None] = asyncio.Queue(
+            maxsize=self._concurrency * 2
+        )
+        async with asyncio.TaskGroup() as group:
+            for _ in range(self._concurrency):
+                group.create_task(self._worker(queue, source))
+            try:
+                await self._feed(source, queue)
+            finally:
+                for _ in range(self._concurrency):
+                    await queue.put(None)
+
+    async def _recover_in_doubt(self) -> None:
+        # A crash (even kill -9) leaves jobs in ``submitting``: they may exist. Match them
+        # against one listing of the server before anything is sent.
+        doubtful = await self._ledger.in_doubt(self._project)
+        if not doubtful:
+            return
+        log.info("recover.start", in_doubt=len(doubtful))
+        try:
+            remote = await self._reconciler.snapshot()
+        except ApiError as exc:
+            log.warning("recover.cannot_list", error=str(exc), in_doubt=len(doubtful))
+            if isinstance(exc, FatalApiError):
+                raise
+            return
+        adopted = 0
+        for record in doubtful:
+            job_id = remote.get(record.name)
+            if job_id is not None:
+                adopted += 1
+                await self._write(record.spec(), LedgerState.CREATED, job_id=job_id, adopted=True)
+                log.info("job.adopted", name=record.name, job_id=job_id, source=record.source)
+            else:
+                await self._write(record.spec(), LedgerState.RETRYING, error=record.error)
+        log.info("recover.done", adopted=adopted, to_send=len(doubtful) - adopted)
+
+    async def _feed(
+        self, source: Source, queue: asyncio.Queue[tuple[_Job, ManifestItem] | None]
+    ) -> None:
+        batch: list[ManifestItem] = []
+        async for item in source.items():
+            batch.append(item)
+            if len(batch) >= LOOKUP_BATCH:
+                await self._dispatch(batch, queue, source)
+                batch = []
+        if batch:
+            await self._dispatch(batch, queue, source)
+
+    async def _dispatch(
+        self,
+        batch: list[ManifestItem],
+        queue: asyncio.Queue[tuple[_Job, ManifestItem] | None],
+        source: Source,
+    ) -> None:
+        names = [item.name for item in batch if isinstance(item, JobSpec)]
+        records = await self._ledger.get_many(self._project, names) if names else {}
+        for item in batch:
+            if isinstance(item, InvalidManifest):
+                log.warning("job.invalid", source=item.source, error=item.error)
+                await self._finish(
+                    source,
+                    item,
+                    JobResult(item.source, item.name, Outcome.INVALID, error=item.error),
+                )
+                continue
+            record = records.get(item.name)
+            settled = _settled_result(item, record)
+            if settled is not None:
+                await self._finish(source, item, settled)
+                continue
+            await queue.put((_Job(item, record), item))
+
+    async def _worker(
+        self, queue: asyncio.Queue[tuple[_Job, ManifestItem] | None], source: Source
+    ) -> None:
+        while (entry := await queue.get()) is not None:
+            job, item = entry
+            structlog.contextvars.bind_contextvars(job=job.spec.name, source=job.spec.source)
+            try:
+                result = await self._process(job)
+            except RunStopped as exc:
+                result = JobResult(
+                    job.spec.source, job.spec.name, Outcome.UNRESOLVED, error=str(exc)
+                )
+            finally:
+                structlog.contextvars.unbind_contextvars("job", "source")
+            await self._finish(source, item, result)
+
+    async def _finish(self, source: Source, item: ManifestItem, result: JobResult) -> None:
+        self._on_result(result)
+        await source.settle(item, result)
+
+    async def _process(self, job: _Job) -> JobResult:
+        spec = job.spec
+        self._check_running()
+        remote = await self._remote_snapshot()
+        in_doubt = job.record is not None and job.record.state in IN_DOUBT_STATES
+        known_id = remote.get(spec.name)
+        if known_id is not None:
+            # It exists on the server already: adopt it, never create a second one.
+            await self._write(spec, LedgerState.CREATED, job_id=known_id, adopted=True)
+            outcome = Outcome.CREATED if in_doubt else Outcome.ALREADY_CREATED
+            log.info("job.adopted", job_id=known_id)
+            return JobResult(spec.source, spec.name, outcome, job_id=known_id, adopted=True)
+        return await self._attempts(spec, in_doubt=in_doubt)
+
+    async def _attempts(self, spec: JobSpec, *, in_doubt: bool) -> JobResult:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        failures = 0
+        attempts = 0
+        last: CreateAnswer | None = None
+        maybe_ours = in_doubt  # an earlier request of ours may have created it
+        while True:
+            if in_doubt:
+                adopted = await self._adopt_if_exists(spec, attempts, ours=maybe_ours)
+                if adopted is not None:
+                    return adopted
+                if last is not None and last.kind is AnswerKind.DUPLICATE:
+                    return await self._phantom_duplicate(spec, last, attempts)
+                in_doubt = False
+            self._check_running()
+            await self._limiter.acquire()
+            self._check_running()
+            attempt = await self._begin(spec)
+            if attempt is None:
+                return JobResult(
+                    spec.source,
+                    spec.name,
+                    Outcome.UNRESOLVED,
+                    error="claimed by another batchsub worker",
+                )
+            attempts += 1
+            self.creates_sent += 1
+            answer = await self._client.create(spec.body)
+            last = answer
+            done = await self._record_answer(spec, answer, attempt)
+            if done is not None:
+                return done
+            in_doubt = answer.kind in (AnswerKind.IN_DOUBT, AnswerKind.DUPLICATE)
+            maybe_ours = maybe_ours or answer.kind is AnswerKind.IN_DOUBT
+            if answer.kind is AnswerKind.DUPLICATE:
+                continue  # look it up at once: the server says it exists
+            delay = 0.0
+            if not answer.throttled:
+                failures += 1
+                delay = self._backoff(failures, answer)
+            elapsed = loop.time() - started
+            if failures >= self._policy.max_attempts or elapsed + delay > self._policy.job_deadline:
+                return await self._give_up(
+                    spec, last, in_doubt=in_doubt, attempts=attempts, ours=maybe_ours
+                )
+            log.info(
+                "job.retry",
+                attempt=attempt,
+                delay=round(delay, 3),
+                error=str(answer.error),
+                kind=answer.kind.value,
+            )
+            if delay:
+                await self._pause(delay)
+
+    def _backoff(self, failures: int, answer: CreateAnswer) -> float:
+        delay = self._policy.delay(failures, retry_after=answer.retry_after, rng=self._rng)
+        if not self._budget.try_spend(timeout=answer.kind is AnswerKind.IN_DOUBT):
+            # The API keeps failing: stop hammering it; wait the longest backoff instead.
+            log.warning("retry_budget.exhausted", delay=self._policy.max_delay)
+            delay = max(delay, self._policy.max_delay)
+        return delay
+
+    async def _record_answer(
+        self, spec: JobSpec, answer: CreateAnswer, attempt: int
+    ) -> JobResult | None:
+        kind = answer.kind
+        if kind is AnswerKind.CREATED:
+            await self._write(spec, LedgerState.CREATED, job_id=answer.job_id)
+            self._budget.refund()
+            self._limiter.on_success()
+            log.info("job.created", job_id=answer.job_id, attempt=attempt)
+            return JobResult(
+                spec.source, spec.name, Outcome.CREATED, job_id=answer.job_id, attempts=attempt
+            )
+        error = answer.error or ErrorInfo("no error message")
+        if kind is AnswerKind.FATAL:
+            await self._write(spec, LedgerState.RETRYING, error=error)
+            self._fail_run(error)
+            return JobResult(
+                spec.source,
+                spec.name,
+                Outcome.UNRESOLVED,
+                error=f"not created: {error}",
+                attempts=attempt,
+            )
+        if kind is AnswerKind.PERMANENT:
+            await self._write(spec, LedgerState.FAILED, error=error)
+            log.warning("job.failed", attempt=attempt, error=str(error))
+            return JobResult(
+                spec.source, spec.name, Outcome.FAILED, error=str(error), attempts=attempt
+            )
+        if answer.throttled:
+            self._limiter.on_throttled(error.message, answer.retry_after)
+            log.info("rate.throttled", rate=round(self._limiter.rate, 2), error=str(error))
+        state = LedgerState.RETRYING if kind is AnswerKind.RETRY_SAFE else LedgerState.UNKNOWN
+        await self._write(spec, state, error=error)
+        return None
+
+    async def _adopt_if_exists(
+        self, spec: JobSpec, attempts: int, *, ours: bool
+    ) -> JobResult | None:
+        try:
+            job_id = await self._reconciler.find(spec.name)
+        except FatalApiError as exc:
+            self._fail_run(ErrorInfo(str(exc), exc.code, exc.status))
+            raise RunStopped(f"answer lost and the job could not be looked up: {exc}") from None
+        except ApiError as exc:
+            raise RunStopped(f"answer lost and the job could not be looked up: {exc}") from None
+        if job_id is None:
+            log.info("job.not_found", attempts=attempts)
+            return None
+        await self._write(spec, LedgerState.CREATED, job_id=job_id, adopted=True)
+        log.info("job.adopted", job_id=job_id)
+        # Ours when a lost answer of ours made it; else it existed before (a duplicate-name answer).
+        outcome = Outcome.CREATED if ours else Outcome.ALREADY_CREATED
+        return JobResult(
+            spec.source, spec.name, outcome, job_id=job_id, attempts=attempts, adopted=True
+        )
+
+    async def _phantom_duplicate(
+        self, spec: JobSpec, last: CreateAnswer, attempts: int
+    ) -> JobResult:
+        # Sending again would only get the same answer; a person has to look.
+        error = ErrorInfo(
+            f"the API says a job named {spec.name!r} exists, "
+            f"but listing jobs does not show it ({last.error})",
+            code=last.error.code if last.error else None,
+            http_status=last.error.http_status if last.error else None,
+        )
+        await self._write(spec, LedgerState.FAILED, error=error)
+        log.warning("job.failed", error=str(error))
+        return JobResult(
+            spec.source, spec.name, Outcome.FAILED, error=str(error), attempts=attempts
+        )
+
+    async def _give_up(
+        self, spec: JobSpec, last: CreateAnswer | None, *, in_doubt: bool, attempts: int, ours: bool
+    ) -> JobResult:
+        error = str(last.error) if last and last.error else "unknown error"
+        if in_doubt:
+            adopted = await self._adopt_if_exists(spec, attempts, ours=ours)
+            if adopted is not None:
+                return adopted
+            # Looked up and not there: it is known not to exist, safe to send next run.
+            await self._write(spec, LedgerState.RETRYING, error=last.error if last else None)
+        log.warning("job.gave_up", attempts=attempts, error=error)
+        return JobResult(
+            spec.source,
+            spec.name,
+            Outcome.FAILED,
+            error=f"gave up after {attempts} attempts: {error}",
+            attempts=attempts,
+        )
+
+    async def _remote_snapshot(self) -> dict[str, int]:
+        try:
+            return await self._reconciler.snapshot()
+        except FatalApiError as exc:
+            self._fail_run(ErrorInfo(str(exc), exc.code, exc.status))
+            raise RunStopped(f"not sent: {exc}") from None
+        except ApiError as exc:
+            raise RunStopped(
+                f"not sent: cannot list existing jobs to avoid duplicates: {exc}"
+            ) from None
+
+    async def _begin(self, spec: JobSpec) -> int | None:
+        return await asyncio.shield(self._ledger.begin_attempt(self._project, spec))
+
+    async def _write(
+        self,
+        spec: JobSpec,
+        state: LedgerState,
+        *,
+        job_id: int | None = None,
+        error: ErrorInfo | None = None,
+        adopted: bool = False,
+    ) -> None:
+        # Shielded: an outcome the API already gave must reach the ledger even if we are
+        # being cancelled; the cancellation is re-raised after the write.
+        await asyncio.shield(
+            self._ledger.record(
+                self._project, spec, state, job_id=job_id, error=error, adopted=adopted
+            )
+        )
+
+    async def _pause(self, delay: float) -> None:
+        # A backoff that a stop cuts short: the job then ends as not sent (or in doubt).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._stopping.wait()
+
+    def _check_running(self) -> None:
+        if self.fatal is not None:
+            raise RunStopped(f"not sent: run stopped after {self.fatal}")
+        if self._stopping.is_set():
+            raise RunStopped("not sent: run interrupted")
+
+    def _fail_run(self, error: ErrorInfo) -> None:
+        if self.fatal is None:
+            self.fatal = error
+            log.error("run.fatal", error=str(error))
+        self._stopping.set()
+
+
+def _settled_result(spec: JobSpec, record: LedgerRecord | None) -> JobResult | None:
+    """The result for a job the ledger already settles (created before), else None."""
+    if record is None or record.state is not LedgerState.CREATED:
+        return None
+    if record.body_hash != spec.body_hash:
+        drift = diff_fields(record.body, spec.body)
+        return JobResult(
+            spec.source,
+            spec.name,
+            Outcome.DRIFTED,
+            job_id=record.job_id,
+            error="manifest changed since the job was created: " + ", ".join(drift),
+            adopted=record.adopted,
+            drift=drift,
+        )
+    return JobResult(
+        spec.source,
+        spec.name,
+        Outcome.ALREADY_CREATED,
+        job_id=record.job_id,
+        adopted=record.adopted,
+    )
