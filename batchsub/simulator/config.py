@@ -1,0 +1,49 @@
+"""The settings of one simulator instance: who may call it and which faults it injects."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(repr=False)
+class SimulatorConfig:
+    """What the simulated DLI endpoint accepts and how it misbehaves.
+
+    Auth is checked only when ``tokens`` or ``aksk`` is non-empty. Fault probabilities apply to
+    create requests only and are slices of one uniform draw, in the order of the fields below
+    (so their sum should stay <= 1; the first fields win when it does not).
+    """
+
+    project_id: str | None = None  # None: any project id in the path is accepted
+    tokens: frozenset[str] = frozenset()
+    aksk: Mapping[str, str] = field(default_factory=dict)  # AK -> SK
+    latency: float = 0.0  # seconds added before every answer
+    rate_limit: float = 0.0  # admitted requests per sliding second, whole server; 0 = none
+    fail_5xx: float = 0.0  # 500/502/503 before creating: job not created
+    dli0999: float = 0.0  # 400 DLI.0999 before creating: job not created
+    drop_after_create: float = 0.0  # job created, connection closed with no answer
+    error_504_after_create: float = 0.0  # job created, 504 APIG.0203
+    slow_after_create: float = 0.0  # job created, answer delayed by slow_seconds
+    dli0999_after_create: float = 0.0  # job created, 400 DLI.0999
+    slow_seconds: float = 30.0
+    duplicate_names: Literal["reject", "accept"] = "reject"
+    seed: int | None = None  # fault RNG seed
+    max_jobs: int | None = None  # quota: creating past it answers DLI.1028
+    known_queues: frozenset[str] | None = None  # None: any queue name exists
+    clock: Callable[[], float] = time.monotonic  # rate window and arrival times
+    wall_clock: Callable[[], float] = time.time  # create_time and X-Sdk-Date skew
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests must carry a known token or a valid AK/SK signature."""
+        return bool(self.tokens or self.aksk)
+
+    def __repr__(self) -> str:
+        # Never show tokens or SKs.
+        return (
+            f"SimulatorConfig(project_id={self.project_id!r}, tokens={len(self.tokens)}, "
+            f"aksk={len(self.aksk)}, rate_limit={self.rate_limit}, latency={self.latency})"
+        )
