@@ -9,11 +9,13 @@ so that jobs made before batchsub, or by a crashed run, are adopted with few lis
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import structlog
 
 from batchsub.calls import SafeCaller
 from batchsub.client import DliClient, RemoteJob
+from batchsub.errors import ApiError, FatalApiError, RetryableError
 
 log = structlog.get_logger("batchsub.reconcile")
 
@@ -32,7 +34,19 @@ class Reconciler:
         """Name -> job_id of every Flink Jar job at the first call (listed once, paged)."""
         async with self._snapshot_lock:
             if self._snapshot is None:
-                jobs = await self._list_all(name=None)
+                try:
+                    jobs = await self._list_all(name=None)
+                except (FatalApiError, RetryableError):
+                    raise
+                except ApiError as exc:
+                    # The endpoint does not list jobs (a gateway or stand-in without the list
+                    # call). Creating stays safe through the ledger; adoption is off.
+                    log.warning(
+                        "remote.cannot_list",
+                        error=str(exc),
+                        effect="jobs made outside batchsub are not detected",
+                    )
+                    jobs = []
                 self._snapshot = _lowest_ids(jobs)
                 log.info("remote.listed", jobs=len(self._snapshot), list_calls=self.list_calls)
             return self._snapshot
@@ -52,7 +66,7 @@ class Reconciler:
         while True:
             self.list_calls += 1
             page = await self._caller.call(
-                "list_jobs", lambda at=offset: self._client.list_page(name=name, offset=at)
+                "list_jobs", functools.partial(self._client.list_page, name=name, offset=offset)
             )
             jobs.extend(page.jobs)
             offset += len(page.jobs)

@@ -97,12 +97,13 @@ async def resolve_target(settings: Settings, *, simulator: bool) -> AsyncIterato
 
     project_id = settings.project_id or DEMO_PROJECT_ID
     config = simulator_config(settings, project_id=project_id)
-    if not config.tokens and not config.aksk:
+    if any((settings.auth_token, settings.ak, settings.sk)):
+        auth: Auth = build_auth(settings, project_id)
+    else:
+        # No credential set: the demo needs none, so simulator and client share a fresh token.
         token = demo_token()
         config.tokens = frozenset({token})
-        auth: Auth = TokenAuth(token)
-    else:
-        auth = build_auth(settings, project_id)
+        auth = TokenAuth(token)
     sim = await start_simulator(config)
     try:
         yield Target(sim.url, project_id, auth)

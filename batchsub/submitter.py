@@ -227,9 +227,10 @@ class Submitter:
                 )
             attempts += 1
             self.creates_sent += 1
+            sent_at = loop.time()
             answer = await self._client.create(spec.body)
             last = answer
-            done = await self._record_answer(spec, answer, attempt)
+            done = await self._record_answer(spec, answer, attempt, sent_at)
             if done is not None:
                 return done
             in_doubt = answer.kind in (AnswerKind.IN_DOUBT, AnswerKind.DUPLICATE)
@@ -264,7 +265,7 @@ class Submitter:
         return delay
 
     async def _record_answer(
-        self, spec: JobSpec, answer: CreateAnswer, attempt: int
+        self, spec: JobSpec, answer: CreateAnswer, attempt: int, sent_at: float
     ) -> JobResult | None:
         kind = answer.kind
         if kind is AnswerKind.CREATED:
@@ -293,7 +294,7 @@ class Submitter:
                 spec.source, spec.name, Outcome.FAILED, error=str(error), attempts=attempt
             )
         if answer.throttled:
-            self._limiter.on_throttled(error.message, answer.retry_after)
+            self._limiter.on_throttled(error.message, answer.retry_after, sent_at=sent_at)
             log.info("rate.throttled", rate=round(self._limiter.rate, 2), error=str(error))
         state = LedgerState.RETRYING if kind is AnswerKind.RETRY_SAFE else LedgerState.UNKNOWN
         await self._write(spec, state, error=error)
@@ -362,9 +363,10 @@ class Submitter:
             self._fail_run(ErrorInfo(str(exc), exc.code, exc.status))
             raise RunStopped(f"not sent: {exc}") from None
         except ApiError as exc:
-            raise RunStopped(
-                f"not sent: cannot list existing jobs to avoid duplicates: {exc}"
-            ) from None
+            # Only a transient failure that outlasted every retry gets here: the API is
+            # unreachable, and every other job would wait just as long.
+            self._fail_run(ErrorInfo(f"cannot reach the API: {exc}", exc.code, exc.status))
+            raise RunStopped(f"not sent: {exc}") from None
 
     async def _begin(self, spec: JobSpec) -> int | None:
         return await asyncio.shield(self._ledger.begin_attempt(self._project, spec))

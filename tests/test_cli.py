@@ -1,0 +1,117 @@
+"""The command line as a user runs it: real processes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, write_manifests
+
+pytestmark = pytest.mark.slow
+
+
+def batchsub(
+    *args: str | Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("BATCHSUB_", "HUAWEICLOUD_SDK_"))
+    }
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "batchsub", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_readme_demo_runs_on_the_bundled_examples(tmp_path: Path) -> None:
+    first = batchsub(
+        "run", REPO / "examples" / "manifests", "--simulator", "--report", tmp_path / "r.json"
+    )
+    assert first.returncode == 0, first.stderr
+    assert "created" in first.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["summary"]["created"] == report["summary"]["total"] > 10
+    # The ledger in the working directory makes a rerun send nothing.
+    again = batchsub(
+        "run", REPO / "examples" / "manifests", "--simulator", "--report", tmp_path / "r2.json"
+    )
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((tmp_path / "r2.json").read_text())["summary"]
+    assert summary["already_created"] == summary["total"]
+    assert summary["creates_sent"] == 0
+
+
+def test_invalid_manifests_exit_1_and_name_file_and_field(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    write_manifests(folder, 2)
+    (folder / "typo.json").write_text('{"name": "typo", "parallel_numbr": 2}')
+    result = batchsub("run", folder, "--simulator", "--report", tmp_path / "r.json")
+    assert result.returncode == 1
+    assert "typo.json" in result.stdout and "parallel_numbr" in result.stdout
+    rows = json.loads((tmp_path / "r.json").read_text())["jobs"]
+    assert sorted(row["outcome"] for row in rows) == ["created", "created", "invalid"]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["run", "no-such-dir", "--simulator"], {}, "no-such-dir"),
+        (
+            ["run", "{m}", "--endpoint", "http://127.0.0.1:9", "--project-id", "p"],
+            {},
+            "no credentials",
+        ),
+        (["run", "{m}", "--project-id", "p"], {"BATCHSUB_AUTH_TOKEN": "t"}, "no endpoint"),
+        (
+            ["run", "{m}", "--endpoint", "http://127.0.0.1:9"],
+            {"BATCHSUB_AUTH_TOKEN": "t"},
+            "no project id",
+        ),
+        (["run", "{m}", "--simulator", "--rate", "-1"], {}, "rate"),
+        (["run", "{m}", "--simulator", "--concurrency", "0"], {}, "concurrency"),
+        (
+            ["run", "{m}", "--endpoint", "ftp://x", "--project-id", "p"],
+            {"BATCHSUB_AUTH_TOKEN": "t"},
+            "endpoint",
+        ),
+        (["run", "{m}", "--simulator"], {"HUAWEICLOUD_SDK_AK": "AKONLY"}, "HUAWEICLOUD_SDK_SK"),
+        (
+            ["run", "{m}", "--simulator", "--ledger", "/nonexistent-dir/x.db"],
+            {},
+            "/nonexistent-dir/x.db",
+        ),
+        (["--config", "missing.toml", "run", "{m}", "--simulator"], {}, "missing.toml"),
+    ],
+)
+def test_usage_and_config_errors_exit_2_with_one_line(
+    tmp_path: Path, args: list[str], env: dict[str, str], expected: str
+) -> None:
+    folder = tmp_path / "m"
+    write_manifests(folder, 1)
+    result = batchsub(*[arg.format(m=folder) for arg in args], env=env)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    error_lines = [
+        line for line in result.stderr.splitlines() if line.startswith("batchsub: error:")
+    ]
+    assert len(error_lines) == 1, result.stderr
+    assert expected in error_lines[0]
+
+
+def test_bad_config_file_value_names_the_setting(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    write_manifests(folder, 1)
+    config = tmp_path / "bad.toml"
+    config.write_text('rate = "fast"\n')
+    result = batchsub("--config", config, "run", folder, "--simulator")
+    assert result.returncode == 2
+    assert "rate" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,138 @@
+"""Answer classification, and the client over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import socket
+
+import aiohttp
+import orjson
+import pytest
+
+from batchsub.auth import TokenAuth
+from batchsub.client import AnswerKind, DliClient, classify_create
+from batchsub.errors import ApiError, FatalApiError, RetryableError
+from tests.conftest import PROJECT, TOKEN, SimulatorFactory
+
+
+def body(**payload: object) -> bytes:
+    return orjson.dumps(payload)
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "kind"),
+    [
+        (200, body(is_success=True, job={"job_id": 7}), AnswerKind.CREATED),
+        (200, body(is_success="true", job={"job_id": 7}), AnswerKind.CREATED),
+        (
+            200,
+            body(is_success="false", error_code="DLI.13024", error_msg="x"),
+            AnswerKind.PERMANENT,
+        ),
+        (200, body(is_success=False, message="nope"), AnswerKind.PERMANENT),
+        (200, body(is_success=True), AnswerKind.IN_DOUBT),
+        (200, b"<html>proxy</html>", AnswerKind.IN_DOUBT),
+        (200, body(is_success=False, error_code="DLI.0999", error_msg="x"), AnswerKind.IN_DOUBT),
+        (400, body(error_code="DLI.0001", error_msg="bad"), AnswerKind.PERMANENT),
+        (400, body(error_code="DLI.0002", error_msg="no queue"), AnswerKind.PERMANENT),
+        (400, body(error_code="DLI.1028", error_msg="quota"), AnswerKind.PERMANENT),
+        (400, body(error_code="DLI.0999", error_msg="server"), AnswerKind.IN_DOUBT),
+        (400, body(error_code="DLI.0006", error_msg="exists"), AnswerKind.DUPLICATE),
+        (
+            400,
+            body(error_code="DLI.0001", error_msg="The job name already exists: job 12"),
+            AnswerKind.DUPLICATE,
+        ),
+        (
+            429,
+            body(error_code="APIG.0308", error_msg="limit:40,time:1 second"),
+            AnswerKind.RETRY_SAFE,
+        ),
+        (401, body(error_code="APIG.0301", error_msg="auth"), AnswerKind.FATAL),
+        (403, body(error_code="APIG.0302", error_msg="denied"), AnswerKind.FATAL),
+        (404, body(error_code="APIG.0101", error_msg="no route"), AnswerKind.FATAL),
+        (500, body(error_code="DLI.0999", error_msg="x"), AnswerKind.IN_DOUBT),
+        (502, body(errorCode="APIG.0202", errorMsg="backend"), AnswerKind.IN_DOUBT),
+        (504, b"", AnswerKind.IN_DOUBT),
+        (413, body(code="APIG.0201", message="too big"), AnswerKind.PERMANENT),
+    ],
+)
+def test_classify_create(status: int, raw: bytes, kind: AnswerKind) -> None:
+    answer = classify_create(status, raw, {})
+    assert answer.kind is kind
+    if kind is not AnswerKind.CREATED:
+        assert answer.error is not None and answer.error.message
+
+
+def test_error_codes_of_every_gateway_shape_are_read() -> None:
+    for raw in (
+        body(error_code="DLI.0002", error_msg="m"),
+        body(errorCode="DLI.0002", errorMsg="m"),
+        body(code="DLI.0002", message="m"),
+    ):
+        error = classify_create(400, raw, {}).error
+        assert error is not None and (error.code, error.message, error.http_status) == (
+            "DLI.0002",
+            "m",
+            400,
+        )
+
+
+def test_throttle_carries_retry_after() -> None:
+    answer = classify_create(429, body(error_code="APIG.0308", error_msg="x"), {"Retry-After": "3"})
+    assert answer.throttled and answer.retry_after == 3.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_connection_refused_is_known_not_sent() -> None:
+    async with aiohttp.ClientSession() as session:
+        client = DliClient(
+            session, f"http://127.0.0.1:{free_port()}", PROJECT, TokenAuth(TOKEN), timeout=2
+        )
+        answer = await client.create(b'{"name": "x"}')
+    assert answer.kind is AnswerKind.RETRY_SAFE
+    assert answer.error is not None and "cannot connect" in answer.error.message
+
+
+async def test_lost_answers_are_in_doubt(simulator: SimulatorFactory) -> None:
+    sim = await simulator(drop_after_create=1.0)
+    slow = await simulator(slow_after_create=1.0, slow_seconds=5.0)
+    async with aiohttp.ClientSession() as session:
+        dropped = await DliClient(session, sim.url, PROJECT, TokenAuth(TOKEN)).create(
+            b'{"name": "a"}'
+        )
+        timed_out = await DliClient(
+            session, slow.url, PROJECT, TokenAuth(TOKEN), timeout=0.2
+        ).create(b'{"name": "b"}')
+    assert dropped.kind is AnswerKind.IN_DOUBT
+    assert timed_out.kind is AnswerKind.IN_DOUBT
+    assert [job.name for job in sim.store.jobs] == ["a"]
+    assert [job.name for job in slow.store.jobs] == ["b"]
+
+
+async def test_list_pages_and_errors(simulator: SimulatorFactory) -> None:
+    sim = await simulator(rate_limit=1)
+    for index in range(3):
+        sim.store.add(f"job-{index}", {"name": f"job-{index}"}, index, PROJECT)
+    async with aiohttp.ClientSession() as session:
+        client = DliClient(session, sim.url, PROJECT, TokenAuth(TOKEN))
+        page = await client.list_page(name=None, offset=0)
+        assert page.total_count == 3
+        assert sorted(job.name for job in page.jobs) == ["job-0", "job-1", "job-2"]
+        with pytest.raises(RetryableError) as throttled:
+            await client.list_page(name="job-1", offset=0)
+        assert throttled.value.status == 429
+        with pytest.raises(FatalApiError):
+            await DliClient(session, sim.url, PROJECT, TokenAuth("wrong")).list_page(
+                name=None, offset=0
+            )
+        with pytest.raises(ApiError) as wrong_project:
+            await DliClient(session, sim.url + "/nowhere", PROJECT, TokenAuth(TOKEN)).list_page(
+                name=None, offset=0
+            )
+        assert wrong_project.value.status == 404

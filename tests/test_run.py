@@ -1,0 +1,267 @@
+"""The run path end to end, in process: directory -> submitter -> real HTTP -> simulator -> ledger."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from batchsub.report import RunAccount
+from batchsub.runner import run_source
+from batchsub.settings import Settings
+from batchsub.sources.directory import DirectorySource
+from tests.conftest import PROJECT, REPO, TOKEN, SimulatorFactory, write_manifests
+
+AK, SK = "AKTEST0000000000", "sk-secret-do-not-log-0123456789"
+
+
+def settings_for(url: str, tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "endpoint": url,
+        "project_id": PROJECT,
+        "auth_token": TOKEN,
+        "ledger": str(tmp_path / "ledger.db"),
+        "rate": 0,
+        "concurrency": 16,
+        "backoff_base": 0.01,
+        "backoff_max": 0.05,
+        "timeout": 2.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def run_dir(
+    settings: Settings, directory: Path, report: Path | None = None
+) -> tuple[int, RunAccount]:
+    account = RunAccount(report)
+    code = await run_source(settings, DirectorySource(directory), account)
+    return code, account
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads(path.read_text())
+    return report
+
+
+async def test_creates_every_job_once_and_a_rerun_sends_nothing(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator()
+    names = write_manifests(tmp_path / "m", 300)
+    settings = settings_for(sim.url, tmp_path)
+
+    code, account = await run_dir(settings, tmp_path / "m", tmp_path / "r1.json")
+    assert code == 0
+    assert sorted(job.name for job in sim.store.jobs) == names
+    assert sim.store.duplicates() == {}
+    report = read_report(tmp_path / "r1.json")
+    assert report["summary"]["created"] == 300
+    assert {row["outcome"] for row in report["jobs"]} == {"created"}
+    assert all(isinstance(row["job_id"], int) for row in report["jobs"])
+
+    sent_before = sim.store.create_requests
+    code, account = await run_dir(settings, tmp_path / "m", tmp_path / "r2.json")
+    assert code == 0
+    assert sim.store.create_requests == sent_before
+    summary = read_report(tmp_path / "r2.json")["summary"]
+    assert summary["already_created"] == 300
+    assert summary["creates_sent"] == 0
+
+
+async def test_api_example_request_arrives_unchanged(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator()
+    example = REPO / "examples" / "manifests" / "api-example.json"
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "api-example.json").write_bytes(example.read_bytes())
+
+    code, _ = await run_dir(settings_for(sim.url, tmp_path), folder)
+
+    assert code == 0
+    [job] = sim.store.jobs
+    sent = json.loads(example.read_text())
+    assert list(job.body.items()) == list(sent.items())
+
+
+async def test_broken_manifests_are_reported_and_good_ones_still_created(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator()
+    folder = tmp_path / "mixed"
+    good = write_manifests(folder, 5, prefix="good")
+    broken = sorted((REPO / "examples" / "broken").iterdir())
+    for path in broken:
+        (folder / path.name).write_bytes(path.read_bytes())
+
+    code, account = await run_dir(settings_for(sim.url, tmp_path), folder, tmp_path / "r.json")
+
+    assert code == 1
+    assert sorted(job.name for job in sim.store.jobs) == good
+    report = read_report(tmp_path / "r.json")
+    invalid = [row for row in report["jobs"] if row["outcome"] == "invalid"]
+    assert {Path(row["source"].split("#")[0]).name for row in invalid} == {p.name for p in broken}
+    for row in invalid:
+        assert row["error"] and Path(row["source"].split("#")[0]).name in row["error"]
+    assert report["summary"]["invalid"] == len(invalid)
+
+
+async def test_lost_answers_and_5xx_never_duplicate(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(
+        drop_after_create=0.15, fail_5xx=0.2, error_504_after_create=0.05, dli0999=0.05, seed=7
+    )
+    names = write_manifests(tmp_path / "m", 120)
+
+    code, account = await run_dir(settings_for(sim.url, tmp_path, max_attempts=30), tmp_path / "m")
+
+    assert code == 0, account.first_errors
+    assert sorted({job.name for job in sim.store.jobs}) == names
+    assert sim.store.duplicates() == {}
+    assert sim.store.faults  # the faults really happened
+    assert account.adopted > 0  # some lost answers were found by name, not resent
+
+
+async def test_existing_jobs_are_adopted_not_duplicated(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    # The server silently accepts duplicate names: only batchsub can prevent them.
+    sim = await simulator(duplicate_names="accept")
+    names = write_manifests(tmp_path / "m", 10)
+    for name in names[:4]:  # made by hand before batchsub ran
+        sim.store.add(name, {"name": name}, 0, PROJECT)
+
+    code, account = await run_dir(
+        settings_for(sim.url, tmp_path), tmp_path / "m", tmp_path / "r.json"
+    )
+
+    assert code == 0
+    assert sim.store.duplicates() == {}
+    assert len(sim.store.jobs) == 10
+    rows = {row["name"]: row for row in read_report(tmp_path / "r.json")["jobs"]}
+    for name in names[:4]:
+        assert rows[name]["outcome"] == "already_created"
+        assert rows[name]["adopted"] is True
+
+
+async def test_duplicate_name_rejection_is_adopted(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(duplicate_names="reject")
+    names = write_manifests(tmp_path / "m", 3)
+    settings = settings_for(sim.url, tmp_path)
+    await run_dir(settings, tmp_path / "m")
+    # A second ledger knows nothing; the listing snapshot finds the jobs first.
+    code, account = await run_dir(
+        settings.model_copy(update={"ledger": str(tmp_path / "other.db")}), tmp_path / "m"
+    )
+    assert code == 0
+    assert len(sim.store.jobs) == len(names)
+    assert account.adopted == 3
+
+
+async def test_wrong_token_stops_the_run_at_once(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator()
+    write_manifests(tmp_path / "m", 50)
+    settings = settings_for(sim.url, tmp_path, auth_token="wrong-token", concurrency=4)
+
+    code, account = await run_dir(settings, tmp_path / "m", tmp_path / "r.json")
+
+    assert code == 2
+    assert sim.store.create_requests == 0  # the first list call already failed
+    summary = read_report(tmp_path / "r.json")["summary"]
+    assert "refused the credential" in summary["fatal"]
+    assert summary["unresolved"] == 50
+    assert "wrong-token" not in (tmp_path / "r.json").read_text()
+
+
+async def test_permanent_failure_is_reported_and_not_retried(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(known_queues=frozenset({"testQueue"}))
+    write_manifests(tmp_path / "m", 3)
+    write_manifests(tmp_path / "m", 1, prefix="lost", queue_name="noSuchQueue")
+
+    code, account = await run_dir(
+        settings_for(sim.url, tmp_path), tmp_path / "m", tmp_path / "r.json"
+    )
+
+    assert code == 1
+    rows = {row["name"]: row for row in read_report(tmp_path / "r.json")["jobs"]}
+    assert rows["lost-00000"]["outcome"] == "failed"
+    assert "DLI.0002" in rows["lost-00000"]["error"]
+    assert sim.store.requests_by_name["lost-00000"] == 1
+
+
+async def test_changed_manifest_is_reported_as_drift(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator()
+    write_manifests(tmp_path / "m", 2)
+    settings = settings_for(sim.url, tmp_path)
+    await run_dir(settings, tmp_path / "m")
+    path = tmp_path / "m" / "job-00001.json"
+    body = orjson.loads(path.read_bytes())
+    body["cu_number"] = 4
+    path.write_bytes(orjson.dumps(body))
+
+    code, account = await run_dir(settings, tmp_path / "m", tmp_path / "r.json")
+
+    assert code == 1
+    rows = {row["name"]: row for row in read_report(tmp_path / "r.json")["jobs"]}
+    assert rows["job-00001"]["outcome"] == "drifted"
+    assert rows["job-00001"]["drift"] == ["cu_number"]
+    assert len(sim.store.jobs) == 2
+
+
+async def test_throttled_run_creates_each_job_once(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(rate_limit=40)
+    names = write_manifests(tmp_path / "m", 60)
+
+    code, account = await run_dir(
+        settings_for(sim.url, tmp_path, rate=200), tmp_path / "m", tmp_path / "r.json"
+    )
+
+    assert code == 0
+    assert sorted(job.name for job in sim.store.jobs) == names
+    summary = read_report(tmp_path / "r.json")["summary"]
+    assert summary["throttled"] > 0
+    assert summary["rate"] < 200
+
+
+@pytest.mark.parametrize("auth", ["aksk", "token"])
+async def test_no_secret_reaches_ledger_or_report(
+    simulator: SimulatorFactory, tmp_path: Path, auth: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret_token = "tok-secret-do-not-log-9876543210"
+    sim = await simulator(tokens=frozenset({secret_token}), aksk={AK: SK}, fail_5xx=0.3, seed=3)
+    write_manifests(tmp_path / "m", 20)
+    creds: dict[str, Any] = (
+        {"auth_token": secret_token}
+        if auth == "token"
+        else {"auth_token": None, "ak": AK, "sk": SK}
+    )
+    settings = settings_for(sim.url, tmp_path, **creds)
+
+    code, _ = await run_dir(settings, tmp_path / "m", tmp_path / "r.json")
+
+    assert code == 0
+    captured = capsys.readouterr()
+    for blob in (
+        (tmp_path / "ledger.db").read_bytes(),
+        (tmp_path / "r.json").read_bytes(),
+        captured.out.encode(),
+        captured.err.encode(),
+    ):
+        assert SK.encode() not in blob
+        assert secret_token.encode() not in blob
