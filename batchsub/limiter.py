@@ -35,11 +35,10 @@ _UNLIMITED_FALLBACK = 1.0  # req/s: first 429 in unlimited mode with nothing els
 _OBSERVE_WINDOW = 1.0  # seconds of acquisitions counted in unlimited mode
 
 
-def parse_throttle_limit(message: str) -> float | None:
-    """Requests per second stated by an APIG throttling message (``limit:N,time:T unit``).
+def parse_throttle_window(message: str) -> tuple[float, float] | None:
+    """(requests, seconds) of the window an APIG throttling message states, or None.
 
-    ``limit:200,time:5 minute`` gives 0.666..., ``limit:40,time:1 second`` gives 40. None when
-    the message states no usable limit.
+    ``limit:200,time:5 minute`` gives (200, 300); ``limit:40,time:1 second`` gives (40, 1).
     """
     match = _LIMIT_RE.search(message)
     if match is None:
@@ -49,7 +48,17 @@ def parse_throttle_limit(message: str) -> float | None:
     unit = _UNIT_SECONDS.get(match[3].lower())
     if unit is None or limit <= 0 or count <= 0:
         return None
-    return limit / (count * unit)
+    return limit, count * unit
+
+
+def parse_throttle_limit(message: str) -> float | None:
+    """Requests per second stated by an APIG throttling message (``limit:N,time:T unit``).
+
+    ``limit:200,time:5 minute`` gives 0.666..., ``limit:40,time:1 second`` gives 40. None when
+    the message states no usable limit.
+    """
+    window = parse_throttle_window(message)
+    return None if window is None else window[0] / window[1]
 
 
 @dataclass(eq=False, slots=True)
@@ -191,20 +200,31 @@ class RateLimiter:
         now = self._now()
         self._throttled += 1
         self._last_throttle = now
-        limit = parse_throttle_limit(message) if message else None
+        window = parse_throttle_window(message) if message else None
+        limit = window[0] / window[1] if window else None
         if limit is not None:
             self._ceiling = limit if self._ceiling <= 0 else min(self._ceiling, limit)
         previous = self._rate
+        echo = False
         if previous <= 0:
             self._start_limiting(now, limit)
         else:
             echo = sent_at < self._last_decrease if sent_at is not None else now < self._guard_until
-            target = previous if echo else previous * 0.5
-            self._rate = self._clamp(min(target, limit) if limit is not None else target)
+            if echo:
+                target = previous
+            elif limit is not None and previous > limit:
+                target = limit  # the gateway said what it allows: go straight there
+            else:
+                target = previous * 0.5  # at or under the stated limit and still refused
+            self._rate = self._clamp(target)
+        pause = min(retry_after, self._max_pause) if retry_after and retry_after > 0 else 0.0
+        if window is not None and not echo:
+            # The gateway's window is full until it slides past what was sent too fast; sending
+            # during it only earns more 429s (and, halving on each, a collapsed rate).
+            pause = max(pause, min(window[1], self._max_pause))
         if self._rate < previous or previous <= 0:
             self._last_decrease = now
-            self._guard_until = now + max(self._decrease_guard, self._interval())
-        pause = min(retry_after, self._max_pause) if retry_after and retry_after > 0 else 0.0
+            self._guard_until = now + max(self._decrease_guard, self._interval(), pause)
         if pause > 0:
             self._paused_until = max(self._paused_until, now + pause)
         if self._rate != previous or pause > 0:

@@ -65,6 +65,7 @@ class Submitter:
         concurrency: int,
         on_result: Callable[[JobResult], None],
         rng: random.Random | None = None,
+        finish_source_on_stop: bool = True,
     ) -> None:
         self._client = client
         self._ledger = ledger
@@ -74,6 +75,9 @@ class Submitter:
         self._reconciler = reconciler
         self._concurrency = concurrency
         self._on_result = on_result
+        # A finite source is read to its end after a stop, so that every manifest appears in
+        # the report (as not sent); an endless one (drop folder, queue) stops being read.
+        self._finish_source_on_stop = finish_source_on_stop
         self._rng = rng or random.Random()
         self._project = client.project_id
         self.fatal: ErrorInfo | None = None
@@ -114,9 +118,10 @@ class Submitter:
         try:
             remote = await self._reconciler.snapshot()
         except ApiError as exc:
+            # The jobs stay in doubt: each is looked up by name before it is sent.
             log.warning("recover.cannot_list", error=str(exc), in_doubt=len(doubtful))
             if isinstance(exc, FatalApiError):
-                raise
+                self._fail_run(ErrorInfo(str(exc), exc.code, exc.status))
             return
         adopted = 0
         for record in doubtful:
@@ -132,14 +137,37 @@ class Submitter:
     async def _feed(
         self, source: Source, queue: asyncio.Queue[tuple[_Job, ManifestItem] | None]
     ) -> None:
-        batch: list[ManifestItem] = []
-        async for item in source.items():
-            batch.append(item)
-            if len(batch) >= LOOKUP_BATCH:
+        # Items are pumped into a small buffer so that a burst is looked up in the ledger in
+        # batches while a trickle (a drop folder, a queue) is dispatched at once.
+        buffer: asyncio.Queue[ManifestItem | None] = asyncio.Queue(maxsize=LOOKUP_BATCH)
+        pump = asyncio.create_task(self._pump(source, buffer))
+        try:
+            while (first := await buffer.get()) is not None:
+                batch = [first]
+                ended = False
+                while len(batch) < LOOKUP_BATCH and not buffer.empty():
+                    item = buffer.get_nowait()
+                    if item is None:
+                        ended = True
+                        break
+                    batch.append(item)
                 await self._dispatch(batch, queue, source)
-                batch = []
-        if batch:
-            await self._dispatch(batch, queue, source)
+                if ended:
+                    break
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        pump.result()  # re-raise a source failure
+
+    async def _pump(self, source: Source, buffer: asyncio.Queue[ManifestItem | None]) -> None:
+        try:
+            async for item in source.items():
+                if self._stopping.is_set() and not self._finish_source_on_stop:
+                    break
+                await buffer.put(item)
+        finally:
+            await buffer.put(None)
 
     async def _dispatch(
         self,

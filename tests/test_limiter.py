@@ -207,12 +207,12 @@ async def test_throttle_halves_then_floors_at_min_rate() -> None:
     ("message", "expected"),
     [
         (APIG_0308 + "limit:40,time:1 second", 40),
-        (APIG_0308 + "limit:80,time:1 second", 50),  # halving is lower
+        (APIG_0308 + "limit:80,time:1 second", 80),  # straight to the stated limit
         (APIG_0308 + "limit:200,time:5 minute", 200 / 300),
         ("no limit stated", 50),
     ],
 )
-def test_throttle_takes_the_lower_of_half_and_stated_limit(message: str, expected: float) -> None:
+def test_throttle_goes_to_the_stated_limit_or_halves(message: str, expected: float) -> None:
     limiter = make(100, FakeTime())
     limiter.on_throttled(message)
     assert limiter.rate == pytest.approx(expected)
@@ -450,5 +450,20 @@ async def test_real_loop_paces_30_acquisitions_at_100_per_second() -> None:
     elapsed = loop.time() - start
     times.sort()
     assert 0.29 <= elapsed <= 0.5
-    assert min(gaps(times)) >= 0.005
+    # Wake-ups on a busy machine are a few ms late, so single gaps vary; what the server
+    # counts is windows: no 100 ms holds more than 10 (+1 for the closed end).
+    assert max(sum(1 for t in times if s <= t <= s + 0.1) for s in times) <= 11
     assert statistics.median(gaps(times)) >= 0.009
+
+
+async def test_stated_window_pauses_until_it_slides_then_paces_at_the_limit() -> None:
+    # 40 went out too fast and filled the gateway's 1-second window: sending before it
+    # slides only earns 429s, and halving on each of them would collapse the rate.
+    clock = FakeTime()
+    limiter = make(200, clock)
+    limiter.on_throttled(APIG_0308 + "limit:40,time:1 second", sent_at=START)
+    limiter.on_throttled(APIG_0308 + "limit:40,time:1 second", sent_at=START - 0.001)  # echo
+    times = await acquire_times(limiter, clock, tasks=8, each=10)
+    assert limiter.rate == 40
+    assert times[0] == pytest.approx(START + 1.0)
+    assert max_in_window(times) <= 40
