@@ -1,4 +1,4 @@
-"""The run path end to end, in process: directory -> submitter -> real HTTP -> simulator -> ledger."""
+"""The run path end to end, in process: directory -> submitter -> HTTP -> simulator -> ledger."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ async def test_creates_every_job_once_and_a_rerun_sends_nothing(
     names = write_manifests(tmp_path / "m", 300)
     settings = settings_for(sim.url, tmp_path)
 
-    code, account = await run_dir(settings, tmp_path / "m", tmp_path / "r1.json")
+    code, _ = await run_dir(settings, tmp_path / "m", tmp_path / "r1.json")
     assert code == 0
     assert sorted(job.name for job in sim.store.jobs) == names
     assert sim.store.duplicates() == {}
@@ -64,7 +64,7 @@ async def test_creates_every_job_once_and_a_rerun_sends_nothing(
     assert all(isinstance(row["job_id"], int) for row in report["jobs"])
 
     sent_before = sim.store.create_requests
-    code, account = await run_dir(settings, tmp_path / "m", tmp_path / "r2.json")
+    code, _account = await run_dir(settings, tmp_path / "m", tmp_path / "r2.json")
     assert code == 0
     assert sim.store.create_requests == sent_before
     summary = read_report(tmp_path / "r2.json")["summary"]
@@ -99,7 +99,7 @@ async def test_broken_manifests_are_reported_and_good_ones_still_created(
     for path in broken:
         (folder / path.name).write_bytes(path.read_bytes())
 
-    code, account = await run_dir(settings_for(sim.url, tmp_path), folder, tmp_path / "r.json")
+    code, _account = await run_dir(settings_for(sim.url, tmp_path), folder, tmp_path / "r.json")
 
     assert code == 1
     assert sorted(job.name for job in sim.store.jobs) == good
@@ -137,7 +137,7 @@ async def test_existing_jobs_are_adopted_not_duplicated(
     for name in names[:4]:  # made by hand before batchsub ran
         sim.store.add(name, {"name": name}, 0, PROJECT)
 
-    code, account = await run_dir(
+    code, _account = await run_dir(
         settings_for(sim.url, tmp_path), tmp_path / "m", tmp_path / "r.json"
     )
 
@@ -173,7 +173,7 @@ async def test_wrong_token_stops_the_run_at_once(
     write_manifests(tmp_path / "m", 50)
     settings = settings_for(sim.url, tmp_path, auth_token="wrong-token", concurrency=4)
 
-    code, account = await run_dir(settings, tmp_path / "m", tmp_path / "r.json")
+    code, _account = await run_dir(settings, tmp_path / "m", tmp_path / "r.json")
 
     assert code == 2
     assert sim.store.create_requests == 0  # the first list call already failed
@@ -190,7 +190,7 @@ async def test_permanent_failure_is_reported_and_not_retried(
     write_manifests(tmp_path / "m", 3)
     write_manifests(tmp_path / "m", 1, prefix="lost", queue_name="noSuchQueue")
 
-    code, account = await run_dir(
+    code, _account = await run_dir(
         settings_for(sim.url, tmp_path), tmp_path / "m", tmp_path / "r.json"
     )
 
@@ -213,7 +213,7 @@ async def test_changed_manifest_is_reported_as_drift(
     body["cu_number"] = 4
     path.write_bytes(orjson.dumps(body))
 
-    code, account = await run_dir(settings, tmp_path / "m", tmp_path / "r.json")
+    code, _account = await run_dir(settings, tmp_path / "m", tmp_path / "r.json")
 
     assert code == 1
     rows = {row["name"]: row for row in read_report(tmp_path / "r.json")["jobs"]}
@@ -228,7 +228,7 @@ async def test_throttled_run_creates_each_job_once(
     sim = await simulator(rate_limit=40)
     names = write_manifests(tmp_path / "m", 60)
 
-    code, account = await run_dir(
+    code, _account = await run_dir(
         settings_for(sim.url, tmp_path, rate=200), tmp_path / "m", tmp_path / "r.json"
     )
 
