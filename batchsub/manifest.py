@@ -1,0 +1,547 @@
+"""Manifests: the DLI create request body as a model, and the parsing of manifest files.
+
+A manifest is a JSON or YAML file holding one job object or a list of them. Each object is
+validated against ``FlinkJarJob`` (the fields of ``POST /v1.0/{project_id}/streaming/flink-jobs``
+and of the official SDK's request body), but the body sent is the object exactly as written:
+nothing added, reordered or changed. Every failure becomes an ``InvalidManifest`` whose error
+is one line naming the file and the field; nothing here raises on bad input.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Literal
+
+import orjson
+import yaml
+from annotated_types import MaxLen, MinLen
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from batchsub.errors import ManifestError
+from batchsub.jobs import InvalidManifest, JobSpec, ManifestItem
+
+MAX_MANIFEST_BYTES = 1024 * 1024
+"""Manifests are small; a bigger file is a mistake (the API refuses bodies over 12 MB anyway)."""
+
+MANIFEST_SUFFIXES = frozenset({".json", ".yaml", ".yml"})
+
+_INT32_MAX = 2**31 - 1  # the API's "Integer" is a Java int
+_NOT_NULL = "not_null"
+
+
+class _Strict(BaseModel):
+    """Base of the request models: strict types, unknown fields refused, null refused.
+
+    Fields are optional by leaving them out; an explicit null is refused because the body is
+    sent as written and the API documents no meaning for it.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise PydanticCustomError(_NOT_NULL, "must not be null (leave the field out instead)")
+        return value
+
+
+class ResourceSpec(_Strict):
+    """CPU and memory of the job manager or of each task manager (resource_config v2)."""
+
+    cpu: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    memory: str | None = Field(default=None, min_length=1)
+
+
+class ResourceConfig(_Strict):
+    """The ``resource_config`` object of the SDK's request body."""
+
+    max_slot: int | None = Field(default=None, ge=1, le=_INT32_MAX)
+    parallel_number: int | None = Field(default=None, ge=1, le=_INT32_MAX)
+    jobmanager_resource_spec: ResourceSpec | None = None
+    taskmanager_resource_spec: ResourceSpec | None = None
+
+
+class Tag(_Strict):
+    """One job tag; both key and value are required."""
+
+    key: str = Field(min_length=1, max_length=128)
+    value: str = Field(max_length=43)
+
+
+def _count() -> Any:
+    """A positive int32 field, absent by default (a count of CUs, slots, parallel tasks)."""
+    return Field(default=None, ge=1, le=_INT32_MAX)
+
+
+class FlinkJarJob(_Strict):
+    """The body of the DLI "create a Flink Jar job" request, used to validate manifests.
+
+    Lengths and ranges follow the API reference and the official SDK; the name charset is not
+    restricted beyond its length because the API page states only that.
+    """
+
+    name: str = Field(min_length=1, max_length=57)
+    desc: str | None = Field(default=None, max_length=512)
+    queue_name: str | None = Field(default=None, max_length=128)
+    cu_number: int | None = _count()
+    manager_cu_number: int | None = _count()
+    parallel_number: int | None = _count()
+    log_enabled: bool | None = None
+    obs_bucket: str | None = None
+    smn_topic: str | None = None
+    main_class: str | None = None
+    entrypoint_args: str | None = None
+    restart_when_exception: bool | None = None
+    entrypoint: str | None = None
+    dependency_jars: list[str] | None = None
+    dependency_files: list[str] | None = None
+    tm_cus: int | None = _count()
+    tm_slot_num: int | None = _count()
+    resume_checkpoint: bool | None = None
+    resume_max_num: int | None = Field(default=None, le=_INT32_MAX)
+    checkpoint_path: str | None = None
+    tags: list[Tag] | None = None
+    runtime_config: str | None = None
+    # Fields of the official SDK's CreateFlinkJarJobRequestBody beyond the create page.
+    checkpoint_enabled: bool | None = None
+    checkpoint_mode: int | None = None
+    checkpoint_interval: int | None = Field(default=None, ge=1, le=3600)
+    feature: Literal["basic", "custom"] | None = None
+    flink_version: str | None = None
+    image: str | None = None
+    flink_log_config: str | None = None
+    execution_agency_urn: str | None = None
+    resource_config_version: Literal["v1", "v2"] | None = None
+    resource_config: ResourceConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise PydanticCustomError("blank", "must not be blank")
+        return value
+
+    @field_validator("resume_max_num")
+    @classmethod
+    def _resume_max_num(cls, value: int) -> int:
+        if value != -1 and value <= 0:
+            raise PydanticCustomError(
+                "resume_max_num", "must be -1 or greater than 0 (got {got})", {"got": value}
+            )
+        return value
+
+    @field_validator("checkpoint_mode")
+    @classmethod
+    def _checkpoint_mode(cls, value: int) -> int:
+        # Not a Literal[1, 2]: pydantic's literal check accepts true and 1.0 even when strict.
+        if value not in (1, 2):
+            raise PydanticCustomError(
+                "checkpoint_mode",
+                "must be 1 (exactly_once) or 2 (at_least_once) (got {got})",
+                {"got": value},
+            )
+        return value
+
+
+def _length_limits() -> dict[str, tuple[int, int | None]]:
+    """(min, max) characters of every string field with a length limit, for error messages."""
+    limits: dict[str, tuple[int, int | None]] = {}
+    for model in (FlinkJarJob, Tag, ResourceSpec):
+        for field_name, info in model.model_fields.items():
+            lo = next((m.min_length for m in info.metadata if isinstance(m, MinLen)), 0)
+            hi = next((m.max_length for m in info.metadata if isinstance(m, MaxLen)), None)
+            if lo or hi is not None:
+                limits[field_name] = (lo, hi)
+    return limits
+
+
+_LENGTH_LIMITS = _length_limits()
+
+
+# --- error messages -------------------------------------------------------------------------
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "float_type": "a number",
+    "list_type": "a list",
+    "model_type": "an object",
+    "dict_type": "an object",
+}
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _show(value: object) -> str:
+    """A short one-line rendering of a manifest value, JSON-style where it is JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # nan, inf: orjson would write null
+    if value is None or isinstance(value, bool):
+        return orjson.dumps(value).decode()
+    if isinstance(value, int | float):
+        return str(value) if len(str(value)) <= 40 else f"a number of {len(str(value))} digits"
+    if isinstance(value, str):
+        text = value if len(value) <= 40 else value[:37] + "..."
+        return orjson.dumps(text).decode()
+    if isinstance(value, dt.date):  # a YAML timestamp; datetime is a subclass of date
+        return f"a date ({value.isoformat()}; quote it to make it a string)"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a YAML {type(value).__name__}"
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """``("tags", 0, "value")`` -> ``tags[0].value``; odd keys are quoted."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        key = part if _IDENT.fullmatch(part) else _show(part)
+        out += f".{key}" if out else key
+    return out or "(top level)"
+
+
+def _length_message(field: str, value: object) -> str:
+    lo, hi = _LENGTH_LIMITS.get(field, (0, None))
+    got = len(value) if isinstance(value, str) else "?"
+    if hi is None:
+        return f"must be at least {lo} characters (got {got})"
+    if lo:
+        return f"must be {lo} to {hi} characters (got {got})"
+    return f"must be at most {hi} characters (got {got})"
+
+
+def _error_message(err: Any) -> str:
+    """One pydantic error as ``field: what is wrong``."""
+    kind: str = err["type"]
+    loc: tuple[int | str, ...] = err["loc"]
+    value = err.get("input")
+    ctx: dict[str, Any] = err.get("ctx") or {}
+    if kind == "invalid_key":  # a YAML key that is not a string: its loc is the key itself
+        return f"{_where(loc[:-1])}: key {_show(loc[-1])} is not a string"
+    where = _where(loc)
+    if kind == "missing":
+        return f"{where}: required field is missing"
+    if kind == "extra_forbidden":
+        return f"{where}: unknown field (not in the DLI create API)"
+    if kind in _EXPECTED:
+        return f"{where}: expected {_EXPECTED[kind]}, got {_show(value)}"
+    if kind in ("string_too_short", "string_too_long"):
+        last = next((p for p in reversed(loc) if isinstance(p, str)), "")
+        return f"{where}: {_length_message(last, value)}"
+    if kind == "greater_than_equal":
+        return f"{where}: must be at least {ctx['ge']} (got {_show(value)})"
+    if kind == "less_than_equal":
+        return f"{where}: must be at most {ctx['le']} (got {_show(value)})"
+    if kind == "greater_than":
+        return f"{where}: must be greater than {ctx['gt']} (got {_show(value)})"
+    if kind == "literal_error":
+        return f"{where}: must be {ctx['expected'].replace(chr(39), chr(34))} (got {_show(value)})"
+    if kind == "finite_number":
+        return f"{where}: must be a finite number (got {_show(value)})"
+    msg: str = err["msg"]
+    return f"{where}: {msg[:1].lower()}{msg[1:]}"
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Every error of a validation as ``field: problem``, joined by "; " on one line."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        try:
+            parts.append(_error_message(err))
+        except Exception:  # a message must never turn a bad manifest into a crash
+            parts.append(f"{_where(err['loc'])}: {err['msg']}")
+    return "; ".join(parts)
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+
+_NOUNS: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+)
+
+
+def _kind(value: object) -> str:
+    """What a top-level value is, for "expected a job object, got ..." messages."""
+    if value is None:
+        return "null"
+    for types, noun in _NOUNS:
+        if isinstance(value, types):
+            return f"{noun} ({_show(value)})"
+    return _show(value)
+
+
+def job_from_object(obj: object, source: str) -> ManifestItem:
+    """Validate one parsed job object; the JobSpec's body is ``obj`` serialised as written.
+
+    Never raises: anything wrong gives an InvalidManifest naming ``source`` and the fields.
+    """
+    if not isinstance(obj, dict):
+        return InvalidManifest(source, f"{source}: expected a job object, got {_kind(obj)}")
+    raw_name = obj.get("name")
+    name = raw_name if isinstance(raw_name, str) else None
+    try:
+        FlinkJarJob.model_validate(obj)
+    except ValidationError as exc:
+        return InvalidManifest(source, f"{source}: {describe_validation_error(exc)}", name)
+    try:
+        body = orjson.dumps(obj)
+        canonical = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError) as exc:  # unreachable for a valid job; be safe
+        return InvalidManifest(source, f"{source}: cannot be sent as JSON: {exc}", name)
+    assert name is not None  # validated: a string
+    return JobSpec(
+        name=name,
+        body=body,
+        body_hash=hashlib.sha256(canonical).hexdigest(),
+        source=source,
+    )
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+class _DuplicateKeyError(ValueError):
+    """A key appears twice in one object; ``where`` locates it when the parser knows."""
+
+    def __init__(self, key: object, where: str = "") -> None:
+        super().__init__(
+            f"{_where((key,)) if isinstance(key, str) else _show(key)}: duplicate key{where}"
+        )
+
+
+def _no_duplicate_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for the stdlib JSON parser: refuse a key given twice."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(key, " in the same object")
+        out[key] = value
+    return out
+
+
+def _count_keys(value: object) -> int:
+    """Keys of every object in a parsed JSON document."""
+    count = 0
+    children: Iterable[object] = ()
+    if type(value) is dict:
+        count, children = len(value), value.values()
+    elif type(value) is list:
+        children = value
+    for child in children:
+        if type(child) is dict or type(child) is list:
+            count += _count_keys(child)
+    return count
+
+
+_KEY_LIKE = re.compile(r'"[ \t\r\n]*:')
+
+
+def _load_json(text: str) -> object:
+    """orjson, plus a duplicate key check that costs a regex count in the common case.
+
+    Every key ends in ``"`` then ``:``; if the text has no more such spots than the parsed
+    document has keys, no key was dropped. Otherwise (a duplicate, or a string value with
+    ``":`` inside, as embedded JSON has) re-parse with the stdlib to look for duplicates.
+    """
+    obj = orjson.loads(text)
+    if len(_KEY_LIKE.findall(text)) > _count_keys(obj):
+        json.loads(text, object_pairs_hook=_no_duplicate_pairs)
+    return obj
+
+
+class _NoDuplicateKeys(yaml.constructor.SafeConstructor):
+    """Mixed into the safe YAML loader: refuse a key given twice in one mapping.
+
+    Merge keys (``<<``) are skipped: overriding a merged key is legal YAML.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if (
+                not isinstance(key_node, yaml.ScalarNode)
+                or key_node.tag == "tag:yaml.org,2002:merge"
+            ):
+                continue
+            ident = (key_node.tag, key_node.value)
+            if ident in seen:
+                mark = key_node.start_mark
+                where = f" (line {mark.line + 1}, column {mark.column + 1})"
+                raise _DuplicateKeyError(key_node.value, where)
+            seen.add(ident)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader: Any = type(
+    "_Loader", (_NoDuplicateKeys, getattr(yaml, "CSafeLoader", yaml.SafeLoader)), {}
+)
+
+
+def _load_yaml(text: str) -> object:
+    return yaml.load(text, Loader=_Loader)
+
+
+def _syntax_error(source: str, fmt: str, exc: Exception) -> str:
+    """One line for a JSON or YAML syntax error, with its line and column when known."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        problem = exc.problem or exc.context or "syntax error"
+        return (
+            f"{source}: invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+        )
+    detail = " ".join(str(exc).split())
+    return f"{source}: invalid {fmt}: {detail}"
+
+
+_LOADERS: dict[str, tuple[str, Callable[[str], object]]] = {
+    ".json": ("JSON", _load_json),
+    ".yaml": ("YAML", _load_yaml),
+    ".yml": ("YAML", _load_yaml),
+}
+
+
+def _decode(data: bytes, source: str) -> str | InvalidManifest:
+    """The file's text, or why it is not a text manifest."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        return InvalidManifest(source, f"{source}: file is larger than 1 MiB ({len(data)} bytes)")
+    if b"\x00" in data:
+        return InvalidManifest(source, f"{source}: binary file, not a JSON or YAML manifest")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return InvalidManifest(
+            source, f"{source}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        )
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        return InvalidManifest(source, f"{source}: empty file")
+    return text
+
+
+def parse_manifest_bytes(data: bytes, source: str, *, suffix: str) -> list[ManifestItem]:
+    """The jobs of one manifest file's content: one job object, or a list of them.
+
+    ``suffix`` (``.json``, ``.yaml``, ``.yml``) picks the parser. Items of a list get the source
+    ``"{source}#{index}"``. Never raises: every failure is an InvalidManifest.
+    """
+    loader = _LOADERS.get(suffix.lower())
+    if loader is None:
+        return [InvalidManifest(source, f"{source}: unsupported file type {suffix!r}")]
+    text = _decode(data, source)
+    if isinstance(text, InvalidManifest):
+        return [text]
+    fmt, load = loader
+    try:
+        doc = load(text)
+    except _DuplicateKeyError as exc:
+        return [InvalidManifest(source, f"{source}: {exc}")]
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        return [InvalidManifest(source, _syntax_error(source, fmt, exc))]
+    if isinstance(doc, dict):
+        return [job_from_object(doc, source)]
+    if not isinstance(doc, list):
+        what = _kind(doc) if doc is not None or fmt == "JSON" else "an empty document"
+        return [
+            InvalidManifest(
+                source, f"{source}: expected a job object or a list of job objects, got {what}"
+            )
+        ]
+    if not doc:
+        return [InvalidManifest(source, f"{source}: empty list: no jobs")]
+    return [job_from_object(item, f"{source}#{i}") for i, item in enumerate(doc)]
+
+
+def _read_limited(path: str | os.PathLike[str]) -> bytes:
+    """The file's bytes, at most MAX_MANIFEST_BYTES + 1 of them (enough to tell it is too big).
+
+    Plain ``os`` calls: over 50,000 small files they are a few times faster than ``open()``,
+    and asking for the size we expect spares a 1 MiB buffer per file.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        data = os.read(fd, min(os.fstat(fd).st_size, MAX_MANIFEST_BYTES) + 1)
+        while len(data) <= MAX_MANIFEST_BYTES:
+            more = os.read(fd, MAX_MANIFEST_BYTES + 1 - len(data))
+            if not more:
+                break
+            data += more
+        return data
+    finally:
+        os.close(fd)
+
+
+def parse_manifest_file(path: str | os.PathLike[str], display: str) -> list[ManifestItem]:
+    """Read and parse one manifest file; ``display`` is its source string in every message.
+
+    The suffix of ``path`` (``.json``, ``.yaml``, ``.yml``, any case) picks the parser.
+    """
+    try:
+        data = _read_limited(path)
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return [InvalidManifest(display, f"{display}: cannot read: {reason}")]
+    return parse_manifest_bytes(data, display, suffix=os.path.splitext(path)[1])
+
+
+def diff_fields(old_body: bytes, new_body: bytes) -> list[str]:
+    """Top-level fields whose values differ between two request bodies (added, removed, changed).
+
+    Values are compared as canonical JSON, so ``1`` and ``1.0`` or ``true`` differ, as they do
+    on the wire. Raises ManifestError if a body is not a JSON object.
+    """
+    old, new = _body_object(old_body), _body_object(new_body)
+    missing = object()
+
+    def canon(value: object) -> object:
+        if value is missing:
+            return missing
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+    return sorted(
+        key
+        for key in old.keys() | new.keys()
+        if canon(old.get(key, missing)) != canon(new.get(key, missing))
+    )
+
+
+def _body_object(body: bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ManifestError(f"request body is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ManifestError("request body is not a JSON object")
+    return obj
+
+
+__all__ = [
+    "MANIFEST_SUFFIXES",
+    "MAX_MANIFEST_BYTES",
+    "FlinkJarJob",
+    "ResourceConfig",
+    "ResourceSpec",
+    "Tag",
+    "describe_validation_error",
+    "diff_fields",
+    "job_from_object",
+    "parse_manifest_bytes",
+    "parse_manifest_file",
+]

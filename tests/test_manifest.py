@@ -1,0 +1,443 @@
+"""Manifest parsing and validation: bodies as written, one-line errors naming file and field."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batchsub.errors import ManifestError
+from batchsub.jobs import InvalidManifest, JobSpec, ManifestItem
+from batchsub.manifest import (
+    MAX_MANIFEST_BYTES,
+    FlinkJarJob,
+    diff_fields,
+    job_from_object,
+    parse_manifest_bytes,
+    parse_manifest_file,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+
+def one(items: list[ManifestItem]) -> ManifestItem:
+    assert len(items) == 1, items
+    return items[0]
+
+
+def job(data: bytes, suffix: str = ".json", source: str = "m.json") -> JobSpec:
+    item = one(parse_manifest_bytes(data, source, suffix=suffix))
+    assert isinstance(item, JobSpec), item
+    return item
+
+
+def error(data: bytes, suffix: str = ".json", source: str = "m.json") -> str:
+    item = one(parse_manifest_bytes(data, source, suffix=suffix))
+    assert isinstance(item, InvalidManifest), item
+    assert "\n" not in item.error
+    return item.error
+
+
+def obj_error(obj: dict[str, Any]) -> str:
+    item = job_from_object(obj, "m.json")
+    assert isinstance(item, InvalidManifest), item
+    return item.error
+
+
+# --- the API's own example ------------------------------------------------------------------
+
+
+def test_api_example_is_valid_and_sent_unchanged() -> None:
+    path = EXAMPLES / "manifests" / "api-example.json"
+    expected = json.loads(path.read_text())  # the stdlib keeps the key order of the file
+    item = one(parse_manifest_file(path, "examples/manifests/api-example.json"))
+    assert isinstance(item, JobSpec)
+    assert item.name == "test"
+    assert item.source == "examples/manifests/api-example.json"
+    assert item.body == orjson.dumps(expected)
+    assert list(orjson.loads(item.body)) == list(expected)  # field order as written
+    canonical = orjson.dumps(expected, option=orjson.OPT_SORT_KEYS)
+    assert item.body_hash == hashlib.sha256(canonical).hexdigest()
+
+
+def test_every_example_manifest_is_valid_with_a_unique_name() -> None:
+    items = [
+        item
+        for path in sorted((EXAMPLES / "manifests").rglob("*"))
+        if path.is_file()
+        for item in parse_manifest_file(path, str(path))
+    ]
+    assert all(isinstance(item, JobSpec) for item in items), items
+    names = [item.name for item in items]
+    assert len(items) >= 12
+    assert len(set(names)) == len(names)
+
+
+# --- one invalid manifest per kind ----------------------------------------------------------
+
+BROKEN = {
+    "broken-json.json": "invalid JSON at line 4, column 17: trailing comma is not allowed",
+    "broken-yaml.yaml": "invalid YAML at line 5, column 1: found unexpected end of stream",
+    "empty.json": "empty file",
+    "binary-junk.json": "binary file, not a JSON or YAML manifest",
+    "name-too-long.json": "name: must be 1 to 57 characters (got 58)",
+    "desc-too-long.yaml": "desc: must be at most 512 characters (got 513)",
+    "string-for-int.json": 'cu_number: expected an integer, got "two"',
+    "typo.json": "parallel_numbr: unknown field (not in the DLI create API)",
+    "resume-max-num-zero.yaml": "resume_max_num: must be -1 or greater than 0 (got 0)",
+    "missing-name.json": "name: required field is missing",
+    "tag-without-value.yaml": "tags[0].value: required field is missing",
+    "int-as-bool.json": "log_enabled: expected true or false, got 1",
+    "bool-as-int.json": "cu_number: expected an integer, got true",
+    "duplicate-key.json": "name: duplicate key in the same object",
+    "date-in-yaml.yaml": (
+        "desc: expected a string, got a date (2024-03-01; quote it to make it a string)"
+    ),
+}
+
+
+@pytest.mark.parametrize("filename", sorted(BROKEN))
+def test_broken_example_gives_one_precise_error(filename: str) -> None:
+    display = f"examples/broken/{filename}"
+    item = one(parse_manifest_file(EXAMPLES / "broken" / filename, display))
+    assert isinstance(item, InvalidManifest)
+    assert item.source == display
+    assert item.error == f"{display}: {BROKEN[filename]}"
+
+
+def test_every_broken_example_is_covered() -> None:
+    assert sorted(p.name for p in (EXAMPLES / "broken").iterdir()) == sorted(BROKEN)
+
+
+def test_invalid_manifest_keeps_the_name_when_it_is_a_string() -> None:
+    item = one(parse_manifest_bytes(b'{"name": "x", "cu_number": 0}', "m.json", suffix=".json"))
+    assert isinstance(item, InvalidManifest)
+    assert item.name == "x"
+    item = one(parse_manifest_bytes(b'{"name": 7}', "m.json", suffix=".json"))
+    assert isinstance(item, InvalidManifest)
+    assert item.name is None
+    assert item.error == "m.json: name: expected a string, got 7"
+
+
+def test_several_wrong_fields_are_all_listed() -> None:
+    body = b'{"name": "x", "cu_number": "two", "tm_cus": 0, "extra": 1, "tags": [{"value": "v"}]}'
+    assert error(body) == (
+        'm.json: cu_number: expected an integer, got "two"; tm_cus: must be at least 1 (got 0); '
+        "tags[0].key: required field is missing; extra: unknown field (not in the DLI create API)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"name": ""}, "name: must be 1 to 57 characters (got 0)"),
+        ({"name": "   "}, "name: must not be blank"),
+        ({"name": "x", "desc": None}, "desc: must not be null (leave the field out instead)"),
+        ({"name": "x", "queue_name": "q" * 129}, "queue_name: must be at most 128 characters"),
+        ({"name": "x", "cu_number": 2.0}, "cu_number: expected an integer, got 2.0"),
+        ({"name": "x", "cu_number": 2**31}, "cu_number: must be at most 2147483647"),
+        ({"name": "x", "resume_max_num": -2}, "resume_max_num: must be -1 or greater than 0"),
+        ({"name": "x", "checkpoint_interval": 3601}, "checkpoint_interval: must be at most 3600"),
+        ({"name": "x", "checkpoint_mode": 3}, "checkpoint_mode: must be 1 (exactly_once) or 2"),
+        ({"name": "x", "checkpoint_mode": True}, "checkpoint_mode: expected an integer, got true"),
+        ({"name": "x", "feature": "fancy"}, 'feature: must be "basic" or "custom" (got "fancy")'),
+        (
+            {"name": "x", "resource_config_version": "v3"},
+            'resource_config_version: must be "v1" or "v2" (got "v3")',
+        ),
+        ({"name": "x", "log_enabled": "true"}, 'log_enabled: expected true or false, got "true"'),
+        (
+            {"name": "x", "dependency_jars": "a.jar"},
+            'dependency_jars: expected a list, got "a.jar"',
+        ),
+        ({"name": "x", "dependency_jars": ["a.jar", 3]}, "dependency_jars[1]: expected a string"),
+        (
+            {"name": "x", "tags": [{"key": "k", "value": "v" * 44}]},
+            "tags[0].value: must be at most 43",
+        ),
+        ({"name": "x", "tags": [{"key": "k", "value": "v", "x": 1}]}, "tags[0].x: unknown field"),
+        ({"name": "x", "resource_config": {"max_slot": 0}}, "resource_config.max_slot: must be at"),
+        (
+            {"name": "x", "resource_config": {"jobmanager_resource_spec": {"cpu": True}}},
+            "resource_config.jobmanager_resource_spec.cpu: expected a number, got true",
+        ),
+        (
+            {"name": "x", "resource_config": {"taskmanager_resource_spec": {"cpu": 1, "gpu": 1}}},
+            "resource_config.taskmanager_resource_spec.gpu: unknown field",
+        ),
+        ({"name": "x", "weird key": 1}, '"weird key": unknown field'),
+    ],
+)
+def test_field_errors(fields: dict[str, Any], message: str) -> None:
+    assert obj_error(fields).startswith(f"m.json: {message}")
+
+
+def test_bool_is_not_an_int_nor_an_int_a_bool() -> None:
+    # bool is a subclass of int in Python; strict validation must still tell them apart.
+    assert obj_error({"name": "x", "tm_slot_num": True}).endswith("expected an integer, got true")
+    assert obj_error({"name": "x", "resume_checkpoint": 0}).endswith(
+        "expected true or false, got 0"
+    )
+
+
+def test_an_int_is_a_valid_float() -> None:
+    spec = {"cpu": 1, "memory": "4G"}
+    body = {"name": "x", "resource_config": {"jobmanager_resource_spec": spec}}
+    item = job_from_object(body, "m.json")
+    assert isinstance(item, JobSpec)
+    assert (
+        item.body
+        == b'{"name":"x","resource_config":{"jobmanager_resource_spec":{"cpu":1,"memory":"4G"}}}'
+    )
+
+
+def test_name_charset_is_not_restricted_beyond_length() -> None:
+    item = job_from_object({"name": "Zürich job #1 (v2)"}, "m.json")
+    assert isinstance(item, JobSpec)
+    assert item.name == "Zürich job #1 (v2)"
+
+
+def test_job_from_object_rejects_non_objects() -> None:
+    item = job_from_object(["name"], "m.json#3")
+    assert isinstance(item, InvalidManifest)
+    assert item.error == "m.json#3: expected a job object, got a list"
+
+
+# --- files: formats, lists, odd content -----------------------------------------------------
+
+
+def test_list_file_gives_one_item_per_entry_with_index_sources() -> None:
+    data = b"- name: a\n- 5\n- name: c\n  cu_number: two\n- name: d\n"
+    items = parse_manifest_bytes(data, "jobs.yaml", suffix=".yaml")
+    assert [item.source for item in items] == [
+        "jobs.yaml#0",
+        "jobs.yaml#1",
+        "jobs.yaml#2",
+        "jobs.yaml#3",
+    ]
+    assert [type(item) for item in items] == [JobSpec, InvalidManifest, InvalidManifest, JobSpec]
+    assert isinstance(items[1], InvalidManifest)
+    assert items[1].error == "jobs.yaml#1: expected a job object, got an integer (5)"
+    assert isinstance(items[2], InvalidManifest)
+    assert items[2].error == 'jobs.yaml#2: cu_number: expected an integer, got "two"'
+    assert items[2].name == "c"
+
+
+@pytest.mark.parametrize(
+    ("data", "suffix", "message"),
+    [
+        (b"[]", ".json", "empty list: no jobs"),
+        (b"null", ".json", "expected a job object or a list of job objects, got null"),
+        (
+            b'"text"',
+            ".json",
+            'expected a job object or a list of job objects, got a string ("text")',
+        ),
+        (
+            b"# only a comment\n",
+            ".yaml",
+            "expected a job object or a list of job objects, got an empty document",
+        ),
+        (b"  \n\t\n", ".yml", "empty file"),
+        (b"\xff\xfename: x", ".yaml", "not UTF-8 text (byte 0xff at offset 0)"),
+        (b'{"name": "x"}', ".toml", "unsupported file type '.toml'"),
+        (b"name: x\nname: y\n", ".yaml", "name: duplicate key (line 2, column 1)"),
+        (b"name: x\n1: 2\n", ".yaml", "(top level): key 1 is not a string"),
+        (
+            b"name: x\n? [a]\n: b\n",
+            ".yaml",
+            "invalid YAML at line 2, column 3: found unhashable key",
+        ),
+        (
+            b"name: !!python/object:os.system x\n",
+            ".yaml",
+            "invalid YAML at line 1, column 7: could not determine a constructor",
+        ),
+        (b"name: x\ndesc: !!binary aGk=\n", ".yaml", "desc: expected a string, got a YAML bytes"),
+        (
+            b"name: x\ndependency_jars: !!set {a}\n",
+            ".yaml",
+            "dependency_jars: expected a list, got",
+        ),
+        (b"name: x\n---\nname: y\n", ".yaml", "invalid YAML at line 2, column 1"),
+        (b'{"tags": [{"key": "a", "key": "b", "value": ""}], "name": "x"}', ".json", "key: dup"),
+    ],
+)
+def test_odd_files(data: bytes, suffix: str, message: str) -> None:
+    assert error(data, suffix, "f").startswith(f"f: {message}")
+
+
+def test_yaml_timestamps_and_nan_are_refused_not_crashed_on() -> None:
+    data = b"name: x\ndesc: 2024-01-01 10:00:00\nresource_config:\n"
+    data += b"  jobmanager_resource_spec: {cpu: .nan}\n"
+    assert error(data, ".yaml", "f") == (
+        "f: desc: expected a string, got a date (2024-01-01T10:00:00; "
+        "quote it to make it a string); "
+        "resource_config.jobmanager_resource_spec.cpu: must be a finite number (got nan)"
+    )
+
+
+def test_yaml_merge_keys_may_be_overridden() -> None:
+    data = b"- &base {name: a, cu_number: 2}\n- <<: *base\n  name: b\n"
+    items = parse_manifest_bytes(data, "f.yaml", suffix=".yaml")
+    assert [i.name for i in items if isinstance(i, JobSpec)] == ["a", "b"]
+    assert orjson.loads(items[1].body if isinstance(items[1], JobSpec) else b"") == {
+        "name": "b",
+        "cu_number": 2,
+    }
+
+
+def test_json_with_embedded_json_strings_is_not_mistaken_for_duplicates() -> None:
+    body = (
+        b'{"name": "x", "flink_log_config": "{\\"a\\":1, \\"b\\" : 2}", "runtime_config": "\\":"}'
+    )
+    assert job(body).body == orjson.dumps(orjson.loads(body))
+    dup = b'{"name": "x", "flink_log_config": "{\\"a\\":1}", "name" : "y"}'
+    assert error(dup) == "m.json: name: duplicate key in the same object"
+
+
+def test_utf8_bom_is_accepted() -> None:
+    assert job(b'\xef\xbb\xbf{"name": "bom"}').name == "bom"
+
+
+def test_file_over_one_mib_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big.json"
+    path.write_bytes(b'{"name": "big", "desc": "' + b" " * MAX_MANIFEST_BYTES + b'"}')
+    item = one(parse_manifest_file(path, "big.json"))
+    assert isinstance(item, InvalidManifest)
+    assert item.error == f"big.json: file is larger than 1 MiB ({MAX_MANIFEST_BYTES + 1} bytes)"
+
+
+def test_unreadable_file_names_the_os_error(tmp_path: Path) -> None:
+    item = one(parse_manifest_file(tmp_path / "gone.json", "gone.json"))
+    assert isinstance(item, InvalidManifest)
+    assert item.error == "gone.json: cannot read: No such file or directory"
+    (tmp_path / "dir.json").mkdir()
+    item = one(parse_manifest_file(tmp_path / "dir.json", "dir.json"))
+    assert isinstance(item, InvalidManifest)
+    assert item.error == "dir.json: cannot read: Is a directory"
+
+
+def test_suffix_is_case_insensitive(tmp_path: Path) -> None:
+    path = tmp_path / "JOB.YML"
+    path.write_text("name: upper\n")
+    assert isinstance(one(parse_manifest_file(path, "JOB.YML")), JobSpec)
+
+
+# --- body and hash --------------------------------------------------------------------------
+
+
+def test_json_and_yaml_of_the_same_job_hash_equal_but_keep_their_own_order() -> None:
+    from_json = job(
+        b'{\n  "name": "same",\n  "cu_number": 2,\n  "tags": [{"key": "k", "value": "v"}]\n}'
+    )
+    from_yaml = job(b"tags:\n- value: v\n  key: k\ncu_number: 2\nname: same\n", ".yaml", "m.yaml")
+    assert from_json.body_hash == from_yaml.body_hash
+    assert from_json.body == b'{"name":"same","cu_number":2,"tags":[{"key":"k","value":"v"}]}'
+    assert from_yaml.body == b'{"tags":[{"value":"v","key":"k"}],"cu_number":2,"name":"same"}'
+    changed = job(b'{"name": "same", "cu_number": 3, "tags": [{"key": "k", "value": "v"}]}')
+    assert changed.body_hash != from_json.body_hash
+
+
+def test_diff_fields() -> None:
+    old = b'{"name": "a", "cu_number": 2, "desc": "d", "tags": [{"key": "k", "value": "v"}]}'
+    new = (
+        b'{"name": "a", "cu_number": 2.0, "queue_name": "q", "tags": [{"value": "w", "key": "k"}]}'
+    )
+    assert diff_fields(old, new) == ["cu_number", "desc", "queue_name", "tags"]
+    reordered = b'{"tags": [{"value": "v", "key": "k"}], "desc": "d", "cu_number": 2, "name": "a"}'
+    assert diff_fields(old, reordered) == []
+    with pytest.raises(ManifestError):
+        diff_fields(old, b"[1]")
+
+
+# --- property: any valid job is sent exactly as written -------------------------------------
+
+_text = st.text(max_size=30)
+_count = st.integers(min_value=1, max_value=2**31 - 1)
+_resource_spec = st.fixed_dictionaries(
+    {},
+    optional={
+        "cpu": st.one_of(_count, st.floats(min_value=0.1, max_value=64)),
+        "memory": st.text(min_size=1, max_size=8),
+    },
+)
+_OPTIONAL_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "desc": st.text(max_size=512),
+    "queue_name": st.text(max_size=128),
+    "cu_number": _count,
+    "manager_cu_number": _count,
+    "parallel_number": _count,
+    "log_enabled": st.booleans(),
+    "obs_bucket": _text,
+    "smn_topic": _text,
+    "main_class": _text,
+    "entrypoint_args": _text,
+    "restart_when_exception": st.booleans(),
+    "entrypoint": _text,
+    "dependency_jars": st.lists(_text, max_size=3),
+    "dependency_files": st.lists(_text, max_size=3),
+    "tm_cus": _count,
+    "tm_slot_num": _count,
+    "resume_checkpoint": st.booleans(),
+    "resume_max_num": st.one_of(st.just(-1), _count),
+    "checkpoint_path": _text,
+    "tags": st.lists(
+        st.fixed_dictionaries(
+            {"key": st.text(min_size=1, max_size=128), "value": st.text(max_size=43)}
+        ),
+        max_size=3,
+    ),
+    "runtime_config": _text,
+    "checkpoint_enabled": st.booleans(),
+    "checkpoint_mode": st.sampled_from([1, 2]),
+    "checkpoint_interval": st.integers(min_value=1, max_value=3600),
+    "feature": st.sampled_from(["basic", "custom"]),
+    "flink_version": _text,
+    "image": _text,
+    "flink_log_config": _text,
+    "execution_agency_urn": _text,
+    "resource_config_version": st.sampled_from(["v1", "v2"]),
+    "resource_config": st.fixed_dictionaries(
+        {},
+        optional={
+            "max_slot": _count,
+            "parallel_number": _count,
+            "jobmanager_resource_spec": _resource_spec,
+            "taskmanager_resource_spec": _resource_spec,
+        },
+    ),
+}
+
+
+@st.composite
+def valid_jobs(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid job with its fields in a random order."""
+    name = draw(st.text(min_size=1, max_size=57).filter(lambda s: s.strip() != ""))
+    fields = draw(st.fixed_dictionaries({"name": st.just(name)}, optional=_OPTIONAL_FIELDS))
+    order = draw(st.permutations(list(fields)))
+    return {key: fields[key] for key in order}
+
+
+def test_the_model_knows_every_field_the_property_uses() -> None:
+    assert set(FlinkJarJob.model_fields) == {"name", *_OPTIONAL_FIELDS}
+
+
+@settings(max_examples=150, deadline=None)
+@given(valid_jobs())
+def test_any_valid_job_round_trips_as_written(obj: dict[str, Any]) -> None:
+    item = job_from_object(obj, "p.json")
+    assert isinstance(item, JobSpec), item
+    assert item.name == obj["name"]
+    assert item.body == orjson.dumps(obj)
+    canonical = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    assert item.body_hash == hashlib.sha256(canonical).hexdigest()
+    parsed = job(item.body, ".json", "p.json")  # the body itself parses back to the same job
+    assert (parsed.body, parsed.body_hash) == (item.body, item.body_hash)
