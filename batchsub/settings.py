@@ -65,6 +65,16 @@ class Settings(BaseSettings):
     backoff_max: float = Field(30.0, gt=0.0)
     drain_timeout: float = Field(30.0, ge=0.0)
 
+    # The drop-folder daemon (``batchsub watch``).
+    settle_time: float = Field(1.0, ge=0.0)  # a file must stop changing this long before it is read
+    rescan_interval: float = Field(30.0, gt=0.0)  # safety-net rescan besides inotify
+    poll: bool = False  # poll instead of inotify (network filesystems)
+    metrics_port: int | None = Field(None, ge=0, le=65535)  # /healthz and Prometheus metrics
+
+    # The queue consumer (``batchsub consume``) and publisher.
+    amqp_url: SecretStr | None = None  # amqp://user:password@host/vhost: the password is secret
+    queue: str | None = None
+
     # Output.
     log_format: Literal["auto", "json", "console"] = "auto"
     # None: info, or warning on a terminal where the progress bar shows the rest.
