@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import secrets
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,17 @@ _SEND_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
+# Modules that add commands of their own: each has ``add_parser(commands)``, which registers
+# its subcommands with ``handler=...`` (a ``(Settings, Namespace) -> int`` callable).
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def add_send_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of every command that sends jobs (``run``, ``watch``, ``consume``)."""
+    for flag, options in _SEND_FLAGS:
+        parser.add_argument(flag, **options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(
@@ -53,8 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="create every job of a directory of manifests")
     run.add_argument("directory", type=Path, help="directory of .json/.yaml/.yml manifests")
-    for flag, options in _SEND_FLAGS:
-        run.add_argument(flag, **options)
+    add_send_flags(run)
     run.add_argument("--report", type=Path, help="write a JSON report of every job to this file")
     run.add_argument(
         "--simulator", action="store_true", help="start the built-in DLI simulator and send to it"
@@ -91,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int)
     sim.add_argument("--log-format", choices=["auto", "json", "console"])
     sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).add_parser(commands)
     return parser
 
 
@@ -107,13 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "simulator":
             return _serve_simulator(settings, args)
+        handler: Callable[[Settings, argparse.Namespace], int] = args.handler
+        return handler(settings, args)
     except BatchsubError as exc:
         print(f"batchsub: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("batchsub: interrupted", file=sys.stderr)
         return 130
-    raise AssertionError(f"unhandled command {args.command}")  # argparse makes this unreachable
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -93,8 +94,11 @@ class DliClient:
         auth: Auth,
         *,
         timeout: float = 30.0,
+        on_answer: Callable[[str, float, int | None], None] | None = None,
     ) -> None:
         base = URL(endpoint.rstrip("/"))
+        # Called after every request with (call, seconds, HTTP status or None): for metrics.
+        self._on_answer = on_answer
         self._session = session
         self._auth = auth
         self._endpoint = endpoint
@@ -107,10 +111,13 @@ class DliClient:
         """POST one create request; never raises for an API or transport failure."""
         headers = dict(self._auth.headers("POST", self._create_url, body))
         headers.setdefault("Content-Type", "application/json;charset=UTF-8")
+        started = time.perf_counter()
+        status: int | None = None
         try:
             async with self._session.post(
                 self._create_url, data=body, headers=headers, timeout=self._timeout
             ) as resp:
+                status = resp.status
                 raw = await resp.read()
                 return classify_create(resp.status, raw, resp.headers)
         except aiohttp.ClientSSLError as exc:
@@ -125,6 +132,9 @@ class DliClient:
         except aiohttp.ClientError as exc:
             what = type(exc).__name__
             return CreateAnswer(AnswerKind.IN_DOUBT, error=ErrorInfo(f"answer lost: {what}: {exc}"))
+        finally:
+            if self._on_answer is not None:
+                self._on_answer("create", time.perf_counter() - started, status)
 
     async def list_page(self, *, name: str | None, offset: int) -> JobPage:
         """One page of Flink Jar jobs, optionally filtered by name; raises ApiError subclasses."""
@@ -138,10 +148,12 @@ class DliClient:
             query["name"] = name
         url = self._list_url.with_query(query)
         headers = self._auth.headers("GET", url, b"")
+        started = time.perf_counter()
+        status: int | None = None
         try:
             async with self._session.get(url, headers=headers, timeout=self._timeout) as resp:
-                raw = await resp.read()
                 status = resp.status
+                raw = await resp.read()
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         except aiohttp.ClientSSLError as exc:
             raise FatalApiError(
@@ -151,18 +163,10 @@ class DliClient:
             raise RetryableError("list jobs: no answer before the timeout") from None
         except aiohttp.ClientError as exc:
             raise RetryableError(f"list jobs: {type(exc).__name__}: {exc}") from None
+        finally:
+            if self._on_answer is not None:
+                self._on_answer("list", time.perf_counter() - started, status)
         return _parse_page(status, raw, retry_after)
-
-    async def find(self, name: str) -> list[RemoteJob]:
-        """Every job whose name is exactly ``name`` (the API's name filter may be fuzzy)."""
-        found: list[RemoteJob] = []
-        offset = 0
-        while True:
-            page = await self.list_page(name=name, offset=offset)
-            found.extend(job for job in page.jobs if job.name == name)
-            offset += len(page.jobs)
-            if not page.jobs or offset >= page.total_count:
-                return found
 
 
 def classify_create(status: int, raw: bytes, headers: Mapping[str, str]) -> CreateAnswer:

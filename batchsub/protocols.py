@@ -80,3 +80,33 @@ class Auth(Protocol):
     def describe(self) -> str:
         """Which credential this is, for error messages, with no secret in it."""
         ...
+
+
+class RateView(Protocol):
+    """What an observer may read of the shared limiter."""
+
+    @property
+    def rate(self) -> float:
+        """The rate in use, requests per second (0.0: unlimited)."""
+        ...
+
+    @property
+    def throttled(self) -> int:
+        """429s seen so far."""
+        ...
+
+
+class RunObserver(Protocol):
+    """Watches a run without taking part in it: metrics, a status page."""
+
+    def on_start(self, limiter: RateView) -> None:
+        """The run's limiter, once, before any request."""
+        ...
+
+    def on_result(self, result: JobResult) -> None:
+        """One job's final result."""
+        ...
+
+    def on_answer(self, call: str, seconds: float, status: int | None) -> None:
+        """One HTTP request done: ``call`` is "create" or "list"; status None if no answer."""
+        ...

@@ -11,7 +11,7 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +24,11 @@ from batchsub.calls import SafeCaller
 from batchsub.client import DliClient, make_session
 from batchsub.console import ProgressDisplay, print_summary
 from batchsub.errors import ConfigError
+from batchsub.jobs import JobResult
 from batchsub.ledgers import SqliteLedger
 from batchsub.limiter import RateLimiter, RetryBudget
 from batchsub.logs import configure_logging
-from batchsub.protocols import Auth, Ledger, Source
+from batchsub.protocols import Auth, Ledger, RunObserver, Source
 from batchsub.reconcile import Reconciler
 from batchsub.report import RunAccount
 from batchsub.retry import RetryPolicy
@@ -135,8 +136,14 @@ async def run_source(
     simulator: bool = False,
     progress: bool = False,
     total: int | None = None,
+    endless: bool = False,
+    observer: RunObserver | None = None,
 ) -> int:
-    """Send every job of ``source``; print the summary, write the report, return the exit code."""
+    """Send every job of ``source``; print the summary, write the report, return the exit code.
+
+    ``endless`` sources (a drop folder, a queue) stop being read on SIGTERM; a finite one is
+    read to its end so that every manifest is in the report.
+    """
     started = time.monotonic()
     async with AsyncExitStack() as stack:
         target = await stack.enter_async_context(resolve_target(settings, simulator=simulator))
@@ -150,7 +157,12 @@ async def run_source(
         limiter = RateLimiter(settings.rate)
         policy = retry_policy(settings)
         client = DliClient(
-            session, target.endpoint, target.project_id, target.auth, timeout=settings.timeout
+            session,
+            target.endpoint,
+            target.project_id,
+            target.auth,
+            timeout=settings.timeout,
+            on_answer=observer.on_answer if observer else None,
         )
         reconciler = Reconciler(client, SafeCaller(limiter, policy))
         submitter = Submitter(
@@ -161,8 +173,11 @@ async def run_source(
             budget=RetryBudget(),
             reconciler=reconciler,
             concurrency=settings.concurrency,
-            on_result=account.add,
+            on_result=_fan_out(account, observer),
+            finish_source_on_stop=not endless,
         )
+        if observer is not None:
+            observer.on_start(limiter)
         log.info(
             "run.started",
             endpoint=target.endpoint,
@@ -192,6 +207,17 @@ async def run_source(
         print(f"batchsub: error: {summary['fatal']}", file=sys.stderr)
     exit_code: int = summary["exit_code"]
     return exit_code
+
+
+def _fan_out(account: RunAccount, observer: RunObserver | None) -> Callable[[JobResult], None]:
+    if observer is None:
+        return account.add
+
+    def both(result: JobResult) -> None:
+        account.add(result)
+        observer.on_result(result)
+
+    return both
 
 
 def _fatal_message(error: Any, auth: Auth) -> str:
