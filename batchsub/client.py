@@ -45,6 +45,7 @@ class CreateAnswer:
     error: ErrorInfo | None = None
     retry_after: float | None = None
     throttled: bool = False
+    timed_out: bool = False  # no answer before the timeout: the costliest kind of retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +128,7 @@ class DliClient:
             return CreateAnswer(AnswerKind.RETRY_SAFE, error=ErrorInfo(f"cannot connect: {exc}"))
         except TimeoutError:
             return CreateAnswer(
-                AnswerKind.IN_DOUBT, error=ErrorInfo("no answer before the timeout")
+                AnswerKind.IN_DOUBT, error=ErrorInfo("no answer before the timeout"), timed_out=True
             )
         except aiohttp.ClientError as exc:
             what = type(exc).__name__

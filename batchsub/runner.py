@@ -195,6 +195,7 @@ async def run_source(
             creates_sent=submitter.creates_sent,
             list_calls=reconciler.list_calls,
             throttled=limiter.throttled,
+            retry_budget_exhausted=submitter.budget_exhausted,
             rate=round(limiter.rate, 3),
             duration_s=round(time.monotonic() - started, 3),
             exit_code=account.exit_code(fatal=fatal is not None),

@@ -83,6 +83,7 @@ class Submitter:
         self.fatal: ErrorInfo | None = None
         self._stopping = asyncio.Event()
         self.creates_sent = 0
+        self.budget_exhausted = 0
 
     def stop(self) -> None:
         """Stop taking new work: queued and unsent jobs end as unresolved, in-flight ones finish."""
@@ -286,10 +287,18 @@ class Submitter:
 
     def _backoff(self, failures: int, answer: CreateAnswer) -> float:
         delay = self._policy.delay(failures, retry_after=answer.retry_after, rng=self._rng)
-        if not self._budget.try_spend(timeout=answer.kind is AnswerKind.IN_DOUBT):
-            # The API keeps failing: stop hammering it; wait the longest backoff instead.
-            log.warning("retry_budget.exhausted", delay=self._policy.max_delay)
-            delay = max(delay, self._policy.max_delay)
+        if not self._budget.try_spend(timeout=answer.timed_out):
+            # The API keeps failing: stop hammering it. Every retry now waits its whole
+            # backoff (no jitter below it) until successes refill the budget.
+            self.budget_exhausted += 1
+            ceiling = self._policy.base_delay * 2 ** (failures - 1)
+            delay = max(delay, min(self._policy.max_delay, ceiling))
+            if self.budget_exhausted % 50 == 1:
+                log.warning(
+                    "retry_budget.exhausted",
+                    reason="more failures than successes: each retry waits its full backoff",
+                    times=self.budget_exhausted,
+                )
         return delay
 
     async def _record_answer(
