@@ -57,10 +57,13 @@ def build_auth(settings: Settings, project_id: str) -> Auth:
     )
 
 
-def open_ledger(spec: str) -> Ledger:
-    """The ledger named by ``--ledger``: a SQLite file path."""
+def open_ledger(spec: str, *, request_timeout: float = 30.0) -> Ledger:
+    """The ledger named by ``--ledger``: a postgresql:// URL (shared) or a SQLite file path."""
     if spec.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("--ledger postgresql://... is not supported yet: use a SQLite file path")
+        from batchsub.ledgers.postgres import PostgresLedger
+
+        # A claim must outlive the longest request its worker may still have in flight.
+        return PostgresLedger(spec, lease_seconds=request_timeout * 2 + 10)
     return SqliteLedger(Path(spec))
 
 
@@ -147,7 +150,7 @@ async def run_source(
     started = time.monotonic()
     async with AsyncExitStack() as stack:
         target = await stack.enter_async_context(resolve_target(settings, simulator=simulator))
-        ledger = open_ledger(settings.ledger)
+        ledger = open_ledger(settings.ledger, request_timeout=settings.timeout)
         await ledger.open()
         stack.push_async_callback(ledger.close)
         session = make_session(
