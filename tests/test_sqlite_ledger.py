@@ -124,10 +124,10 @@ async def test_record_keeps_job_id_when_none_and_error_none_clears(
     ledger = await open_ledger()
     spec = job("a")
     await ledger.begin_attempt(P, spec)
-    await ledger.record(P, spec, LedgerState.CREATED, job_id=7)
-    await ledger.record(P, spec, LedgerState.UNKNOWN)
+    await ledger.record(P, spec, LedgerState.UNKNOWN, job_id=7)
+    await ledger.record(P, spec, LedgerState.RETRYING)
     rec = (await ledger.get_many(P, ["a"]))["a"]
-    assert (rec.state, rec.job_id, rec.attempts) == (LedgerState.UNKNOWN, 7, 1)
+    assert (rec.state, rec.job_id, rec.attempts) == (LedgerState.RETRYING, 7, 1)
 
     error = ErrorInfo(message="quota insufficient", code="DLI.1028", http_status=400)
     await ledger.record(P, spec, LedgerState.FAILED, error=error)
@@ -136,6 +136,16 @@ async def test_record_keeps_job_id_when_none_and_error_none_clears(
 
     await ledger.record(P, spec, LedgerState.RETRYING)
     assert (await ledger.get_many(P, ["a"]))["a"].error is None
+
+
+async def test_created_is_final(open_ledger: OpenLedger) -> None:
+    # A late or mistaken write must never make a created job look sendable again.
+    ledger = await open_ledger()
+    spec = job("a")
+    await ledger.record(P, spec, LedgerState.CREATED, job_id=7)
+    await ledger.record(P, spec, LedgerState.UNKNOWN)
+    rec = (await ledger.get_many(P, ["a"]))["a"]
+    assert (rec.state, rec.job_id) == (LedgerState.CREATED, 7)
 
 
 async def test_get_many_over_several_chunks(open_ledger: OpenLedger) -> None:

@@ -71,6 +71,7 @@ ON CONFLICT (project_id, name) DO UPDATE SET
     error_code = excluded.error_code, error_message = excluded.error_message,
     http_status = excluded.http_status, adopted = excluded.adopted,
     updated_at = excluded.updated_at
+WHERE jobs.state <> 'created' OR excluded.state = 'created'
 """
 
 _CHUNK = 500  # names per IN (...): well under SQLite's 32766 host parameters
