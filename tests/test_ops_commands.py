@@ -1,0 +1,337 @@
+"""validate, plan, status, report, retry and config show, against real ledgers and the simulator.
+
+Ledgers are written by a real ``run_source``. Commands run in process through ``cli.main``
+(in a thread when the test's loop must keep serving the simulator), except where the command
+configures process-wide logging: those run as a real subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from batchsub.cli import main
+from batchsub.jobs import LedgerState
+from batchsub.ledgers import SqliteLedger
+from batchsub.ops_commands import retry_failed
+from batchsub.report import RunAccount
+from batchsub.runner import run_source
+from batchsub.settings import Settings
+from batchsub.simulator import RunningSimulator
+from batchsub.sources.directory import DirectorySource
+from batchsub.sources.ledger_source import LedgerFailedSource
+from tests.conftest import PROJECT, TOKEN, SimulatorFactory, write_manifests
+
+MISSING_QUEUE = "missingQueue"
+
+
+def settings_for(url: str, ledger: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "endpoint": url,
+        "project_id": PROJECT,
+        "auth_token": TOKEN,
+        "ledger": str(ledger),
+        "rate": 0,
+        "backoff_base": 0.01,
+        "backoff_max": 0.05,
+        "timeout": 2.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def populate(simulator: SimulatorFactory, folder: Path) -> tuple[RunningSimulator, Path]:
+    """A ledger (./ledger.db) with 3 jobs created and 2 failed (DLI.0002: no such queue)."""
+    sim = await simulator(known_queues=frozenset({"testQueue"}))
+    write_manifests(folder, 3)
+    write_manifests(folder, 2, prefix="bad", queue_name=MISSING_QUEUE)
+    ledger = Path("ledger.db").resolve()
+    code = await run_source(settings_for(sim.url, ledger), DirectorySource(folder), RunAccount())
+    assert code == 1
+    return sim, ledger
+
+
+async def cli(*argv: str | Path) -> int:
+    """``cli.main`` in a thread: its own asyncio.run, while this loop serves the simulator."""
+    return await asyncio.to_thread(main, [str(arg) for arg in argv])
+
+
+async def cli_subprocess(*argv: str | Path, env: dict[str, str]) -> tuple[int, str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHSUB_", "HUAWEICLOUD"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "batchsub",
+        *map(str, argv),
+        env={**base, **env},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def one_error_line(err: str, expected: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("batchsub: error: ") and expected in lines[0], err
+
+
+# --- validate ------------------------------------------------------------------------------
+
+
+def test_validate_lists_every_problem_with_file_job_and_field(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = Path("m")
+    write_manifests(folder, 2)
+    (folder / "typo.json").write_text('{"name": "typo", "parallel_numbr": 2}')
+    (folder / "list.yaml").write_text("- {name: fine}\n- {name: also, cu_number: '2'}\n")
+    (folder / "zz-dup.json").write_text('{"name": "job-00000"}')
+
+    assert main(["validate", "m", "--json"]) == 1
+    found = json.loads(capsys.readouterr().out)
+    assert (found["manifests"], found["valid"]) == (5, 3)
+    problems = {(p["file"], p["job"]): p["problem"] for p in found["problems"]}
+    assert problems[("m/typo.json", "typo")].startswith("parallel_numbr: unknown field")
+    assert problems[("m/list.yaml", "also")].startswith("cu_number: expected an integer")
+    assert "duplicate job name" in problems[("m/zz-dup.json", "job-00000")]
+    assert len(problems) == 3
+
+    assert main(["validate", "m"]) == 1
+    out = capsys.readouterr().out
+    assert "parallel_numbr" in out and "m/typo.json" in out
+    assert "5 manifests, 3 jobs valid, 3 problems" in out
+
+    (folder / "typo.json").unlink()
+    (folder / "list.yaml").unlink()
+    (folder / "zz-dup.json").unlink()
+    assert main(["validate", "m"]) == 0
+    assert "2 manifests, 2 jobs valid, 0 problems" in capsys.readouterr().out
+
+
+def test_validate_a_missing_directory_is_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["validate", "no-such-dir"]) == 2
+    captured = capsys.readouterr()
+    one_error_line(captured.err, "no-such-dir")
+    assert captured.out == ""
+
+
+# --- plan ----------------------------------------------------------------------------------
+
+
+async def test_plan_shows_each_action_and_sends_nothing(
+    simulator: SimulatorFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = Path("m")
+    sim, ledger = await populate(simulator, folder)
+    capsys.readouterr()  # the run's log lines
+    write_manifests(folder, 1, prefix="job", cu_number=4)  # job-00000 changed: drift
+    write_manifests(folder, 1, prefix="new")
+    (folder / "typo.json").write_text('{"name": "typo", "parallel_numbr": 2}')
+    sent = sim.store.create_requests
+
+    code = await cli("plan", folder, "--ledger", ledger, "--project-id", PROJECT, "--json")
+    assert code == 1  # an invalid manifest
+    plan = json.loads(capsys.readouterr().out)
+    actions = {row["name"]: row["action"] for row in plan["jobs"]}
+    assert actions == {
+        "job-00000": "drifted",
+        "job-00001": "already_created",
+        "job-00002": "already_created",
+        "bad-00000": "retry",
+        "bad-00001": "retry",
+        "new-00000": "create",
+        "typo": "invalid",
+    }
+    drifted = next(row for row in plan["jobs"] if row["action"] == "drifted")
+    assert drifted["drift"] == ["cu_number"]
+    assert plan["counts"]["already_created"] == 2 and plan["remote_checked"] is False
+    assert sim.store.create_requests == sent
+
+    code = await cli("plan", folder, "--ledger", ledger, "--project-id", PROJECT)
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "Plan: 1 to create, 0 to adopt, 2 to retry" in out.replace("\n", " ")
+    assert "DLI.0002" in out
+
+
+async def test_plan_check_remote_marks_jobs_made_elsewhere_as_adopt(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    folder = Path("m")
+    sim, ledger = await populate(simulator, folder)
+    write_manifests(folder, 1, prefix="by-hand")
+    sim.store.add("by-hand-00000", {"name": "by-hand-00000"}, 0, PROJECT)
+    sent = sim.store.create_requests
+    common = ("plan", folder, "--ledger", ledger, "--endpoint", sim.url, "--check-remote")
+    env = {"BATCHSUB_AUTH_TOKEN": TOKEN}
+
+    code, out, err = await cli_subprocess(*common, "--project-id", PROJECT, "--json", env=env)
+    assert code == 0, err
+    plan = json.loads(out)
+    actions = {row["name"]: (row["action"], row["job_id"]) for row in plan["jobs"]}
+    assert actions["by-hand-00000"] == ("adopt", sim.store.named("by-hand-00000")[0].job_id)
+    assert actions["bad-00000"][0] == "retry"
+    assert plan["remote_checked"] is True
+    assert sim.store.create_requests == sent  # list calls only
+
+    # A project the credential may not use: one line naming the credential, exit 2.
+    code, out, err = await cli_subprocess(*common, "--project-id", "other-project", env=env)
+    assert code == 2 and out == ""
+    one_error_line(err, "the API refused the credential token from BATCHSUB_AUTH_TOKEN")
+
+
+def test_plan_without_project_id_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    write_manifests(Path("m"), 1)
+    assert main(["plan", "m"]) == 2
+    one_error_line(capsys.readouterr().err, "no project id")
+    assert not Path("batchsub.db").exists()
+
+
+# --- status and report -----------------------------------------------------------------------
+
+
+async def test_status_counts_states_and_shows_latest_failures(
+    simulator: SimulatorFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, ledger = await populate(simulator, Path("m"))
+    capsys.readouterr()  # the run's log lines
+
+    assert await cli("status", "--ledger", ledger, "--json") == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["counts"]["created"] == 3 and status["counts"]["failed"] == 2
+    assert status["counts"]["total"] == 5
+    assert {f["name"] for f in status["failures"]} == {"bad-00000", "bad-00001"}
+    assert {f["error_code"] for f in status["failures"]} == {"DLI.0002"}
+    assert all(f["updated_at"].endswith("Z") for f in status["failures"])
+
+    assert await cli("status", "--ledger", ledger, "--limit", "1") == 0
+    out = capsys.readouterr().out
+    assert "DLI.0002" in out and "batchsub retry" in out
+    assert ("bad-00000" in out) != ("bad-00001" in out)  # only the latest one
+
+    assert await cli("status", "--ledger", ledger, "--project-id", "elsewhere", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["total"] == 0
+
+
+def test_status_on_a_missing_ledger_is_one_line_and_creates_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["status", "--ledger", "missing.db"]) == 2
+    one_error_line(capsys.readouterr().err, "ledger missing.db does not exist")
+    assert not Path("missing.db").exists() and not Path("missing.db.lock").exists()
+
+
+async def test_report_writes_every_ledger_row_as_json_and_csv(
+    simulator: SimulatorFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, ledger = await populate(simulator, Path("m"))
+    capsys.readouterr()  # the run's log lines
+
+    assert await cli("report", "--ledger", ledger, "--output", "r.json") == 0
+    rows = json.loads(Path("r.json").read_text())["jobs"]
+    assert [row["name"] for row in rows] == [
+        "bad-00000",
+        "bad-00001",
+        "job-00000",
+        "job-00001",
+        "job-00002",
+    ]
+    by_name = {row["name"]: row for row in rows}
+    assert by_name["bad-00000"]["outcome"] == "failed"
+    assert by_name["bad-00000"]["error_code"] == "DLI.0002"
+    assert by_name["bad-00000"]["http_status"] == 400
+    assert by_name["job-00000"]["outcome"] == "created"
+    assert isinstance(by_name["job-00000"]["job_id"], int)
+    assert by_name["job-00000"]["created_at"].endswith("Z")
+
+    assert await cli("report", "--ledger", ledger, "--format", "csv") == 0
+    table = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert len(table) == 5
+    assert {row["outcome"] for row in table} == {"created", "failed"}
+    assert table[0]["error_message"].startswith("The queue missingQueue does not exist")
+    assert not list(Path().glob(".report-*"))
+
+
+# --- retry ---------------------------------------------------------------------------------
+
+
+async def test_ledger_failed_source_yields_failed_jobs_and_releases_the_ledger(
+    simulator: SimulatorFactory,
+) -> None:
+    _, ledger_path = await populate(simulator, Path("m"))
+    source = LedgerFailedSource(SqliteLedger(ledger_path), PROJECT)
+    assert await source.load() == 2
+    names = [item.name async for item in source.items()]
+    assert names == ["bad-00000", "bad-00001"]
+    async with SqliteLedger(ledger_path):  # load() closed it: it can be opened again
+        pass
+
+
+async def test_retry_sends_only_the_failed_jobs_once_fixed(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    _, ledger = await populate(simulator, Path("m"))
+    fixed = await simulator()  # the queue now exists
+    settings = settings_for(fixed.url, ledger)
+    said: list[str] = []
+
+    code = await retry_failed(settings, tmp_path / "r.json", announce=said.append)
+    assert code == 0
+    assert sorted(job.name for job in fixed.store.jobs) == ["bad-00000", "bad-00001"]
+    assert fixed.store.create_requests == 2  # created jobs untouched
+    assert said == [f"sending again 2 failed jobs of project {PROJECT}"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["summary"]["created"] == 2
+    async with SqliteLedger(ledger) as opened:
+        states = {r.name: r.state async for r in opened.records(PROJECT)}
+    assert set(states.values()) == {LedgerState.CREATED}
+
+    code = await retry_failed(settings, None, announce=said.append)
+    assert code == 0 and "nothing to retry" in said[-1]
+    assert fixed.store.create_requests == 2
+
+
+def test_retry_on_a_missing_ledger_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["retry", "--ledger", "gone.db", "--project-id", "p", "--log-level", "error"])
+    assert code == 2
+    one_error_line(capsys.readouterr().err, "ledger gone.db does not exist")
+
+
+# --- config show ---------------------------------------------------------------------------
+
+
+def test_config_show_merges_file_env_and_flags_and_masks_secrets(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Path("cfg.toml").write_text('rate = 3.0\nconcurrency = 5\nregion = "cn-north-4"\n')
+    monkeypatch.setenv("BATCHSUB_RATE", "7")
+    monkeypatch.setenv("BATCHSUB_AUTH_TOKEN", "very-secret-token")
+    monkeypatch.setenv("HUAWEICLOUD_SDK_SK", "very-secret-sk")
+
+    assert main(["--config", "cfg.toml", "config", "show", "--concurrency", "9"]) == 0
+    out = capsys.readouterr().out
+    assert "# config file: cfg.toml" in out
+    assert "rate = 7.0" in out and "concurrency = 9" in out and 'region = "cn-north-4"' in out
+    assert "# endpoint in use: https://dli.cn-north-4.myhuaweicloud.com" in out
+    assert 'auth_token = "********"' in out and 'sk = "********"' in out
+    assert "very-secret" not in out
+
+    assert main(["--config", "cfg.toml", "config", "show", "--json"]) == 0
+    shown = orjson.loads(capsys.readouterr().out)
+    assert shown["config_file"] == "cfg.toml"
+    assert shown["settings"]["concurrency"] == 5 and shown["settings"]["ak"] is None
+    assert shown["settings"]["auth_token"] == "********"
