@@ -47,7 +47,14 @@ from batchsub.limiter import RateLimiter
 from batchsub.manifest import diff_fields
 from batchsub.protocols import Auth, Ledger
 from batchsub.report import RunAccount
-from batchsub.runner import DEMO_PROJECT_ID, build_auth, open_ledger, retry_policy, run_source
+from batchsub.runner import (
+    DEMO_PROJECT_ID,
+    build_auth,
+    is_shared_ledger,
+    open_ledger,
+    retry_policy,
+    run_source,
+)
 from batchsub.settings import DEFAULT_CONFIG_FILE, Settings
 from batchsub.sources.directory import DirectorySource
 from batchsub.sources.ledger_source import LedgerFailedSource
@@ -140,10 +147,9 @@ def _iso(epoch: float) -> str:
 
 def existing_ledger(spec: str) -> Ledger:
     """The ledger named by ``--ledger``, which must exist: reading must not create an empty one."""
-    ledger = open_ledger(spec)
-    if not Path(spec).is_file():
+    if not is_shared_ledger(spec) and not Path(spec).is_file():
         raise ConfigError(f"ledger {spec} does not exist: pass --ledger PATH, the file a run wrote")
-    return ledger
+    return open_ledger(spec, read_only=True)
 
 
 # --- validate ------------------------------------------------------------------------------
@@ -430,9 +436,10 @@ async def _plan(
     settings: Settings, args: argparse.Namespace, source: DirectorySource, project_id: str
 ) -> Counter[Action]:
     remote = await list_remote_jobs(settings, project_id) if args.check_remote else None
-    ledger: Ledger | None = open_ledger(settings.ledger)
-    if not Path(settings.ledger).is_file():
-        ledger = None  # nothing sent with it yet; opening it would create it
+    ledger: Ledger | None = None
+    if is_shared_ledger(settings.ledger) or Path(settings.ledger).is_file():
+        # A missing SQLite file means nothing was sent yet; opening it would create it.
+        ledger = open_ledger(settings.ledger, read_only=True)
     if ledger is not None:
         await ledger.open()
     output: _PlanJson | _PlanTable = (

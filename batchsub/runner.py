@@ -57,14 +57,22 @@ def build_auth(settings: Settings, project_id: str) -> Auth:
     )
 
 
-def open_ledger(spec: str, *, request_timeout: float = 30.0) -> Ledger:
-    """The ledger named by ``--ledger``: a postgresql:// URL (shared) or a SQLite file path."""
-    if spec.startswith(("postgresql://", "postgres://")):
+def is_shared_ledger(spec: str) -> bool:
+    """True for a PostgreSQL URL, false for a SQLite file path."""
+    return spec.startswith(("postgresql://", "postgres://"))
+
+
+def open_ledger(spec: str, *, request_timeout: float = 30.0, read_only: bool = False) -> Ledger:
+    """The ledger named by ``--ledger``: a postgresql:// URL (shared) or a SQLite file path.
+
+    ``read_only`` SQLite ledgers take no lock, so they can be read while a run writes.
+    """
+    if is_shared_ledger(spec):
         from batchsub.ledgers.postgres import PostgresLedger
 
         # A claim must outlive the longest request its worker may still have in flight.
         return PostgresLedger(spec, lease_seconds=request_timeout * 2 + 10)
-    return SqliteLedger(Path(spec))
+    return SqliteLedger(Path(spec), read_only=read_only)
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:

@@ -393,3 +393,14 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="newer than this batchsub") as caught:
         await SqliteLedger(path).open()
     assert str(path) in str(caught.value)
+
+
+async def test_read_only_reads_beside_a_writer_and_never_writes(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    async with SqliteLedger(path) as writer:
+        await writer.record(P, job("a"), LedgerState.CREATED, job_id=3)
+        async with SqliteLedger(path, read_only=True) as reader:  # no lock taken
+            assert (await reader.get_many(P, ["a"]))["a"].job_id == 3
+            with pytest.raises(LedgerError, match="read-only"):
+                await reader.record(P, job("b"), LedgerState.CREATED, job_id=4)
+        await writer.record(P, job("b"), LedgerState.CREATED, job_id=4)  # still ours

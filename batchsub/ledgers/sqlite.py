@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +102,12 @@ class SqliteLedger:
         busy_timeout: float = 5.0,
         max_batch: int = 1000,
         page_size: int = 500,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
+        # Read-only: no lock and no writer, so status/report/plan can look at a ledger while
+        # a run holds it (WAL lets readers run beside the one writer).
+        self.read_only = read_only
         self.commits = 0
         self._clock = clock
         self._busy_timeout_ms = int(busy_timeout * 1000)
@@ -133,6 +138,9 @@ class SqliteLedger:
         """Lock the ledger, open it, and create or migrate its schema."""
         if self._conn is not None:
             return
+        if self.read_only:
+            self._conn = await self._connect()
+            return
         self._lock.acquire()
         try:
             self._conn = await self._connect()
@@ -159,7 +167,8 @@ class SqliteLedger:
             except sqlite3.Error as exc:
                 raise self._error("cannot close", exc) from exc
             finally:
-                self._lock.release()
+                if not self.read_only:
+                    self._lock.release()
 
     async def get_many(self, project_id: str, names: Sequence[str]) -> dict[str, LedgerRecord]:
         """The records of those names that exist, one query per 500 names."""
@@ -249,7 +258,11 @@ class SqliteLedger:
 
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: no implicit transactions; the writer issues BEGIN/COMMIT itself.
-        conn = aiosqlite.connect(self.path, isolation_level=None)
+        if self.read_only:
+            uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode=ro"
+            conn = aiosqlite.connect(uri, isolation_level=None, uri=True)
+        else:
+            conn = aiosqlite.connect(self.path, isolation_level=None)
         try:
             await conn
         except sqlite3.Error as exc:
@@ -265,6 +278,9 @@ class SqliteLedger:
 
     async def _configure(self, conn: aiosqlite.Connection) -> None:
         await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        if self.read_only:
+            await self._check_version(conn)
+            return
         rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
         if str(rows[0][0]).lower() != "wal":
             raise LedgerError(f"cannot open ledger {self.path}: WAL mode unavailable")
@@ -272,6 +288,15 @@ class SqliteLedger:
         # (kill -9 included): the commit is in the WAL before it returns. Only an OS crash or
         # power loss can drop the last commits, which FULL would prevent at an fsync each.
         await conn.execute("PRAGMA synchronous = NORMAL")
+        version = await self._check_version(conn)
+        while version < SCHEMA_VERSION:
+            await conn.executescript(
+                f"BEGIN IMMEDIATE; {_MIGRATIONS[version]}"
+                f" PRAGMA user_version = {version + 1}; COMMIT;"
+            )
+            version += 1
+
+    async def _check_version(self, conn: aiosqlite.Connection) -> int:
         rows = list(await conn.execute_fetchall("PRAGMA user_version"))
         version = int(rows[0][0])
         if version > SCHEMA_VERSION:
@@ -279,12 +304,7 @@ class SqliteLedger:
                 f"ledger {self.path} has schema version {version}, newer than this batchsub "
                 f"supports ({SCHEMA_VERSION}); upgrade batchsub"
             )
-        while version < SCHEMA_VERSION:
-            await conn.executescript(
-                f"BEGIN IMMEDIATE; {_MIGRATIONS[version]}"
-                f" PRAGMA user_version = {version + 1}; COMMIT;"
-            )
-            version += 1
+        return version
 
     def _error(self, what: str, exc: BaseException) -> LedgerError:
         return LedgerError(f"ledger {self.path}: {what}: {exc}")
@@ -306,6 +326,8 @@ class SqliteLedger:
         self, kind: Literal["begin", "record"], key: tuple[str, str], params: tuple[Any, ...]
     ) -> int | None:
         self._require_open()
+        if self.read_only:
+            raise LedgerError(f"ledger {self.path} is open read-only")
         future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Write(kind, key, params, future))
         return await future
