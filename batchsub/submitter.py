@@ -82,12 +82,20 @@ class Submitter:
         self._project = client.project_id
         self.fatal: ErrorInfo | None = None
         self._stopping = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
         self.creates_sent = 0
         self.budget_exhausted = 0
 
     def stop(self) -> None:
         """Stop taking new work: queued and unsent jobs end as unresolved, in-flight ones finish."""
         self._stopping.set()
+        self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        # An endless source waits for its next item (a file, a message): cancel that wait
+        # rather than wait for one. A finite source is read to its end for the report.
+        if not self._finish_source_on_stop and self._reader is not None:
+            self._reader.cancel()
 
     @property
     def stopped(self) -> bool:
@@ -141,7 +149,7 @@ class Submitter:
         # Items are pumped into a small buffer so that a burst is looked up in the ledger in
         # batches while a trickle (a drop folder, a queue) is dispatched at once.
         buffer: asyncio.Queue[ManifestItem | None] = asyncio.Queue(maxsize=LOOKUP_BATCH)
-        pump = asyncio.create_task(self._pump(source, buffer))
+        pump = self._reader = asyncio.create_task(self._pump(source, buffer))
         try:
             while (first := await buffer.get()) is not None:
                 batch = [first]
@@ -159,7 +167,8 @@ class Submitter:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
-        pump.result()  # re-raise a source failure
+        if not pump.cancelled():
+            pump.result()  # re-raise a source failure
 
     async def _pump(self, source: Source, buffer: asyncio.Queue[ManifestItem | None]) -> None:
         try:
@@ -442,6 +451,7 @@ class Submitter:
             self.fatal = error
             log.error("run.fatal", error=str(error))
         self._stopping.set()
+        self._stop_reading()
 
 
 def _settled_result(spec: JobSpec, record: LedgerRecord | None) -> JobResult | None:

@@ -1,0 +1,361 @@
+"""A RabbitMQ queue of manifests, consumed with aio-pika: every message is acked only when settled.
+
+Topology (declared by both ``publish`` and ``consume``, so either may start first): a durable
+queue NAME whose dead-letter arguments point at the durable queue ``NAME.dead``.
+
+One message holds one manifest (JSON; YAML when its ``x-batchsub-suffix`` header says so),
+so it may give several ManifestItems; it is settled once all of them are:
+
+- every job created or already created: ack;
+- some job invalid, failed or drifted: a copy goes to ``NAME.dead`` with the reason in the
+  ``x-batchsub-error`` header, published persistent with a publisher confirm, THEN the
+  original is acked. Rejecting to the dead-letter exchange would keep the original headers
+  but RabbitMQ cannot add one, and the reason is what a person needs to fix the manifest.
+  A crash between confirm and ack leaves two copies in ``NAME.dead``, never none;
+- some job unresolved (a transient failure that outlasted the retries, the run stopping,
+  a job claimed by another worker): nack with requeue, to be tried again.
+
+The ledger makes a redelivered or twice-published job harmless; within one consumer a job
+whose name is already in flight is held back until that one settles, since two concurrent
+creates of one name would both be sent. Messages not settled when the source is closed
+are requeued by ``close()`` (and would be by the broker when the connection closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+    ConsumerTag,
+    HeadersType,
+)
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelPreconditionFailed
+from yarl import URL
+
+from batchsub.errors import ConfigError
+from batchsub.jobs import JobResult, JobSpec, ManifestItem, Outcome
+from batchsub.manifest import parse_manifest_bytes
+
+log = structlog.get_logger("batchsub.amqp")
+
+SOURCE_HEADER = "x-batchsub-source"
+SUFFIX_HEADER = "x-batchsub-suffix"
+ERROR_HEADER = "x-batchsub-error"
+OUTCOME_HEADER = "x-batchsub-outcome"
+DEAD_SUFFIX = ".dead"
+CONNECT_TIMEOUT = 10.0  # seconds for the first connection; later losses reconnect forever
+CONFIRM_TIMEOUT = 30.0  # seconds for a publisher confirm (a broker under an alarm blocks)
+_MAX_HEADER_CHARS = 4000
+_MAX_QUEUE_NAME = 255 - len(DEAD_SUFFIX)  # AMQP short string, with room for ".dead"
+
+# What an AMQP call can raise when the broker or the connection fails.
+AMQP_FAILURES: tuple[type[BaseException], ...] = (*CONNECTION_EXCEPTIONS, TimeoutError)
+
+_DEAD_OUTCOMES = frozenset({Outcome.INVALID, Outcome.FAILED, Outcome.DRIFTED})
+_DONE_OUTCOMES = frozenset({Outcome.CREATED, Outcome.ALREADY_CREATED})
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password removed, for messages and logs."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return "(unparsable AMQP URL)"
+    return str(parsed.with_password(None)) if parsed.password is not None else str(parsed)
+
+
+def dead_queue_name(queue: str) -> str:
+    """The dead-letter queue of ``queue``."""
+    return queue + DEAD_SUFFIX
+
+
+def check_queue_name(queue: str) -> str:
+    """``queue`` if it can name a queue and its dead-letter twin, else ConfigError."""
+    if not queue or len(queue.encode()) > _MAX_QUEUE_NAME:
+        raise ConfigError(f"--queue must be 1 to {_MAX_QUEUE_NAME} bytes (got {len(queue)})")
+    if queue.startswith("amq."):
+        raise ConfigError(f"--queue {queue!r}: names starting with 'amq.' are reserved")
+    return queue
+
+
+async def connect(url: str) -> AbstractRobustConnection:
+    """A robust connection (reconnects by itself); ConfigError naming the URL if unreachable."""
+    shown = redact_url(url)
+    scheme = URL(url).scheme if shown != "(unparsable AMQP URL)" else ""
+    if scheme not in ("amqp", "amqps"):
+        raise ConfigError(f"AMQP URL {shown} must start with amqp:// or amqps://")
+    try:
+        return await aio_pika.connect_robust(url, timeout=CONNECT_TIMEOUT)
+    except aio_pika.exceptions.ProbableAuthenticationError:
+        raise ConfigError(
+            f"RabbitMQ at {shown} refused the login: check the user and password"
+        ) from None
+    except AMQP_FAILURES as exc:
+        reason = _reason(exc).replace(URL(url).password or "\0", "***")
+        raise ConfigError(f"cannot connect to RabbitMQ at {shown}: {reason}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+async def declare_queues(channel: AbstractChannel, queue: str) -> AbstractQueue:
+    """Declare NAME (durable, dead-lettered to NAME.dead) and NAME.dead; returns NAME."""
+    dead = dead_queue_name(queue)
+    try:
+        await channel.declare_queue(dead, durable=True)
+        return await channel.declare_queue(
+            queue,
+            durable=True,
+            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead},
+        )
+    except ChannelPreconditionFailed as exc:
+        raise ConfigError(f"queue {queue!r} exists with other settings: {_reason(exc)}") from None
+
+
+def header_text(headers: HeadersType, key: str) -> str | None:
+    """A header as text (AMQP may carry it as bytes), or None when absent or not text."""
+    value = headers.get(key)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+@dataclass(eq=False, slots=True)
+class _Delivery:
+    """One message and the items parsed from it that are not settled yet."""
+
+    message: AbstractIncomingMessage
+    unsettled: int = 0
+    parsed: bool = False
+    outcomes: list[Outcome] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    done: bool = False
+
+
+class AmqpSource:
+    """Manifests from a RabbitMQ queue; ``settle`` acks, dead-letters or requeues each message.
+
+    Use ``open_amqp_source`` to get one. ``stop()`` makes ``items()`` end at once (it waits for
+    the next message otherwise; cancelling the task reading it works too); ``close()`` stops
+    consuming and requeues whatever was not settled.
+    """
+
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue) -> None:
+        self._channel = channel
+        self._queue = queue
+        self.name = queue.name
+        self._inbox: asyncio.Queue[_Delivery | ManifestItem | None] = asyncio.Queue()
+        self._open: set[_Delivery] = set()  # delivered, not acked or requeued yet
+        # id(item) -> (item, its message); holding the item keeps its id unique until settled
+        self._items: dict[int, tuple[ManifestItem, _Delivery]] = {}
+        self._in_flight: set[str] = set()  # job names yielded and not settled
+        self._held: dict[str, list[ManifestItem]] = {}  # same name as one in flight: wait
+        self._consumer_tag: ConsumerTag | None = None
+        self._stopped = False
+        self.acked = 0
+        self.dead_lettered = 0
+        self.requeued = 0
+
+    @property
+    def unsettled(self) -> int:
+        """Messages delivered and not yet acked or requeued."""
+        return len(self._open)
+
+    async def items(self) -> AsyncIterator[ManifestItem]:
+        """Yield the items of each message as it arrives, until ``stop()``."""
+        if self._consumer_tag is None and not self._stopped:
+            self._consumer_tag = await self._queue.consume(self._on_message)
+        while not self._stopped:
+            entry = await self._inbox.get()
+            if entry is None:
+                return
+            if not isinstance(entry, _Delivery):
+                yield entry  # a held item whose namesake has settled; already claimed
+                continue
+            for item in self._parse(entry):
+                if self._stopped:
+                    return
+                if self._claim(item):
+                    yield item
+
+    def stop(self) -> None:
+        """Stop ``items()`` at once; messages it did not yield are requeued by ``close()``."""
+        if not self._stopped:
+            self._stopped = True
+            self._inbox.put_nowait(None)
+
+    async def close(self) -> None:
+        """Stop consuming and requeue every message not settled; call after the run."""
+        self.stop()
+        if self._consumer_tag is not None:
+            try:
+                await self._queue.cancel(self._consumer_tag)
+            except AMQP_FAILURES as exc:
+                log.warning("amqp.cancel_failed", queue=self.name, error=_reason(exc))
+        for delivery in list(self._open):
+            await self._finish(delivery, requeue=True)
+        if self.requeued or self.acked or self.dead_lettered:
+            log.info(
+                "amqp.closed",
+                queue=self.name,
+                acked=self.acked,
+                dead_lettered=self.dead_lettered,
+                requeued=self.requeued,
+            )
+
+    async def settle(self, item: ManifestItem, result: JobResult) -> None:
+        """Record one item's outcome; once its message's items are all settled, settle it."""
+        found = self._items.pop(id(item), None)
+        if found is None:
+            return
+        _, delivery = found
+        if isinstance(item, JobSpec):
+            self._release_name(item.name)
+        delivery.unsettled -= 1
+        delivery.outcomes.append(result.outcome)
+        if result.outcome in _DEAD_OUTCOMES:
+            delivery.errors.append(result.error or result.outcome.value)
+        if delivery.unsettled == 0 and delivery.parsed and not delivery.done:
+            await self._settle_message(delivery)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        delivery = _Delivery(message)
+        self._open.add(delivery)
+        if self._stopped:
+            await self._finish(delivery, requeue=True)
+            return
+        self._inbox.put_nowait(delivery)
+
+    def _parse(self, delivery: _Delivery) -> list[ManifestItem]:
+        message = delivery.message
+        headers = message.headers or {}
+        source = header_text(headers, SOURCE_HEADER)
+        if source is None:
+            source = f"amqp:{self.name}#{message.message_id or message.delivery_tag}"
+        suffix = header_text(headers, SUFFIX_HEADER) or ".json"
+        items = parse_manifest_bytes(message.body, source[:512], suffix=suffix)
+        delivery.unsettled = len(items)
+        delivery.parsed = True
+        for item in items:
+            self._items[id(item)] = (item, delivery)
+        return items
+
+    def _claim(self, item: ManifestItem) -> bool:
+        """Mark a job's name in flight; False (and held back) if it already is."""
+        if not isinstance(item, JobSpec):
+            return True
+        if item.name in self._in_flight:
+            self._held.setdefault(item.name, []).append(item)
+            return False
+        self._in_flight.add(item.name)
+        return True
+
+    def _release_name(self, name: str) -> None:
+        held = self._held.get(name)
+        if not held:
+            self._in_flight.discard(name)
+            return
+        self._inbox.put_nowait(held.pop(0))  # stays in flight: handed to the next in line
+        if not held:
+            del self._held[name]
+
+    async def _settle_message(self, delivery: _Delivery) -> None:
+        outcomes = set(delivery.outcomes)
+        if outcomes <= _DONE_OUTCOMES:
+            await self._finish(delivery, ack=True)
+        elif Outcome.UNRESOLVED in outcomes:
+            await self._finish(delivery, requeue=True)
+        elif await self._dead_letter(delivery):
+            await self._finish(delivery, ack=True, dead=True)
+        else:
+            await self._finish(delivery, requeue=True)
+
+    async def _dead_letter(self, delivery: _Delivery) -> bool:
+        """Publish a copy of the message with the reason to NAME.dead; True once confirmed."""
+        message = delivery.message
+        reason = "; ".join(delivery.errors)
+        if len(reason) > _MAX_HEADER_CHARS:
+            reason = reason[: _MAX_HEADER_CHARS - 3] + "..."
+        worst = next(
+            o for o in (Outcome.INVALID, Outcome.DRIFTED, Outcome.FAILED) if o in delivery.outcomes
+        )
+        headers: HeadersType = {
+            **(message.headers or {}),
+            ERROR_HEADER: reason,
+            OUTCOME_HEADER: worst.value,
+        }
+        copy = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            message_id=message.message_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        try:
+            await self._channel.default_exchange.publish(
+                copy, routing_key=dead_queue_name(self.name), timeout=CONFIRM_TIMEOUT
+            )
+        except AMQP_FAILURES as exc:
+            log.error("amqp.dead_letter_failed", queue=self.name, error=_reason(exc))
+            return False
+        log.warning(
+            "amqp.dead_lettered", queue=dead_queue_name(self.name), outcome=worst, error=reason
+        )
+        return True
+
+    async def _finish(
+        self, delivery: _Delivery, *, ack: bool = False, requeue: bool = False, dead: bool = False
+    ) -> None:
+        if delivery.done:
+            return
+        delivery.done = True
+        self._open.discard(delivery)
+        try:
+            if ack:
+                await delivery.message.ack()
+            else:
+                await delivery.message.nack(requeue=requeue)
+        except AMQP_FAILURES as exc:
+            # The channel is gone: the broker requeues the message itself.
+            log.warning("amqp.settle_failed", queue=self.name, error=_reason(exc))
+            return
+        if dead:
+            self.dead_lettered += 1
+        elif ack:
+            self.acked += 1
+        else:
+            self.requeued += 1
+
+
+@contextlib.asynccontextmanager
+async def open_amqp_source(url: str, queue: str, *, prefetch: int) -> AsyncIterator[AmqpSource]:
+    """Connect, declare the queues, set the prefetch; yields an AmqpSource, closed on exit."""
+    check_queue_name(queue)
+    connection = await connect(url)
+    try:
+        channel = await connection.channel(on_return_raises=True)
+        await channel.set_qos(prefetch_count=prefetch)
+        declared = await declare_queues(channel, queue)
+        log.info("amqp.connected", url=redact_url(url), queue=queue, prefetch=prefetch)
+        source = AmqpSource(channel, declared)
+        try:
+            yield source
+        finally:
+            await source.close()
+    finally:
+        await connection.close()
