@@ -186,6 +186,7 @@ async def run_source(
             concurrency=settings.concurrency,
             on_result=_fan_out(account, observer),
             finish_source_on_stop=not endless,
+            in_doubt_grace=settings.in_doubt_grace,
         )
         if observer is not None:
             observer.on_start(limiter)

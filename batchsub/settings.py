@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     backoff_base: float = Field(0.5, gt=0.0)
     backoff_max: float = Field(30.0, gt=0.0)
     drain_timeout: float = Field(30.0, ge=0.0)
+    # After a lost answer, wait this long before looking the job up: the server may still be
+    # creating it, and a lookup that misses it would lead to a duplicate.
+    in_doubt_grace: float = Field(5.0, ge=0.0)
 
     # The drop-folder daemon (``batchsub watch``).
     settle_time: float = Field(1.0, ge=0.0)  # a file must stop changing this long before it is read

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,6 +67,7 @@ class Submitter:
         on_result: Callable[[JobResult], None],
         rng: random.Random | None = None,
         finish_source_on_stop: bool = True,
+        in_doubt_grace: float = 5.0,
     ) -> None:
         self._client = client
         self._ledger = ledger
@@ -85,6 +87,14 @@ class Submitter:
         self._reader: asyncio.Task[None] | None = None
         self.creates_sent = 0
         self.budget_exhausted = 0
+        self._in_doubt_grace = in_doubt_grace
+        # Requests in flight are bounded by ``concurrency``; jobs in progress (most of them
+        # asleep in a backoff or a grace period) by a larger number, which bounds memory.
+        self._requests = asyncio.Semaphore(concurrency)
+        self._job_slots = asyncio.Semaphore(concurrency * 4 + 16)
+        self._group: asyncio.TaskGroup | None = None
+        # Names being processed: a second job of the same name waits for the first.
+        self._in_flight: dict[str, asyncio.Event] = {}
 
     def stop(self) -> None:
         """Stop taking new work: queued and unsent jobs end as unresolved, in-flight ones finish."""
@@ -105,17 +115,9 @@ class Submitter:
     async def run(self, source: Source) -> None:
         """Process every item of ``source``; returns when each has a result."""
         await self._recover_in_doubt()
-        queue: asyncio.Queue[tuple[_Job, ManifestItem] | None] = asyncio.Queue(
-            maxsize=self._concurrency * 2
-        )
         async with asyncio.TaskGroup() as group:
-            for _ in range(self._concurrency):
-                group.create_task(self._worker(queue, source))
-            try:
-                await self._feed(source, queue)
-            finally:
-                for _ in range(self._concurrency):
-                    await queue.put(None)
+            self._group = group
+            await self._feed(source)
 
     async def _recover_in_doubt(self) -> None:
         # A crash (even kill -9) leaves jobs in ``submitting``: they may exist. Match them
@@ -124,6 +126,9 @@ class Submitter:
         if not doubtful:
             return
         log.info("recover.start", in_doubt=len(doubtful))
+        # A create sent just before a crash may still be running on the server.
+        youngest = max(record.updated_at for record in doubtful)
+        await self._pause(youngest + self._in_doubt_grace - time.time())
         try:
             remote = await self._reconciler.snapshot()
         except ApiError as exc:
@@ -143,9 +148,7 @@ class Submitter:
                 await self._write(record.spec(), LedgerState.RETRYING, error=record.error)
         log.info("recover.done", adopted=adopted, to_send=len(doubtful) - adopted)
 
-    async def _feed(
-        self, source: Source, queue: asyncio.Queue[tuple[_Job, ManifestItem] | None]
-    ) -> None:
+    async def _feed(self, source: Source) -> None:
         # Items are pumped into a small buffer so that a burst is looked up in the ledger in
         # batches while a trickle (a drop folder, a queue) is dispatched at once.
         buffer: asyncio.Queue[ManifestItem | None] = asyncio.Queue(maxsize=LOOKUP_BATCH)
@@ -160,7 +163,7 @@ class Submitter:
                         ended = True
                         break
                     batch.append(item)
-                await self._dispatch(batch, queue, source)
+                await self._dispatch(batch, source)
                 if ended:
                     break
         finally:
@@ -179,12 +182,7 @@ class Submitter:
         finally:
             await buffer.put(None)
 
-    async def _dispatch(
-        self,
-        batch: list[ManifestItem],
-        queue: asyncio.Queue[tuple[_Job, ManifestItem] | None],
-        source: Source,
-    ) -> None:
+    async def _dispatch(self, batch: list[ManifestItem], source: Source) -> None:
         names = [item.name for item in batch if isinstance(item, JobSpec)]
         records = await self._ledger.get_many(self._project, names) if names else {}
         for item in batch:
@@ -201,23 +199,38 @@ class Submitter:
             if settled is not None:
                 await self._finish(source, item, settled)
                 continue
-            await queue.put((_Job(item, record), item))
+            await self._job_slots.acquire()
+            assert self._group is not None
+            self._group.create_task(self._run_job(_Job(item, record), source))
 
-    async def _worker(
-        self, queue: asyncio.Queue[tuple[_Job, ManifestItem] | None], source: Source
-    ) -> None:
-        while (entry := await queue.get()) is not None:
-            job, item = entry
-            structlog.contextvars.bind_contextvars(job=job.spec.name, source=job.spec.source)
-            try:
-                result = await self._process(job)
-            except RunStopped as exc:
-                result = JobResult(
-                    job.spec.source, job.spec.name, Outcome.UNRESOLVED, error=str(exc)
-                )
-            finally:
-                structlog.contextvars.unbind_contextvars("job", "source")
-            await self._finish(source, item, result)
+    async def _run_job(self, job: _Job, source: Source) -> None:
+        spec = job.spec
+        structlog.contextvars.bind_contextvars(job=spec.name, source=spec.source)
+        try:
+            result = await self._one_at_a_time(job)
+        except RunStopped as exc:
+            result = JobResult(spec.source, spec.name, Outcome.UNRESOLVED, error=str(exc))
+        finally:
+            self._job_slots.release()
+        await self._finish(source, spec, result)
+
+    async def _one_at_a_time(self, job: _Job) -> JobResult:
+        # The same name twice in flight (a drop folder, a queue redelivery) would be sent
+        # twice: the second waits for the first, then goes by what the ledger says.
+        name = job.spec.name
+        while (busy := self._in_flight.get(name)) is not None:
+            await busy.wait()
+            record = (await self._ledger.get_many(self._project, [name])).get(name)
+            settled = _settled_result(job.spec, record)
+            if settled is not None:
+                return settled
+            job = _Job(job.spec, record)
+        self._in_flight[name] = done = asyncio.Event()
+        try:
+            return await self._process(job)
+        finally:
+            del self._in_flight[name]
+            done.set()
 
     async def _finish(self, source: Source, item: ManifestItem, result: JobResult) -> None:
         self._on_result(result)
@@ -253,20 +266,21 @@ class Submitter:
                     return await self._phantom_duplicate(spec, last, attempts)
                 in_doubt = False
             self._check_running()
-            await self._limiter.acquire()
-            self._check_running()
-            attempt = await self._begin(spec)
-            if attempt is None:
-                return JobResult(
-                    spec.source,
-                    spec.name,
-                    Outcome.UNRESOLVED,
-                    error="claimed by another batchsub worker",
-                )
-            attempts += 1
-            self.creates_sent += 1
-            sent_at = loop.time()
-            answer = await self._client.create(spec.body)
+            async with self._requests:
+                await self._limiter.acquire()
+                self._check_running()
+                attempt = await self._begin(spec)
+                if attempt is None:
+                    return JobResult(
+                        spec.source,
+                        spec.name,
+                        Outcome.UNRESOLVED,
+                        error="claimed by another batchsub worker",
+                    )
+                attempts += 1
+                self.creates_sent += 1
+                sent_at = loop.time()
+                answer = await self._client.create(spec.body)
             last = answer
             done = await self._record_answer(spec, answer, attempt, sent_at)
             if done is not None:
@@ -279,6 +293,10 @@ class Submitter:
             if not answer.throttled:
                 failures += 1
                 delay = self._backoff(failures, answer)
+            if answer.kind is AnswerKind.IN_DOUBT:
+                # A timeout or a gateway error does not stop the create on the server: give
+                # it time to finish, or the lookup misses the job it is still making.
+                delay = max(delay, self._in_doubt_grace)
             elapsed = loop.time() - started
             if failures >= self._policy.max_attempts or elapsed + delay > self._policy.job_deadline:
                 return await self._give_up(
@@ -388,6 +406,7 @@ class Submitter:
     ) -> JobResult:
         error = str(last.error) if last and last.error else "unknown error"
         if in_doubt:
+            await self._pause(self._in_doubt_grace)
             adopted = await self._adopt_if_exists(spec, attempts, ours=ours)
             if adopted is not None:
                 return adopted

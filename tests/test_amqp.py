@@ -52,6 +52,7 @@ def settings_for(url: str, tmp_path: Path, queue: str, **overrides: Any) -> Sett
         "rate": 0,
         "concurrency": 8,
         "backoff_base": 0.01,
+        "in_doubt_grace": 0.01,
         "backoff_max": 0.05,
         "timeout": 2.0,
         "amqp_url": AMQP_URL,

@@ -41,6 +41,7 @@ def settings_for(url: str, ledger: Path, **overrides: Any) -> Settings:
         "ledger": str(ledger),
         "rate": 0,
         "backoff_base": 0.01,
+        "in_doubt_grace": 0.01,
         "backoff_max": 0.05,
         "timeout": 2.0,
     }

@@ -29,6 +29,7 @@ def settings_for(url: str, tmp_path: Path, **overrides: Any) -> Settings:
         "backoff_base": 0.01,
         "backoff_max": 0.05,
         "timeout": 2.0,
+        "in_doubt_grace": 0.01,
     }
     values.update(overrides)
     return Settings(**values)
