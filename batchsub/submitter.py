@@ -242,6 +242,10 @@ class Submitter:
         remote = await self._remote_snapshot()
         in_doubt = job.record is not None and job.record.state in IN_DOUBT_STATES
         known_id = remote.get(spec.name)
+        if known_id is None and in_doubt and job.record is not None:
+            # Sent by a worker that died (or a run that crashed) moments ago: its create may
+            # still be running on the server.
+            await self._pause(job.record.updated_at + self._in_doubt_grace - time.time())
         if known_id is not None:
             # It exists on the server already: adopt it, never create a second one.
             await self._write(spec, LedgerState.CREATED, job_id=known_id, adopted=True)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -409,3 +413,22 @@ async def test_unusable_dsn_raises_ledger_error_without_the_password(
     assert "\n" not in message
     with pytest.raises(LedgerError, match="is not open"):
         await ledger.get_many(P, ["a"])
+
+
+async def test_a_lease_held_by_a_dead_process_of_this_host_ends_at_once(
+    open_ledger: OpenLedger,
+) -> None:
+    # A worker killed with SIGKILL leaves its lease; waiting for it to expire would only
+    # delay its jobs. A live process's lease, or another host's, is still respected.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    here = socket.gethostname()
+    dead = await open_ledger(owner=f"{here}:{gone.pid}:dead", lease_seconds=600.0)
+    alive = await open_ledger(owner=f"{here}:{os.getpid()}:other", lease_seconds=600.0)
+    elsewhere = await open_ledger(owner=f"not-{here}:{gone.pid}:x", lease_seconds=600.0)
+    taker = await open_ledger(lease_seconds=600.0)
+    for holder, name in ((dead, "a"), (alive, "b"), (elsewhere, "c")):
+        assert await holder.begin_attempt(P, job(name)) == 1
+    assert await taker.begin_attempt(P, job("a")) == 2
+    assert await taker.begin_attempt(P, job("b")) is None
+    assert await taker.begin_attempt(P, job("c")) is None

@@ -153,6 +153,32 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+def owner_is_dead_here(owner: str) -> bool:
+    """True when ``owner`` is a process of this host that no longer exists.
+
+    Its lease then protects nothing, and waiting for it to expire only delays the job. Owners
+    on other hosts, or whose pid is alive (or reused), are left to expire.
+    """
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, but not ours to signal
+        return False
+    return False
+
+
+_OWNER_SQL = "SELECT owner FROM batchsub_jobs WHERE project_id = $1 AND name = $2"
+_EXPIRE_SQL = """
+UPDATE batchsub_jobs SET lease_until = 0
+WHERE project_id = $1 AND name = $2 AND owner = $3 AND state <> 'created'
+"""
+
+
 class PostgresLedger:
     """A ``Ledger`` in a PostgreSQL database, shared by workers that claim jobs with leases.
 
@@ -252,19 +278,28 @@ class PostgresLedger:
         lease (another worker's, or ours: the same job twice in flight here); the caller
         re-reads the record to learn which. A lease ends at ``record`` or on expiry.
         """
-        now = float(self._clock())
-        value = await self._fetchval(
-            _BEGIN_SQL,
-            project_id,
-            job.name,
-            job.source,
-            job.body_hash,
-            job.body,
-            now,
-            self.owner,
-            now + self._lease,
-        )
-        return None if value is None else int(value)
+        for _ in range(2):
+            now = float(self._clock())
+            value = await self._fetchval(
+                _BEGIN_SQL,
+                project_id,
+                job.name,
+                job.source,
+                job.body_hash,
+                job.body,
+                now,
+                self.owner,
+                now + self._lease,
+            )
+            if value is not None:
+                return int(value)
+            holder = await self._fetchval(_OWNER_SQL, project_id, job.name)
+            if not isinstance(holder, str) or not owner_is_dead_here(holder):
+                return None
+            # A worker on this host was killed holding the job: end its lease now.
+            log.info("ledger.lease_of_dead_worker", name=job.name, owner=holder)
+            await self._fetchval(_EXPIRE_SQL, project_id, job.name, holder)
+        return None
 
     async def record(
         self,
