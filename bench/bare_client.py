@@ -1,0 +1,62 @@
+"""The practical ceiling: a bare aiohttp loop that signs and posts pre-read bodies.
+
+No validation, no ledger, no retries, no logs: read every file into memory, then N tasks take
+the next body, sign it (``batchsub.auth.AkSkAuth``) and POST it.
+Usage: ``python bench/bare_client.py DIR ENDPOINT [--concurrency N]``; credentials as the SDK's.
+Prints one JSON line: created and failed counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+from yarl import URL
+
+from batchsub.auth import AkSkAuth
+
+
+async def post_all(bodies: list[bytes], endpoint: str, concurrency: int) -> int:
+    """POST every body with ``concurrency`` tasks; returns how many answered 200."""
+    project = os.environ["HUAWEICLOUD_SDK_PROJECT_ID"]
+    auth = AkSkAuth(os.environ["HUAWEICLOUD_SDK_AK"], os.environ["HUAWEICLOUD_SDK_SK"], project)
+    url = URL(endpoint) / "v1.0" / project / "streaming" / "flink-jobs"
+    pending: Iterator[bytes] = iter(bodies)
+    created = 0
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal created
+        for body in pending:
+            headers = auth.headers("POST", url, body)
+            async with session.post(url, data=body, headers=headers) as resp:
+                await resp.read()
+                created += resp.status == 200
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(concurrency):
+                group.create_task(worker(session))
+    return created
+
+
+def main() -> int:
+    """Post one create per manifest file; exit 0 when every create succeeded."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("endpoint")
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    bodies = [path.read_bytes() for path in sorted(args.directory.glob("*.json"))]
+    created = asyncio.run(post_all(bodies, args.endpoint, args.concurrency))
+    print(json.dumps({"created": created, "failed": len(bodies) - created}))
+    return 0 if created == len(bodies) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,489 @@
+"""batchsub benchmarks against the built-in simulator, run in its own process.
+
+``python bench/bench.py`` (about 5 minutes) or ``--quick`` (about 1 minute, smaller counts).
+Prints each section as it ends and writes ``bench/results.md``. Only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from machine import describe, load_average
+from manifests import write_manifests
+from procs import (
+    AKSK_ENV,
+    TOKEN_ENV,
+    ChildRun,
+    Simulator,
+    batchsub_argv,
+    clean_env,
+    max_rss_note,
+    run_child,
+)
+from stats import max_in_window, median, per_second, table, verdict
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+CONCURRENCY = 32
+MiB_GOAL = 128
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each section does."""
+
+    throughput_jobs: int
+    rounds: int
+    latency_jobs: int
+    big_jobs: int
+    pacing_jobs: int = 600
+    throttle_jobs: int = 400
+
+
+FULL = Sizes(throughput_jobs=6000, rounds=3, latency_jobs=3000, big_jobs=50_000)
+QUICK = Sizes(throughput_jobs=1500, rounds=1, latency_jobs=1000, big_jobs=5000)
+
+
+@dataclass
+class Bench:
+    """The working directory, the sizes, and the results page being written."""
+
+    work: Path
+    sizes: Sizes
+    sections: list[str] = field(default_factory=list)
+    batchsub_runs: list[ChildRun] = field(default_factory=list)
+
+    def add(self, title: str, body: str) -> None:
+        """Record a section of the page and print it at once."""
+        text = f"## {title}\n\n{body.strip()}\n"
+        self.sections.append(text)
+        print(text, flush=True)
+
+    def log(self, name: str) -> Path:
+        """A fresh file for one child's output."""
+        return self.work / f"{name}-{time.monotonic_ns()}.log"
+
+
+class BenchError(RuntimeError):
+    """A run did not do what it should have (the numbers would mean nothing)."""
+
+
+def _check(run: ChildRun, log: Path, what: str) -> None:
+    if run.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:]
+        raise BenchError(f"{what} exited {run.returncode}; output ends:\n{tail}")
+
+
+def _summary(report: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = json.loads(report.read_bytes())["summary"]
+    return summary
+
+
+def _run_batchsub(
+    bench: Bench,
+    sim: Simulator,
+    directory: Path,
+    *,
+    ledger: Path,
+    env: dict[str, str],
+    rate: float = 0,
+    concurrency: int = CONCURRENCY,
+) -> tuple[ChildRun, dict[str, Any]]:
+    report = bench.work / f"report-{time.monotonic_ns()}.json"
+    argv = batchsub_argv(
+        directory, sim.url, ledger, rate=rate, concurrency=concurrency, report=report
+    )
+    log = bench.log("batchsub")
+    run = run_child(argv, clean_env(env), log)
+    _check(run, log, "batchsub run")
+    return run, _summary(report)
+
+
+# 1 and 4: throughput against the official SDK and a bare aiohttp loop.
+
+
+@dataclass
+class _Kind:
+    name: str
+    runs: list[ChildRun] = field(default_factory=list)
+    server_cpu: list[float] = field(default_factory=list)
+
+    def jobs_per_s(self, n: int) -> float:
+        return median([n / run.wall_s for run in self.runs])
+
+
+def _throughput_round(bench: Bench, kind: _Kind, directory: Path, n: int, index: int) -> None:
+    with Simulator(bench.work) as sim:
+        if kind.name == "batchsub":
+            ledger = bench.work / f"throughput-{index}.db"
+            run, summary = _run_batchsub(bench, sim, directory, ledger=ledger, env=AKSK_ENV)
+            if summary["created"] != n:
+                raise BenchError(f"batchsub created {summary['created']} of {n}")
+            bench.batchsub_runs.append(run)
+        else:
+            script = BENCH / ("sdk_client.py" if kind.name == "sdk" else "bare_client.py")
+            log = bench.log(kind.name)
+            argv = [sys.executable, str(script), str(directory), sim.url]
+            run = run_child(argv, clean_env(AKSK_ENV), log, cwd=REPO)
+            _check(run, log, kind.name)
+        created = sim.total_jobs()
+    if created != n:
+        raise BenchError(f"{kind.name}: the simulator holds {created} jobs, expected {n}")
+    kind.runs.append(run)
+    kind.server_cpu.append(sim.cpu_s)
+    print(f"  round {index + 1} {kind.name}: {n / run.wall_s:.0f} jobs/s", flush=True)
+
+
+def throughput(bench: Bench) -> dict[str, _Kind]:
+    """Section 1: whole-process jobs/s of batchsub, the SDK script and the bare loop."""
+    n = bench.sizes.throughput_jobs
+    directory = bench.work / "throughput"
+    write_manifests(directory, n)
+    kinds = {name: _Kind(name) for name in ("batchsub", "sdk", "bare")}
+    for index in range(bench.sizes.rounds):
+        for kind in kinds.values():
+            _throughput_round(bench, kind, directory, n, index)
+    bs, sdk, bare = (kinds[k].jobs_per_s(n) for k in ("batchsub", "sdk", "bare"))
+    rows = [
+        [
+            kind.name,
+            f"{kind.jobs_per_s(n):.0f}",
+            " / ".join(f"{n / run.wall_s:.0f}" for run in kind.runs),
+            f"{median([run.wall_s for run in kind.runs]):.2f}",
+        ]
+        for kind in kinds.values()
+    ]
+    goals = [
+        ["batchsub / sdk", f"{bs / sdk:.2f}x", ">= 4x", verdict(bs >= 4 * sdk)],
+        ["batchsub / bare", f"{100 * bs / bare:.0f}%", ">= 85%", verdict(bs >= 0.85 * bare)],
+    ]
+    bench.add(
+        f"1. Throughput: {n:,} manifests, --rate 0, concurrency {CONCURRENCY}, AK/SK",
+        f"""
+Each number is the wall time of a whole process (interpreter start-up, imports, reading the
+manifests and every create included), against a fresh `batchsub simulator` process (no added
+latency, AK/SK verified on every request), rounds interleaved batchsub, sdk, bare.
+`sdk` is the official `huaweicloudsdkdli` client from 32 `ThreadPoolExecutor` threads
+(`bench/sdk_client.py`, its connection pool raised from 10 to 32); `bare` is an aiohttp loop
+posting pre-read bodies from 32 tasks, signed with `batchsub.auth.AkSkAuth`
+(`bench/bare_client.py`). batchsub runs with its defaults otherwise (info logs, one JSON line
+per job, to a file; a fresh ledger each round).
+
+{table(["client", "median jobs/s", "rounds (jobs/s)", "median wall s"], rows)}
+
+{table(["ratio", "value", "goal", ""], goals)}
+""",
+    )
+    return kinds
+
+
+def cpu_cost(bench: Bench, kinds: dict[str, _Kind]) -> None:
+    """Section 4: CPU seconds per 1,000 jobs, client and server, from the runs of section 1."""
+    n = bench.sizes.throughput_jobs
+    rows = []
+    for kind in kinds.values():
+        user = median([run.user_s for run in kind.runs]) * 1000 / n
+        system = median([run.sys_s for run in kind.runs]) * 1000 / n
+        server = median(kind.server_cpu) * 1000 / n
+        rss = median([run.maxrss_mib for run in kind.runs])
+        rows.append(
+            [
+                kind.name,
+                f"{user + system:.2f}",
+                f"{user:.2f}",
+                f"{system:.2f}",
+                f"{server:.2f}",
+                f"{rss:.0f}",
+            ]
+        )
+    bench.add(
+        "4. CPU seconds per 1,000 jobs (runs of section 1)",
+        f"""
+User + system CPU of the client process from `os.wait4()` (its own rusage, start-up
+included), median over the rounds; the simulator's CPU is measured the same way when it exits.
+
+{table(["client", "client CPU s", "user", "sys", "simulator CPU s", "client peak RSS MiB"], rows)}
+""",
+    )
+
+
+# 2: latency-bound pool.
+
+
+def latency_bound(bench: Bench) -> None:
+    """Section 2: with 50 ms per answer, does batchsub keep 64 requests in flight?"""
+    n, latency, concurrency = bench.sizes.latency_jobs, 0.05, 64
+    directory = bench.work / "latency"
+    write_manifests(directory, n)
+    with Simulator(bench.work, "--latency", str(latency)) as sim:
+        run, summary = _run_batchsub(
+            bench,
+            sim,
+            directory,
+            ledger=bench.work / "latency.db",
+            env=AKSK_ENV,
+            concurrency=concurrency,
+        )
+        times = [t for _, t in sim.jobs()]
+    ideal = concurrency / latency
+    in_run = n / summary["duration_s"]
+    span = (max(times) - min(times)) / 1000
+    server_rate = (n - 1) / span if span > 0 else 0.0
+    rows = [
+        [
+            "in-run (report duration_s)",
+            f"{in_run:.0f}",
+            f"{100 * in_run / ideal:.0f}%",
+            verdict(in_run >= 0.95 * ideal),
+        ],
+        [
+            "server side (first to last create)",
+            f"{server_rate:.0f}",
+            f"{100 * server_rate / ideal:.0f}%",
+            "",
+        ],
+        [
+            "whole process (wall, start-up included)",
+            f"{n / run.wall_s:.0f}",
+            f"{100 * n / run.wall_s / ideal:.0f}%",
+            "",
+        ],
+    ]
+    bench.add(
+        f"2. Latency-bound: {n:,} jobs, simulator --latency {latency}, --concurrency "
+        f"{concurrency} --rate 0",
+        f"""
+Ideal: concurrency / latency = {ideal:.0f} jobs/s. The goal (>= 95%) is judged on the in-run
+rate: jobs / the report's `duration_s` (from ledger open to the last outcome; interpreter
+start-up excluded). AK/SK auth.
+
+{table(["measured as", "jobs/s", "of ideal", "goal >= 95%"], rows)}
+""",
+    )
+
+
+# 3: 50,000 manifests, then a rerun over the same ledger.
+
+
+def big_run(bench: Bench) -> None:
+    """Section 3: peak RSS over many manifests, and a rerun that must send nothing."""
+    n = bench.sizes.big_jobs
+    directory = bench.work / "big"
+    started = time.perf_counter()
+    write_manifests(directory, n)
+    print(f"  wrote {n:,} manifests in {time.perf_counter() - started:.1f} s", flush=True)
+    ledger = bench.work / "big.db"
+    with Simulator(bench.work, "--duplicate-names", "accept") as sim:
+        first, first_summary = _run_batchsub(bench, sim, directory, ledger=ledger, env=TOKEN_ENV)
+        before = sim.total_jobs()
+        again, again_summary = _run_batchsub(bench, sim, directory, ledger=ledger, env=TOKEN_ENV)
+        creates = sim.total_jobs() - before
+    if first_summary["created"] != n or before != n:
+        raise BenchError(f"first run created {first_summary['created']}, server holds {before}")
+    rss_ok = max(first.maxrss_mib, again.maxrss_mib) < MiB_GOAL
+    rows = [
+        [
+            "first run",
+            f"{first.wall_s:.1f}",
+            f"{n / first.wall_s:.0f}",
+            f"{first.maxrss_mib:.0f}",
+            first_summary["created"],
+            first_summary["creates_sent"],
+            before,
+        ],
+        [
+            "rerun, same ledger",
+            f"{again.wall_s:.2f}",
+            "",
+            f"{again.maxrss_mib:.0f}",
+            again_summary["already_created"],
+            again_summary["creates_sent"],
+            creates,
+        ],
+    ]
+    goals = [
+        [
+            "peak RSS",
+            f"{max(first.maxrss_mib, again.maxrss_mib):.0f} MiB",
+            f"< {MiB_GOAL} MiB",
+            verdict(rss_ok),
+        ],
+        ["rerun wall time", f"{again.wall_s:.2f} s", "< 5 s", verdict(again.wall_s < 5)],
+        ["creates received during the rerun", str(creates), "0", verdict(creates == 0)],
+    ]
+    bench.add(
+        f"3. {n:,} manifests in one run, then a rerun (--rate 0, concurrency {CONCURRENCY}, "
+        "token auth)",
+        f"""
+Peak RSS: {max_rss_note()}. The simulator runs with
+`--duplicate-names accept`, so every create request it receives makes a job: the jobs it
+holds (list call `total_count`) before and after the rerun count the creates the rerun sent,
+read from the server, not from batchsub. Columns "done" and "creates sent" come from
+batchsub's report (created, or already_created on the rerun).
+
+{
+            table(
+                [
+                    "run",
+                    "wall s",
+                    "jobs/s",
+                    "peak RSS MiB",
+                    "done",
+                    "creates sent (report)",
+                    "server: jobs / creates",
+                ],
+                rows,
+            )
+        }
+
+{table(["goal", "value", "target", ""], goals)}
+""",
+    )
+
+
+# 5: pacing and server throttling (issue 4).
+
+
+def _buckets_table(series: dict[str, list[int]]) -> str:
+    seconds = max((len(v) for v in series.values()), default=0)
+    rows = [
+        [str(k)] + [str(v[k]) if k < len(v) else "" for v in series.values()]
+        for k in range(seconds)
+    ]
+    return table(["second", *series], rows)
+
+
+def pacing(bench: Bench) -> None:
+    """Section 5: --rate 100 against 30 ms answers, and a server throttling at 40/s."""
+    n_pace, n_throttle = bench.sizes.pacing_jobs, bench.sizes.throttle_jobs
+    directory = bench.work / "pacing"
+    write_manifests(directory, n_pace)
+    with Simulator(bench.work, "--latency", "0.03") as sim:
+        paced, paced_summary = _run_batchsub(
+            bench, sim, directory, ledger=bench.work / "paced.db", env=TOKEN_ENV, rate=100
+        )
+        paced_times = [t for _, t in sim.jobs()]
+    window = max_in_window(paced_times)
+
+    directory = bench.work / "throttled"
+    write_manifests(directory, n_throttle)
+    with Simulator(bench.work, "--rate-limit", "40", "--duplicate-names", "accept") as sim:
+        throttled, throttled_summary = _run_batchsub(
+            bench, sim, directory, ledger=bench.work / "throttled.db", env=TOKEN_ENV, rate=200
+        )
+        jobs = sim.jobs()
+    names = Counter(name for name, _ in jobs)
+    twice = sum(1 for count in names.values() if count > 1)
+    once = len(names) == n_throttle and twice == 0
+    paced_s, throttled_s = paced_summary["duration_s"], throttled_summary["duration_s"]
+    rows = [
+        [
+            "a: --rate 100, latency 30 ms",
+            n_pace,
+            f"{paced_s:.2f}",
+            f"{paced.wall_s:.2f}",
+            f"about 6 s: {verdict(5.5 <= paced_s <= 6.6)}",
+            f"max creates in any 1 s window: {window} (goal <= 105: {verdict(window <= 105)})",
+        ],
+        [
+            "b: --rate 200, server --rate-limit 40",
+            n_throttle,
+            f"{throttled_s:.2f}",
+            f"{throttled.wall_s:.2f}",
+            f"< 12 s: {verdict(throttled_s < 12)}",
+            f"429s: {throttled_summary['throttled']}; jobs {len(jobs)}, names {len(names)}, "
+            f"created twice {twice} ({verdict(once)})",
+        ],
+    ]
+    series = {
+        "a: creates/s (rate 100)": per_second(paced_times),
+        "b: creates/s (server limit 40)": per_second([t for _, t in jobs]),
+    }
+    bench.add(
+        "5. Rate pacing (issue 4)",
+        f"""
+Times are the report's `duration_s` (in-run) and the process wall time. Arrival times come
+from the server: the simulator's list call gives each job's `create_time` (epoch ms), from
+which the sliding 1-second window and the per-second counts below are computed. Token auth,
+concurrency {CONCURRENCY}; case b runs the simulator with `--duplicate-names accept` so that
+a duplicate create would show up as a second job with the same name.
+
+{table(["case", "jobs", "in-run s", "wall s", "time goal", "server-side check"], rows)}
+
+Creates per second as the server saw them (second 0 starts at the first create):
+
+{_buckets_table(series)}
+""",
+    )
+
+
+def main() -> int:
+    """Run every section; write the results page."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke version")
+    parser.add_argument("--output", type=Path, default=BENCH / "results.md")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    started = time.perf_counter()
+    busy = os.getloadavg()[0]
+    warning = (
+        f"\n**Warning: the load average was {busy:.2f} when this run started: other work was"
+        " using the cores, so these numbers are low and noisy. Rerun on a quiet machine.**\n"
+        if busy > 1.0
+        else ""
+    )
+    work = Path(tempfile.mkdtemp(prefix="batchsub-bench-"))
+    try:
+        bench = Bench(work, sizes)
+        machine = table(["", ""], describe(REPO))
+        print(machine, flush=True)
+        steps: list[Callable[[], object]] = [
+            lambda: cpu_cost(bench, throughput(bench)),
+            lambda: latency_bound(bench),
+            lambda: big_run(bench),
+            lambda: pacing(bench),
+        ]
+        for step in steps:
+            step()
+    finally:
+        if args.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+    mode = "--quick" if args.quick else "full run"
+    page = f"""# batchsub benchmark results
+
+Written by `python bench/bench.py` ({mode}, {elapsed / 60:.1f} minutes). Client and server
+run as separate processes on the same machine and share its {os.cpu_count()} cores: every
+number here includes that contention (see the two-process speedup below). Other processes
+on the machine skew the numbers too: compare the load averages at start and at the end
+({load_average()}).
+{warning}
+{machine}
+
+""" + "\n".join(_ordered(bench.sections))
+    args.output.write_text(page)
+    print(f"wrote {args.output} in {elapsed:.0f} s")
+    return 0
+
+
+def _ordered(sections: list[str]) -> list[str]:
+    # Sections are produced in run order (1, 4, 2, 3, 5); the page lists them by number.
+    return sorted(sections, key=lambda text: text.split(".", 1)[0])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
