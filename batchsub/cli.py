@@ -31,6 +31,13 @@ _SEND_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--timeout", {"type": float, "help": "seconds to wait for one answer (default: 30)"}),
     ("--max-attempts", {"type": int, "help": "attempts per job before giving up (default: 10)"}),
     ("--job-deadline", {"type": float, "help": "seconds one job may take in all (default: 900)"}),
+    (
+        "--in-doubt-grace",
+        {
+            "type": float,
+            "help": "seconds to wait after a lost answer before looking the job up (default: 5)",
+        },
+    ),
     ("--ca-file", {"type": Path, "help": "PEM file of a private CA for TLS"}),
     (
         "--log-format",
@@ -42,7 +49,20 @@ _SEND_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
 
 # Modules that add commands of their own: each has ``add_parser(commands)``, which registers
 # its subcommands with ``handler=...`` (a ``(Settings, Namespace) -> int`` callable).
-_COMMAND_MODULES: tuple[str, ...] = ()
+# Only the module of the command being run is imported: start-up time is part of every
+# run's cost, and the queue and daemon modules pull in aio-pika, watchfiles, prometheus.
+_COMMAND_MODULES: dict[str, str] = {
+    "validate": "batchsub.ops_commands",
+    "plan": "batchsub.ops_commands",
+    "status": "batchsub.ops_commands",
+    "report": "batchsub.ops_commands",
+    "retry": "batchsub.ops_commands",
+    "config": "batchsub.ops_commands",
+    "watch": "batchsub.watch",
+    "publish": "batchsub.queue_commands",
+    "consume": "batchsub.queue_commands",
+}
+_BUILT_IN = frozenset({"run", "simulator"})
 
 
 def add_send_flags(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +71,26 @@ def add_send_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, **options)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: Sequence[str] | None) -> list[str]:
+    """The command modules ``argv`` needs: its command's, or all of them (for --help)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if word == "--config":
+            index += 2
+            continue
+        if not word.startswith("-"):
+            if word in _BUILT_IN:
+                return []
+            if word in _COMMAND_MODULES:
+                return [_COMMAND_MODULES[word]]
+            break
+        index += 1
+    return list(dict.fromkeys(_COMMAND_MODULES.values()))
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(
         prog="batchsub",
@@ -72,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--progress", choices=["auto", "on", "off"], help="progress bar (default: auto)"
+    )
+    run.add_argument(
+        "--dry-run", action="store_true", help="show what a run would do (as `plan`); send nothing"
     )
 
     sim = commands.add_parser("simulator", help="serve the built-in DLI simulator")
@@ -102,16 +144,23 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int)
     sim.add_argument("--log-format", choices=["auto", "json", "console"])
     sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    for module in _COMMAND_MODULES:
+    for module in _modules_for(argv):
         importlib.import_module(module).add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         settings = load_settings(_flags(args), args.config)
+        if args.command == "run" and args.dry_run:
+            from batchsub.ops_commands import plan_command
+
+            plan_args = argparse.Namespace(
+                directory=args.directory, check_remote=False, json=False, all=False
+            )
+            return plan_command(settings, plan_args)
         if args.command == "run":
             from batchsub.runner import run_directory
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+import structlog
 
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
 
@@ -26,6 +27,9 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
     yield
+    # A command run in process configures structlog for the whole process; later tests
+    # (capture_logs among them) need the defaults back.
+    structlog.reset_defaults()
 
 
 SimulatorFactory = Callable[..., Any]

@@ -1,0 +1,492 @@
+"""A drop folder: manifests dropped into a directory are claimed, sent, and filed by outcome.
+
+The drop-folder protocol (``batchsub watch DIR``):
+
+- Manifests are ``*.json``, ``*.yaml`` and ``*.yml`` files directly in DIR (subdirectories are
+  not read). Names starting with ``.`` or ending in ``.tmp``, ``.part``, ``.swp``, ``~`` or
+  ``.error.json`` are ignored.
+- Write a manifest under a temporary name (``.a.json`` or ``a.json.part``) and rename it into
+  place: a rename is atomic. A file written straight into DIR is read only once it has stopped
+  changing: same size and modification time for the settle time (``--settle-time``, 1 s).
+- A ready file is claimed by moving it (an atomic rename) to ``DIR/processing/`` before any of
+  its jobs is sent. A file with the name of one still in ``processing/`` waits for it.
+- When every job of the file exists (created now or before), it moves to ``DIR/done/``.
+- When any job of it is invalid, failed for good or drifted (its manifest changed since the
+  job was created), it moves to ``DIR/failed/`` with ``NAME.error.json`` beside it:
+  ``{"file", "source", "failed_at", "reason", "jobs": [{"source", "name", "outcome",
+  "error"}, ...]}``, one entry per job of the file, failed or not.
+- When a job ends ``unresolved`` (the run is stopping, the job was busy elsewhere, or its answer
+  was lost and it could not be looked up), the file moves back from ``processing/`` to DIR, to
+  be claimed again: at once by the next start, or after ``retry_delay`` seconds by this one.
+  Jobs of it that were created are in the ledger, so only the others are sent again.
+- On shutdown, files whose jobs were not all sent move back to DIR; at start-up, files left in
+  ``processing/`` by a crash move back to DIR too (``file.recovered``). The ledger makes
+  sending their jobs again safe: a job created before is not created twice.
+- A file dropped again after a fix (same name, once the earlier one has moved on) is a new
+  claim. A name already taken in ``done/``, ``failed/`` or DIR is never overwritten: the file
+  gets a suffix, ``NAME.20240501T101500Z-1.json``.
+
+The Source streams forever: ``items()`` claims one file at a time, only when the consumer asks
+for the next job, so unclaimed work stays in DIR. ``stop()`` ends it promptly, as does cancelling
+the task that reads it; ``close()`` then files away what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import time
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import structlog
+from watchfiles import awatch
+
+from batchsub.errors import ConfigError
+from batchsub.jobs import JobResult, ManifestItem, Outcome
+from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
+
+log = structlog.get_logger("batchsub.dropfolder")
+
+PROCESSING = "processing"
+DONE = "done"
+FAILED = "failed"
+IGNORED_ENDINGS = (".tmp", ".part", ".swp", "~", ".error.json")
+EXISTS = frozenset({Outcome.CREATED, Outcome.ALREADY_CREATED})
+BROKEN = frozenset({Outcome.INVALID, Outcome.FAILED, Outcome.DRIFTED})
+
+_WATCH_DEBOUNCE_MS = 200  # group a burst of events into one scan, but never wait longer
+_WATCH_STOP_GRACE = 2.0  # seconds the watcher thread gets to see its stop event
+
+
+def is_manifest_name(name: str) -> bool:
+    """True for a name the drop folder reads: a manifest suffix, not hidden, not partial."""
+    if name.startswith(".") or name.endswith(IGNORED_ENDINGS):
+        return False
+    return os.path.splitext(name)[1].lower() in MANIFEST_SUFFIXES
+
+
+Signature = tuple[int, int]  # (size, mtime in ns)
+
+
+@dataclass(slots=True)
+class _Seen:
+    signature: Signature
+    since: float  # clock time the file was first seen with this signature
+
+
+class SettleTracker:
+    """Decides when a file has stopped changing: the same size and mtime for ``settle_time``.
+
+    Fed by scans (``observe``) with the clock time of the scan, so tests drive it with any time.
+    """
+
+    def __init__(self, settle_time: float) -> None:
+        self.settle_time = settle_time
+        self._seen: dict[str, _Seen] = {}
+
+    def observe(self, name: str, signature: Signature, now: float) -> bool:
+        """Record what a scan saw of ``name``; True when it has been unchanged long enough."""
+        seen = self._seen.get(name)
+        if seen is None or seen.signature != signature:
+            seen = self._seen[name] = _Seen(signature, now)
+        return now - seen.since >= self.settle_time
+
+    def retain(self, names: Iterable[str]) -> None:
+        """Forget files that are gone (a scan no longer lists them)."""
+        keep = set(names)
+        for name in [n for n in self._seen if n not in keep]:
+            del self._seen[name]
+
+    def forget(self, name: str) -> None:
+        """Forget one file (claimed): a new file of that name starts its settle time afresh."""
+        self._seen.pop(name, None)
+
+    def next_due(self) -> float | None:
+        """The earliest clock time at which a file not yet settled could be, or None."""
+        return min((s.since + self.settle_time for s in self._seen.values()), default=None)
+
+
+@dataclass(slots=True)
+class _Claim:
+    """One file in ``processing/``: its jobs' results as they arrive."""
+
+    name: str
+    source: str  # the file as it appears in job sources: str(DIR / name)
+    results: list[JobResult | None] = field(default_factory=list)
+    pending: int = 0
+
+
+class DropFolderSource:
+    """The Source of ``batchsub watch``: every manifest in DIR, then each one that arrives.
+
+    ``items()`` yields until ``stop()`` (or the reading task is cancelled); ``settle()`` counts
+    each job's result per file and moves the file when the last one is in. Call ``close()``
+    after the run: it returns unfinished files to DIR.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        settle_time: float = 1.0,
+        rescan_interval: float = 30.0,
+        poll: bool = False,
+        retry_delay: float | None = None,
+        watch: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.directory = directory
+        self.processing = directory / PROCESSING
+        self.done = directory / DONE
+        self.failed = directory / FAILED
+        self._tracker = SettleTracker(settle_time)
+        self._rescan_interval = rescan_interval
+        self._poll = poll
+        # A file sent back because a job was unresolved is not claimed again before this.
+        self._retry_delay = rescan_interval if retry_delay is None else retry_delay
+        self._watch_events = watch
+        self._clock = clock
+        self._claims: dict[str, _Claim] = {}  # by file name
+        self._by_source: dict[str, tuple[_Claim, int]] = {}  # job source -> (claim, index)
+        self._not_before: dict[str, float] = {}  # file name -> clock time
+        self._unclaimed: set[str] = set()  # manifests seen in DIR by the last scan
+        self._wake = asyncio.Event()
+        self._watch_stop = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._prepared = False
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create DIR and its ``processing/``, ``done/``, ``failed/``; recover crashed claims.
+
+        Idempotent; ``items()`` calls it. Raises ConfigError when DIR cannot be used.
+        """
+        if self._prepared:
+            return
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ConfigError(f"drop folder {self.directory} is not a directory")
+        try:
+            for folder in (self.directory, self.processing, self.done, self.failed):
+                folder.mkdir(parents=True, exist_ok=True)
+            self._recover()
+        except OSError as exc:
+            raise ConfigError(f"drop folder {self.directory}: {_reason(exc)}") from None
+        self._prepared = True
+
+    def stop(self) -> None:
+        """Stop claiming files and end ``items()`` promptly (safe from a signal handler)."""
+        self._stopping = True
+        self._watch_stop.set()
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``stop()`` or ``close()`` was called."""
+        return self._stopping
+
+    async def close(self) -> None:
+        """Stop, then move every file whose jobs did not all get a result back to DIR."""
+        self.stop()
+        await self._stop_watcher()
+        for claim in list(self._claims.values()):
+            self._give_back(claim, reason="run stopped before every job of it had a result")
+        self._claims.clear()
+        self._by_source.clear()
+        with contextlib.suppress(OSError):
+            self._unclaimed = {n for n in os.listdir(self.directory) if is_manifest_name(n)}
+
+    def files_waiting(self) -> int:
+        """Manifests in DIR not yet claimed (as of the last scan) plus those in processing/."""
+        return len(self._unclaimed) + len(self._claims)
+
+    # --- the Source protocol ------------------------------------------------------------------
+
+    async def items(self) -> AsyncGenerator[ManifestItem, None]:
+        """Yield the jobs of each ready file, claiming one file at a time, until stopped."""
+        self.prepare()
+        self._start_watcher()
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                for name in self._scan():
+                    if self._stopping:
+                        return
+                    for item in self._claim(name):
+                        yield item
+                await self._wait()
+        finally:
+            self._watch_stop.set()
+
+    async def settle(self, item: ManifestItem, result: JobResult) -> None:
+        """Count one job's result; move its file once every job of it has one."""
+        entry = self._by_source.pop(item.source, None)
+        if entry is None:
+            return
+        claim, index = entry
+        claim.results[index] = result
+        claim.pending -= 1
+        if claim.pending == 0:
+            self._finish(claim)
+
+    # --- scanning -----------------------------------------------------------------------------
+
+    def _scan(self) -> list[str]:
+        """Names of settled manifests in DIR that may be claimed now, sorted."""
+        present: dict[str, Signature] = {}
+        try:
+            with os.scandir(self.directory) as entries:
+                for entry in entries:
+                    signature = _signature(entry)
+                    if signature is not None:
+                        present[entry.name] = signature
+        except OSError as exc:
+            log.error("watch.cannot_list", directory=str(self.directory), error=_reason(exc))
+            return []
+        now = self._clock()
+        self._tracker.retain(present)
+        self._unclaimed = set(present)
+        for name in [n for n in self._not_before if n not in present]:
+            del self._not_before[name]
+        ready = [
+            name
+            for name, signature in present.items()
+            if self._tracker.observe(name, signature, now)
+            and name not in self._claims  # same name still in processing/: wait for it
+            and self._not_before.get(name, now) <= now
+        ]
+        return sorted(ready)
+
+    async def _wait(self) -> None:
+        """Sleep until a watch event, a file due to settle, the rescan interval, or stop()."""
+        due = [self._clock() + self._rescan_interval, *self._not_before.values()]
+        settling = self._tracker.next_due()
+        if settling is not None:
+            due.append(settling)
+        delay = max(0.0, min(due) - self._clock())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+
+    def _start_watcher(self) -> None:
+        if self._watch_events and self._watcher is None and not self._stopping:
+            self._watcher = asyncio.create_task(self._watch(), name="batchsub-dropfolder-watch")
+
+    async def _watch(self) -> None:
+        """Turn filesystem events into scans; the scan decides what is ready."""
+        try:
+            async for _ in awatch(
+                self.directory,
+                watch_filter=None,
+                debounce=_WATCH_DEBOUNCE_MS,
+                stop_event=self._watch_stop,
+                force_polling=self._poll,
+                recursive=False,
+            ):
+                self._wake.set()
+        except Exception as exc:  # an inotify limit, a vanished directory: rescans go on
+            log.warning(
+                "watch.events_unavailable",
+                error=str(exc) or type(exc).__name__,
+                rescan_interval=self._rescan_interval,
+            )
+
+    async def _stop_watcher(self) -> None:
+        # The watcher thread sees the stop event within a step (50 ms); cancelling instead
+        # would wait for its own timeout, because a worker thread cannot be interrupted.
+        task, self._watcher = self._watcher, None
+        if task is None:
+            return
+        self._watch_stop.set()
+        done, _ = await asyncio.wait([task], timeout=_WATCH_STOP_GRACE)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- claiming and filing ------------------------------------------------------------------
+
+    def _claim(self, name: str) -> list[ManifestItem]:
+        """Move ``name`` into processing/ and parse it there; [] if it cannot be claimed."""
+        self._tracker.forget(name)
+        self._unclaimed.discard(name)
+        target = self.processing / name
+        try:
+            if os.path.lexists(target):
+                return []  # not ours to overwrite; recovered at the next start
+            os.rename(self.directory / name, target)
+        except FileNotFoundError:
+            return []  # gone since the scan
+        except OSError as exc:
+            log.warning("file.unclaimable", file=name, error=_reason(exc))
+            self._not_before[name] = self._clock() + self._retry_delay
+            return []
+        self._not_before.pop(name, None)
+        source = str(self.directory / name)
+        items = parse_manifest_file(target, source)
+        claim = _Claim(name, source, [None] * len(items), len(items))
+        self._claims[name] = claim
+        for index, item in enumerate(items):
+            self._by_source[item.source] = (claim, index)
+        log.info(
+            "file.claimed",
+            file=name,
+            jobs=len(items),
+            names=[item.name for item in items[:20]],
+        )
+        if not items:  # pragma: no cover - a parsed file always has an item
+            self._finish(claim)
+        return items
+
+    def _finish(self, claim: _Claim) -> None:
+        self._claims.pop(claim.name, None)
+        results = [r for r in claim.results if r is not None]
+        outcomes = {r.outcome for r in results}
+        try:
+            if outcomes & BROKEN:
+                self._file_failed(claim, results)
+            elif outcomes <= EXISTS:
+                moved = _move_no_clobber(self.processing / claim.name, self.done, claim.name)
+                log.info("file.done", file=claim.name, moved_to=str(moved), jobs=len(results))
+            else:
+                self._give_back(claim, reason=_first_error(results, {Outcome.UNRESOLVED}))
+        except OSError as exc:
+            # The file stays in processing/ and is recovered at the next start.
+            log.error("file.cannot_move", file=claim.name, error=_reason(exc))
+
+    def _file_failed(self, claim: _Claim, results: list[JobResult]) -> None:
+        broken = [r for r in results if r.outcome in BROKEN]
+        reason = f"{len(broken)} of {len(results)} jobs not created: {_first_error(broken, BROKEN)}"
+        name = _free_name(self.failed, claim.name, with_error_file=True)
+        report = {
+            "file": claim.name,
+            "source": claim.source,
+            "failed_at": _utc_now().isoformat().replace("+00:00", "Z"),
+            "reason": reason,
+            "jobs": [
+                {"source": r.source, "name": r.name, "outcome": r.outcome.value, "error": r.error}
+                for r in results
+            ],
+        }
+        # The reason is written first: a file in failed/ always has its error.json beside it.
+        _write_atomically(self.failed / _error_file_name(name), orjson.dumps(report))
+        moved = _move_no_clobber(self.processing / claim.name, self.failed, name)
+        log.warning(
+            "file.failed",
+            file=claim.name,
+            moved_to=str(moved),
+            reason=reason,
+            failed=[r.name for r in broken[:20]],
+        )
+
+    def _give_back(self, claim: _Claim, *, reason: str) -> None:
+        try:
+            moved = _move_no_clobber(self.processing / claim.name, self.directory, claim.name)
+        except OSError as exc:
+            log.error("file.cannot_move", file=claim.name, error=_reason(exc))
+            return
+        self._not_before[moved.name] = self._clock() + self._retry_delay
+        log.info("file.returned", file=claim.name, moved_to=str(moved), reason=reason)
+
+    def _recover(self) -> None:
+        with os.scandir(self.processing) as entries:
+            names = sorted(e.name for e in entries if not e.is_dir(follow_symlinks=False))
+        for name in names:
+            moved = _move_no_clobber(self.processing / name, self.directory, name)
+            log.info("file.recovered", file=name, moved_to=str(moved))
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _signature(entry: os.DirEntry[str]) -> Signature | None:
+    """(size, mtime_ns) of a manifest file in DIR, None for anything else."""
+    if not is_manifest_name(entry.name):
+        return None
+    try:
+        if not entry.is_file():
+            return None
+        stat = entry.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _candidates(name: str) -> Iterator[str]:
+    """``name``, then ``stem.20240501T101500Z-N.suffix`` for N = 1, 2, ..."""
+    yield name
+    stem, suffix = os.path.splitext(name)
+    stamp = _utc_now().strftime("%Y%m%dT%H%M%SZ")
+    n = 1
+    while True:
+        yield f"{stem}.{stamp}-{n}{suffix}"
+        n += 1
+
+
+def _error_file_name(name: str) -> str:
+    return os.path.splitext(name)[0] + ".error.json"
+
+
+def _free_name(folder: Path, name: str, *, with_error_file: bool = False) -> str:
+    """The first candidate name not taken in ``folder`` (nor its error.json, if asked)."""
+    for candidate in _candidates(name):
+        taken = os.path.lexists(folder / candidate) or (
+            with_error_file and os.path.lexists(folder / _error_file_name(candidate))
+        )
+        if not taken:
+            return candidate
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _move_no_clobber(src: Path, folder: Path, name: str) -> Path:
+    """Move ``src`` into ``folder`` as ``name`` or, when taken, a suffixed name; never overwrite.
+
+    A hard link then unlink refuses an existing target atomically; where hard links are not
+    supported (some network filesystems), a rename after checking the name is free.
+    """
+    for candidate in _candidates(name):
+        target = folder / candidate
+        try:
+            os.link(src, target, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and not os.path.lexists(src):
+                raise
+            if os.path.lexists(target):
+                continue
+            os.rename(src, target)
+            return target
+        os.unlink(src)
+        return target
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.write(b"\n")
+    os.replace(tmp, path)
+
+
+def _first_error(results: list[JobResult], outcomes: Iterable[Outcome]) -> str:
+    wanted = set(outcomes)
+    for result in results:
+        if result.outcome in wanted:
+            return result.error or result.outcome.value
+    return "no error message"
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__

@@ -1,0 +1,380 @@
+"""DropFolderSource: readiness, ignored names, claims and where each file ends up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from batchsub.jobs import JobResult, JobSpec, ManifestItem, Outcome
+from batchsub.report import RunAccount
+from batchsub.runner import run_source
+from batchsub.settings import Settings
+from batchsub.sources.dropfolder import DropFolderSource, SettleTracker, is_manifest_name
+from tests.conftest import SimulatorFactory
+from tests.test_run import settings_for
+
+
+def fast(inbox: Path) -> DropFolderSource:
+    """A drop folder that reads files at once and rescans often."""
+    return DropFolderSource(inbox, settle_time=0.0, rescan_interval=0.05, retry_delay=0.0)
+
+
+def job(name: str, **fields: Any) -> dict[str, Any]:
+    return {"name": name, "queue_name": "testQueue", "cu_number": 2, **fields}
+
+
+def drop(folder: Path, name: str, content: Any) -> Path:
+    """Write a manifest as a producer should: under a hidden name, then rename it into place."""
+    data = content.encode() if isinstance(content, str) else orjson.dumps(content)
+    tmp = folder / f".{name}.tmp"
+    tmp.write_bytes(data)
+    os.rename(tmp, folder / name)
+    return folder / name
+
+
+def names_in(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_file())
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``check()`` holds (polling), or fail the test."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, source: DropFolderSource) -> AsyncIterator[asyncio.Task[int]]:
+    """The real run path over ``source`` in a task; stopped and closed on exit."""
+    source.prepare()
+    task = asyncio.create_task(run_source(settings, source, RunAccount(), endless=True))
+    try:
+        yield task
+    finally:
+        source.stop()
+        await asyncio.wait_for(task, 10)
+        await source.close()
+
+
+# --- readiness ------------------------------------------------------------------------------
+
+
+def test_a_file_is_ready_once_unchanged_for_the_settle_time() -> None:
+    tracker = SettleTracker(1.0)
+    assert tracker.observe("a.json", (10, 1), now=100.0) is False
+    assert tracker.next_due() == 101.0
+    assert tracker.observe("a.json", (10, 1), now=100.9) is False
+    assert tracker.observe("a.json", (20, 2), now=100.95) is False  # grew: starts again
+    assert tracker.observe("a.json", (20, 2), now=101.9) is False
+    assert tracker.observe("a.json", (20, 2), now=101.95) is True
+    assert tracker.observe("a.json", (20, 3), now=102.0) is False  # touched: starts again
+    tracker.retain([])
+    assert tracker.next_due() is None
+    assert SettleTracker(0.0).observe("b.json", (1, 1), now=5.0) is True
+
+
+@pytest.mark.parametrize(
+    ("name", "read"),
+    [
+        ("a.json", True),
+        ("a.yaml", True),
+        ("a.YML", True),
+        (".a.json", False),
+        ("a.json.tmp", False),
+        ("a.tmp", False),
+        ("a.json.part", False),
+        ("a.json.swp", False),
+        ("a.json~", False),
+        ("a.error.json", False),
+        ("a.txt", False),
+        ("json", False),
+    ],
+)
+def test_which_names_are_manifests(name: str, read: bool) -> None:
+    assert is_manifest_name(name) is read
+
+
+async def test_a_file_written_in_pieces_is_read_only_when_complete(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    source = DropFolderSource(inbox, settle_time=0.2, rescan_interval=0.02)
+    source.prepare()
+    body = orjson.dumps(job("pieces"))
+    path = inbox / "pieces.json"
+    path.write_bytes(body[:10])
+    items = source.items()
+    first = asyncio.ensure_future(anext(items))
+    await asyncio.sleep(0.15)
+    with path.open("ab") as out:
+        out.write(body[10:])
+    finished_writing = time.monotonic()
+    try:
+        item = await asyncio.wait_for(first, 5)
+        claimed_after = time.monotonic() - finished_writing
+    finally:
+        await items.aclose()
+        await source.close()
+    assert isinstance(item, JobSpec) and item.name == "pieces"  # the whole file was read
+    assert claimed_after >= 0.2
+
+
+@pytest.mark.parametrize("poll", [False, True])
+async def test_a_dropped_file_is_seen_by_events_not_only_by_rescans(
+    tmp_path: Path, poll: bool
+) -> None:
+    inbox = tmp_path / "inbox"
+    source = DropFolderSource(inbox, settle_time=0.0, rescan_interval=60.0, poll=poll)
+    items = source.items()
+    waiting = asyncio.ensure_future(anext(items))
+    try:
+        await asyncio.sleep(0.3)  # the first scan found nothing; the next rescan is 60 s away
+        drop(inbox, "event.json", job("event"))
+        item = await asyncio.wait_for(waiting, 3)
+    finally:
+        await items.aclose()
+        await source.close()
+    assert item.name == "event"
+
+
+async def test_ignored_names_are_left_alone(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    source = fast(inbox)
+    source.prepare()
+    ignored = [".hidden.json", "a.json.tmp", "b.json.part", "c.json.swp", "d.json~", "e.txt"]
+    for name in ignored:
+        (inbox / name).write_bytes(orjson.dumps(job("ignored")))
+    (inbox / "sub").mkdir()
+    (inbox / "sub" / "deep.json").write_bytes(orjson.dumps(job("deep")))
+    drop(inbox, "real.json", job("real"))
+    items = source.items()
+    try:
+        item = await asyncio.wait_for(anext(items), 5)
+        late = asyncio.ensure_future(anext(items))
+        await asyncio.sleep(0.3)  # several rescans: nothing else is claimed
+        assert not late.done()
+        late.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await late
+    finally:
+        await items.aclose()
+        await source.close()
+    assert item.name == "real"
+    assert names_in(inbox) == sorted([*ignored, "real.json"])  # given back on close
+    assert (inbox / "sub" / "deep.json").exists()
+
+
+# --- where files go -------------------------------------------------------------------------
+
+
+def result(item: ManifestItem, outcome: Outcome, error: str | None = None) -> JobResult:
+    return JobResult(item.source, item.name, outcome, error=error)
+
+
+async def take(
+    source: DropFolderSource, count: int
+) -> tuple[AsyncGenerator[ManifestItem, None], list[Any]]:
+    items = source.items()
+    taken = [await asyncio.wait_for(anext(items), 5) for _ in range(count)]
+    return items, taken
+
+
+async def test_a_list_file_moves_only_when_every_job_has_a_result(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    source = fast(inbox)
+    source.prepare()
+    drop(inbox, "list.json", [job("l0"), job("l1"), job("l2")])
+    items, (a, b, c) = await take(source, 3)
+    try:
+        assert names_in(inbox) == [] and names_in(inbox / "processing") == ["list.json"]
+        assert source.files_waiting() == 1
+        await source.settle(c, result(c, Outcome.CREATED))
+        await source.settle(a, result(a, Outcome.ALREADY_CREATED))
+        assert names_in(inbox / "processing") == ["list.json"]
+        await source.settle(b, result(b, Outcome.CREATED))
+        assert names_in(inbox / "processing") == []
+        assert names_in(inbox / "done") == ["list.json"]
+        assert source.files_waiting() == 0
+    finally:
+        await items.aclose()
+        await source.close()
+
+
+async def test_a_file_with_a_failed_job_goes_to_failed_with_every_job_explained(
+    tmp_path: Path,
+) -> None:
+    inbox = tmp_path / "inbox"
+    source = fast(inbox)
+    source.prepare()
+    drop(inbox, "mixed.yaml", "- {name: ok, queue_name: q}\n- {name: bad, queue_name: nope}\n")
+    items, (ok, bad) = await take(source, 2)
+    try:
+        await source.settle(bad, result(bad, Outcome.FAILED, "DLI.0002 HTTP 400: no such queue"))
+        assert names_in(inbox / "failed") == []  # waits for the other job
+        await source.settle(ok, result(ok, Outcome.CREATED))
+    finally:
+        await items.aclose()
+        await source.close()
+    assert names_in(inbox / "failed") == ["mixed.error.json", "mixed.yaml"]
+    error = json.loads((inbox / "failed" / "mixed.error.json").read_text())
+    assert error["file"] == "mixed.yaml"
+    assert "1 of 2 jobs not created" in error["reason"] and "no such queue" in error["reason"]
+    assert error["jobs"] == [
+        {"source": f"{inbox}/mixed.yaml#0", "name": "ok", "outcome": "created", "error": None},
+        {
+            "source": f"{inbox}/mixed.yaml#1",
+            "name": "bad",
+            "outcome": "failed",
+            "error": "DLI.0002 HTTP 400: no such queue",
+        },
+    ]
+
+
+async def test_an_unresolved_job_sends_its_file_back_to_the_folder(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    source = DropFolderSource(inbox, settle_time=0.0, rescan_interval=0.05, retry_delay=60.0)
+    source.prepare()
+    drop(inbox, "a.json", job("a"))
+    items, (a,) = await take(source, 1)
+    try:
+        await source.settle(a, result(a, Outcome.UNRESOLVED, "claimed by another batchsub worker"))
+        assert names_in(inbox) == ["a.json"]
+        again = asyncio.ensure_future(anext(items))
+        await asyncio.sleep(0.3)
+        assert not again.done()  # not claimed again before the retry delay
+        again.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await again
+    finally:
+        await items.aclose()
+        await source.close()
+    assert names_in(inbox) == ["a.json"]
+
+
+async def test_close_returns_files_whose_jobs_were_not_all_settled(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    source = fast(inbox)
+    source.prepare()
+    drop(inbox, "two.json", [job("t0"), job("t1")])
+    drop(inbox, "untouched.json", job("u"))
+    items, (t0,) = await take(source, 1)
+    await source.settle(t0, result(t0, Outcome.CREATED))
+    await items.aclose()
+    await source.close()
+    assert names_in(inbox) == ["two.json", "untouched.json"]
+    assert names_in(inbox / "processing") == []
+
+
+async def test_stop_ends_items_while_it_waits_for_files(tmp_path: Path) -> None:
+    source = DropFolderSource(tmp_path / "inbox", settle_time=0.0, rescan_interval=60.0)
+    items = source.items()
+    waiting = asyncio.ensure_future(anext(items))
+    await asyncio.sleep(0.1)
+    source.stop()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(waiting, 1)
+    await source.close()
+
+
+# --- recovery and name clashes --------------------------------------------------------------
+
+
+def test_files_left_in_processing_are_recovered_at_start(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "processing").mkdir(parents=True)
+    (inbox / "processing" / "crashed.json").write_bytes(orjson.dumps(job("crashed")))
+    (inbox / "processing" / "clash.json").write_bytes(b"old")
+    (inbox / "clash.json").write_bytes(b"new")
+
+    DropFolderSource(inbox).prepare()
+
+    assert names_in(inbox / "processing") == []
+    assert (inbox / "crashed.json").exists()
+    assert (inbox / "clash.json").read_bytes() == b"new"  # never overwritten
+    [suffixed] = [n for n in names_in(inbox) if n.startswith("clash.") and n != "clash.json"]
+    assert suffixed.endswith("-1.json") and (inbox / suffixed).read_bytes() == b"old"
+    assert {p.name for p in inbox.iterdir() if p.is_dir()} == {"processing", "done", "failed"}
+
+
+async def test_recovered_and_new_files_are_sent_once(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator()
+    inbox = tmp_path / "inbox"
+    (inbox / "processing").mkdir(parents=True)
+    (inbox / "processing" / "crashed.json").write_bytes(orjson.dumps(job("crashed")))
+    drop(inbox, "new.json", job("new"))
+    source = fast(inbox)
+    async with running(settings_for(sim.url, tmp_path), source):
+        await eventually(lambda: len(names_in(inbox / "done")) == 2)
+    assert sorted(j.name for j in sim.store.jobs) == ["crashed", "new"]
+
+
+async def test_names_taken_in_done_and_failed_are_never_overwritten(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator()
+    inbox = tmp_path / "inbox"
+    for folder in ("done", "failed"):
+        (inbox / folder).mkdir(parents=True)
+    (inbox / "done" / "a.json").write_bytes(b"older a")
+    (inbox / "failed" / "b.json").write_bytes(b"older b")
+    (inbox / "failed" / "b.error.json").write_bytes(b"older reason")
+    drop(inbox, "a.json", job("a"))
+    drop(inbox, "b.json", job("b", cu_number="2"))
+    source = fast(inbox)
+    async with running(settings_for(sim.url, tmp_path), source):
+        await eventually(
+            lambda: len(names_in(inbox / "done")) == 2 and len(names_in(inbox / "failed")) == 4
+        )
+    assert (inbox / "done" / "a.json").read_bytes() == b"older a"
+    assert (inbox / "failed" / "b.json").read_bytes() == b"older b"
+    assert (inbox / "failed" / "b.error.json").read_bytes() == b"older reason"
+    [new_a] = [n for n in names_in(inbox / "done") if n != "a.json"]
+    assert orjson.loads((inbox / "done" / new_a).read_bytes())["name"] == "a"
+    [new_b] = [n for n in names_in(inbox / "failed") if n.endswith("-1.json")]
+    error = json.loads((inbox / "failed" / new_b.replace(".json", ".error.json")).read_text())
+    assert error["jobs"][0]["outcome"] == "invalid" and "cu_number" in error["jobs"][0]["error"]
+
+
+async def test_a_manifest_dropped_again_after_a_fix_is_processed(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator()
+    inbox = tmp_path / "inbox"
+    source = fast(inbox)
+    async with running(settings_for(sim.url, tmp_path), source):
+        drop(inbox, "fixme.json", job("fixme", parallel_numbr=2))
+        await eventually(lambda: "fixme.error.json" in names_in(inbox / "failed"))
+        assert sim.store.jobs == []
+        drop(inbox, "fixme.json", job("fixme", parallel_number=2))
+        await eventually(lambda: names_in(inbox / "done") == ["fixme.json"])
+        drop(inbox, "fixme.json", job("fixme", parallel_number=2))  # the same again
+        await eventually(lambda: len(names_in(inbox / "done")) == 2)
+    assert [j.name for j in sim.store.jobs] == ["fixme"]  # the ledger knew it was created
+    assert names_in(inbox / "failed") == ["fixme.error.json", "fixme.json"]
+
+
+async def test_a_changed_manifest_of_a_created_job_is_filed_as_drifted(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator()
+    inbox = tmp_path / "inbox"
+    source = fast(inbox)
+    async with running(settings_for(sim.url, tmp_path), source):
+        drop(inbox, "d.json", job("d"))
+        await eventually(lambda: names_in(inbox / "done") == ["d.json"])
+        drop(inbox, "d.json", job("d", cu_number=4))
+        await eventually(lambda: "d.error.json" in names_in(inbox / "failed"))
+    error = json.loads((inbox / "failed" / "d.error.json").read_text())
+    assert error["jobs"][0]["outcome"] == "drifted" and "cu_number" in error["jobs"][0]["error"]
+    assert len(sim.store.jobs) == 1

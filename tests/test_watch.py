@@ -1,0 +1,250 @@
+"""``batchsub watch``: the daemon end to end, in process and as a process stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from batchsub.settings import Settings, load_settings
+from batchsub.simulator import RunningSimulator
+from batchsub.sources.dropfolder import DropFolderSource
+from batchsub.watch import add_parser, main, watch
+from tests.conftest import PROJECT, REPO, TOKEN, SimulatorFactory
+from tests.test_dropfolder import drop, eventually, job, names_in
+from tests.test_run import settings_for
+
+
+def test_watch_flags_map_onto_settings(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        [
+            *("watch", "inbox", "--settle-time", "0.5", "--rescan-interval", "5", "--poll"),
+            *("--metrics-port", "9100", "--drain-timeout", "7", "--report", "r.json"),
+            *("--rate", "3"),
+        ]
+    )
+    assert args.handler is main and args.directory == Path("inbox")
+    assert (args.settle_time, args.rescan_interval, args.poll) == (0.5, 5.0, True)
+    assert (args.metrics_port, args.drain_timeout, args.report, args.rate) == (
+        9100,
+        7.0,
+        Path("r.json"),
+        3.0,
+    )
+    given = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
+    settings = load_settings(given)
+    assert settings.settle_time == 0.5 and settings.poll is True and settings.metrics_port == 9100
+    # Not given: None, so that the environment and the config file still apply.
+    defaults = parser.parse_args(["watch", "inbox"])
+    assert defaults.poll is None and defaults.settle_time is None and defaults.drain_timeout is None
+
+
+async def test_drop_folder_end_to_end(simulator: SimulatorFactory, tmp_path: Path) -> None:
+    sim = await simulator()
+    inbox = tmp_path / "inbox"
+    source = DropFolderSource(inbox, settle_time=0.6, rescan_interval=0.5)
+    source.prepare()
+    task = asyncio.create_task(watch(settings_for(sim.url, tmp_path), source))
+    try:
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        names = [f"drop-{i:02d}" for i in range(20)]
+        for name in names:
+            drop(inbox, f"{name}.json", job(name))
+        body = orjson.dumps(job("in-pieces"))
+        with (inbox / "in-pieces.json").open("wb") as out:
+            out.write(body[:15])
+            out.flush()
+            await asyncio.sleep(0.4)
+            out.write(body[15:])
+        drop(inbox, "broken.json", job("broken", parallel_numbr=1))
+        (inbox / "partial.json.part").write_bytes(orjson.dumps(job("partial")))
+        await eventually(
+            lambda: len(names_in(inbox / "done")) == 21 and len(names_in(inbox / "failed")) == 2,
+            timeout=10,
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        source.stop()
+        code = await asyncio.wait_for(task, 10)
+    assert code == 0  # a failed file is not a failure of the daemon
+    assert elapsed < 5
+    assert sorted(j.name for j in sim.store.jobs) == sorted([*names, "in-pieces"])
+    assert sim.store.duplicates() == {}
+    assert names_in(inbox / "done") == sorted(f"{n}.json" for n in [*names, "in-pieces"])
+    error = json.loads((inbox / "failed" / "broken.error.json").read_text())
+    assert "parallel_numbr: unknown field" in error["reason"]
+    assert names_in(inbox) == ["partial.json.part"]
+    assert names_in(inbox / "processing") == []
+
+
+# --- as a process -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def start_watch(
+    sim: RunningSimulator, tmp_path: Path, *extra: str, log: str = "watch.log"
+) -> asyncio.subprocess.Process:
+    """``batchsub watch`` in a subprocess against ``sim``; its stderr goes to ``tmp_path/log``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHSUB_", "HUAWEICLOUD_"))}
+    env.update(BATCHSUB_AUTH_TOKEN=TOKEN, PYTHONPATH=str(REPO))
+    with (tmp_path / log).open("wb") as stderr:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "batchsub",
+            "watch",
+            str(tmp_path / "inbox"),
+            "--endpoint",
+            sim.url,
+            "--project-id",
+            PROJECT,
+            "--ledger",
+            str(tmp_path / "ledger.db"),
+            "--settle-time",
+            "0.1",
+            "--rate",
+            "0",
+            "--concurrency",
+            "4",
+            *extra,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=stderr,
+            env=env,
+            cwd=tmp_path,
+        )
+
+
+async def stop(process: asyncio.subprocess.Process, *signals: signal.Signals) -> tuple[int, float]:
+    started = time.monotonic()
+    for sig in signals:
+        process.send_signal(sig)
+        await asyncio.sleep(0.05)
+    code = await asyncio.wait_for(process.wait(), 15)
+    return code, time.monotonic() - started
+
+
+def accounted(inbox: Path, names: list[str], sim: RunningSimulator) -> set[str]:
+    """Check nothing is lost or created twice; the names whose files are done."""
+    done = {n.removesuffix(".json") for n in names_in(inbox / "done")}
+    waiting = {n.removesuffix(".json") for n in names_in(inbox) + names_in(inbox / "processing")}
+    assert done | waiting == set(names) and not done & waiting
+    assert sim.store.duplicates() == {}
+    assert done <= {j.name for j in sim.store.jobs}
+    return done
+
+
+@pytest.mark.slow
+async def test_sigterm_drains_and_a_restart_finishes(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(latency=0.3)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    names = [f"job-{i:03d}" for i in range(40)]
+    for name in names:
+        drop(inbox, f"{name}.json", job(name))
+    port = free_port()
+    process = await start_watch(sim, tmp_path, "--drain-timeout", "3", "--metrics-port", str(port))
+    try:
+        await eventually(lambda: len(sim.store.jobs) >= 6, timeout=15)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                assert response.status == 200 and await response.text() == "ok"
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                scraped = await response.text()
+        assert 'batchsub_jobs_total{outcome="created"}' in scraped
+        assert "batchsub_files_waiting" in scraped
+        code, took = await stop(process, signal.SIGTERM)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    logs = (tmp_path / "watch.log").read_text()
+    assert code == 0, logs
+    assert took < 3 + 2
+    done = accounted(inbox, names, sim)
+    assert 0 < len(done) < len(names)  # it stopped claiming: work was left in the folder
+    assert '"event":"file.done"' in logs  # JSON lines
+
+    again = await start_watch(sim, tmp_path, "--drain-timeout", "3", log="again.log")
+    try:
+        await eventually(lambda: len(names_in(inbox / "done")) == len(names), timeout=15)
+        code, _ = await stop(again, signal.SIGTERM)
+    finally:
+        if again.returncode is None:
+            again.kill()
+            await again.wait()
+    assert code == 0
+    assert sorted(j.name for j in sim.store.jobs) == names
+    assert sim.store.duplicates() == {}
+
+
+@pytest.mark.slow
+async def test_a_second_signal_stops_at_once_and_loses_nothing(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    # Every create makes its job at once but answers only after 30 s: in flight at the signals.
+    sim = await simulator(slow_after_create=1.0, slow_seconds=30.0)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    names = [f"slow-{i:02d}" for i in range(4)]
+    for name in names:
+        drop(inbox, f"{name}.json", job(name))
+    process = await start_watch(sim, tmp_path, "--drain-timeout", "30")
+    try:
+        await eventually(lambda: sim.store.create_requests == 4, timeout=15)
+        code, took = await stop(process, signal.SIGTERM, signal.SIGTERM)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert took < 5  # neither the 30 s answers nor the 30 s drain were waited for
+    assert code == 0
+    assert accounted(inbox, names, sim) == set()  # no answer came: every file is waiting
+
+    # The jobs were created though: the restart finds them by name, adopts them, sends nothing.
+    again = await start_watch(sim, tmp_path, "--drain-timeout", "3", log="again.log")
+    try:
+        await eventually(lambda: len(names_in(inbox / "done")) == len(names), timeout=15)
+        await stop(again, signal.SIGTERM)
+    finally:
+        if again.returncode is None:
+            again.kill()
+            await again.wait()
+    assert sorted(j.name for j in sim.store.jobs) == names
+    assert sim.store.create_requests == 4
+
+
+async def test_a_refused_credential_stops_the_daemon_with_exit_2(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator()
+    inbox = tmp_path / "inbox"
+    source = DropFolderSource(inbox, settle_time=0.0, rescan_interval=0.5)
+    source.prepare()
+    drop(inbox, "a.json", job("a"))
+    settings = settings_for(sim.url, tmp_path, auth_token="wrong-token")
+    code = await asyncio.wait_for(watch(settings, source), 10)
+    assert code == 2
+    assert names_in(inbox) == ["a.json"]  # given back, to be sent once the credential is fixed
+    assert sim.store.jobs == []
