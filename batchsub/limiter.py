@@ -31,6 +31,7 @@ _UNIT_SECONDS = {
     **dict.fromkeys(("h", "hr", "hour", "hours"), 3600.0),
     **dict.fromkeys(("d", "day", "days"), 86400.0),
 }
+_STATED_MARGIN = 0.03  # pace this fraction under a limit the gateway states
 _UNLIMITED_FALLBACK = 1.0  # req/s: first 429 in unlimited mode with nothing else to go on
 _OBSERVE_WINDOW = 1.0  # seconds of acquisitions counted in unlimited mode
 
@@ -201,7 +202,8 @@ class RateLimiter:
         self._throttled += 1
         self._last_throttle = now
         window = parse_throttle_window(message) if message else None
-        limit = window[0] / window[1] if window else None
+        # Aim a little under a stated limit: the gateway counts arrivals, which jitter.
+        limit = window[0] / window[1] * (1 - _STATED_MARGIN) if window else None
         if limit is not None:
             self._ceiling = limit if self._ceiling <= 0 else min(self._ceiling, limit)
         previous = self._rate
@@ -214,8 +216,11 @@ class RateLimiter:
                 target = previous
             elif limit is not None and previous > limit:
                 target = limit  # the gateway said what it allows: go straight there
+            elif limit is not None:
+                # At the stated limit and still refused: jitter, or others share the quota.
+                target = previous * 0.9
             else:
-                target = previous * 0.5  # at or under the stated limit and still refused
+                target = previous * 0.5
             self._rate = self._clamp(target)
         pause = min(retry_after, self._max_pause) if retry_after and retry_after > 0 else 0.0
         if window is not None and not echo:
@@ -233,7 +238,7 @@ class RateLimiter:
                 "limiter.throttled",
                 rate=round(self._rate, 3),
                 previous=round(previous, 3),
-                stated_limit=None if limit is None else round(limit, 3),
+                stated_limit=None if window is None else round(window[0] / window[1], 3),
                 pause=pause,
             )
 

@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from batchsub.limiter import RateLimiter, RetryBudget, parse_throttle_limit
 
 START = 1_000.0
+STATED = 0.97  # the limiter paces 3% under a limit the gateway states
 APIG_0308 = "The throttling threshold has been reached: policy user over ratelimit,"
 
 
@@ -163,10 +164,10 @@ async def test_unlimited_starts_pacing_at_stated_limit_on_429() -> None:
     clock = FakeTime()
     limiter = make(0, clock)
     limiter.on_throttled("policy user over ratelimit,limit:40,time:1 second")
-    assert limiter.rate == 40
+    assert limiter.rate == pytest.approx(40 * STATED)
     assert limiter.configured_rate == 0.0
     times = await acquire_times(limiter, clock, tasks=10, each=10)
-    assert gaps(times) == pytest.approx([interval(40)] * 99)
+    assert gaps(times) == pytest.approx([interval(40 * STATED)] * 99)
 
 
 async def test_unlimited_halves_observed_rate_on_bare_429_and_recovers_to_it() -> None:
@@ -206,9 +207,9 @@ async def test_throttle_halves_then_floors_at_min_rate() -> None:
 @pytest.mark.parametrize(
     ("message", "expected"),
     [
-        (APIG_0308 + "limit:40,time:1 second", 40),
-        (APIG_0308 + "limit:80,time:1 second", 80),  # straight to the stated limit
-        (APIG_0308 + "limit:200,time:5 minute", 200 / 300),
+        (APIG_0308 + "limit:40,time:1 second", 40 * STATED),
+        (APIG_0308 + "limit:80,time:1 second", 80 * STATED),  # straight to the stated limit
+        (APIG_0308 + "limit:200,time:5 minute", 200 / 300 * STATED),
         ("no limit stated", 50),
     ],
 )
@@ -226,7 +227,7 @@ def test_stated_limit_caps_recovery() -> None:
     for _ in range(50):
         clock.now += 5.0
         limiter.on_success()
-    assert limiter.rate == 40
+    assert limiter.rate == pytest.approx(40 * STATED)
 
 
 def test_echoes_of_one_throttle_decrease_once() -> None:
@@ -355,7 +356,7 @@ async def test_throttle_is_logged_with_the_new_rate() -> None:
         {
             "event": "limiter.throttled",
             "log_level": "warning",
-            "rate": 40.0,
+            "rate": 38.8,
             "previous": 100.0,
             "stated_limit": 40.0,
             "pause": 2.0,
@@ -464,6 +465,17 @@ async def test_stated_window_pauses_until_it_slides_then_paces_at_the_limit() ->
     limiter.on_throttled(APIG_0308 + "limit:40,time:1 second", sent_at=START)
     limiter.on_throttled(APIG_0308 + "limit:40,time:1 second", sent_at=START - 0.001)  # echo
     times = await acquire_times(limiter, clock, tasks=8, each=10)
-    assert limiter.rate == 40
+    assert limiter.rate == pytest.approx(40 * STATED)
     assert times[0] == pytest.approx(START + 1.0)
     assert max_in_window(times) <= 40
+
+
+def test_refused_at_the_stated_limit_slows_gently() -> None:
+    # Already at what the gateway allows: the 429 is jitter or a shared quota, not a sign
+    # that half would do.
+    clock = FakeTime()
+    limiter = make(100, clock)
+    limiter.on_throttled(APIG_0308 + "limit:40,time:1 second", sent_at=START)
+    clock.now += 5.0
+    limiter.on_throttled(APIG_0308 + "limit:40,time:1 second", sent_at=clock.now - 0.01)
+    assert limiter.rate == pytest.approx(40 * STATED * 0.9)
