@@ -286,19 +286,22 @@ def _kind(value: object) -> str:
     return _show(value)
 
 
-def job_from_object(obj: object, source: str) -> ManifestItem:
+def job_from_object(obj: object, source: str, *, validate: bool = True) -> ManifestItem:
     """Validate one parsed job object; the JobSpec's body is ``obj`` serialised as written.
 
     Never raises: anything wrong gives an InvalidManifest naming ``source`` and the fields.
+    With ``validate=False`` only the shape (an object with a string name) is checked, and the
+    caller must call ``validate_spec`` before sending: a rerun then skips the model for the
+    jobs the ledger already settles.
     """
     if not isinstance(obj, dict):
         return InvalidManifest(source, f"{source}: expected a job object, got {_kind(obj)}")
     raw_name = obj.get("name")
     name = raw_name if isinstance(raw_name, str) else None
-    try:
-        FlinkJarJob.model_validate(obj)
-    except ValidationError as exc:
-        return InvalidManifest(source, f"{source}: {describe_validation_error(exc)}", name)
+    if validate or name is None:
+        problem = _validate(obj, source, name)
+        if problem is not None:
+            return problem
     try:
         body = orjson.dumps(obj)
         canonical = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
@@ -311,6 +314,19 @@ def job_from_object(obj: object, source: str) -> ManifestItem:
         body_hash=hashlib.sha256(canonical).hexdigest(),
         source=source,
     )
+
+
+def _validate(obj: dict[str, Any], source: str, name: str | None) -> InvalidManifest | None:
+    try:
+        FlinkJarJob.model_validate(obj)
+    except ValidationError as exc:
+        return InvalidManifest(source, f"{source}: {describe_validation_error(exc)}", name)
+    return None
+
+
+def validate_spec(spec: JobSpec) -> InvalidManifest | None:
+    """The problem with a job parsed without validation, or None when it may be sent."""
+    return _validate(orjson.loads(spec.body), spec.source, spec.name)
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -436,7 +452,9 @@ def _decode(data: bytes, source: str) -> str | InvalidManifest:
     return text
 
 
-def parse_manifest_bytes(data: bytes, source: str, *, suffix: str) -> list[ManifestItem]:
+def parse_manifest_bytes(
+    data: bytes, source: str, *, suffix: str, validate: bool = True
+) -> list[ManifestItem]:
     """The jobs of one manifest file's content: one job object, or a list of them.
 
     ``suffix`` (``.json``, ``.yaml``, ``.yml``) picks the parser. Items of a list get the source
@@ -456,7 +474,7 @@ def parse_manifest_bytes(data: bytes, source: str, *, suffix: str) -> list[Manif
     except (ValueError, yaml.YAMLError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         return [InvalidManifest(source, _syntax_error(source, fmt, exc))]
     if isinstance(doc, dict):
-        return [job_from_object(doc, source)]
+        return [job_from_object(doc, source, validate=validate)]
     if not isinstance(doc, list):
         what = _kind(doc) if doc is not None or fmt == "JSON" else "an empty document"
         return [
@@ -466,7 +484,7 @@ def parse_manifest_bytes(data: bytes, source: str, *, suffix: str) -> list[Manif
         ]
     if not doc:
         return [InvalidManifest(source, f"{source}: empty list: no jobs")]
-    return [job_from_object(item, f"{source}#{i}") for i, item in enumerate(doc)]
+    return [job_from_object(item, f"{source}#{i}", validate=validate) for i, item in enumerate(doc)]
 
 
 def _read_limited(path: str | os.PathLike[str]) -> bytes:
@@ -488,7 +506,9 @@ def _read_limited(path: str | os.PathLike[str]) -> bytes:
         os.close(fd)
 
 
-def parse_manifest_file(path: str | os.PathLike[str], display: str) -> list[ManifestItem]:
+def parse_manifest_file(
+    path: str | os.PathLike[str], display: str, *, validate: bool = True
+) -> list[ManifestItem]:
     """Read and parse one manifest file; ``display`` is its source string in every message.
 
     The suffix of ``path`` (``.json``, ``.yaml``, ``.yml``, any case) picks the parser.
@@ -498,7 +518,7 @@ def parse_manifest_file(path: str | os.PathLike[str], display: str) -> list[Mani
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         return [InvalidManifest(display, f"{display}: cannot read: {reason}")]
-    return parse_manifest_bytes(data, display, suffix=os.path.splitext(path)[1])
+    return parse_manifest_bytes(data, display, suffix=os.path.splitext(path)[1], validate=validate)
 
 
 def diff_fields(old_body: bytes, new_body: bytes) -> list[str]:

@@ -31,7 +31,7 @@ from batchsub.jobs import (
     Outcome,
 )
 from batchsub.limiter import RateLimiter, RetryBudget
-from batchsub.manifest import diff_fields
+from batchsub.manifest import diff_fields, validate_spec
 from batchsub.protocols import Ledger, Source
 from batchsub.reconcile import Reconciler
 from batchsub.retry import RetryPolicy
@@ -196,6 +196,10 @@ class Submitter:
                 continue
             record = records.get(item.name)
             settled = _settled_result(item, record)
+            if settled is None and (problem := validate_spec(item)) is not None:
+                # Never send what the model rejects, whatever the source checked.
+                log.warning("job.invalid", source=item.source, error=problem.error)
+                settled = JobResult(item.source, item.name, Outcome.INVALID, error=problem.error)
             if settled is not None:
                 await self._finish(source, item, settled)
                 continue

@@ -88,9 +88,11 @@ class DirectorySource:
     the first definition wins. Only the names seen are kept in memory.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, validate: bool = True) -> None:
         _check_root(root)
         self.root = root
+        # False: jobs are only shape-checked here; the submitter validates what it sends.
+        self.validate = validate
 
     async def items(self) -> AsyncIterator[ManifestItem]:
         """Yield every job and invalid manifest under the root, one file at a time."""
@@ -103,7 +105,7 @@ class DirectorySource:
                     where, f"{where}: cannot list directory: {_reason(found.error)}"
                 )
                 continue
-            for item in parse_manifest_file(found, found):
+            for item in parse_manifest_file(found, found, validate=self.validate):
                 yield _first_definition(item, seen)
             if count % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
