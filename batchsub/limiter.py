@@ -129,6 +129,7 @@ class RateLimiter:
         self._guard_until = -math.inf
         self._last_increase = -math.inf
         self._recent: deque[float] = deque()  # acquisition times, unlimited mode only
+        self._released: deque[float] = deque(maxlen=4096)  # recent slots used, limited mode
 
     @property
     def rate(self) -> float:
@@ -153,7 +154,7 @@ class RateLimiter:
             return
         ticket = self._reserve(now)
         if ticket.slot <= now:
-            self._last_release = max(self._last_release, ticket.slot)
+            self._release(ticket.slot)
             return
         self._pending.append(ticket)
         released = False
@@ -174,7 +175,7 @@ class RateLimiter:
                 if ticket.slot <= now:
                     break
             released = True
-            self._last_release = max(self._last_release, ticket.slot)
+            self._release(ticket.slot)
         finally:
             self._pending.remove(ticket)
             if not released and ticket.seq == self._seq:
@@ -226,7 +227,7 @@ class RateLimiter:
         if window is not None and not echo:
             # The gateway's window is full until it slides past what was sent too fast; sending
             # during it only earns more 429s (and, halving on each, a collapsed rate).
-            pause = max(pause, min(window[1], self._max_pause))
+            pause = max(pause, min(self._window_clears(now, window[1]) - now, self._max_pause))
         if self._rate < previous or previous <= 0:
             self._last_decrease = now
             self._guard_until = now + max(self._decrease_guard, self._interval(), pause)
@@ -253,6 +254,20 @@ class RateLimiter:
         self._rate = min(self._ceiling, self._rate + step)
         self._last_increase = now
         log.info("limiter.recovered", rate=round(self._rate, 3), ceiling=round(self._ceiling, 3))
+
+    def _release(self, slot: float) -> None:
+        self._last_release = max(self._last_release, slot)
+        self._released.append(slot)
+
+    def _window_clears(self, now: float, seconds: float) -> float:
+        """When a window of ``seconds`` no longer holds anything sent before ``now``.
+
+        That is the oldest send inside the last window, plus the window: sliding or fixed,
+        the gateway's count has dropped by then. Unknown history: a whole window from now.
+        """
+        sent = self._released if self._rate > 0 else self._recent
+        oldest = next((t for t in sent if t > now - seconds), None)
+        return now + seconds if oldest is None else oldest + seconds
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()

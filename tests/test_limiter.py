@@ -479,3 +479,15 @@ def test_refused_at_the_stated_limit_slows_gently() -> None:
     clock.now += 5.0
     limiter.on_throttled(APIG_0308 + "limit:40,time:1 second", sent_at=clock.now - 0.01)
     assert limiter.rate == pytest.approx(40 * STATED * 0.9)
+
+
+async def test_pause_ends_when_the_oldest_send_leaves_the_window() -> None:
+    # 40 sent at 200/s from START: the gateway's window holds them until START + 1 (the
+    # oldest leaves first), so waiting a whole window from the 429 would waste 0.2 s.
+    clock = FakeTime()
+    limiter = make(200, clock)
+    burst = await acquire_times(limiter, clock, tasks=1, each=40)
+    limiter.on_throttled(APIG_0308 + "limit:40,time:1 second", sent_at=clock.now)
+    after = await acquire_times(limiter, clock, tasks=1, each=1)
+    assert burst[0] == START
+    assert after[0] == pytest.approx(START + 1.0)
