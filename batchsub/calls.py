@@ -13,12 +13,14 @@ from typing import TypeVar
 
 import structlog
 
+from batchsub.client import CONNECT_FAILED
 from batchsub.errors import RetryableError
 from batchsub.limiter import RateLimiter
 from batchsub.retry import RetryPolicy
 
 T = TypeVar("T")
 log = structlog.get_logger("batchsub.calls")
+CONNECT_ATTEMPTS = 4  # list calls that found nobody listening before the run gives up
 
 
 class SafeCaller:
@@ -57,6 +59,8 @@ class SafeCaller:
                     continue
                 failures += 1
                 delay = self._policy.delay(failures, retry_after=exc.defer)
+                if exc.code == CONNECT_FAILED and failures >= CONNECT_ATTEMPTS:
+                    raise  # a wrong endpoint or a network down: say so in seconds, not minutes
                 if not self._policy.should_retry(failures, self._now() - started, delay):
                     raise
                 log.info(

@@ -68,6 +68,7 @@ class JobPage:
 _SERVER_SIDE_CODES = frozenset({"DLI.0999"})
 _EXISTS_CODES = frozenset({"DLI.0006"})
 LIST_PAGE_SIZE = 100
+CONNECT_FAILED = "CONNECT"  # RetryableError code: no connection could be made at all
 
 
 def make_session(concurrency: int, ca_file: str | None = None) -> aiohttp.ClientSession:
@@ -159,6 +160,10 @@ class DliClient:
         except aiohttp.ClientSSLError as exc:
             raise FatalApiError(
                 f"TLS failure talking to {self._endpoint}: {exc}; use --ca-file"
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise RetryableError(
+                f"cannot connect to {self._endpoint}: {exc}", code=CONNECT_FAILED
             ) from None
         except TimeoutError:
             raise RetryableError("list jobs: no answer before the timeout") from None

@@ -495,8 +495,10 @@ def _read_limited(path: str | os.PathLike[str]) -> bytes:
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
-        data = os.read(fd, min(os.fstat(fd).st_size, MAX_MANIFEST_BYTES) + 1)
-        while len(data) <= MAX_MANIFEST_BYTES:
+        wanted = min(os.fstat(fd).st_size, MAX_MANIFEST_BYTES) + 1
+        data = os.read(fd, wanted)
+        # A short read of a regular file is its end; a file that grew since fstat reads on.
+        while wanted <= len(data) <= MAX_MANIFEST_BYTES:
             more = os.read(fd, MAX_MANIFEST_BYTES + 1 - len(data))
             if not more:
                 break

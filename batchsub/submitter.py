@@ -274,17 +274,22 @@ class Submitter:
                     return await self._phantom_duplicate(spec, last, attempts)
                 in_doubt = False
             self._check_running()
+            # The intent is committed before the request slot is taken: a commit's latency
+            # inside the slot would cost every request that much of the pool.
+            attempt = await self._begin(spec)
+            if attempt is None:
+                return JobResult(
+                    spec.source,
+                    spec.name,
+                    Outcome.UNRESOLVED,
+                    error="claimed by another batchsub worker",
+                )
             async with self._requests:
                 await self._limiter.acquire()
-                self._check_running()
-                attempt = await self._begin(spec)
-                if attempt is None:
-                    return JobResult(
-                        spec.source,
-                        spec.name,
-                        Outcome.UNRESOLVED,
-                        error="claimed by another batchsub worker",
-                    )
+                if self.stopped:
+                    # Never sent: say so, so that the next run needs no lookup for it.
+                    await self._write(spec, LedgerState.RETRYING)
+                    self._check_running()
                 attempts += 1
                 self.creates_sent += 1
                 sent_at = loop.time()

@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, write_manifests
+from tests.conftest import REPO, TOKEN, SimulatorFactory, write_manifests
 
 pytestmark = pytest.mark.slow
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without any batchsub setting or credential."""
+    return {
+        k: v for k, v in os.environ.items() if not k.startswith(("BATCHSUB_", "HUAWEICLOUD_SDK_"))
+    }
 
 
 def batchsub(
     *args: str | Path, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("BATCHSUB_", "HUAWEICLOUD_SDK_"))
-    }
+    full_env = clean_env()
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "batchsub", *map(str, args)],
@@ -115,3 +123,46 @@ def test_bad_config_file_value_names_the_setting(tmp_path: Path) -> None:
     result = batchsub("--config", config, "run", folder, "--simulator")
     assert result.returncode == 2
     assert "rate" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreachable_endpoint_fails_fast_with_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    write_manifests(folder, 3)
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    result = batchsub(
+        "run", folder, "--endpoint", f"http://127.0.0.1:{port}", "--project-id", "p",
+        "--ledger", tmp_path / "l.db", env={"BATCHSUB_AUTH_TOKEN": "t"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert time.monotonic() - started < 30
+    errors = [line for line in result.stderr.splitlines() if line.startswith("batchsub: error:")]
+    assert len(errors) == 1 and "cannot reach the API" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_refused_project_or_credential_names_the_fix(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(project_id="the-right-project")
+    folder = tmp_path / "m"
+    write_manifests(folder, 3)
+    cases = [
+        ({"BATCHSUB_AUTH_TOKEN": TOKEN}, "the-wrong-project"),
+        ({"BATCHSUB_AUTH_TOKEN": "not-the-token"}, "the-right-project"),
+    ]
+    for env, project in cases:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "batchsub", "run", str(folder), "--endpoint", sim.url,
+            "--project-id", project, "--ledger", str(tmp_path / f"{project}.db"),
+            env={**clean_env(), **env}, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode == 2
+        errors = [line for line in err.decode().splitlines() if line.startswith("batchsub: error:")]
+        assert len(errors) == 1, err.decode()
+        assert "refused the credential" in errors[0] and "--project-id" in errors[0]
+    assert sim.store.create_requests == 0

@@ -147,6 +147,9 @@ class _Delivery:
     done: bool = False
 
 
+REQUEUE_DELAY = 1.0  # seconds an unresolved message waits before it is requeued
+
+
 class AmqpSource:
     """Manifests from a RabbitMQ queue; ``settle`` acks, dead-letters or requeues each message.
 
@@ -279,6 +282,10 @@ class AmqpSource:
         if outcomes <= _DONE_OUTCOMES:
             await self._finish(delivery, ack=True)
         elif Outcome.UNRESOLVED in outcomes:
+            if not self._stopped:
+                # Busy elsewhere (another worker's claim) or a lost answer: an instant
+                # requeue would come straight back and spin; close() cuts the wait short.
+                await asyncio.sleep(REQUEUE_DELAY)
             await self._finish(delivery, requeue=True)
         elif await self._dead_letter(delivery):
             await self._finish(delivery, ack=True, dead=True)

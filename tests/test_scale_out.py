@@ -1,0 +1,85 @@
+"""Scale out, end to end: three ``consume`` workers on real RabbitMQ and one PostgreSQL ledger.
+
+500 jobs published, the first 100 twice, 3 invalid messages; one worker is killed with SIGKILL
+mid-run. Every job must exist exactly once and the invalid messages sit in the dead queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.amqp_support import AMQP_URL, Broker, broker_listening
+from tests.conftest import PROJECT, write_manifests
+from tests.pg import fresh_database, postgres_listening
+from tests.test_crash import batchsub, remote_jobs, simulator_process, stop
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not broker_listening(), reason="RabbitMQ is not listening on 5672"),
+    pytest.mark.skipif(not postgres_listening(), reason="PostgreSQL is not listening on 5432"),
+]
+
+JOBS = 500
+TWICE = 100
+
+
+def publish(directory: Path, queue: str, log: Path, *extra: str) -> None:
+    proc = batchsub("publish", str(directory), AMQP_URL, "--queue", queue, *extra, log=log)
+    assert proc.wait(timeout=60) in (0, 1), log.read_text()
+
+
+async def test_three_workers_one_killed_create_each_job_once(tmp_path: Path) -> None:
+    broker = await Broker.open()
+    queue = broker.queue_name("scale")
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        async with fresh_database() as dsn:
+            with simulator_process(tmp_path / "sim.log") as endpoint:
+                names = write_manifests(tmp_path / "all", JOBS)
+                write_manifests(tmp_path / "again", TWICE)  # the same first 100 names
+                bad = tmp_path / "bad"
+                bad.mkdir()
+                (bad / "broken.json").write_text("{not json")
+                (bad / "typo.json").write_text('{"name": "typo", "parallel_numbr": 1}')
+                (bad / "empty.yaml").write_text("")
+                publish(tmp_path / "all", queue, tmp_path / "pub1.log")
+                publish(tmp_path / "again", queue, tmp_path / "pub2.log")
+                publish(bad, queue, tmp_path / "pub3.log", "--no-validate")
+
+                consume = [
+                    "consume", AMQP_URL, "--queue", queue, "--endpoint", endpoint,
+                    "--project-id", PROJECT, "--ledger", dsn, "--rate", "0",
+                    "--concurrency", "8", "--in-doubt-grace", "0.2",
+                ]  # fmt: skip
+                workers = [batchsub(*consume, log=tmp_path / f"worker{i}.log") for i in range(3)]
+                await asyncio.sleep(1.5)
+                stop(workers[0], signal.SIGKILL)
+
+                deadline = time.monotonic() + 90
+                while True:
+                    created = {name for name, _ in remote_jobs(endpoint)}
+                    if created >= set(names) and await broker.depth(queue) == 0:
+                        break
+                    assert time.monotonic() < deadline, f"{len(created)} of {JOBS} created"
+                    await asyncio.sleep(0.2)
+                for worker in workers[1:]:
+                    stop(worker, signal.SIGTERM)
+                    assert worker.returncode == 0, worker.args
+
+                counts = Counter(name for name, _ in remote_jobs(endpoint))
+                assert sorted(counts) == sorted(names)
+                assert [name for name, n in counts.items() if n > 1] == []
+                dead = await broker.drain(f"{queue}.dead")
+                assert len(dead) == 3
+                assert all(message.headers.get("x-batchsub-error") for message in dead)
+    finally:
+        for worker in workers:
+            stop(worker, signal.SIGKILL)
+        await broker.close()
