@@ -49,7 +49,17 @@ class InvalidManifest:
     name: str | None = None
 
 
-ManifestItem = JobSpec | InvalidManifest
+@dataclass(frozen=True, slots=True)
+class SettledJob:
+    """A job of a manifest file unchanged since every job in it was created: not read again."""
+
+    source: str
+    name: str
+    job_id: int | None
+    adopted: bool
+
+
+ManifestItem = JobSpec | InvalidManifest | SettledJob
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from batchsub.jobs import (
     LedgerRecord,
     LedgerState,
     ManifestItem,
+    SettledJob,
 )
 from batchsub.limiter import RateLimiter
 from batchsub.manifest import diff_fields
@@ -197,10 +198,10 @@ async def validate_directory(directory: Path) -> Validation:
         if file != last_file:  # items arrive file by file, in path order
             found.manifests += 1
             last_file = file
-        if isinstance(item, JobSpec):
-            found.valid += 1
-        else:
+        if isinstance(item, InvalidManifest):
             found.problems.append(Problem.of(item))
+        else:
+            found.valid += 1
     return found
 
 
@@ -359,6 +360,8 @@ async def _plan_batch(
         if isinstance(item, InvalidManifest):
             detail = item.error.removeprefix(f"{item.source}: ")
             rows.append(PlanRow(item.source, item.name, Action.INVALID, detail=detail))
+        elif isinstance(item, SettledJob):
+            rows.append(PlanRow(item.source, item.name, Action.ALREADY_CREATED, item.job_id))
         else:
             rows.append(plan_job(item, records.get(item.name), remote))
     return rows

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from yarl import URL
 
-from batchsub.jobs import ErrorInfo, JobResult, JobSpec, LedgerRecord, LedgerState, ManifestItem
+from batchsub.jobs import (
+    ErrorInfo,
+    JobResult,
+    JobSpec,
+    LedgerRecord,
+    LedgerState,
+    ManifestItem,
+    SettledJob,
+)
 
 
 class Source(Protocol):
@@ -67,6 +75,28 @@ class Ledger(Protocol):
 
     def records(self, project_id: str | None = None) -> AsyncIterator[LedgerRecord]:
         """Every record (of one project, or all), ordered by source then name."""
+        ...
+
+
+@runtime_checkable
+class FileIndex(Protocol):
+    """What a ledger remembers of manifest files, so that a rerun need not read them again.
+
+    A file is remembered by a fingerprint of its metadata (size, mtime, ctime, inode) once
+    every job in it exists; it is trusted only while that fingerprint is unchanged and its
+    jobs are still ``created``.
+    """
+
+    async def settled_files(
+        self, project_id: str, fingerprints: Mapping[str, str]
+    ) -> dict[str, list[SettledJob]]:
+        """For each path whose fingerprint matches and whose jobs all exist: those jobs."""
+        ...
+
+    async def remember_files(
+        self, project_id: str, files: Sequence[tuple[str, str, Sequence[str]]]
+    ) -> None:
+        """Record (path, fingerprint, job names) of files whose every job exists."""
         ...
 
 

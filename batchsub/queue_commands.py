@@ -33,7 +33,7 @@ from aio_pika.abc import AbstractExchange
 
 from batchsub.cli import add_send_flags
 from batchsub.errors import ConfigError
-from batchsub.jobs import InvalidManifest
+from batchsub.jobs import InvalidManifest, JobSpec
 from batchsub.logs import configure_logging
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
@@ -150,6 +150,7 @@ async def publish_directory(
                     counts.invalid += 1
                     on_invalid(item.error)
                     continue
+                assert isinstance(item, JobSpec)  # no file index here: every job is read
                 headers = {SOURCE_HEADER: item.source}
                 await sender.send(item.body, headers, "application/json")
         else:

@@ -28,7 +28,7 @@ from batchsub.jobs import JobResult
 from batchsub.ledgers import SqliteLedger
 from batchsub.limiter import RateLimiter, RetryBudget
 from batchsub.logs import configure_logging
-from batchsub.protocols import Auth, Ledger, RunObserver, Source
+from batchsub.protocols import Auth, FileIndex, Ledger, RunObserver, Source
 from batchsub.reconcile import Reconciler
 from batchsub.report import RunAccount
 from batchsub.retry import RetryPolicy
@@ -163,6 +163,8 @@ async def run_source(
         ledger = open_ledger(settings.ledger, request_timeout=settings.timeout)
         await ledger.open()
         stack.push_async_callback(ledger.close)
+        if isinstance(source, DirectorySource) and isinstance(ledger, FileIndex):
+            source.use_index(ledger, target.project_id)
         session = make_session(
             settings.concurrency, str(settings.ca_file) if settings.ca_file else None
         )

@@ -29,6 +29,7 @@ from batchsub.jobs import (
     LedgerState,
     ManifestItem,
     Outcome,
+    SettledJob,
 )
 from batchsub.limiter import RateLimiter, RetryBudget
 from batchsub.manifest import diff_fields, validate_spec
@@ -193,6 +194,16 @@ class Submitter:
                     item,
                     JobResult(item.source, item.name, Outcome.INVALID, error=item.error),
                 )
+                continue
+            if isinstance(item, SettledJob):  # its file is unchanged and every job exists
+                result = JobResult(
+                    item.source,
+                    item.name,
+                    Outcome.ALREADY_CREATED,
+                    job_id=item.job_id,
+                    adopted=item.adopted,
+                )
+                await self._finish(source, item, result)
                 continue
             record = records.get(item.name)
             settled = _settled_result(item, record)

@@ -13,19 +13,27 @@ import concurrent.futures
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
 import aiosqlite
+import orjson
 
 from batchsub.errors import LedgerError
-from batchsub.jobs import IN_DOUBT_STATES, ErrorInfo, JobSpec, LedgerRecord, LedgerState
+from batchsub.jobs import (
+    IN_DOUBT_STATES,
+    ErrorInfo,
+    JobSpec,
+    LedgerRecord,
+    LedgerState,
+    SettledJob,
+)
 from batchsub.ledgers.lock import LedgerLock
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # _MIGRATIONS[v] takes a ledger from schema version v to v + 1 (0: a new file).
 _MIGRATIONS: dict[int, str] = {
@@ -50,7 +58,23 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (project_id, state);
     CREATE INDEX IF NOT EXISTS jobs_by_source ON jobs (source, name, project_id);
     """,
+    # The file index: manifest files whose every job exists, by metadata fingerprint.
+    1: """
+    CREATE TABLE IF NOT EXISTS files (
+        project_id  TEXT NOT NULL,
+        path        TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        names       TEXT NOT NULL,
+        PRIMARY KEY (project_id, path)
+    ) WITHOUT ROWID;
+    """,
 }
+
+_REMEMBER_SQL = """
+INSERT INTO files (project_id, path, fingerprint, names) VALUES (?, ?, ?, ?)
+ON CONFLICT (project_id, path) DO UPDATE SET
+    fingerprint = excluded.fingerprint, names = excluded.names
+"""
 
 _COLUMNS = (
     "project_id, name, state, job_id, attempts, error_code, error_message, http_status,"
@@ -207,6 +231,63 @@ class SqliteLedger:
         except sqlite3.Error as exc:
             raise self._error("cannot open", exc) from exc
         return conn
+
+    async def settled_files(
+        self, project_id: str, fingerprints: Mapping[str, str]
+    ) -> dict[str, list[SettledJob]]:
+        """Unchanged files whose every job is created: their jobs, without reading them."""
+        paths = list(fingerprints)
+        remembered: dict[str, list[str]] = {}
+        for start in range(0, len(paths), _CHUNK):
+            chunk = paths[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._read(
+                f"SELECT path, fingerprint, names FROM files"
+                f" WHERE project_id = ? AND path IN ({marks})",
+                (project_id, *chunk),
+            )
+            for path, fingerprint, names in rows:
+                if fingerprints.get(path) == fingerprint:
+                    remembered[path] = orjson.loads(names)
+        wanted = list(dict.fromkeys(n for names in remembered.values() for n in names))
+        jobs: dict[str, SettledJob] = {}
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._read(
+                f"SELECT source, name, job_id, adopted FROM jobs WHERE project_id = ?"
+                f" AND state = 'created' AND name IN ({marks})",
+                (project_id, *chunk),
+            )
+            jobs.update((row[1], SettledJob(row[0], row[1], row[2], bool(row[3]))) for row in rows)
+        # A file counts only while every job of it is still created.
+        return {
+            path: [jobs[name] for name in names]
+            for path, names in remembered.items()
+            if all(name in jobs for name in names)
+        }
+
+    async def remember_files(
+        self, project_id: str, files: Sequence[tuple[str, str, Sequence[str]]]
+    ) -> None:
+        """Record files whose every job exists (one transaction on the writer thread)."""
+        if self.read_only or not files:
+            return
+        rows = [
+            (project_id, path, fp, orjson.dumps(list(names)).decode()) for path, fp, names in files
+        ]
+
+        def write() -> None:
+            conn = self._write_conn
+            if conn is None:
+                raise LedgerError(f"ledger {self.path} is not open")
+            with conn:  # one transaction
+                conn.executemany(_REMEMBER_SQL, rows)
+
+        try:
+            await self._in_writer(write)
+        except sqlite3.Error as exc:
+            raise self._error("write failed", exc) from exc
 
     async def get_many(self, project_id: str, names: Sequence[str]) -> dict[str, LedgerRecord]:
         """The records of those names that exist, one query per 500 names."""

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
 from batchsub.errors import ConfigError, ManifestError
-from batchsub.jobs import InvalidManifest, JobResult, ManifestItem
+from batchsub.jobs import InvalidManifest, JobResult, ManifestItem, Outcome, SettledJob
 from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
-
-_YIELD_EVERY = 32  # files between pauses that let the HTTP pool run
+from batchsub.protocols import FileIndex
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,25 +92,119 @@ class DirectorySource:
         self.root = root
         # False: jobs are only shape-checked here; the submitter validates what it sends.
         self.validate = validate
+        self._index: FileIndex | None = None
+        self._project = ""
+        self._files: dict[str, _OpenFile] = {}  # files read, some job not settled yet
+        self._file_of: dict[int, str] = {}  # id(item) -> its file, until settled
+        self._done: list[tuple[str, str, Sequence[str]]] = []  # to remember, batched
+        self._exhausted = False
+
+    def use_index(self, index: FileIndex, project_id: str) -> None:
+        """Skip files the index says are unchanged and fully created; remember new ones."""
+        self._index, self._project = index, project_id
 
     async def items(self) -> AsyncIterator[ManifestItem]:
         """Yield every job and invalid manifest under the root, one file at a time."""
         _check_root(self.root)
+        self._exhausted = False
         seen: dict[str, str] = {}
-        for count, found in enumerate(_scan(str(self.root)), start=1):
-            if isinstance(found, _Unreadable):
-                where = str(found.path)
-                yield InvalidManifest(
-                    where, f"{where}: cannot list directory: {_reason(found.error)}"
-                )
-                continue
-            for item in parse_manifest_file(found, found, validate=self.validate):
-                yield _first_definition(item, seen)
-            if count % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+        for chunk in _chunks(_scan(str(self.root)), _INDEX_CHUNK):
+            known = await self._known(chunk)
+            for count, found in enumerate(chunk, start=1):
+                if count % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # let the HTTP pool run
+                items, tracked = self._read(found, known)
+                for item in items:
+                    shown = _first_definition(item, seen)
+                    if tracked is not None:
+                        self._file_of[id(shown)] = tracked
+                    yield shown
+        self._exhausted = True
+        await self._flush(final=not self._files)
 
     async def settle(self, item: ManifestItem, result: JobResult) -> None:
-        """Nothing to do: the files stay where they are."""
+        """Remember a file once every job in it exists; the files stay where they are."""
+        path = self._file_of.pop(id(item), None)
+        if path is None:
+            return
+        entry = self._files[path]
+        entry.pending -= 1
+        entry.clean = entry.clean and result.outcome in _EXISTS and result.name is not None
+        if result.name is not None:
+            entry.names.append(result.name)
+        if entry.pending == 0:
+            del self._files[path]
+            if entry.clean:
+                self._done.append((path, entry.fingerprint, entry.names))
+        await self._flush(final=self._exhausted and not self._files)
+
+    def _read(
+        self, found: str | _Unreadable, known: dict[str, list[SettledJob]]
+    ) -> tuple[list[ManifestItem], str | None]:
+        """The items of one file, and the file if its outcome is to be tracked for the index."""
+        if isinstance(found, _Unreadable):
+            where = str(found.path)
+            error = f"{where}: cannot list directory: {_reason(found.error)}"
+            return [InvalidManifest(where, error)], None
+        if found in known:
+            return list(known[found]), None
+        # Fingerprint before reading: a change during the read makes the next one differ.
+        fingerprint = _fingerprint(found) if self._index is not None else ""
+        items: list[ManifestItem] = list(parse_manifest_file(found, found, validate=self.validate))
+        if not fingerprint:
+            return items, None
+        self._files[found] = _OpenFile(fingerprint, len(items))
+        return items, found
+
+    async def _known(self, chunk: list[str | _Unreadable]) -> dict[str, list[SettledJob]]:
+        if self._index is None:
+            return {}
+        fingerprints = {p: fp for p in chunk if isinstance(p, str) and (fp := _fingerprint(p))}
+        return await self._index.settled_files(self._project, fingerprints)
+
+    async def _flush(self, *, final: bool) -> None:
+        if self._index is not None and self._done and (final or len(self._done) >= _INDEX_CHUNK):
+            done, self._done = self._done, []
+            await self._index.remember_files(self._project, done)
+
+
+@dataclass(slots=True)
+class _OpenFile:
+    """A file whose jobs are in flight: remembered in the index when all of them exist."""
+
+    fingerprint: str
+    pending: int
+    clean: bool = True
+    names: list[str] = field(default_factory=list)
+
+
+_INDEX_CHUNK = 256  # files per index lookup and per index write
+_YIELD_EVERY = 32  # files between pauses that let the HTTP pool run
+_EXISTS = frozenset({Outcome.CREATED, Outcome.ALREADY_CREATED})
+
+
+def _fingerprint(path: str) -> str:
+    """Size, mtime, ctime and inode: any write, copy or rename-over changes one of them.
+
+    ctime cannot be set by a user (``touch -d``, ``cp -p`` set mtime, not ctime), so an edit
+    that restores the old size and mtime still shows. Empty when the file cannot be stat'ed.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
+def _chunks(found: Iterator[str | _Unreadable], size: int) -> Iterator[list[str | _Unreadable]]:
+    chunk: list[str | _Unreadable] = []
+    for item in found:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _first_definition(item: ManifestItem, seen: dict[str, str]) -> ManifestItem:
