@@ -31,6 +31,7 @@ _UNIT_SECONDS = {
     **dict.fromkeys(("h", "hr", "hour", "hours"), 3600.0),
     **dict.fromkeys(("d", "day", "days"), 86400.0),
 }
+_ARRIVAL_MARGIN = 0.05  # seconds between a slot and its arrival at the gateway, at most
 _STATED_MARGIN = 0.03  # pace this fraction under a limit the gateway states
 _UNLIMITED_FALLBACK = 1.0  # req/s: first 429 in unlimited mode with nothing else to go on
 _OBSERVE_WINDOW = 1.0  # seconds of acquisitions counted in unlimited mode
@@ -267,7 +268,10 @@ class RateLimiter:
         """
         sent = self._released if self._rate > 0 else self._recent
         oldest = next((t for t in sent if t > now - seconds), None)
-        return now + seconds if oldest is None else oldest + seconds
+        # A request reaches the gateway a little after its slot: resuming exactly one window
+        # after the slot would find it still counted, and earn one more 429.
+        margin = max(_ARRIVAL_MARGIN, seconds * self._headroom)
+        return now + seconds if oldest is None else oldest + seconds + margin
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()

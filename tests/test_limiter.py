@@ -490,4 +490,4 @@ async def test_pause_ends_when_the_oldest_send_leaves_the_window() -> None:
     limiter.on_throttled(APIG_0308 + "limit:40,time:1 second", sent_at=clock.now)
     after = await acquire_times(limiter, clock, tasks=1, each=1)
     assert burst[0] == START
-    assert after[0] == pytest.approx(START + 1.0)
+    assert after[0] == pytest.approx(START + 1.0 + 0.05)  # and the arrival margin
