@@ -89,6 +89,8 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     if errors:
         console.print("first problems:", style="bold")
         for err in errors:
-            console.print(f"  {err['outcome']}: {err['source']}: {err['error']}", markup=False)
+            error = str(err["error"])
+            where = "" if error.startswith(f"{err['source']}:") else f"{err['source']}: "
+            console.print(f"  {err['outcome']}: {where}{error}", markup=False)
     if summary.get("fatal"):
         console.print(f"run stopped: {summary['fatal']}", style="bold red", markup=False)
