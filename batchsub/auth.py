@@ -25,12 +25,13 @@ def _utc_now() -> datetime:
 class TokenAuth:
     """An IAM token sent as ``X-Auth-Token`` (valid 24 h; getting one is not our job)."""
 
-    __slots__ = ("_token",)
+    __slots__ = ("_origin", "_token")
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, *, origin: str = "BATCHSUB_AUTH_TOKEN") -> None:
         if not token:
             raise ValueError("TokenAuth needs a non-empty token")
         self._token = token
+        self._origin = origin
 
     def headers(self, method: str, url: URL, body: bytes) -> dict[str, str]:
         """The token header; it does not depend on the request."""
@@ -38,7 +39,7 @@ class TokenAuth:
 
     def describe(self) -> str:
         """Where the credential came from, without the token."""
-        return "token from BATCHSUB_AUTH_TOKEN"
+        return f"token from {self._origin}"
 
     def __repr__(self) -> str:
         return "TokenAuth(token=<hidden>)"

@@ -115,7 +115,7 @@ async def resolve_target(settings: Settings, *, simulator: bool) -> AsyncIterato
         # No credential set: the demo needs none, so simulator and client share a fresh token.
         token = demo_token()
         config.tokens = frozenset({token})
-        auth = TokenAuth(token)
+        auth = TokenAuth(token, origin="the built-in simulator (a throwaway demo token)")
     sim = await start_simulator(config)
     try:
         yield Target(sim.url, project_id, auth)
