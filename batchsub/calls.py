@@ -33,11 +33,14 @@ class SafeCaller:
         *,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        connect_attempts: int | None = CONNECT_ATTEMPTS,
     ) -> None:
         self._limiter = limiter
         self._policy = policy
         self._clock = clock
         self._sleep = sleep
+        # None: keep trying as the retry policy allows (a daemon outlives a network outage).
+        self._connect_attempts = connect_attempts
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
@@ -59,7 +62,8 @@ class SafeCaller:
                     continue
                 failures += 1
                 delay = self._policy.delay(failures, retry_after=exc.defer)
-                if exc.code == CONNECT_FAILED and failures >= CONNECT_ATTEMPTS:
+                limit = self._connect_attempts
+                if exc.code == CONNECT_FAILED and limit is not None and failures >= limit:
                     raise  # a wrong endpoint or a network down: say so in seconds, not minutes
                 if not self._policy.should_retry(failures, self._now() - started, delay):
                     raise

@@ -179,7 +179,10 @@ async def run_source(
             timeout=settings.timeout,
             on_answer=observer.on_answer if observer else None,
         )
-        reconciler = Reconciler(client, SafeCaller(limiter, policy))
+        # A one-shot run with nobody listening at the endpoint says so in seconds; a daemon
+        # keeps trying through an outage, as long as the retry policy allows.
+        caller = SafeCaller(limiter, policy, connect_attempts=None if endless else 4)
+        reconciler = Reconciler(client, caller)
         submitter = Submitter(
             client=client,
             ledger=ledger,

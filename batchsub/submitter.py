@@ -453,9 +453,11 @@ class Submitter:
             raise RunStopped(f"not sent: {exc}") from None
         except ApiError as exc:
             # Only a transient failure that outlasted every retry gets here: the API is
-            # unreachable, and every other job would wait just as long.
-            self._fail_run(ErrorInfo(f"cannot reach the API: {exc}", exc.code, exc.status))
-            raise RunStopped(f"not sent: {exc}") from None
+            # unreachable. A one-shot run stops (every other job would wait as long); a
+            # daemon leaves this job unresolved, to be tried again, and stays up.
+            if self._finish_source_on_stop:
+                self._fail_run(ErrorInfo(f"cannot reach the API: {exc}", exc.code, exc.status))
+            raise RunStopped(f"not sent: cannot reach the API: {exc}") from None
 
     async def _begin(self, spec: JobSpec) -> int | None:
         return await asyncio.shield(self._ledger.begin_attempt(self._project, spec))
