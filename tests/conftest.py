@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,8 @@ import orjson
 import pytest
 import structlog
 
+from batchsub.jobs import JobSpec
+from batchsub.settings import Settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
 
 PROJECT = "proj-test"
@@ -64,3 +67,41 @@ def write_manifests(
         (directory / f"{name}.json").write_bytes(orjson.dumps(body))
         names.append(name)
     return names
+
+
+def fast_settings(url: str, ledger: Path, **overrides: Any) -> Settings:
+    """Settings for a run against a test simulator: no rate limit, quick retries and waits."""
+    values: dict[str, Any] = {
+        "endpoint": url,
+        "project_id": PROJECT,
+        "auth_token": TOKEN,
+        "ledger": str(ledger),
+        "rate": 0,
+        "backoff_base": 0.01,
+        "backoff_max": 0.05,
+        "timeout": 2.0,
+        "in_doubt_grace": 0.01,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def job_spec(name: str, source: str | None = None, body: bytes | None = None) -> JobSpec:
+    """A small valid job, its source ``jobs/NAME.yaml`` unless given."""
+    data = body if body is not None else b'{"name":"%s","queue_name":"q1"}' % name.encode()
+    return JobSpec(
+        name=name,
+        body=data,
+        body_hash=hashlib.sha256(data).hexdigest(),
+        source=source if source is not None else f"jobs/{name}.yaml",
+    )

@@ -28,7 +28,7 @@ from batchsub.sources.amqp import (
     open_amqp_source,
 )
 from tests.amqp_support import AMQP_URL, Broker, broker_listening, eventually
-from tests.conftest import PROJECT, TOKEN, SimulatorFactory, write_manifests
+from tests.conftest import PROJECT, TOKEN, SimulatorFactory, fast_settings, write_manifests
 
 pytestmark = pytest.mark.skipif(
     not broker_listening(), reason="RabbitMQ is not listening on 127.0.0.1:5672 (CI starts it)"
@@ -44,22 +44,8 @@ async def broker() -> AsyncIterator[Broker]:
 
 
 def settings_for(url: str, tmp_path: Path, queue: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "endpoint": url,
-        "project_id": PROJECT,
-        "auth_token": TOKEN,
-        "ledger": str(tmp_path / "ledger.db"),
-        "rate": 0,
-        "concurrency": 8,
-        "backoff_base": 0.01,
-        "in_doubt_grace": 0.01,
-        "backoff_max": 0.05,
-        "timeout": 2.0,
-        "amqp_url": AMQP_URL,
-        "queue": queue,
-    }
-    values.update(overrides)
-    return Settings(**values)
+    values: dict[str, Any] = {"concurrency": 8, "amqp_url": AMQP_URL, "queue": queue}
+    return fast_settings(url, tmp_path / "ledger.db", **{**values, **overrides})
 
 
 async def consume_until(

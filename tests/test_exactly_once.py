@@ -35,7 +35,7 @@ from batchsub.simulator import (
     start_simulator,
 )
 from batchsub.sources.directory import DirectorySource
-from tests.conftest import PROJECT, TOKEN, write_manifests
+from tests.conftest import PROJECT, TOKEN, fast_settings, write_manifests
 
 AFTER_CREATE = (
     Fault.DROP_AFTER_CREATE,
@@ -107,20 +107,13 @@ def sim_config(duplicate_names: DuplicateMode = "reject", **fields: Any) -> Simu
 def run_settings(url: str, ledger: Path, **overrides: Any) -> Settings:
     """Fast backoff and generous attempts: faults must be outlasted, not waited out."""
     values: dict[str, Any] = {
-        "endpoint": url,
-        "project_id": PROJECT,
-        "auth_token": TOKEN,
-        "ledger": str(ledger),
-        "rate": 0,
         "concurrency": 8,
         "backoff_base": 0.001,
         "backoff_max": 0.01,
         "max_attempts": 50,
-        "timeout": 2.0,
         "in_doubt_grace": 0.0,
     }
-    values.update(overrides)
-    return Settings(**values)
+    return fast_settings(url, ledger, **{**values, **overrides})
 
 
 async def run_once(settings: Settings, directory: Path) -> Outcome:

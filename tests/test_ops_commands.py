@@ -28,25 +28,13 @@ from batchsub.settings import Settings
 from batchsub.simulator import RunningSimulator
 from batchsub.sources.directory import DirectorySource
 from batchsub.sources.ledger_source import LedgerFailedSource
-from tests.conftest import PROJECT, TOKEN, SimulatorFactory, write_manifests
+from tests.conftest import PROJECT, TOKEN, SimulatorFactory, fast_settings, write_manifests
 
 MISSING_QUEUE = "missingQueue"
 
 
 def settings_for(url: str, ledger: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "endpoint": url,
-        "project_id": PROJECT,
-        "auth_token": TOKEN,
-        "ledger": str(ledger),
-        "rate": 0,
-        "backoff_base": 0.01,
-        "in_doubt_grace": 0.01,
-        "backoff_max": 0.05,
-        "timeout": 2.0,
-    }
-    values.update(overrides)
-    return Settings(**values)
+    return fast_settings(url, ledger, **overrides)
 
 
 async def populate(simulator: SimulatorFactory, folder: Path) -> tuple[RunningSimulator, Path]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import socket
 import subprocess
@@ -16,9 +15,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from batchsub.errors import LedgerError
-from batchsub.jobs import ErrorInfo, JobSpec, LedgerRecord, LedgerState
+from batchsub.jobs import ErrorInfo, LedgerRecord, LedgerState
 from batchsub.ledgers.postgres import SCHEMA_VERSION, PostgresLedger, mask_dsn
 from batchsub.protocols import Ledger
+from tests.conftest import FakeClock, job_spec
 from tests.pg import HOST, PORT, fresh_database, postgres_listening
 
 pytestmark = pytest.mark.skipif(
@@ -26,26 +26,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 P = "project-1"
-
-
-class FakeClock:
-    """A clock the test moves by hand, shared by every ledger of a test."""
-
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def job(name: str, source: str | None = None, body: bytes | None = None) -> JobSpec:
-    data = body if body is not None else b'{"name":"%s","queue_name":"q1"}' % name.encode()
-    return JobSpec(
-        name=name,
-        body=data,
-        body_hash=hashlib.sha256(data).hexdigest(),
-        source=source if source is not None else f"jobs/{name}.yaml",
-    )
 
 
 OpenLedger = Callable[..., Coroutine[Any, Any, PostgresLedger]]
@@ -100,10 +80,10 @@ def test_mask_dsn_hides_every_password() -> None:
 async def test_begin_attempt_increments_and_survives_reopen(open_ledger: OpenLedger) -> None:
     clock = FakeClock(1_000.0)
     ledger = await open_ledger(clock=clock, owner="w1")
-    assert await ledger.begin_attempt(P, job("a")) == 1
-    await ledger.record(P, job("a"), LedgerState.RETRYING)
+    assert await ledger.begin_attempt(P, job_spec("a")) == 1
+    await ledger.record(P, job_spec("a"), LedgerState.RETRYING)
     clock.now = 1_005.0
-    changed = job("a", source="jobs/renamed.yaml", body=b'{"name":"a","queue_name":"q2"}')
+    changed = job_spec("a", source="jobs/renamed.yaml", body=b'{"name":"a","queue_name":"q2"}')
     assert await ledger.begin_attempt(P, changed) == 2
     await ledger.close()
 
@@ -123,13 +103,13 @@ async def test_begin_attempt_increments_and_survives_reopen(open_ledger: OpenLed
 
 async def test_each_call_is_committed_when_it_returns(open_ledger: OpenLedger, dsn: str) -> None:
     ledger = await open_ledger(clock=FakeClock(5.0), lease_seconds=30.0, owner="w1")
-    await ledger.begin_attempt(P, job("a"))
+    await ledger.begin_attempt(P, job_spec("a"))
     conn = await asyncpg.connect(dsn)  # another session sees only committed rows
     try:
         row = await conn.fetchrow("SELECT state, owner, lease_until FROM batchsub_jobs")
         assert row is not None
         assert tuple(row) == ("submitting", "w1", 35.0)
-        await ledger.record(P, job("a"), LedgerState.CREATED, job_id=3)
+        await ledger.record(P, job_spec("a"), LedgerState.CREATED, job_id=3)
         row = await conn.fetchrow("SELECT state, job_id, owner, lease_until FROM batchsub_jobs")
         assert row is not None
         assert tuple(row) == ("created", 3, None, None)
@@ -139,8 +119,8 @@ async def test_each_call_is_committed_when_it_returns(open_ledger: OpenLedger, d
 
 async def test_record_inserts_an_unknown_job_then_get_many(open_ledger: OpenLedger) -> None:
     ledger = await open_ledger(clock=FakeClock(42.0))
-    await ledger.record(P, job("adopted"), LedgerState.CREATED, job_id=138, adopted=True)
-    await ledger.begin_attempt(P, job("other"))
+    await ledger.record(P, job_spec("adopted"), LedgerState.CREATED, job_id=138, adopted=True)
+    await ledger.begin_attempt(P, job_spec("other"))
 
     found = await ledger.get_many(P, ["adopted", "missing", "adopted"])
     assert list(found) == ["adopted"]
@@ -152,8 +132,8 @@ async def test_record_inserts_an_unknown_job_then_get_many(open_ledger: OpenLedg
         attempts=0,
         error=None,
         source="jobs/adopted.yaml",
-        body_hash=job("adopted").body_hash,
-        body=job("adopted").body,
+        body_hash=job_spec("adopted").body_hash,
+        body=job_spec("adopted").body,
         adopted=True,
         created_at=42.0,
         updated_at=42.0,
@@ -165,14 +145,14 @@ async def test_record_keeps_job_id_when_none_and_error_none_clears(
     open_ledger: OpenLedger,
 ) -> None:
     ledger = await open_ledger()
-    spec = job("a")
+    spec = job_spec("a")
     await ledger.begin_attempt(P, spec)
     await ledger.record(P, spec, LedgerState.CREATED, job_id=7)
     await ledger.record(P, spec, LedgerState.CREATED, adopted=True)
     rec = await get(ledger, "a")
     assert (rec.state, rec.job_id, rec.attempts, rec.adopted) == (LedgerState.CREATED, 7, 1, True)
 
-    other = job("b")
+    other = job_spec("b")
     error = ErrorInfo(message="quota insufficient", code="DLI.1028", http_status=400)
     await ledger.begin_attempt(P, other)
     await ledger.record(P, other, LedgerState.FAILED, error=error)
@@ -184,7 +164,7 @@ async def test_record_keeps_job_id_when_none_and_error_none_clears(
 
 async def test_created_is_final(open_ledger: OpenLedger) -> None:
     ledger = await open_ledger()
-    spec = job("a")
+    spec = job_spec("a")
     await ledger.begin_attempt(P, spec)
     await ledger.record(P, spec, LedgerState.CREATED, job_id=7)
     with capture_logs() as logs:
@@ -198,7 +178,7 @@ async def test_created_is_final(open_ledger: OpenLedger) -> None:
 async def test_get_many_over_several_chunks(open_ledger: OpenLedger) -> None:
     ledger = await open_ledger()
     names = [f"job-{i:04d}" for i in range(2_400)]
-    await asyncio.gather(*(ledger.begin_attempt(P, job(n)) for n in names[::2]))
+    await asyncio.gather(*(ledger.begin_attempt(P, job_spec(n)) for n in names[::2]))
     found = await ledger.get_many(P, names)
     assert sorted(found) == names[::2]
     assert all(found[n].name == n for n in found)
@@ -207,12 +187,12 @@ async def test_get_many_over_several_chunks(open_ledger: OpenLedger) -> None:
 async def test_in_doubt_lists_submitting_and_unknown_only(open_ledger: OpenLedger) -> None:
     ledger = await open_ledger()
     for name in ("s", "u", "r", "c", "f"):
-        await ledger.begin_attempt(P, job(name))
-    await ledger.begin_attempt("project-2", job("elsewhere"))
-    await ledger.record(P, job("u"), LedgerState.UNKNOWN)
-    await ledger.record(P, job("r"), LedgerState.RETRYING)
-    await ledger.record(P, job("c"), LedgerState.CREATED, job_id=1)
-    await ledger.record(P, job("f"), LedgerState.FAILED, error=ErrorInfo("no queue"))
+        await ledger.begin_attempt(P, job_spec(name))
+    await ledger.begin_attempt("project-2", job_spec("elsewhere"))
+    await ledger.record(P, job_spec("u"), LedgerState.UNKNOWN)
+    await ledger.record(P, job_spec("r"), LedgerState.RETRYING)
+    await ledger.record(P, job_spec("c"), LedgerState.CREATED, job_id=1)
+    await ledger.record(P, job_spec("f"), LedgerState.FAILED, error=ErrorInfo("no queue"))
 
     doubtful = await ledger.in_doubt(P)
     assert [(r.name, r.state) for r in doubtful] == [
@@ -225,9 +205,9 @@ async def test_in_doubt_leaves_out_another_workers_live_claim(open_ledger: OpenL
     clock = FakeClock(1_000.0)
     first = await open_ledger(clock=clock, lease_seconds=60.0, owner="first")
     second = await open_ledger(clock=clock, lease_seconds=60.0, owner="second")
-    await first.begin_attempt(P, job("flying"))
-    await first.begin_attempt(P, job("lost"))
-    await first.record(P, job("lost"), LedgerState.UNKNOWN)
+    await first.begin_attempt(P, job_spec("flying"))
+    await first.begin_attempt(P, job_spec("lost"))
+    await first.record(P, job_spec("lost"), LedgerState.UNKNOWN)
 
     assert [r.name for r in await second.in_doubt(P)] == ["lost"]
     assert [r.name for r in await first.in_doubt(P)] == ["flying", "lost"]
@@ -238,12 +218,12 @@ async def test_in_doubt_leaves_out_another_workers_live_claim(open_ledger: OpenL
 async def test_records_ordered_by_source_then_name_across_pages(open_ledger: OpenLedger) -> None:
     ledger = await open_ledger(page_size=3)
     specs = [
-        job(f"n{i}", source=f"dir/m{i % 4}.yaml#{i % 2}") for i in reversed(range(11))
+        job_spec(f"n{i}", source=f"dir/m{i % 4}.yaml#{i % 2}") for i in reversed(range(11))
     ]  # 11 rows: several pages of 3, duplicate sources, written out of order
-    specs.append(job("Zed", source="dir/M.yaml"))  # upper case sorts first, as in Python
+    specs.append(job_spec("Zed", source="dir/M.yaml"))  # upper case sorts first, as in Python
     for spec in specs:
         await ledger.begin_attempt(P, spec)
-    await ledger.begin_attempt("project-0", job("n1", source="dir/m1.yaml#1"))
+    await ledger.begin_attempt("project-0", job_spec("n1", source="dir/m1.yaml#1"))
 
     mine = await all_records(ledger, P)
     assert [(r.source, r.name) for r in mine] == sorted((s.source, s.name) for s in specs)
@@ -266,7 +246,7 @@ async def test_a_live_lease_keeps_other_workers_out_until_it_expires(
     clock = FakeClock(1_000.0)
     first = await open_ledger(clock=clock, lease_seconds=10.0, owner="first")
     second = await open_ledger(clock=clock, lease_seconds=10.0, owner="second")
-    spec = job("a")
+    spec = job_spec("a")
     assert await first.begin_attempt(P, spec) == 1
     assert await second.begin_attempt(P, spec) is None
     clock.now = 1_010.0  # the lease runs to 1010 inclusive
@@ -296,16 +276,16 @@ async def test_recording_an_outcome_releases_the_lease_at_once(open_ledger: Open
     clock = FakeClock(1_000.0)
     first = await open_ledger(clock=clock, lease_seconds=60.0, owner="first")
     second = await open_ledger(clock=clock, lease_seconds=60.0, owner="second")
-    await first.begin_attempt(P, job("a"))
-    await first.record(P, job("a"), LedgerState.RETRYING, error=ErrorInfo("busy"))
-    assert await second.begin_attempt(P, job("a")) == 2
-    await second.record(P, job("a"), LedgerState.FAILED, error=ErrorInfo("no queue"))
-    assert await first.begin_attempt(P, job("a")) == 3  # a failed job may be sent again
+    await first.begin_attempt(P, job_spec("a"))
+    await first.record(P, job_spec("a"), LedgerState.RETRYING, error=ErrorInfo("busy"))
+    assert await second.begin_attempt(P, job_spec("a")) == 2
+    await second.record(P, job_spec("a"), LedgerState.FAILED, error=ErrorInfo("no queue"))
+    assert await first.begin_attempt(P, job_spec("a")) == 3  # a failed job may be sent again
 
 
 async def test_the_same_job_twice_in_one_worker_is_claimed_once(open_ledger: OpenLedger) -> None:
     ledger = await open_ledger()
-    results = await asyncio.gather(*(ledger.begin_attempt(P, job("a")) for _ in range(8)))
+    results = await asyncio.gather(*(ledger.begin_attempt(P, job_spec("a")) for _ in range(8)))
     assert sorted(results, key=str) == [1, *[None] * 7]
 
 
@@ -315,7 +295,7 @@ async def test_concurrent_workers_claim_each_job_exactly_once(open_ledger: OpenL
         await open_ledger(clock=clock, owner=f"w{i}", pool_size=3, lease_seconds=60.0)
         for i in range(10)
     ]
-    specs = [job(f"job-{i:02d}") for i in range(50)]
+    specs = [job_spec(f"job-{i:02d}") for i in range(50)]
     # Each worker claims every job, starting at a different one, all at once.
     orders = [specs[i * 5 :] + specs[: i * 5] for i in range(len(ledgers))]
     results = await asyncio.gather(
@@ -340,7 +320,7 @@ async def test_workers_opening_together_create_the_schema_once(dsn: str) -> None
     try:
         await asyncio.gather(*(ledger.open() for ledger in ledgers))
         for i, ledger in enumerate(ledgers):
-            assert await ledger.begin_attempt(P, job(f"j{i}")) == 1
+            assert await ledger.begin_attempt(P, job_spec(f"j{i}")) == 1
     finally:
         for ledger in ledgers:
             await ledger.close()
@@ -360,7 +340,7 @@ async def test_workers_opening_together_create_the_schema_once(dsn: str) -> None
 
 async def test_a_newer_schema_is_refused(dsn: str) -> None:
     async with PostgresLedger(dsn) as ledger:
-        await ledger.begin_attempt(P, job("a"))
+        await ledger.begin_attempt(P, job_spec("a"))
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("UPDATE batchsub_meta SET value = $1", SCHEMA_VERSION + 1)
@@ -374,10 +354,10 @@ async def test_a_newer_schema_is_refused(dsn: str) -> None:
 async def test_close_is_idempotent_and_later_calls_fail(dsn: str) -> None:
     ledger = PostgresLedger(dsn)
     async with ledger:
-        assert await ledger.begin_attempt(P, job("a")) == 1
+        assert await ledger.begin_attempt(P, job_spec("a")) == 1
     await ledger.close()
     with pytest.raises(LedgerError, match="is not open"):
-        await ledger.begin_attempt(P, job("b"))
+        await ledger.begin_attempt(P, job_spec("b"))
     with pytest.raises(LedgerError, match="is not open"):
         await all_records(ledger)
 
@@ -428,7 +408,7 @@ async def test_a_lease_held_by_a_dead_process_of_this_host_ends_at_once(
     elsewhere = await open_ledger(owner=f"not-{here}:{gone.pid}:x", lease_seconds=600.0)
     taker = await open_ledger(lease_seconds=600.0)
     for holder, name in ((dead, "a"), (alive, "b"), (elsewhere, "c")):
-        assert await holder.begin_attempt(P, job(name)) == 1
-    assert await taker.begin_attempt(P, job("a")) == 2
-    assert await taker.begin_attempt(P, job("b")) is None
-    assert await taker.begin_attempt(P, job("c")) is None
+        assert await holder.begin_attempt(P, job_spec(name)) == 1
+    assert await taker.begin_attempt(P, job_spec("a")) == 2
+    assert await taker.begin_attempt(P, job_spec("b")) is None
+    assert await taker.begin_attempt(P, job_spec("c")) is None

@@ -13,26 +13,13 @@ from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings
 from batchsub.sources.directory import DirectorySource
-from tests.conftest import PROJECT, REPO, TOKEN, SimulatorFactory, write_manifests
+from tests.conftest import PROJECT, REPO, SimulatorFactory, fast_settings, write_manifests
 
 AK, SK = "AKTEST0000000000", "sk-secret-do-not-log-0123456789"
 
 
 def settings_for(url: str, tmp_path: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "endpoint": url,
-        "project_id": PROJECT,
-        "auth_token": TOKEN,
-        "ledger": str(tmp_path / "ledger.db"),
-        "rate": 0,
-        "concurrency": 16,
-        "backoff_base": 0.01,
-        "backoff_max": 0.05,
-        "timeout": 2.0,
-        "in_doubt_grace": 0.01,
-    }
-    values.update(overrides)
-    return Settings(**values)
+    return fast_settings(url, tmp_path / "ledger.db", **{"concurrency": 16, **overrides})
 
 
 async def run_dir(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import sqlite3
 import subprocess
@@ -15,32 +14,13 @@ from typing import Any
 import pytest
 
 from batchsub.errors import LedgerError, LedgerLockedError
-from batchsub.jobs import ErrorInfo, JobSpec, LedgerRecord, LedgerState
+from batchsub.jobs import ErrorInfo, LedgerRecord, LedgerState
 from batchsub.ledgers import SqliteLedger
 from batchsub.ledgers.sqlite import SCHEMA_VERSION
 from batchsub.protocols import Ledger
+from tests.conftest import FakeClock, job_spec
 
 P = "project-1"
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def job(name: str, source: str | None = None, body: bytes | None = None) -> JobSpec:
-    data = body if body is not None else b'{"name":"%s","queue_name":"q1"}' % name.encode()
-    return JobSpec(
-        name=name,
-        body=data,
-        body_hash=hashlib.sha256(data).hexdigest(),
-        source=source if source is not None else f"jobs/{name}.yaml",
-    )
 
 
 OpenLedger = Callable[..., Coroutine[Any, Any, SqliteLedger]]
@@ -74,9 +54,9 @@ def test_sqlite_ledger_is_a_ledger(tmp_path: Path) -> None:
 async def test_begin_attempt_increments_and_survives_reopen(open_ledger: OpenLedger) -> None:
     clock = FakeClock(1_000.0)
     ledger = await open_ledger(clock=clock)
-    assert await ledger.begin_attempt(P, job("a")) == 1
+    assert await ledger.begin_attempt(P, job_spec("a")) == 1
     clock.now = 1_005.0
-    changed = job("a", source="jobs/renamed.yaml", body=b'{"name":"a","queue_name":"q2"}')
+    changed = job_spec("a", source="jobs/renamed.yaml", body=b'{"name":"a","queue_name":"q2"}')
     assert await ledger.begin_attempt(P, changed) == 2
     await ledger.close()
 
@@ -95,8 +75,8 @@ async def test_begin_attempt_increments_and_survives_reopen(open_ledger: OpenLed
 
 async def test_record_inserts_an_unknown_job_then_get_many(open_ledger: OpenLedger) -> None:
     ledger = await open_ledger(clock=FakeClock(42.0))
-    await ledger.record(P, job("adopted"), LedgerState.CREATED, job_id=138, adopted=True)
-    await ledger.begin_attempt(P, job("other"))
+    await ledger.record(P, job_spec("adopted"), LedgerState.CREATED, job_id=138, adopted=True)
+    await ledger.begin_attempt(P, job_spec("other"))
 
     found = await ledger.get_many(P, ["adopted", "missing", "adopted"])
     assert list(found) == ["adopted"]
@@ -109,8 +89,8 @@ async def test_record_inserts_an_unknown_job_then_get_many(open_ledger: OpenLedg
         attempts=0,
         error=None,
         source="jobs/adopted.yaml",
-        body_hash=job("adopted").body_hash,
-        body=job("adopted").body,
+        body_hash=job_spec("adopted").body_hash,
+        body=job_spec("adopted").body,
         adopted=True,
         created_at=42.0,
         updated_at=42.0,
@@ -122,7 +102,7 @@ async def test_record_keeps_job_id_when_none_and_error_none_clears(
     open_ledger: OpenLedger,
 ) -> None:
     ledger = await open_ledger()
-    spec = job("a")
+    spec = job_spec("a")
     await ledger.begin_attempt(P, spec)
     await ledger.record(P, spec, LedgerState.UNKNOWN, job_id=7)
     await ledger.record(P, spec, LedgerState.RETRYING)
@@ -141,7 +121,7 @@ async def test_record_keeps_job_id_when_none_and_error_none_clears(
 async def test_created_is_final(open_ledger: OpenLedger) -> None:
     # A late or mistaken write must never make a created job look sendable again.
     ledger = await open_ledger()
-    spec = job("a")
+    spec = job_spec("a")
     await ledger.record(P, spec, LedgerState.CREATED, job_id=7)
     await ledger.record(P, spec, LedgerState.UNKNOWN)
     rec = (await ledger.get_many(P, ["a"]))["a"]
@@ -151,7 +131,7 @@ async def test_created_is_final(open_ledger: OpenLedger) -> None:
 async def test_get_many_over_several_chunks(open_ledger: OpenLedger) -> None:
     ledger = await open_ledger()
     names = [f"job-{i:04d}" for i in range(1_200)]
-    await asyncio.gather(*(ledger.begin_attempt(P, job(n)) for n in names[::2]))
+    await asyncio.gather(*(ledger.begin_attempt(P, job_spec(n)) for n in names[::2]))
     found = await ledger.get_many(P, names)
     assert sorted(found) == names[::2]
     assert all(found[n].name == n for n in found)
@@ -160,12 +140,12 @@ async def test_get_many_over_several_chunks(open_ledger: OpenLedger) -> None:
 async def test_in_doubt_lists_submitting_and_unknown_only(open_ledger: OpenLedger) -> None:
     ledger = await open_ledger()
     for name in ("s", "u", "r", "c", "f"):
-        await ledger.begin_attempt(P, job(name))
-    await ledger.begin_attempt("project-2", job("elsewhere"))
-    await ledger.record(P, job("u"), LedgerState.UNKNOWN)
-    await ledger.record(P, job("r"), LedgerState.RETRYING)
-    await ledger.record(P, job("c"), LedgerState.CREATED, job_id=1)
-    await ledger.record(P, job("f"), LedgerState.FAILED, error=ErrorInfo("no queue"))
+        await ledger.begin_attempt(P, job_spec(name))
+    await ledger.begin_attempt("project-2", job_spec("elsewhere"))
+    await ledger.record(P, job_spec("u"), LedgerState.UNKNOWN)
+    await ledger.record(P, job_spec("r"), LedgerState.RETRYING)
+    await ledger.record(P, job_spec("c"), LedgerState.CREATED, job_id=1)
+    await ledger.record(P, job_spec("f"), LedgerState.FAILED, error=ErrorInfo("no queue"))
 
     doubtful = await ledger.in_doubt(P)
     assert {(r.name, r.state) for r in doubtful} == {
@@ -177,11 +157,11 @@ async def test_in_doubt_lists_submitting_and_unknown_only(open_ledger: OpenLedge
 async def test_records_ordered_by_source_then_name_across_pages(open_ledger: OpenLedger) -> None:
     ledger = await open_ledger(page_size=3)
     specs = [
-        job(f"n{i}", source=f"dir/m{i % 4}.yaml#{i % 2}") for i in reversed(range(11))
+        job_spec(f"n{i}", source=f"dir/m{i % 4}.yaml#{i % 2}") for i in reversed(range(11))
     ]  # 11 rows: several pages of 3, duplicate sources, written out of order
     for spec in specs:
         await ledger.begin_attempt(P, spec)
-    await ledger.begin_attempt("project-0", job("n1", source="dir/m1.yaml#1"))
+    await ledger.begin_attempt("project-0", job_spec("n1", source="dir/m1.yaml#1"))
 
     mine = await all_records(ledger, P)
     assert [(r.source, r.name) for r in mine] == sorted((s.source, s.name) for s in specs)
@@ -204,7 +184,7 @@ async def test_concurrent_writes_share_commits_and_are_durable(
     ledger = await open_ledger()
     before = ledger.commits
     names = [f"job-{i:03d}" for i in range(200)]
-    attempts = await asyncio.gather(*(ledger.begin_attempt(P, job(n)) for n in names))
+    attempts = await asyncio.gather(*(ledger.begin_attempt(P, job_spec(n)) for n in names))
     assert attempts == [1] * 200
     assert 1 <= ledger.commits - before < 200
     await ledger.close()
@@ -222,10 +202,10 @@ async def test_same_job_twice_in_one_batch_gets_distinct_attempts(
     ledger = await open_ledger()
     before = ledger.commits
     results = await asyncio.gather(
-        ledger.begin_attempt(P, job("a")),
-        ledger.begin_attempt(P, job("b")),
-        ledger.begin_attempt(P, job("a")),
-        ledger.record(P, job("a"), LedgerState.CREATED, job_id=9),
+        ledger.begin_attempt(P, job_spec("a")),
+        ledger.begin_attempt(P, job_spec("b")),
+        ledger.begin_attempt(P, job_spec("a")),
+        ledger.record(P, job_spec("a"), LedgerState.CREATED, job_id=9),
     )
     assert list(results) == [1, 1, 2, None]
     assert ledger.commits - before == 1
@@ -236,7 +216,7 @@ async def test_same_job_twice_in_one_batch_gets_distinct_attempts(
 async def test_a_lone_write_commits_at_once(open_ledger: OpenLedger) -> None:
     ledger = await open_ledger()
     before = ledger.commits
-    await ledger.begin_attempt(P, job("a"))
+    await ledger.begin_attempt(P, job_spec("a"))
     assert ledger.commits == before + 1
 
 
@@ -244,13 +224,13 @@ async def test_close_flushes_queued_writes_and_is_idempotent(
     open_ledger: OpenLedger, tmp_path: Path
 ) -> None:
     ledger = await open_ledger()
-    tasks = [asyncio.create_task(ledger.begin_attempt(P, job(f"j{i}"))) for i in range(50)]
+    tasks = [asyncio.create_task(ledger.begin_attempt(P, job_spec(f"j{i}"))) for i in range(50)]
     await asyncio.sleep(0)  # let every task queue its write
     await ledger.close()
     assert [t.result() for t in tasks] == [1] * 50
     await ledger.close()
     with pytest.raises(LedgerError, match="is not open"):
-        await ledger.begin_attempt(P, job("late"))
+        await ledger.begin_attempt(P, job_spec("late"))
 
     async with SqliteLedger(tmp_path / "batchsub.db") as again:
         assert len(await again.get_many(P, [f"j{i}" for i in range(50)])) == 50
@@ -265,8 +245,8 @@ async def test_write_error_reaches_callers_and_writer_survives(
     try:
         other.execute("BEGIN IMMEDIATE")  # another writer holds the file's write lock
         results = await asyncio.gather(
-            ledger.begin_attempt(P, job("a")),
-            ledger.record(P, job("b"), LedgerState.CREATED),
+            ledger.begin_attempt(P, job_spec("a")),
+            ledger.record(P, job_spec("b"), LedgerState.CREATED),
             return_exceptions=True,
         )
         for result in results:
@@ -276,7 +256,7 @@ async def test_write_error_reaches_callers_and_writer_survives(
         other.execute("ROLLBACK")
     finally:
         other.close()
-    assert await ledger.begin_attempt(P, job("a")) == 1  # the failed attempt left no trace
+    assert await ledger.begin_attempt(P, job_spec("a")) == 1  # the failed attempt left no trace
     assert list(await ledger.get_many(P, ["a", "b"])) == ["a"]
 
 
@@ -297,7 +277,7 @@ async def test_second_ledger_on_the_same_file_is_refused_until_close(
     await first.close()
     await second.open()
     try:
-        assert await second.begin_attempt(P, job("a")) == 1
+        assert await second.begin_attempt(P, job_spec("a")) == 1
     finally:
         await second.close()
 
@@ -330,7 +310,7 @@ async def test_lock_of_a_killed_process_is_free(open_ledger: OpenLedger, tmp_pat
     assert holder.returncode == -9
 
     ledger = await open_ledger(path)
-    assert await ledger.begin_attempt(P, job("a")) == 1
+    assert await ledger.begin_attempt(P, job_spec("a")) == 1
 
 
 async def test_corrupt_file_raises_ledger_error_naming_the_path(tmp_path: Path) -> None:
@@ -398,9 +378,9 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 async def test_read_only_reads_beside_a_writer_and_never_writes(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     async with SqliteLedger(path) as writer:
-        await writer.record(P, job("a"), LedgerState.CREATED, job_id=3)
+        await writer.record(P, job_spec("a"), LedgerState.CREATED, job_id=3)
         async with SqliteLedger(path, read_only=True) as reader:  # no lock taken
             assert (await reader.get_many(P, ["a"]))["a"].job_id == 3
             with pytest.raises(LedgerError, match="read-only"):
-                await reader.record(P, job("b"), LedgerState.CREATED, job_id=4)
-        await writer.record(P, job("b"), LedgerState.CREATED, job_id=4)  # still ours
+                await reader.record(P, job_spec("b"), LedgerState.CREATED, job_id=4)
+        await writer.record(P, job_spec("b"), LedgerState.CREATED, job_id=4)  # still ours
