@@ -9,15 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import secrets
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from batchsub import __version__
-from batchsub.errors import BatchsubError, ConfigError
+from batchsub.errors import BatchsubError
 from batchsub.settings import Settings, load_settings
 
 # Flags shared by every command that sends jobs; each maps onto a Settings field.
@@ -61,8 +59,9 @@ _COMMAND_MODULES: dict[str, str] = {
     "watch": "batchsub.watch",
     "publish": "batchsub.queue_commands",
     "consume": "batchsub.queue_commands",
+    "simulator": "batchsub.simulator.command",
 }
-_BUILT_IN = frozenset({"run", "simulator"})
+_BUILT_IN = frozenset({"run"})
 
 
 def add_send_flags(parser: argparse.ArgumentParser) -> None:
@@ -116,34 +115,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="show what a run would do (as `plan`); send nothing"
     )
 
-    sim = commands.add_parser("simulator", help="serve the built-in DLI simulator")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8080)
-    sim.add_argument("--project-id", help="accept only this project id (default: any)")
-    sim.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
-    sim.add_argument("--rate-limit", type=float, default=0.0, help="answer 429 over N req/s")
-    sim.add_argument(
-        "--fail-5xx", type=float, default=0.0, help="probability of a 5xx, not created"
-    )
-    sim.add_argument(
-        "--drop-after-create",
-        type=float,
-        default=0.0,
-        help="probability of a dropped connection after creating",
-    )
-    sim.add_argument(
-        "--error-504-after-create",
-        type=float,
-        default=0.0,
-        help="probability of a 504 after creating",
-    )
-    sim.add_argument(
-        "--dli0999", type=float, default=0.0, help="probability of 400 DLI.0999, not created"
-    )
-    sim.add_argument("--duplicate-names", choices=["reject", "accept"], default="reject")
-    sim.add_argument("--seed", type=int)
-    sim.add_argument("--log-format", choices=["auto", "json", "console"])
-    sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     for module in _modules_for(argv):
         importlib.import_module(module).add_parser(commands)
     return parser
@@ -167,8 +138,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(
                 run_directory(settings, args.directory, args.report, simulator=args.simulator)
             )
-        if args.command == "simulator":
-            return _serve_simulator(settings, args)
         handler: Callable[[Settings, argparse.Namespace], int] = args.handler
         return handler(settings, args)
     except BatchsubError as exc:
@@ -182,64 +151,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
     names = set(Settings.model_fields)
     return {key: value for key, value in vars(args).items() if key in names and value is not None}
-
-
-def _serve_simulator(settings: Settings, args: argparse.Namespace) -> int:
-    from batchsub.logs import configure_logging
-    from batchsub.simulator import SimulatorConfig, serve_forever
-
-    configure_logging(
-        settings.log_format, settings.log_level or "info", interactive=sys.stderr.isatty()
-    )
-    config = simulator_config(settings, project_id=args.project_id)
-    config.latency = args.latency
-    config.rate_limit = args.rate_limit
-    config.fail_5xx = args.fail_5xx
-    config.drop_after_create = args.drop_after_create
-    config.error_504_after_create = args.error_504_after_create
-    config.dli0999 = args.dli0999
-    config.duplicate_names = args.duplicate_names
-    config.seed = args.seed
-    if not isinstance(config, SimulatorConfig):  # pragma: no cover - narrows the type
-        raise ConfigError("bad simulator config")
-
-    async def serve() -> None:
-        task = asyncio.ensure_future(serve_forever(config, args.host, args.port))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-
-    try:
-        asyncio.run(serve())
-    except OSError as exc:
-        raise ConfigError(
-            f"simulator cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
-        ) from None
-    return 0
-
-
-def simulator_config(settings: Settings, *, project_id: str | None) -> Any:
-    """A simulator accepting the credentials found in the environment the client reads."""
-    from batchsub.simulator import SimulatorConfig
-
-    tokens = (
-        frozenset({settings.auth_token.get_secret_value()}) if settings.auth_token else frozenset()
-    )
-    aksk = (
-        {settings.ak.get_secret_value(): settings.sk.get_secret_value()}
-        if settings.ak and settings.sk
-        else {}
-    )
-    return SimulatorConfig(project_id=project_id, tokens=tokens, aksk=aksk)
-
-
-def demo_token() -> str:
-    """A throwaway token for ``run --simulator`` when no credential is set."""
-    return "demo-" + secrets.token_hex(16)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -104,8 +104,8 @@ async def resolve_target(settings: Settings, *, simulator: bool) -> AsyncIterato
             raise ConfigError("no project id: pass --project-id or set HUAWEICLOUD_SDK_PROJECT_ID")
         yield Target(settings.resolved_endpoint(), project_id, build_auth(settings, project_id))
         return
-    from batchsub.cli import demo_token, simulator_config
     from batchsub.simulator import start_simulator
+    from batchsub.simulator.command import demo_token, simulator_config
 
     project_id = settings.project_id or DEMO_PROJECT_ID
     config = simulator_config(settings, project_id=project_id)
