@@ -296,7 +296,10 @@ class Submitter:
                     error="claimed by another batchsub worker",
                 )
             async with self._requests:
-                await self._limiter.acquire()
+                # Checked before and after the pacing wait: at a low rate, jobs queued for a
+                # slot would otherwise each wait their turn before noticing a stop.
+                if not self.stopped:
+                    await self._limiter.acquire()
                 if self.stopped:
                     # Never sent: say so, so that the next run needs no lookup for it.
                     await self._write(spec, LedgerState.RETRYING)

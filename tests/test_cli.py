@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -166,3 +167,25 @@ async def test_refused_project_or_credential_names_the_fix(
         assert len(errors) == 1, err.decode()
         assert "refused the credential" in errors[0] and "--project-id" in errors[0]
     assert sim.store.create_requests == 0
+
+
+def test_ctrl_c_stops_promptly_and_reports_every_job(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    write_manifests(folder, 40)
+    report = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchsub", "run", str(folder), "--simulator", "--rate", "5",
+         "--ledger", str(tmp_path / "l.db"), "--report", str(report)],
+        env=clean_env(), stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGINT)
+    stopped_at = time.monotonic()
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - stopped_at < 5, "a stop must not wait for every paced slot"
+    assert proc.returncode == 1, err
+    summary = json.loads(report.read_text())["summary"]
+    assert summary["total"] == 40
+    assert summary["created"] + summary["unresolved"] == 40
+    assert 0 < summary["created"] < 40
