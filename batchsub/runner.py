@@ -136,9 +136,16 @@ async def run_directory(
     account = RunAccount(report)
     show_progress = settings.progress == "on" or (settings.progress == "auto" and interactive)
     total = sum(1 for _ in iter_manifest_paths(directory)) if show_progress else None
-    return await run_source(
+    code = await run_source(
         settings, source, account, simulator=simulator, progress=show_progress, total=total
     )
+    if account.total == 0:
+        # Nothing to do is not a failure, but a wrong directory should not pass unnoticed.
+        print(
+            f"batchsub: warning: no manifests (*.json, *.yaml, *.yml) under {directory}",
+            file=sys.stderr,
+        )
+    return code
 
 
 async def run_source(
