@@ -295,19 +295,8 @@ class Submitter:
                     Outcome.UNRESOLVED,
                     error="claimed by another batchsub worker",
                 )
-            async with self._requests:
-                # Checked before and after the pacing wait: at a low rate, jobs queued for a
-                # slot would otherwise each wait their turn before noticing a stop.
-                if not self.stopped:
-                    await self._limiter.acquire()
-                if self.stopped:
-                    # Never sent: say so, so that the next run needs no lookup for it.
-                    await self._write(spec, LedgerState.RETRYING)
-                    self._check_running()
-                attempts += 1
-                self.creates_sent += 1
-                sent_at = loop.time()
-                answer = await self._client.create(spec.body)
+            attempts += 1
+            answer, sent_at = await self._send(spec)
             last = answer
             done = await self._record_answer(spec, answer, attempt, sent_at)
             if done is not None:
@@ -338,6 +327,21 @@ class Submitter:
             )
             if delay:
                 await self._pause(delay)
+
+    async def _send(self, spec: JobSpec) -> tuple[CreateAnswer, float]:
+        """One create request under the request slots and the pacing; (answer, sent at)."""
+        async with self._requests:
+            # Checked before and after the pacing wait: at a low rate, jobs queued for a
+            # slot would otherwise each wait their turn before noticing a stop.
+            if not self.stopped:
+                await self._limiter.acquire()
+            if self.stopped:
+                # Never sent: say so, so that the next run needs no lookup for it.
+                await self._write(spec, LedgerState.RETRYING)
+                self._check_running()
+            self.creates_sent += 1
+            sent_at = asyncio.get_running_loop().time()
+            return await self._client.create(spec.body), sent_at
 
     def _backoff(self, failures: int, answer: CreateAnswer) -> float:
         delay = self._policy.delay(failures, retry_after=answer.retry_after, rng=self._rng)
