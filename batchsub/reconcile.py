@@ -14,20 +14,28 @@ import functools
 import structlog
 
 from batchsub.calls import SafeCaller
-from batchsub.client import DliClient, RemoteJob
+from batchsub.client import LIST_PAGE_SIZE, DliClient, JobPage, RemoteJob
 from batchsub.errors import ApiError, FatalApiError, RetryableError
 
 log = structlog.get_logger("batchsub.reconcile")
+
+BATCH_WINDOW = 0.05  # seconds lookups wait for others to share their list calls
+FULL_LISTING_FROM = 5  # names at once from which a full listing may take fewer calls
 
 
 class Reconciler:
     """Answers "does a job with this exact name exist, and with which job_id?"."""
 
-    def __init__(self, client: DliClient, caller: SafeCaller) -> None:
+    def __init__(
+        self, client: DliClient, caller: SafeCaller, *, batch_window: float = BATCH_WINDOW
+    ) -> None:
         self._client = client
         self._caller = caller
         self._snapshot: dict[str, int] | None = None
         self._snapshot_lock = asyncio.Lock()
+        self._batch_window = batch_window
+        self._waiting: dict[str, list[asyncio.Future[int | None]]] = {}
+        self._batch: asyncio.Task[None] | None = None
         self.list_calls = 0
 
     async def snapshot(self) -> dict[str, int]:
@@ -52,22 +60,67 @@ class Reconciler:
             return self._snapshot
 
     async def find(self, name: str) -> int | None:
-        """The job_id of the job named exactly ``name`` now, or None (a fresh name query)."""
-        jobs = await self._list_all(name=name)
-        matches = _lowest_ids([job for job in jobs if job.name == name])
-        job_id = matches.get(name)
-        if job_id is not None and sum(1 for job in jobs if job.name == name) > 1:
-            log.warning("remote.duplicate_name", name=name, job_id=job_id)
-        return job_id
+        """The job_id of the job named exactly ``name`` now, or None (a fresh listing).
 
-    async def _list_all(self, *, name: str | None) -> list[RemoteJob]:
+        Lookups asked for within ``batch_window`` of each other are answered together: by
+        one name query each while they are few, by one listing of every job when that takes
+        fewer calls (an outage leaves many jobs in doubt at once).
+        """
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(name, []).append(future)
+        if self._batch is None:
+            self._batch = asyncio.create_task(self._answer_batch())
+        return await future
+
+    async def _answer_batch(self) -> None:
+        await asyncio.sleep(self._batch_window)
+        waiting, self._waiting, self._batch = self._waiting, {}, None
+        futures = [future for group in waiting.values() for future in group]
+        try:
+            found = await self._look_up(list(waiting))
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()
+            raise
+        except Exception as exc:  # every waiter gets the failure of the shared lookup
+            for future in futures:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for name, group in waiting.items():
+            for future in group:
+                if not future.done():
+                    future.set_result(found.get(name))
+
+    async def _look_up(self, names: list[str]) -> dict[str, int]:
+        if len(names) >= FULL_LISTING_FROM:
+            first = await self._page(name=None, offset=0)
+            pages = -(-first.total_count // LIST_PAGE_SIZE)
+            if pages <= len(names):
+                jobs = list(first.jobs)
+                if first.jobs and len(first.jobs) < first.total_count:
+                    jobs += await self._list_all(name=None, offset=len(first.jobs))
+                log.info("remote.batch_lookup", names=len(names), list_calls=pages)
+                wanted = set(names)
+                return _lowest_ids([job for job in jobs if job.name in wanted])
+        found: dict[str, int] = {}
+        for name in names:
+            jobs = [job for job in await self._list_all(name=name) if job.name == name]
+            found.update(_lowest_ids(jobs))
+            if len(jobs) > 1:
+                log.warning("remote.duplicate_name", name=name, job_id=found[name])
+        return found
+
+    async def _page(self, *, name: str | None, offset: int) -> JobPage:
+        self.list_calls += 1
+        return await self._caller.call(
+            "list_jobs", functools.partial(self._client.list_page, name=name, offset=offset)
+        )
+
+    async def _list_all(self, *, name: str | None, offset: int = 0) -> list[RemoteJob]:
         jobs: list[RemoteJob] = []
-        offset = 0
         while True:
-            self.list_calls += 1
-            page = await self._caller.call(
-                "list_jobs", functools.partial(self._client.list_page, name=name, offset=offset)
-            )
+            page = await self._page(name=name, offset=offset)
             jobs.extend(page.jobs)
             offset += len(page.jobs)
             if not page.jobs or offset >= page.total_count:
