@@ -39,6 +39,18 @@ class _StreamLogger:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
+class _StdlibBridge(logging.Handler):
+    """Library warnings (aio-pika reconnects, asyncio) as structlog events, in the same format."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            structlog.get_logger(record.name).log(
+                record.levelno, record.getMessage(), logger=record.name
+            )
+        except Exception:  # a log line must never break the run
+            self.handleError(record)
+
+
 def configure_logging(
     fmt: str, level: str, *, interactive: bool, stream: TextIO | None = None
 ) -> None:
@@ -60,3 +72,6 @@ def configure_logging(
         logger_factory=lambda *_: _StreamLogger(stream),
         cache_logger_on_first_use=True,
     )
+    root = logging.getLogger()
+    root.handlers = [_StdlibBridge()]
+    root.setLevel(max(logging.WARNING, _LEVELS[level]))
