@@ -42,7 +42,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelPreconditionFailed
 from yarl import URL
 
 from batchsub.errors import ConfigError
-from batchsub.jobs import JobResult, JobSpec, ManifestItem, Outcome
+from batchsub.jobs import JobResult, ManifestItem, Outcome
 from batchsub.manifest import parse_manifest_bytes
 
 log = structlog.get_logger("batchsub.amqp")
@@ -162,12 +162,10 @@ class AmqpSource:
         self._channel = channel
         self._queue = queue
         self.name = queue.name
-        self._inbox: asyncio.Queue[_Delivery | ManifestItem | None] = asyncio.Queue()
+        self._inbox: asyncio.Queue[_Delivery | None] = asyncio.Queue()
         self._open: set[_Delivery] = set()  # delivered, not acked or requeued yet
         # id(item) -> (item, its message); holding the item keeps its id unique until settled
         self._items: dict[int, tuple[ManifestItem, _Delivery]] = {}
-        self._in_flight: set[str] = set()  # job names yielded and not settled
-        self._held: dict[str, list[ManifestItem]] = {}  # same name as one in flight: wait
         self._consumer_tag: ConsumerTag | None = None
         self._stopped = False
         self.acked = 0
@@ -187,14 +185,12 @@ class AmqpSource:
             entry = await self._inbox.get()
             if entry is None:
                 return
-            if not isinstance(entry, _Delivery):
-                yield entry  # a held item whose namesake has settled; already claimed
-                continue
+            # Two copies of one job in flight together are serialised by the submitter,
+            # whatever the source: the second waits for the first's outcome.
             for item in self._parse(entry):
                 if self._stopped:
                     return
-                if self._claim(item):
-                    yield item
+                yield item
 
     def stop(self) -> None:
         """Stop ``items()`` at once; messages it did not yield are requeued by ``close()``."""
@@ -227,8 +223,6 @@ class AmqpSource:
         if found is None:
             return
         _, delivery = found
-        if isinstance(item, JobSpec):
-            self._release_name(item.name)
         delivery.unsettled -= 1
         delivery.outcomes.append(result.outcome)
         if result.outcome in _DEAD_OUTCOMES:
@@ -257,25 +251,6 @@ class AmqpSource:
         for item in items:
             self._items[id(item)] = (item, delivery)
         return items
-
-    def _claim(self, item: ManifestItem) -> bool:
-        """Mark a job's name in flight; False (and held back) if it already is."""
-        if not isinstance(item, JobSpec):
-            return True
-        if item.name in self._in_flight:
-            self._held.setdefault(item.name, []).append(item)
-            return False
-        self._in_flight.add(item.name)
-        return True
-
-    def _release_name(self, name: str) -> None:
-        held = self._held.get(name)
-        if not held:
-            self._in_flight.discard(name)
-            return
-        self._inbox.put_nowait(held.pop(0))  # stays in flight: handed to the next in line
-        if not held:
-            del self._held[name]
 
     async def _settle_message(self, delivery: _Delivery) -> None:
         outcomes = set(delivery.outcomes)
