@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import csv
 import dataclasses
-import functools
 import heapq
 import os
 import sys
@@ -47,6 +46,7 @@ from batchsub.jobs import (
 from batchsub.limiter import RateLimiter
 from batchsub.manifest import diff_fields
 from batchsub.protocols import Auth, Ledger
+from batchsub.reconcile import Reconciler
 from batchsub.report import RunAccount
 from batchsub.runner import (
     DEMO_PROJECT_ID,
@@ -383,26 +383,12 @@ async def list_remote_jobs(settings: Settings, project_id: str) -> dict[str, int
         policy = dataclasses.replace(
             retry_policy(settings), max_attempts=min(REMOTE_LIST_ATTEMPTS, settings.max_attempts)
         )
-        return await _list_all(client, SafeCaller(RateLimiter(settings.rate), policy))
+        caller = SafeCaller(RateLimiter(settings.rate), policy)
+        return await Reconciler(client, caller).list_jobs()
     except ApiError as exc:
         raise ConfigError(_remote_failure(exc, endpoint, auth)) from None
     finally:
         await close_session(session)
-
-
-async def _list_all(client: DliClient, caller: SafeCaller) -> dict[str, int]:
-    found: dict[str, int] = {}
-    offset = 0
-    while True:
-        page = await caller.call(
-            "list_jobs", functools.partial(client.list_page, name=None, offset=offset)
-        )
-        for job in page.jobs:
-            if job.name not in found or job.job_id < found[job.name]:
-                found[job.name] = job.job_id  # several share a name: the oldest is adopted
-        offset += len(page.jobs)
-        if not page.jobs or offset >= page.total_count:
-            return found
 
 
 def _remote_failure(exc: ApiError, endpoint: str, auth: Auth) -> str:

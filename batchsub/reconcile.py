@@ -43,7 +43,7 @@ class Reconciler:
         async with self._snapshot_lock:
             if self._snapshot is None:
                 try:
-                    jobs = await self._list_all(name=None)
+                    self._snapshot = await self.list_jobs()
                 except (FatalApiError, RetryableError):
                     raise
                 except ApiError as exc:
@@ -54,10 +54,13 @@ class Reconciler:
                         error=str(exc),
                         effect="jobs made outside batchsub are not detected",
                     )
-                    jobs = []
-                self._snapshot = _lowest_ids(jobs)
+                    self._snapshot = {}
                 log.info("remote.listed", jobs=len(self._snapshot), list_calls=self.list_calls)
             return self._snapshot
+
+    async def list_jobs(self) -> dict[str, int]:
+        """Name -> oldest job_id of every Flink Jar job now (paged); raises any ApiError."""
+        return _lowest_ids(await self._list_all(name=None))
 
     async def find(self, name: str) -> int | None:
         """The job_id of the job named exactly ``name`` now, or None (a fresh listing).
