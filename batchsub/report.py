@@ -59,11 +59,17 @@ class RunAccount:
         self.counts[result.outcome] += 1
         if result.adopted:
             self.adopted += 1
-        row = job_row(result)
         if result.outcome not in EXISTS and len(self.first_errors) < FIRST_ERRORS:
-            self.first_errors.append({k: row[k] for k in ("source", "name", "outcome", "error")})
-        if self._rows is not None:
-            self._rows.write(orjson.dumps(row))
+            self.first_errors.append(
+                {
+                    "source": result.source,
+                    "name": result.name,
+                    "outcome": result.outcome.value,
+                    "error": result.error,
+                }
+            )
+        if self._rows is not None:  # no row is built per job without a report to write
+            self._rows.write(orjson.dumps(job_row(result)))
             self._rows.write(b"\n")
 
     def exit_code(self, *, fatal: bool = False) -> int:
