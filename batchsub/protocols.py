@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from yarl import URL
@@ -49,14 +49,15 @@ class Ledger(Protocol):
         """The records of those names that exist (one round trip, for batches of names)."""
         ...
 
-    async def begin_attempt(self, project_id: str, job: JobSpec) -> int | None:
+    def begin_attempt(self, project_id: str, job: JobSpec) -> Awaitable[int | None]:
         """Record the intent to send ``job`` (state submitting, attempts + 1), durably.
 
-        Returns the attempt number, or None when another live worker holds the job.
+        Awaits the attempt number, or None when another live worker holds the job. A
+        coroutine or a future: a backend may queue the write at the call and return a future.
         """
         ...
 
-    async def record(
+    def record(
         self,
         project_id: str,
         job: JobSpec,
@@ -65,7 +66,7 @@ class Ledger(Protocol):
         job_id: int | None = None,
         error: ErrorInfo | None = None,
         adopted: bool = False,
-    ) -> None:
+    ) -> Awaitable[None]:
         """Record a state (insert the row if absent), durably, releasing any claim."""
         ...
 

@@ -224,16 +224,34 @@ async def test_close_flushes_queued_writes_and_is_idempotent(
     open_ledger: OpenLedger, tmp_path: Path
 ) -> None:
     ledger = await open_ledger()
-    tasks = [asyncio.create_task(ledger.begin_attempt(P, job_spec(f"j{i}"))) for i in range(50)]
-    await asyncio.sleep(0)  # let every task queue its write
+    futures = [ledger.begin_attempt(P, job_spec(f"j{i}")) for i in range(50)]  # queued now
     await ledger.close()
-    assert [t.result() for t in tasks] == [1] * 50
+    assert [f.result() for f in futures] == [1] * 50
     await ledger.close()
     with pytest.raises(LedgerError, match="is not open"):
         await ledger.begin_attempt(P, job_spec("late"))
 
     async with SqliteLedger(tmp_path / "batchsub.db") as again:
         assert len(await again.get_many(P, [f"j{i}" for i in range(50)])) == 50
+
+
+async def test_a_write_commits_even_when_its_caller_is_cancelled(
+    open_ledger: OpenLedger,
+) -> None:
+    ledger = await open_ledger()
+
+    async def caller() -> None:
+        await ledger.record(P, job_spec("c"), LedgerState.CREATED, job_id=7)
+
+    task = asyncio.create_task(caller())
+    await asyncio.sleep(0)  # the write is queued; the caller waits for its commit
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await ledger.close()
+    ledger = await open_ledger()
+    record = (await ledger.get_many(P, ["c"]))["c"]
+    assert (record.state, record.job_id) == (LedgerState.CREATED, 7)
 
 
 async def test_write_error_reaches_callers_and_writer_survives(

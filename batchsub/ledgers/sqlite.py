@@ -111,7 +111,7 @@ class _Write:
     kind: Literal["begin", "record"]
     key: tuple[str, str]
     params: tuple[Any, ...]
-    future: asyncio.Future[int | None]
+    future: asyncio.Future[Any]  # the attempt number for "begin", None for "record"
 
 
 class SqliteLedger:
@@ -303,17 +303,18 @@ class SqliteLedger:
             found.update((rec.name, rec) for rec in map(_to_record, rows))
         return found
 
-    async def begin_attempt(self, project_id: str, job: JobSpec) -> int | None:
-        """Commit state ``submitting`` with attempts + 1 and return the new attempt number.
+    def begin_attempt(self, project_id: str, job: JobSpec) -> asyncio.Future[int | None]:
+        """Commit state ``submitting`` with attempts + 1; the future gives the attempt number.
 
-        One process owns the file (see ``LedgerLock``), so no other worker can hold the job:
-        this never returns None.
+        The write is queued by the call itself (it commits even if nobody awaits it), and the
+        future resolves once it is committed. One process owns the file (see ``LedgerLock``),
+        so no other worker can hold the job: the result is never None.
         """
         now = self._clock()
         params = (project_id, job.name, job.source, job.body_hash, job.body, now, now)
-        return await self._submit("begin", (project_id, job.name), params)
+        return self._submit("begin", (project_id, job.name), params)
 
-    async def record(
+    def record(
         self,
         project_id: str,
         job: JobSpec,
@@ -322,8 +323,11 @@ class SqliteLedger:
         job_id: int | None = None,
         error: ErrorInfo | None = None,
         adopted: bool = False,
-    ) -> None:
-        """Commit a state; keeps a known job_id when given None, inserts an unknown job."""
+    ) -> asyncio.Future[None]:
+        """Commit a state; keeps a known job_id when given None, inserts an unknown job.
+
+        Queued by the call, like ``begin_attempt``; the future resolves once committed.
+        """
         now = self._clock()
         params = (
             project_id,
@@ -340,7 +344,7 @@ class SqliteLedger:
             now,
             now,
         )
-        await self._submit("record", (project_id, job.name), params)
+        return self._submit("record", (project_id, job.name), params)
 
     async def in_doubt(self, project_id: str) -> list[LedgerRecord]:
         """Records in ``submitting`` or ``unknown``: a request may have created these jobs."""
@@ -440,15 +444,17 @@ class SqliteLedger:
             raise LedgerError(f"ledger {self.path} is not open")
         return self._conn
 
-    async def _submit(
+    def _submit(
         self, kind: Literal["begin", "record"], key: tuple[str, str], params: tuple[Any, ...]
-    ) -> int | None:
+    ) -> asyncio.Future[Any]:
+        # A plain function, not a coroutine: the write is queued now, so a caller that is
+        # cancelled while waiting cannot take it back, and callers need no task to shield it.
         self._require_open()
         if self.read_only:
             raise LedgerError(f"ledger {self.path} is open read-only")
-        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Write(kind, key, params, future))
-        return await future
+        return future
 
     async def _write_loop(self) -> None:
         """Commit whatever is queued, up to ``max_batch`` writes per transaction, until None."""
