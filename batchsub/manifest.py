@@ -366,6 +366,7 @@ def _count_keys(value: object) -> int:
 
 
 _KEY_LIKE = re.compile(r'"[ \t\r\n]*:')
+_SPACED_KEY_BYTES = re.compile(rb'"[ \t\r\n]+:')
 
 
 def _load_json(text: str) -> object:
@@ -379,6 +380,27 @@ def _load_json(text: str) -> object:
     if len(_KEY_LIKE.findall(text)) > _count_keys(obj):
         json.loads(text, object_pairs_hook=_no_duplicate_pairs)
     return obj
+
+
+def _quick_json(data: bytes) -> object:
+    """The common case of ``_load_json`` straight from bytes, or ``_SLOW`` when unsure.
+
+    orjson checks UTF-8 itself, so a plain file skips decoding; anything unusual (a BOM, bad
+    UTF-8, a syntax error, maybe a duplicate key) goes the slow way, which says what is wrong.
+    """
+    if b"\x00" in data:
+        return _SLOW
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _SLOW
+    # The key-like spots of _load_json, counted without a regex when none has blanks.
+    if _SPACED_KEY_BYTES.search(data) or data.count(b'":') > _count_keys(obj):
+        return _SLOW
+    return obj
+
+
+_SLOW = object()  # _quick_json's "parse it the careful way"
 
 
 class _NoDuplicateKeys(yaml.constructor.SafeConstructor):
@@ -447,7 +469,7 @@ def _decode(data: bytes, source: str) -> str | InvalidManifest:
             source, f"{source}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
         )
     text = text.removeprefix("\ufeff")
-    if not text.strip():
+    if not text or text.isspace():
         return InvalidManifest(source, f"{source}: empty file")
     return text
 
@@ -463,16 +485,18 @@ def parse_manifest_bytes(
     loader = _LOADERS.get(suffix.lower())
     if loader is None:
         return [InvalidManifest(source, f"{source}: unsupported file type {suffix!r}")]
-    text = _decode(data, source)
-    if isinstance(text, InvalidManifest):
-        return [text]
     fmt, load = loader
-    try:
-        doc = load(text)
-    except _DuplicateKeyError as exc:
-        return [InvalidManifest(source, f"{source}: {exc}")]
-    except (ValueError, yaml.YAMLError, RecursionError) as exc:  # JSONDecodeError is a ValueError
-        return [InvalidManifest(source, _syntax_error(source, fmt, exc))]
+    doc = _quick_json(data) if fmt == "JSON" and len(data) <= MAX_MANIFEST_BYTES else _SLOW
+    if doc is _SLOW:
+        text = _decode(data, source)
+        if isinstance(text, InvalidManifest):
+            return [text]
+        try:
+            doc = load(text)
+        except _DuplicateKeyError as exc:
+            return [InvalidManifest(source, f"{source}: {exc}")]
+        except (ValueError, yaml.YAMLError, RecursionError) as exc:  # JSONDecodeError: ValueError
+            return [InvalidManifest(source, _syntax_error(source, fmt, exc))]
     if isinstance(doc, dict):
         return [job_from_object(doc, source, validate=validate)]
     if not isinstance(doc, list):

@@ -40,6 +40,8 @@ class Reconciler:
 
     async def snapshot(self) -> dict[str, int]:
         """Name -> job_id of every Flink Jar job at the first call (listed once, paged)."""
+        if self._snapshot is not None:  # every job asks: skip the lock once it is known
+            return self._snapshot
         async with self._snapshot_lock:
             if self._snapshot is None:
                 try:

@@ -94,8 +94,9 @@ class Submitter:
         self._requests = asyncio.Semaphore(concurrency)
         self._job_slots = asyncio.Semaphore(concurrency * 4 + 16)
         self._group: asyncio.TaskGroup | None = None
-        # Names being processed: a second job of the same name waits for the first.
-        self._in_flight: dict[str, asyncio.Event] = {}
+        # Names being processed: a second job of the same name waits for the first. The
+        # Event is made only when a second one comes (rare: duplicate drops, redeliveries).
+        self._in_flight: dict[str, asyncio.Event | None] = {}
 
     def stop(self) -> None:
         """Stop taking new work: queued and unsent jobs end as unresolved, in-flight ones finish."""
@@ -233,19 +234,23 @@ class Submitter:
         # The same name twice in flight (a drop folder, a queue redelivery) would be sent
         # twice: the second waits for the first, then goes by what the ledger says.
         name = job.spec.name
-        while (busy := self._in_flight.get(name)) is not None:
+        while name in self._in_flight:
+            busy = self._in_flight[name]
+            if busy is None:
+                busy = self._in_flight[name] = asyncio.Event()
             await busy.wait()
             record = (await self._ledger.get_many(self._project, [name])).get(name)
             settled = _settled_result(job.spec, record)
             if settled is not None:
                 return settled
             job = _Job(job.spec, record)
-        self._in_flight[name] = done = asyncio.Event()
+        self._in_flight[name] = None
         try:
             return await self._process(job)
         finally:
-            del self._in_flight[name]
-            done.set()
+            waiting = self._in_flight.pop(name)
+            if waiting is not None:
+                waiting.set()
 
     async def _finish(self, source: Source, item: ManifestItem, result: JobResult) -> None:
         self._on_result(result)

@@ -303,6 +303,20 @@ def test_json_with_embedded_json_strings_is_not_mistaken_for_duplicates() -> Non
     assert error(dup) == "m.json: name: duplicate key in the same object"
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"name": "x", "name": "y"}',
+        b'{"name": "x", "name"\n: "y"}',
+        b'{"name": "x", "tags": [{"key": "a", "key": "b", "value": "v"}]}',
+        b'{"name": "x", "resource_config": {"max_slot": 1, "max_slot": 2}}',
+        b'{"name": "x", "desc": "\\":", "name": "y"}',
+    ],
+)
+def test_every_duplicate_key_is_found(data: bytes) -> None:
+    assert "duplicate key in the same object" in error(data)
+
+
 def test_utf8_bom_is_accepted() -> None:
     assert job(b'\xef\xbb\xbf{"name": "bom"}').name == "bom"
 

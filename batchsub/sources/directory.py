@@ -109,11 +109,12 @@ class DirectorySource:
         self._exhausted = False
         seen: dict[str, str] = {}
         for chunk in _chunks(_scan(str(self.root)), _INDEX_CHUNK):
-            known = await self._known(chunk)
+            fingerprints = self._fingerprints(chunk)
+            known = await self._known(fingerprints)
             for count, found in enumerate(chunk, start=1):
                 if count % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # let the HTTP pool run
-                items, tracked = self._read(found, known)
+                items, tracked = self._read(found, known, fingerprints)
                 for item in items:
                     shown = _first_definition(item, seen)
                     if tracked is not None:
@@ -139,7 +140,10 @@ class DirectorySource:
         await self._flush(final=self._exhausted and not self._files)
 
     def _read(
-        self, found: str | _Unreadable, known: dict[str, list[SettledJob]]
+        self,
+        found: str | _Unreadable,
+        known: dict[str, list[SettledJob]],
+        fingerprints: dict[str, str],
     ) -> tuple[list[ManifestItem], str | None]:
         """The items of one file, and the file if its outcome is to be tracked for the index."""
         if isinstance(found, _Unreadable):
@@ -148,18 +152,23 @@ class DirectorySource:
             return [InvalidManifest(where, error)], None
         if found in known:
             return list(known[found]), None
-        # Fingerprint before reading: a change during the read makes the next one differ.
-        fingerprint = _fingerprint(found) if self._index is not None else ""
+        # Taken before reading (for the index lookup): a change during the read makes the
+        # next fingerprint differ, so a half-read edit is never remembered as settled.
+        fingerprint = fingerprints.get(found, "")
         items: list[ManifestItem] = list(parse_manifest_file(found, found, validate=self.validate))
         if not fingerprint:
             return items, None
         self._files[found] = _OpenFile(fingerprint, len(items))
         return items, found
 
-    async def _known(self, chunk: list[str | _Unreadable]) -> dict[str, list[SettledJob]]:
+    def _fingerprints(self, chunk: list[str | _Unreadable]) -> dict[str, str]:
         if self._index is None:
             return {}
-        fingerprints = {p: fp for p in chunk if isinstance(p, str) and (fp := _fingerprint(p))}
+        return {p: fp for p in chunk if isinstance(p, str) and (fp := _fingerprint(p))}
+
+    async def _known(self, fingerprints: dict[str, str]) -> dict[str, list[SettledJob]]:
+        if not fingerprints or self._index is None:
+            return {}
         return await self._index.settled_files(self._project, fingerprints)
 
     async def _flush(self, *, final: bool) -> None:
