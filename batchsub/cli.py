@@ -7,7 +7,6 @@ configuration error (one line on stderr, no traceback).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import sys
 from collections.abc import Callable, Sequence
@@ -133,9 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return plan_command(settings, plan_args)
         if args.command == "run":
+            from batchsub import eventloop
             from batchsub.runner import run_directory
 
-            return asyncio.run(
+            return eventloop.run(
                 run_directory(settings, args.directory, args.report, simulator=args.simulator)
             )
         handler: Callable[[Settings, argparse.Namespace], int] = args.handler

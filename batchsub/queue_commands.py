@@ -31,6 +31,7 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractExchange
 
+from batchsub import eventloop
 from batchsub.cli import add_send_flags
 from batchsub.errors import ConfigError
 from batchsub.jobs import InvalidManifest, JobSpec
@@ -265,6 +266,6 @@ def _consume_command(settings: Settings, args: argparse.Namespace) -> int:
     level = settings.log_level or ("warning" if interactive else "info")
     configure_logging(settings.log_format, level, interactive=interactive)
     progress = settings.progress == "on" or (settings.progress == "auto" and interactive)
-    return asyncio.run(
+    return eventloop.run(
         consume(settings, report=args.report, simulator=args.simulator, progress=progress)
     )

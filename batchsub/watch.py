@@ -13,13 +13,13 @@ the ledger is in use, DIR is unusable). Logs are JSON lines unless ``--log-forma
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from batchsub import eventloop
 from batchsub.cli import add_send_flags
 from batchsub.logs import configure_logging
 from batchsub.metrics import Metrics, start_metrics_server
@@ -75,7 +75,9 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     fmt = "console" if settings.log_format == "console" else "json"
     configure_logging(fmt, settings.log_level or "info", interactive=sys.stderr.isatty())
     source = source_for(settings, args.directory)
-    return asyncio.run(watch(settings, source, report=args.report, simulator=bool(args.simulator)))
+    return eventloop.run(
+        watch(settings, source, report=args.report, simulator=bool(args.simulator))
+    )
 
 
 def source_for(settings: Settings, directory: Path) -> DropFolderSource:

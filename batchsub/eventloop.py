@@ -1,0 +1,54 @@
+"""The event loop every long-running command runs on: uvloop when installed, else asyncio's.
+
+uvloop's loop and transports are written in Cython on libuv: aiohttp's per-request cost on
+the loop thread drops by about a fifth, and the loop thread is what limits a run at no rate
+limit (see bench/results.md). ``BATCHSUB_EVENT_LOOP=asyncio`` picks the standard loop, to
+rule uvloop out when chasing a problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from batchsub.errors import ConfigError
+
+_T = TypeVar("_T")
+
+EVENT_LOOP_VARIABLE = "BATCHSUB_EVENT_LOOP"
+_CHOICES = ("auto", "uvloop", "asyncio")
+
+
+def loop_name() -> str:
+    """``uvloop`` or ``asyncio``: the loop ``run`` will use, from the environment."""
+    wanted = os.environ.get(EVENT_LOOP_VARIABLE, "auto").strip().lower() or "auto"
+    if wanted not in _CHOICES:
+        raise ConfigError(f"{EVENT_LOOP_VARIABLE}={wanted!r}: must be one of {', '.join(_CHOICES)}")
+    if wanted == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        if wanted == "uvloop":
+            raise ConfigError(
+                f"{EVENT_LOOP_VARIABLE}=uvloop but uvloop is not installed (pip install uvloop)"
+            ) from None
+        return "asyncio"
+    return "uvloop"
+
+
+def run(main: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run(main)`` on the loop ``loop_name`` picks."""
+    try:
+        name = loop_name()
+    except ConfigError:
+        main.close()  # never started: no "coroutine was never awaited" warning
+        raise
+    if name == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    return asyncio.run(main)
