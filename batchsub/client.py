@@ -178,9 +178,9 @@ class DliClient:
 def classify_create(status: int, raw: bytes, headers: Mapping[str, str]) -> CreateAnswer:
     """Classify a create answer by HTTP status and DLI error code (see dli-api-notes.md)."""
     payload = _decode(raw)
-    error = _error_info(status, payload, raw)
     if status == 200:
-        return _classify_ok(payload, error)
+        return _classify_ok(payload, raw)
+    error = _error_info(status, payload, raw)
     retry_after = parse_retry_after(headers.get("Retry-After"))
     if status == 429:
         return CreateAnswer(
@@ -197,7 +197,7 @@ def classify_create(status: int, raw: bytes, headers: Mapping[str, str]) -> Crea
     return CreateAnswer(AnswerKind.PERMANENT, error=error)
 
 
-def _classify_ok(payload: Any, error: ErrorInfo) -> CreateAnswer:
+def _classify_ok(payload: Any, raw: bytes) -> CreateAnswer:
     if not isinstance(payload, dict):
         # A 200 we cannot read may still mean the job exists.
         return CreateAnswer(
@@ -217,6 +217,7 @@ def _classify_ok(payload: Any, error: ErrorInfo) -> CreateAnswer:
             AnswerKind.IN_DOUBT,
             error=ErrorInfo("HTTP 200 success without a job_id", http_status=200),
         )
+    error = _error_info(200, payload, raw)  # only now: most answers are a plain success
     if error.code in _SERVER_SIDE_CODES:
         return CreateAnswer(AnswerKind.IN_DOUBT, error=error)
     return CreateAnswer(AnswerKind.PERMANENT, error=error)
