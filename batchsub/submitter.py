@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 
@@ -40,6 +41,7 @@ from batchsub.retry import RetryPolicy
 log = structlog.get_logger("batchsub.submitter")
 
 LOOKUP_BATCH = 256
+_T = TypeVar("_T")
 
 
 class RunStopped(Exception):
@@ -472,7 +474,7 @@ class Submitter:
             raise RunStopped(f"not sent: cannot reach the API: {exc}") from None
 
     async def _begin(self, spec: JobSpec) -> int | None:
-        return await asyncio.shield(self._ledger.begin_attempt(self._project, spec))
+        return await _durably(self._ledger.begin_attempt(self._project, spec))
 
     async def _write(
         self,
@@ -485,7 +487,7 @@ class Submitter:
     ) -> None:
         # Shielded: an outcome the API already gave must reach the ledger even if we are
         # being cancelled; the cancellation is re-raised after the write.
-        await asyncio.shield(
+        await _durably(
             self._ledger.record(
                 self._project, spec, state, job_id=job_id, error=error, adopted=adopted
             )
@@ -509,6 +511,18 @@ class Submitter:
             log.error("run.fatal", error=str(error))
         self._stopping.set()
         self._stop_reading()
+
+
+async def _durably(write: Awaitable[_T]) -> _T:
+    """Await a ledger write that a cancellation of the caller must not abort.
+
+    A future is a write the ledger queued at the call (SQLite): it commits whatever happens
+    to the caller, so it is awaited as is. A coroutine (PostgreSQL) is shielded.
+    """
+    if isinstance(write, asyncio.Future):
+        queued: _T = await write
+        return queued
+    return await asyncio.shield(write)
 
 
 def _settled_result(spec: JobSpec, record: LedgerRecord | None) -> JobResult | None:
