@@ -8,6 +8,7 @@ watchfiles (drop folder).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ def loaded_after(body: str, cwd: Path) -> tuple[list[str], subprocess.CompletedP
         text=True,
         timeout=60,
         cwd=cwd,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr
