@@ -1,17 +1,25 @@
-"""What a person sees: a progress bar on a terminal and the summary table at the end."""
+"""What a person sees: a progress bar on a terminal and the summary table at the end.
+
+rich costs about 100 ms of start-up, paid by every run; it is imported only when a progress bar
+is drawn or when the summary cannot be written as plain text exactly as rich would write it.
+"""
 
 from __future__ import annotations
 
+import builtins
+import os
+import re
+import sys
 from types import TracebackType
-from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from typing import TYPE_CHECKING, Any, TextIO
 
 from batchsub.jobs import Outcome
 from batchsub.limiter import RateLimiter
 from batchsub.report import RunAccount
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 
 class ProgressDisplay:
@@ -25,6 +33,16 @@ class ProgressDisplay:
         self._progress: Progress | None = None
         self._task: Any = None
         if enabled:
+            # imported here: rich costs about 100 ms at start-up, and most runs draw no bar.
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             self._progress = Progress(
                 TextColumn("[bold]batchsub"),
                 BarColumn(),
@@ -71,26 +89,142 @@ class ProgressDisplay:
 
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
     """The end-of-run table: one row per outcome, then the first errors."""
-    console = console or Console(highlight=False)
+    if console is None:
+        width = _plain_width(sys.stdout)
+        text = None if width is None else plain_summary(summary, width)
+        if text is not None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        # imported here: rich costs about 100 ms at start-up; see plain_summary.
+        from rich.console import Console
+
+        console = Console(highlight=False)
+    from rich.table import Table
+
     table = Table(title="batchsub run", show_header=True, header_style="bold")
     table.add_column("outcome")
     table.add_column("jobs", justify="right")
-    for outcome in Outcome:
-        table.add_row(outcome.value, str(summary.get(outcome.value, 0)))
+    for outcome, jobs in _rows(summary):
+        table.add_row(outcome, jobs)
     table.add_row("total", str(summary.get("total", 0)), style="bold")
     console.print(table)
-    details = (
+    console.print(_details(summary), markup=False)
+    errors = summary.get("first_errors") or []
+    if errors:
+        console.print("first problems:", style="bold")
+        for line in _error_lines(errors):
+            console.print(line, markup=False)
+    if summary.get("fatal"):
+        console.print(_fatal_line(summary), style="bold red", markup=False)
+
+
+def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(outcome.value, str(summary.get(outcome.value, 0))) for outcome in Outcome]
+
+
+def _details(summary: dict[str, Any]) -> str:
+    return (
         f"creates sent {summary.get('creates_sent', 0)} · list calls {summary.get('list_calls', 0)}"
         f" · 429s {summary.get('throttled', 0)} · adopted {summary.get('adopted', 0)}"
         f" · {summary.get('duration_s', 0)} s"
     )
-    console.print(details, markup=False)
+
+
+def _error_lines(errors: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for err in errors:
+        error = str(err["error"])
+        where = "" if error.startswith(f"{err['source']}:") else f"{err['source']}: "
+        lines.append(f"  {err['outcome']}: {where}{error}")
+    return lines
+
+
+def _fatal_line(summary: dict[str, Any]) -> str:
+    return f"run stopped: {summary['fatal']}"
+
+
+# Text that rich writes unchanged when it fits the width: printable ASCII and "·", no
+# ":name:" that rich could take for an emoji code, no trailing space.
+_PLAIN_TEXT = re.compile(r"(?!.*:\S*:)[ -~·]*[!-~·]")
+_PLAIN_CELL = re.compile(r"[0-9]+")
+
+
+def _plain_width(stream: TextIO) -> int | None:
+    """The width rich would use for ``stream`` if it is no terminal, else None.
+
+    None also where rich would decide otherwise than by ``isatty()`` (its environment
+    variables, Jupyter, IDLE, Windows) or would draw the table in ASCII.
+    """
+    environ = os.environ
+    if (
+        sys.platform == "win32"
+        or "FORCE_COLOR" in environ
+        or "TTY_COMPATIBLE" in environ
+        or hasattr(builtins, "get_ipython")
+        or "idlelib" in sys.modules
+        or hasattr(stream, "rich_proxied_file")
+        or not (getattr(stream, "encoding", None) or "utf-8").lower().startswith("utf")
+    ):
+        return None
+    try:
+        if stream.isatty():
+            return None
+    except ValueError:
+        return None
+    columns = environ.get("COLUMNS")
+    if columns is not None and columns.isdigit():
+        return int(columns)
+    width: int | None = None
+    for fd in _std_fds():
+        try:
+            width = os.get_terminal_size(fd).columns
+        except (AttributeError, ValueError, OSError):
+            continue
+        break
+    return width or 80
+
+
+def _std_fds() -> tuple[int, int, int]:
+    fds = []
+    for stream, default in ((sys.__stdin__, 0), (sys.__stdout__, 1), (sys.__stderr__, 2)):
+        try:
+            fds.append(stream.fileno() if stream is not None else default)
+        except Exception:
+            fds.append(default)
+    return fds[0], fds[1], fds[2]
+
+
+def plain_summary(summary: dict[str, Any], width: int) -> str | None:
+    """The summary exactly as ``print_summary`` writes it with rich to a non-terminal of
+    ``width`` columns, or None where that is not certain (long lines, unusual characters).
+
+    rich's import costs about 100 ms, more than the whole of a small run.
+    """
+    rows = [*_rows(summary), ("total", str(summary.get("total", 0)))]
+    if not all(_PLAIN_CELL.fullmatch(jobs) for _, jobs in rows):
+        return None
+    left = max(len("outcome"), *(len(outcome) for outcome, _ in rows))
+    right = max(len("jobs"), *(len(jobs) for _, jobs in rows))
+    table_width = left + right + 7
+    title = "batchsub run"
+    pad = table_width - len(title)
+    lines = [
+        " " * (pad // 2) + title + " " * (pad - pad // 2),
+        f"┏{'━' * (left + 2)}┳{'━' * (right + 2)}┓",
+        f"┃ {'outcome':<{left}} ┃ {'jobs':>{right}} ┃",
+        f"┡{'━' * (left + 2)}╇{'━' * (right + 2)}┩",
+        *(f"│ {outcome:<{left}} │ {jobs:>{right}} │" for outcome, jobs in rows),
+        f"└{'─' * (left + 2)}┴{'─' * (right + 2)}┘",
+    ]
+    texts = [_details(summary)]
     errors = summary.get("first_errors") or []
     if errors:
-        console.print("first problems:", style="bold")
-        for err in errors:
-            error = str(err["error"])
-            where = "" if error.startswith(f"{err['source']}:") else f"{err['source']}: "
-            console.print(f"  {err['outcome']}: {where}{error}", markup=False)
+        texts += ["first problems:", *_error_lines(errors)]
     if summary.get("fatal"):
-        console.print(f"run stopped: {summary['fatal']}", style="bold red", markup=False)
+        texts.append(_fatal_line(summary))
+    if table_width > width or not all(
+        len(text) <= width and _PLAIN_TEXT.fullmatch(text) for text in texts
+    ):
+        return None
+    return "\n".join([*lines, *texts]) + "\n"
