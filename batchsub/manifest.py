@@ -15,17 +15,21 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Hashable, Iterable
-from typing import Any, Literal
+from functools import cache
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-import yaml
 from annotated_types import MaxLen, MinLen
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from batchsub.errors import ManifestError
 from batchsub.jobs import InvalidManifest, JobSpec, ManifestItem
+
+if TYPE_CHECKING:
+    import yaml
 
 MAX_MANIFEST_BYTES = 1024 * 1024
 """Manifests are small; a bigger file is a mistake (the API refuses bodies over 12 MB anyway)."""
@@ -403,43 +407,66 @@ def _quick_json(data: bytes) -> object:
 _SLOW = object()  # _quick_json's "parse it the careful way"
 
 
-class _NoDuplicateKeys(yaml.constructor.SafeConstructor):
-    """Mixed into the safe YAML loader: refuse a key given twice in one mapping.
+@cache
+def _yaml_loader() -> Any:
+    """The safe YAML loader that refuses duplicate keys.
 
-    Merge keys (``<<``) are skipped: overriding a merged key is legal YAML.
+    PyYAML is imported here, when the first YAML manifest is met: it costs about 25 ms of
+    start-up, and most directories hold JSON only.
     """
+    import yaml
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        seen: set[tuple[str, str]] = set()
-        for key_node, _ in node.value:
-            if (
-                not isinstance(key_node, yaml.ScalarNode)
-                or key_node.tag == "tag:yaml.org,2002:merge"
-            ):
-                continue
-            ident = (key_node.tag, key_node.value)
-            if ident in seen:
-                mark = key_node.start_mark
-                where = f" (line {mark.line + 1}, column {mark.column + 1})"
-                raise _DuplicateKeyError(key_node.value, where)
-            seen.add(ident)
-        return super().construct_mapping(node, deep=deep)
+    class _NoDuplicateKeys(yaml.constructor.SafeConstructor):
+        """Mixed into the safe YAML loader: refuse a key given twice in one mapping.
 
+        Merge keys (``<<``) are skipped: overriding a merged key is legal YAML.
+        """
 
-_Loader: Any = type(
-    "_Loader", (_NoDuplicateKeys, getattr(yaml, "CSafeLoader", yaml.SafeLoader)), {}
-)
+        def construct_mapping(
+            self, node: yaml.MappingNode, deep: bool = False
+        ) -> dict[Hashable, Any]:
+            seen: set[tuple[str, str]] = set()
+            for key_node, _ in node.value:
+                if (
+                    not isinstance(key_node, yaml.ScalarNode)
+                    or key_node.tag == "tag:yaml.org,2002:merge"
+                ):
+                    continue
+                ident = (key_node.tag, key_node.value)
+                if ident in seen:
+                    mark = key_node.start_mark
+                    where = f" (line {mark.line + 1}, column {mark.column + 1})"
+                    raise _DuplicateKeyError(key_node.value, where)
+                seen.add(ident)
+            return super().construct_mapping(node, deep=deep)
+
+    return type("_Loader", (_NoDuplicateKeys, getattr(yaml, "CSafeLoader", yaml.SafeLoader)), {})
 
 
 def _load_yaml(text: str) -> object:
-    return yaml.load(text, Loader=_Loader)
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())
+
+
+def _syntax_errors() -> tuple[type[Exception], ...]:
+    """What a parser raises on bad input; PyYAML's errors only once PyYAML is imported."""
+    yaml_module = sys.modules.get("yaml")
+    if yaml_module is None:
+        return (ValueError, RecursionError)  # JSONDecodeError is a ValueError
+    return (ValueError, RecursionError, yaml_module.YAMLError)
 
 
 def _syntax_error(source: str, fmt: str, exc: Exception) -> str:
     """One line for a JSON or YAML syntax error, with its line and column when known."""
     if isinstance(exc, json.JSONDecodeError):
         return f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+    yaml_module = sys.modules.get("yaml")
+    if (
+        yaml_module is not None
+        and isinstance(exc, yaml_module.MarkedYAMLError)
+        and exc.problem_mark is not None
+    ):
         mark = exc.problem_mark
         problem = exc.problem or exc.context or "syntax error"
         return (
@@ -495,7 +522,7 @@ def parse_manifest_bytes(
             doc = load(text)
         except _DuplicateKeyError as exc:
             return [InvalidManifest(source, f"{source}: {exc}")]
-        except (ValueError, yaml.YAMLError, RecursionError) as exc:  # JSONDecodeError: ValueError
+        except _syntax_errors() as exc:
             return [InvalidManifest(source, _syntax_error(source, fmt, exc))]
     if isinstance(doc, dict):
         return [job_from_object(doc, source, validate=validate)]

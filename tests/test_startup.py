@@ -2,7 +2,7 @@
 
 Each is checked by name in a fresh interpreter, never by timing: rich (progress bar, tables),
 prometheus_client (``--metrics-port``), aio_pika (queues), asyncpg (PostgreSQL ledger),
-watchfiles (drop folder).
+watchfiles (drop folder), yaml (YAML manifests).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import REPO, write_manifests
 
-LAZY = ("rich", "prometheus_client", "aio_pika", "asyncpg", "watchfiles")
+LAZY = ("rich", "prometheus_client", "aio_pika", "asyncpg", "watchfiles", "yaml")
 
 _REPORT_LOADED = (
     "import json, sys\n"
