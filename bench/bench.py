@@ -435,13 +435,24 @@ Creates per second as the server saw them (second 0 starts at the first create):
     )
 
 
+_SECTIONS = ("throughput", "latency", "big", "pacing")
+
+
 def main() -> int:
-    """Run every section; write the results page."""
+    """Run every section (or those of --only); write the results page."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke version")
     parser.add_argument("--output", type=Path, default=BENCH / "results.md")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--only",
+        default="throughput,latency,big,pacing",
+        help="comma-separated sections to run (default: all): throughput,latency,big,pacing",
+    )
     args = parser.parse_args()
+    wanted = set(args.only.split(","))
+    if unknown := wanted - set(_SECTIONS):
+        parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))}")
     sizes = QUICK if args.quick else FULL
     started = time.perf_counter()
     busy = os.getloadavg()[0]
@@ -456,14 +467,15 @@ def main() -> int:
         bench = Bench(work, sizes)
         machine = table(["", ""], describe(REPO))
         print(machine, flush=True)
-        steps: list[Callable[[], object]] = [
-            lambda: cpu_cost(bench, throughput(bench)),
-            lambda: latency_bound(bench),
-            lambda: big_run(bench),
-            lambda: pacing(bench),
-        ]
-        for step in steps:
-            step()
+        steps: dict[str, Callable[[], object]] = {
+            "throughput": lambda: cpu_cost(bench, throughput(bench)),
+            "latency": lambda: latency_bound(bench),
+            "big": lambda: big_run(bench),
+            "pacing": lambda: pacing(bench),
+        }
+        for name in _SECTIONS:
+            if name in wanted:
+                steps[name]()
     finally:
         if args.keep:
             print(f"work directory kept: {work}")
