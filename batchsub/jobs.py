@@ -38,6 +38,8 @@ class JobSpec:
     body: bytes  # JSON of the manifest's fields as written, nothing added
     body_hash: str  # sha256 hex of the canonical JSON (sorted keys): format-independent
     source: str  # "path" or "path#index" for an item of a list
+    # True when the request model already accepted it, so the submitter need not check again.
+    validated: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -317,6 +317,7 @@ def job_from_object(obj: object, source: str, *, validate: bool = True) -> Manif
         body=body,
         body_hash=hashlib.sha256(canonical).hexdigest(),
         source=source,
+        validated=validate,
     )
 
 

@@ -130,9 +130,9 @@ async def run_directory(
     interactive = sys.stderr.isatty()
     level = settings.log_level or ("warning" if interactive else "info")
     configure_logging(settings.log_format, level, interactive=interactive)
-    # Jobs are validated by the submitter, only when they are to be sent: a rerun over
-    # thousands of created jobs skips the model entirely.
-    source = DirectorySource(directory, validate=False)
+    # Validated as parsed, from the object in hand (the submitter then skips its own check):
+    # a rerun reads only new or changed files (the file index), so it rarely pays for it.
+    source = DirectorySource(directory)
     account = RunAccount(report)
     show_progress = settings.progress == "on" or (settings.progress == "auto" and interactive)
     total = sum(1 for _ in iter_manifest_paths(directory)) if show_progress else None

@@ -210,7 +210,7 @@ class Submitter:
                 continue
             record = records.get(item.name)
             settled = _settled_result(item, record)
-            if settled is None and (problem := validate_spec(item)) is not None:
+            if settled is None and not item.validated and (problem := validate_spec(item)):
                 # Never send what the model rejects, whatever the source checked.
                 log.warning("job.invalid", source=item.source, error=problem.error)
                 settled = JobResult(item.source, item.name, Outcome.INVALID, error=problem.error)
