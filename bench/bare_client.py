@@ -4,7 +4,8 @@ No validation, no ledger, no retries, no logs: read every file into memory, then
 the next body, sign it (``batchsub.auth.AkSkAuth``) and POST it.
 Usage: ``python bench/bare_client.py DIR ENDPOINT [--concurrency N] [--uvloop]``; credentials
 as the SDK's. ``--uvloop`` runs it on uvloop, as batchsub runs by default.
-Prints one JSON line: created and failed counts.
+Prints one JSON line: created and failed counts, and ``post_s``, the seconds from the first
+request to the last answer (start-up and file reading excluded).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,13 +58,15 @@ def main() -> int:
     args = parser.parse_args()
     bodies = [path.read_bytes() for path in sorted(args.directory.glob("*.json"))]
     posting = post_all(bodies, args.endpoint, args.concurrency)
+    started = time.perf_counter()
     if args.uvloop:
         import uvloop
 
         created = uvloop.run(posting)
     else:
         created = asyncio.run(posting)
-    print(json.dumps({"created": created, "failed": len(bodies) - created}))
+    post_s = time.perf_counter() - started
+    print(json.dumps({"created": created, "failed": len(bodies) - created, "post_s": post_s}))
     return 0 if created == len(bodies) else 1
 
 

@@ -14,6 +14,7 @@ Choices where the real service is undocumented or where the brief left the pick 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,7 @@ async def _wake_sleepers(app: web.Application) -> None:
 @web.middleware
 async def _gate(request: web.Request, handler: _Handler) -> web.StreamResponse:
     state = request.app[_STATE]
+    arrived = time.monotonic()
     state.store.arrivals.append((state.config.clock(), request.path))
     try:
         route_error = request.match_info.http_exception
@@ -92,7 +94,9 @@ async def _gate(request: web.Request, handler: _Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         response = _http_error(exc)
     if state.config.latency > 0:
-        await asyncio.sleep(state.config.latency)
+        # Counted from the request's arrival: the answer leaves `latency` after it came in,
+        # whatever the handling took (as long as it took less).
+        await asyncio.sleep(state.config.latency - (time.monotonic() - arrived))
     return response
 
 

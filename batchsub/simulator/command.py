@@ -44,7 +44,9 @@ def add_parser(commands: Any) -> None:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8080)
     sim.add_argument("--project-id", help="accept only this project id (default: any)")
-    sim.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
+    sim.add_argument(
+        "--latency", type=float, default=0.0, help="seconds from a request's arrival to its answer"
+    )
     sim.add_argument("--rate-limit", type=float, default=0.0, help="answer 429 over N req/s")
     for flag, (_, text) in _FAULTS.items():
         sim.add_argument(flag, type=float, default=0.0, help=text)

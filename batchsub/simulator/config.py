@@ -20,7 +20,7 @@ class SimulatorConfig:
     project_id: str | None = None  # None: any project id in the path is accepted
     tokens: frozenset[str] = frozenset()
     aksk: Mapping[str, str] = field(default_factory=dict)  # AK -> SK
-    latency: float = 0.0  # seconds added before every answer
+    latency: float = 0.0  # seconds from a request's arrival to its answer
     rate_limit: float = 0.0  # admitted requests per sliding second, whole server; 0 = none
     fail_5xx: float = 0.0  # 500/502/503 before creating: job not created
     dli0999: float = 0.0  # 400 DLI.0999 before creating: job not created

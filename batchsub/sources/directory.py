@@ -188,7 +188,7 @@ class _OpenFile:
 
 
 _INDEX_CHUNK = 256  # files per index lookup and per index write
-_YIELD_EVERY = 32  # files between pauses that let the HTTP pool run
+_YIELD_EVERY = 4  # files between pauses: answers waiting on the loop are not held up long
 _EXISTS = frozenset({Outcome.CREATED, Outcome.ALREADY_CREATED})
 
 
