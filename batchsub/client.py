@@ -81,7 +81,11 @@ def make_session(concurrency: int, ca_file: str | None = None) -> aiohttp.Client
             raise ConfigError(f"--ca-file {ca_file}: cannot load it: {exc}") from None
     connector = aiohttp.TCPConnector(limit=concurrency + 4, ssl=ssl_context, ttl_dns_cache=300)
     return aiohttp.ClientSession(
-        connector=connector, json_serialize=lambda o: orjson.dumps(o).decode()
+        connector=connector,
+        json_serialize=lambda o: orjson.dumps(o).decode(),
+        # The API needs no cookies: a gateway's load-balancer cookie would only cost a jar
+        # lookup on every request.
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 

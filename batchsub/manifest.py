@@ -542,15 +542,14 @@ def parse_manifest_bytes(
 def _read_limited(path: str | os.PathLike[str]) -> bytes:
     """The file's bytes, at most MAX_MANIFEST_BYTES + 1 of them (enough to tell it is too big).
 
-    Plain ``os`` calls: over 50,000 small files they are a few times faster than ``open()``,
-    and asking for the size we expect spares a 1 MiB buffer per file.
+    Plain ``os`` calls, and no fstat: one read of 64 KiB takes a whole manifest of the usual
+    size (a short read of a regular file is its end), in half the time of open() or of asking
+    the size first; bigger files read on.
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
-        wanted = min(os.fstat(fd).st_size, MAX_MANIFEST_BYTES) + 1
-        data = os.read(fd, wanted)
-        # A short read of a regular file is its end; a file that grew since fstat reads on.
-        while wanted <= len(data) <= MAX_MANIFEST_BYTES:
+        data = os.read(fd, _FIRST_READ)
+        while _FIRST_READ <= len(data) <= MAX_MANIFEST_BYTES:
             more = os.read(fd, MAX_MANIFEST_BYTES + 1 - len(data))
             if not more:
                 break
@@ -558,6 +557,9 @@ def _read_limited(path: str | os.PathLike[str]) -> bytes:
         return data
     finally:
         os.close(fd)
+
+
+_FIRST_READ = 64 * 1024
 
 
 def parse_manifest_file(

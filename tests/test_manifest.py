@@ -329,6 +329,15 @@ def test_file_over_one_mib_is_refused(tmp_path: Path) -> None:
     assert item.error == f"big.json: file is larger than 1 MiB ({MAX_MANIFEST_BYTES + 1} bytes)"
 
 
+def test_a_list_file_bigger_than_the_first_read_is_read_whole(tmp_path: Path) -> None:
+    path = tmp_path / "many.json"
+    jobs = [{"name": f"job-{i:04d}", "desc": "x" * 200} for i in range(400)]
+    path.write_bytes(orjson.dumps(jobs))
+    assert 64 * 1024 < path.stat().st_size < MAX_MANIFEST_BYTES
+    items = parse_manifest_file(path, "many.json")
+    assert [i.name for i in items if isinstance(i, JobSpec)] == [j["name"] for j in jobs]
+
+
 def test_unreadable_file_names_the_os_error(tmp_path: Path) -> None:
     item = one(parse_manifest_file(tmp_path / "gone.json", "gone.json"))
     assert isinstance(item, InvalidManifest)
