@@ -7,6 +7,7 @@ Prints each section as it ends and writes ``bench/results.md``. Only 127.0.0.1 i
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -501,6 +502,10 @@ def main() -> int:
         if busy > 1.0
         else ""
     )
+    # What `pip install` does: batchsub's bytecode compiled once. A checkout run with
+    # PYTHONDONTWRITEBYTECODE set (as some CI images do) would otherwise compile every module
+    # at every start (~70 ms of each run here); Python still reads .pyc files that exist.
+    compileall.compile_dir(REPO / "batchsub", quiet=1)
     work = Path(tempfile.mkdtemp(prefix="batchsub-bench-"))
     try:
         bench = Bench(work, sizes)
@@ -528,7 +533,8 @@ Written by `python bench/bench.py` ({mode}, {elapsed / 60:.1f} minutes). Client 
 run as separate processes on the same machine and share its {os.cpu_count()} cores: every
 number here includes that contention (see the two-process speedup below). Other processes
 on the machine skew the numbers too: compare the load averages at start and at the end
-({load_average()}).
+({load_average()}). batchsub's bytecode is compiled before the first run, as `pip install`
+does.
 {warning}
 {machine}
 
