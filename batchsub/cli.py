@@ -114,6 +114,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     run.add_argument(
         "--dry-run", action="store_true", help="show what a run would do (as `plan`); send nothing"
     )
+    run.add_argument(
+        "--parse-workers",
+        type=int,
+        help="processes that read and parse manifests beside the sender; 0: none (default: 1)",
+    )
 
     for module in _modules_for(argv):
         importlib.import_module(module).add_parser(commands)

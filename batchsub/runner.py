@@ -34,6 +34,7 @@ from batchsub.report import RunAccount
 from batchsub.retry import RetryPolicy
 from batchsub.settings import Settings
 from batchsub.sources.directory import DirectorySource, iter_manifest_paths
+from batchsub.sources.parser_pool import ParserPool
 from batchsub.submitter import Submitter
 
 log = structlog.get_logger("batchsub.run")
@@ -130,15 +131,21 @@ async def run_directory(
     interactive = sys.stderr.isatty()
     level = settings.log_level or ("warning" if interactive else "info")
     configure_logging(settings.log_format, level, interactive=interactive)
-    # Validated as parsed, from the object in hand (the submitter then skips its own check):
-    # a rerun reads only new or changed files (the file index), so it rarely pays for it.
-    source = DirectorySource(directory)
-    account = RunAccount(report)
-    show_progress = settings.progress == "on" or (settings.progress == "auto" and interactive)
-    total = sum(1 for _ in iter_manifest_paths(directory)) if show_progress else None
-    code = await run_source(
-        settings, source, account, simulator=simulator, progress=show_progress, total=total
-    )
+    # Forked first: before the ledger, the sockets and any thread exist.
+    parser = ParserPool(settings.parse_workers)
+    parser.start()
+    try:
+        # Validated as parsed, from the object in hand (the submitter skips its own check):
+        # a rerun reads only new or changed files (the file index), so it rarely pays for it.
+        source = DirectorySource(directory, parser=parser)
+        account = RunAccount(report)
+        show_progress = settings.progress == "on" or (settings.progress == "auto" and interactive)
+        total = sum(1 for _ in iter_manifest_paths(directory)) if show_progress else None
+        code = await run_source(
+            settings, source, account, simulator=simulator, progress=show_progress, total=total
+        )
+    finally:
+        parser.close()
     if account.total == 0:
         # Nothing to do is not a failure, but a wrong directory should not pass unnoticed.
         print(

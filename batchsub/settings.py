@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # After a lost answer, wait this long before looking the job up: the server may still be
     # creating it, and a lookup that misses it would lead to a duplicate.
     in_doubt_grace: float = Field(5.0, ge=0.0)
+    # ``run``: child processes that read, parse and validate manifests, off the thread that
+    # sends; 0 does it all in one process.
+    parse_workers: int = Field(1, ge=0, le=64)
 
     # The drop-folder daemon (``batchsub watch``).
     settle_time: float = Field(1.0, ge=0.0)  # a file must stop changing this long before it is read

@@ -14,6 +14,7 @@ from batchsub.errors import ConfigError, ManifestError
 from batchsub.jobs import InvalidManifest, JobResult, ManifestItem, Outcome, SettledJob
 from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
 from batchsub.protocols import FileIndex
+from batchsub.sources.parser_pool import ParserPool
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +88,15 @@ class DirectorySource:
     the first definition wins. Only the names seen are kept in memory.
     """
 
-    def __init__(self, root: Path, *, validate: bool = True) -> None:
+    def __init__(
+        self, root: Path, *, validate: bool = True, parser: ParserPool | None = None
+    ) -> None:
         _check_root(root)
         self.root = root
         # False: jobs are only shape-checked here; the submitter validates what it sends.
         self.validate = validate
+        # Child processes that read and parse a chunk of files ahead; None: read here.
+        self._parser = parser
         self._index: FileIndex | None = None
         self._project = ""
         self._files: dict[str, _OpenFile] = {}  # files read, some job not settled yet
@@ -108,20 +113,44 @@ class DirectorySource:
         _check_root(self.root)
         self._exhausted = False
         seen: dict[str, str] = {}
-        for chunk in _chunks(_scan(str(self.root)), _INDEX_CHUNK):
-            fingerprints = self._fingerprints(chunk)
-            known = await self._known(fingerprints)
-            for count, found in enumerate(chunk, start=1):
-                if count % _YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # let the HTTP pool run
-                items, tracked = self._read(found, known, fingerprints)
-                for item in items:
-                    shown = _first_definition(item, seen)
-                    if tracked is not None:
-                        self._file_of[id(shown)] = tracked
-                    yield shown
+        chunks = _chunks(_scan(str(self.root)), _INDEX_CHUNK)
+        ahead = await self._prepare(next(chunks, None))
+        try:
+            while ahead is not None:
+                current = ahead
+                # The next chunk is parsed (in a child) while this one is sent.
+                ahead = await self._prepare(next(chunks, None))
+                parsed = await current.parsed if current.parsed is not None else {}
+                for count, found in enumerate(current.paths, start=1):
+                    if count % _YIELD_EVERY == 0:
+                        await asyncio.sleep(0)  # let the HTTP pool run
+                    items, tracked = self._read(found, current, parsed)
+                    for item in items:
+                        shown = _first_definition(item, seen)
+                        if tracked is not None:
+                            self._file_of[id(shown)] = tracked
+                        yield shown
+        finally:
+            if ahead is not None and ahead.parsed is not None:
+                ahead.parsed.cancel()  # stopped early: that parse is not wanted
         self._exhausted = True
         await self._flush(final=not self._files)
+
+    async def _prepare(self, paths: list[str | _Unreadable] | None) -> _Chunk | None:
+        """Look a chunk up in the index, and start parsing its other files in the children."""
+        if paths is None:
+            return None
+        fingerprints = self._fingerprints(paths)
+        known = await self._known(fingerprints)
+        parsed: asyncio.Future[dict[str, list[ManifestItem]]] | None = None
+        if self._parser is not None and self._parser.in_children:
+            wanted = [p for p in paths if isinstance(p, str) and p not in known]
+            parsed = asyncio.ensure_future(self._parse(self._parser, wanted))
+        return _Chunk(paths, fingerprints, known, parsed)
+
+    async def _parse(self, parser: ParserPool, paths: list[str]) -> dict[str, list[ManifestItem]]:
+        items = await parser.parse(paths, validate=self.validate)
+        return dict(zip(paths, items, strict=True))
 
     async def settle(self, item: ManifestItem, result: JobResult) -> None:
         """Remember a file once every job in it exists; the files stay where they are."""
@@ -140,22 +169,21 @@ class DirectorySource:
         await self._flush(final=self._exhausted and not self._files)
 
     def _read(
-        self,
-        found: str | _Unreadable,
-        known: dict[str, list[SettledJob]],
-        fingerprints: dict[str, str],
+        self, found: str | _Unreadable, chunk: _Chunk, parsed: dict[str, list[ManifestItem]]
     ) -> tuple[list[ManifestItem], str | None]:
         """The items of one file, and the file if its outcome is to be tracked for the index."""
         if isinstance(found, _Unreadable):
             where = str(found.path)
             error = f"{where}: cannot list directory: {_reason(found.error)}"
             return [InvalidManifest(where, error)], None
-        if found in known:
-            return list(known[found]), None
+        if found in chunk.known:
+            return list(chunk.known[found]), None
         # Taken before reading (for the index lookup): a change during the read makes the
         # next fingerprint differ, so a half-read edit is never remembered as settled.
-        fingerprint = fingerprints.get(found, "")
-        items: list[ManifestItem] = list(parse_manifest_file(found, found, validate=self.validate))
+        fingerprint = chunk.fingerprints.get(found, "")
+        items = parsed.get(found)
+        if items is None:
+            items = parse_manifest_file(found, found, validate=self.validate)
         if not fingerprint:
             return items, None
         self._files[found] = _OpenFile(fingerprint, len(items))
@@ -175,6 +203,16 @@ class DirectorySource:
         if self._index is not None and self._done and (final or len(self._done) >= _INDEX_CHUNK):
             done, self._done = self._done, []
             await self._index.remember_files(self._project, done)
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """Up to _INDEX_CHUNK paths, what the index knows of them, and their parse under way."""
+
+    paths: list[str | _Unreadable]
+    fingerprints: dict[str, str]
+    known: dict[str, list[SettledJob]]
+    parsed: asyncio.Future[dict[str, list[ManifestItem]]] | None
 
 
 @dataclass(slots=True)

@@ -1,0 +1,213 @@
+"""Reading, parsing and validating manifests in child processes, beside the event loop.
+
+At no rate limit the event loop thread is what limits a run, and a sixth of its time went to
+reading, parsing and validating manifests (bench/results.md). Child processes do that work
+on another core; the loop thread sends them lists of paths and gets back plain tuples over a
+pipe it watches itself: no extra thread in the parent competes with it for the GIL.
+
+Children are forked (they inherit the imported code, so they start at once) before the run
+opens its ledger, its sockets or any thread. They ignore SIGINT (the parent decides how to
+stop) and exit when the parent is gone, even after kill -9. If a child cannot be started or
+dies, parsing goes on in the parent: a pool failure never fails a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import structlog
+
+from batchsub.jobs import InvalidManifest, JobSpec, ManifestItem
+from batchsub.manifest import parse_manifest_file
+
+log = structlog.get_logger("batchsub.parser_pool")
+
+# One file's items on the wire: plain tuples pickle and unpickle in C, dataclasses do not.
+_Wire = tuple[Any, ...]
+_JOB, _INVALID = 0, 1
+
+
+class _ChildGone(Exception):
+    """A child's pipe closed, or a child could not be reached."""
+
+
+class _Child:
+    """One forked parser: its pipe end, and the answers it owes, oldest first."""
+
+    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+        self.waiting: deque[asyncio.Future[list[list[_Wire]]]] = deque()
+        self.watched = False
+
+
+class ParserPool:
+    """``workers`` forked processes that parse lists of manifest files; 0 parses in-process."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._children: list[_Child] = []
+        self._turn: itertools.cycle[_Child] | None = None
+
+    @property
+    def in_children(self) -> bool:
+        """True while child processes do the parsing."""
+        return bool(self._children)
+
+    def start(self) -> None:
+        """Fork the children now; call it before any thread, socket or ledger is opened."""
+        if self.workers <= 0 or self._children:
+            return
+        try:
+            context = multiprocessing.get_context("fork")
+            for _ in range(self.workers):
+                ours, theirs = context.Pipe()
+                # The child closes every parent end it inherits, so that each child sees
+                # its pipe close when the parent dies.
+                inherited = [child.conn for child in self._children] + [ours]
+                process = context.Process(
+                    target=_serve,
+                    args=(theirs, inherited, os.getpid()),
+                    name="batchsub-parser",
+                    daemon=True,
+                )
+                process.start()
+                theirs.close()
+                self._children.append(_Child(process, ours))
+        except (OSError, ValueError) as exc:
+            log.warning("parser_pool.unavailable", error=str(exc), effect="parsing in-process")
+            self.close()
+            return
+        self._turn = itertools.cycle(self._children)
+
+    async def parse(self, paths: Sequence[str], *, validate: bool) -> list[list[ManifestItem]]:
+        """The items of each file of ``paths``, in order; each path is its own display name."""
+        if not self._children or self._turn is None or not paths:
+            return _parse_here(paths, validate)
+        child = next(self._turn)
+        try:
+            wire = await self._ask(child, list(paths), validate)
+        except _ChildGone as exc:
+            log.warning("parser_pool.failed", error=str(exc), effect="parsing in-process")
+            self.close()
+            return _parse_here(paths, validate)
+        return [[_from_wire(item) for item in items] for items in wire]
+
+    def _ask(self, child: _Child, paths: list[str], validate: bool) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        if not child.watched:
+            loop.add_reader(child.conn.fileno(), self._answer, child)
+            child.watched = True
+        answer: asyncio.Future[list[list[_Wire]]] = loop.create_future()
+        try:
+            child.conn.send((paths, validate))
+        except (OSError, ValueError) as exc:
+            answer.set_exception(_ChildGone(f"cannot reach parser process: {exc}"))
+            return answer
+        child.waiting.append(answer)
+        return answer
+
+    def _answer(self, child: _Child) -> None:
+        # On the loop thread, when the child's pipe is readable: one whole answer, or EOF.
+        try:
+            wire = child.conn.recv()
+        except (EOFError, OSError) as exc:
+            self._lost(child, exc)
+            return
+        if child.waiting:
+            answer = child.waiting.popleft()
+            if not answer.done():  # cancelled: the source stopped early
+                answer.set_result(wire)
+
+    def _lost(self, child: _Child, exc: BaseException) -> None:
+        code = child.process.exitcode
+        reason = f"parser process ended (exit code {code}): {exc or type(exc).__name__}"
+        while child.waiting:
+            answer = child.waiting.popleft()
+            if not answer.done():
+                answer.set_exception(_ChildGone(reason))
+        self._unwatch(child)
+
+    def _unwatch(self, child: _Child) -> None:
+        if child.watched:
+            try:
+                asyncio.get_running_loop().remove_reader(child.conn.fileno())
+            except (RuntimeError, ValueError, OSError):
+                pass  # no loop any more, or the pipe is already closed
+            child.watched = False
+
+    def close(self) -> None:
+        """Stop the children: their pipes close, and each exits after the list in hand."""
+        children, self._children, self._turn = self._children, [], None
+        for child in children:
+            self._unwatch(child)
+            for answer in child.waiting:
+                answer.cancel()
+            child.conn.close()
+        for child in children:
+            child.process.join(timeout=2)
+            if child.process.is_alive():
+                child.process.kill()
+
+
+def _parse_here(paths: Sequence[str], validate: bool) -> list[list[ManifestItem]]:
+    return [parse_manifest_file(path, path, validate=validate) for path in paths]
+
+
+def _serve(conn: Connection, inherited: list[Connection], parent_pid: int) -> None:
+    """A child's loop: a list of paths in, their items out, until the pipe closes."""
+    for other in inherited:
+        other.close()
+    # A signal to the child must not be written to the parent's event loop wakeup pipe,
+    # which the fork shared: the parent would act on a signal it never got.
+    signal.set_wakeup_fd(-1)
+    # Ctrl-C reaches the whole process group: the parent drains or stops, the child waits.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    while True:
+        try:
+            paths, validate = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send(
+            [
+                [_to_wire(item) for item in parse_manifest_file(path, path, validate=validate)]
+                for path in paths
+            ]
+        )
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    # Belt and braces beside the pipe's EOF: a descriptor copied elsewhere could keep the
+    # pipe open after a kill -9 of the parent, and the child must not outlive it.
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def _to_wire(item: ManifestItem) -> _Wire:
+    if isinstance(item, JobSpec):
+        return (_JOB, item.name, item.body, item.body_hash, item.source, item.validated)
+    if isinstance(item, InvalidManifest):
+        return (_INVALID, item.source, item.error, item.name)
+    raise TypeError(f"parse_manifest_file gave {type(item).__name__}")  # never: it parses only
+
+
+def _from_wire(wire: _Wire) -> ManifestItem:
+    if wire[0] == _JOB:
+        _, name, body, body_hash, source, validated = wire
+        return JobSpec(name, body, body_hash, source, validated)
+    _, source, error, name = wire
+    return InvalidManifest(source, error, name)
