@@ -218,8 +218,9 @@ def cpu_cost(bench: Bench, kinds: dict[str, _Kind]) -> None:
     bench.add(
         "4. CPU seconds per 1,000 jobs (runs of section 1)",
         f"""
-User + system CPU of the client process from `os.wait4()` (its own rusage, start-up
-included), median over the rounds; the simulator's CPU is measured the same way when it exits.
+User + system CPU of the client process from `os.wait4()` (its rusage, start-up included,
+and for batchsub its manifest parser child's too), median over the rounds; the simulator's
+CPU is measured the same way when it exits.
 
 {table(["client", "client CPU s", "user", "sys", "simulator CPU s", "client peak RSS MiB"], rows)}
 """,

@@ -197,4 +197,8 @@ def batchsub_argv(
 def max_rss_note() -> str:
     """How peak RSS is measured, for the results page."""
     unit = "KiB" if sys.platform.startswith("linux") else "bytes"
-    return f"os.wait4() rusage of the batchsub process itself (ru_maxrss, {unit} on this OS)"
+    return (
+        f"os.wait4() rusage of the batchsub process (ru_maxrss, {unit} on this OS): the larger"
+        " of the process and its manifest parser child, which it waits for (not their sum:"
+        " the forked child shares most of its pages with the parent)"
+    )
