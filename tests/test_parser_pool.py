@@ -61,9 +61,7 @@ async def test_answers_come_back_in_order_from_many_requests(
     assert names == [parse_manifest_file(p, p)[0].name for p in paths]
 
 
-async def test_a_dead_child_means_parsing_in_process(
-    pool: ParserPool, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_a_dead_child_means_parsing_in_process(pool: ParserPool) -> None:
     paths = every_example()
     for child in pool._children:
         assert child.process.pid is not None
