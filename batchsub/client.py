@@ -54,6 +54,7 @@ class RemoteJob:
 
     job_id: int
     name: str
+    create_time: int | None = None  # epoch ms, when the API gives it
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,13 +143,18 @@ class DliClient:
             if self._on_answer is not None:
                 self._on_answer("create", time.perf_counter() - started, status)
 
-    async def list_page(self, *, name: str | None, offset: int) -> JobPage:
-        """One page of Flink Jar jobs, optionally filtered by name; raises ApiError subclasses."""
+    async def list_page(
+        self, *, name: str | None, offset: int, newest_first: bool = False
+    ) -> JobPage:
+        """One page of Flink Jar jobs, optionally filtered by name; raises ApiError subclasses.
+
+        Oldest first (a stable order for paging), or newest first to catch up on new jobs.
+        """
         query: dict[str, str] = {
             "job_type": "flink_jar_job",
             "limit": str(LIST_PAGE_SIZE),
             "offset": str(offset),
-            "order": "asc",
+            "order": "desc" if newest_first else "asc",
         }
         if name is not None:
             query["name"] = name
@@ -233,7 +239,11 @@ def _parse_page(status: int, raw: bytes, retry_after: float | None) -> JobPage:
         job_list = payload.get("job_list")
         if isinstance(job_list, dict):
             jobs = [
-                RemoteJob(job_id=j["job_id"], name=j["name"])
+                RemoteJob(
+                    job_id=j["job_id"],
+                    name=j["name"],
+                    create_time=j.get("create_time") if _is_int(j.get("create_time")) else None,
+                )
                 for j in job_list.get("jobs") or []
                 if isinstance(j, dict)
                 and isinstance(j.get("job_id"), int)
@@ -297,3 +307,7 @@ async def close_session(session: aiohttp.ClientSession) -> None:
     """Close the session and give the connector a moment to close its transports."""
     await session.close()
     await asyncio.sleep(0)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -4,12 +4,20 @@ DLI's create call takes no idempotency key, so a create whose answer was lost ma
 have made the job. Before such a job is ever sent again it is looked up here; a job found is
 adopted, not duplicated. The first lookup of a run lists every Flink Jar job once (a snapshot),
 so that jobs made before batchsub, or by a crashed run, are adopted with few list calls.
+
+A daemon runs for months, and jobs made by hand meanwhile must be adopted too (the API may
+accept a second job of the same name): a snapshot older than ``refresh_after`` catches up
+before it is used, listing newest first until it reaches jobs it already knew (one call,
+usually). Jobs deleted after the snapshot are not noticed until a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import math
+import time
+from collections.abc import Callable
 
 import structlog
 
@@ -21,31 +29,45 @@ log = structlog.get_logger("batchsub.reconcile")
 
 BATCH_WINDOW = 0.05  # seconds lookups wait for others to share their list calls
 FULL_LISTING_FROM = 5  # names at once from which a full listing may take fewer calls
+# A catch-up listing reads back this far before the newest job it knew: jobs created while it
+# listed, or stamped by a server clock that stepped back, are not missed.
+CATCH_UP_OVERLAP_MS = 120_000
 
 
 class Reconciler:
     """Answers "does a job with this exact name exist, and with which job_id?"."""
 
     def __init__(
-        self, client: DliClient, caller: SafeCaller, *, batch_window: float = BATCH_WINDOW
+        self,
+        client: DliClient,
+        caller: SafeCaller,
+        *,
+        batch_window: float = BATCH_WINDOW,
+        refresh_after: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._caller = caller
         self._snapshot: dict[str, int] | None = None
         self._snapshot_lock = asyncio.Lock()
+        self._refresh_after = refresh_after
+        self._clock = clock
+        self._snapshot_at = 0.0
+        self._newest_ms: int | None = None  # newest create_time in the snapshot
         self._batch_window = batch_window
         self._waiting: dict[str, list[asyncio.Future[int | None]]] = {}
         self._batch: asyncio.Task[None] | None = None
         self.list_calls = 0
 
     async def snapshot(self) -> dict[str, int]:
-        """Name -> job_id of every Flink Jar job at the first call (listed once, paged)."""
-        if self._snapshot is not None:  # every job asks: skip the lock once it is known
+        """Name -> job_id of every Flink Jar job: listed once, then caught up when stale."""
+        if self._snapshot is not None and not self._stale():  # every job asks: no lock
             return self._snapshot
         async with self._snapshot_lock:
             if self._snapshot is None:
+                self._snapshot_at = self._clock()
                 try:
-                    self._snapshot = await self.list_jobs()
+                    jobs = await self._list_all(name=None)
                 except (FatalApiError, RetryableError):
                     raise
                 except ApiError as exc:
@@ -56,9 +78,46 @@ class Reconciler:
                         error=str(exc),
                         effect="jobs made outside batchsub are not detected",
                     )
-                    self._snapshot = {}
+                    self._refresh_after = math.inf
+                    jobs = []
+                self._snapshot = _lowest_ids(jobs)
+                self._newest_ms = _newest(jobs)
                 log.info("remote.listed", jobs=len(self._snapshot), list_calls=self.list_calls)
+            elif self._stale():
+                await self._catch_up(self._snapshot)
             return self._snapshot
+
+    def _stale(self) -> bool:
+        return self._clock() - self._snapshot_at >= self._refresh_after
+
+    async def _catch_up(self, snapshot: dict[str, int]) -> None:
+        """Add the jobs made since the snapshot: newest first, back to ones it knew."""
+        started = self._clock()
+        calls = self.list_calls
+        if self._newest_ms is None:  # no creation times to stop at (or no jobs yet): relist
+            jobs = await self._list_all(name=None)
+        else:
+            jobs = await self._newer_than(self._newest_ms - CATCH_UP_OVERLAP_MS)
+        added = 0
+        for name, job_id in _lowest_ids(jobs).items():
+            if snapshot.get(name, job_id + 1) > job_id:
+                added += name not in snapshot
+                snapshot[name] = job_id
+        self._newest_ms = max(filter(None, (self._newest_ms, _newest(jobs))), default=None)
+        self._snapshot_at = started
+        log.info("remote.caught_up", new_jobs=added, list_calls=self.list_calls - calls)
+
+    async def _newer_than(self, threshold_ms: int) -> list[RemoteJob]:
+        jobs: list[RemoteJob] = []
+        offset = 0
+        while True:
+            page = await self._page(name=None, offset=offset, newest_first=True)
+            jobs.extend(page.jobs)
+            offset += len(page.jobs)
+            times = [job.create_time for job in page.jobs]
+            reached = any(t is None or t < threshold_ms for t in times)
+            if reached or not page.jobs or offset >= page.total_count:
+                return jobs
 
     async def list_jobs(self) -> dict[str, int]:
         """Name -> oldest job_id of every Flink Jar job now (paged); raises any ApiError."""
@@ -116,10 +175,13 @@ class Reconciler:
                 log.warning("remote.duplicate_name", name=name, job_id=found[name])
         return found
 
-    async def _page(self, *, name: str | None, offset: int) -> JobPage:
+    async def _page(self, *, name: str | None, offset: int, newest_first: bool = False) -> JobPage:
         self.list_calls += 1
         return await self._caller.call(
-            "list_jobs", functools.partial(self._client.list_page, name=name, offset=offset)
+            "list_jobs",
+            functools.partial(
+                self._client.list_page, name=name, offset=offset, newest_first=newest_first
+            ),
         )
 
     async def _list_all(self, *, name: str | None, offset: int = 0) -> list[RemoteJob]:
@@ -140,3 +202,11 @@ def _lowest_ids(jobs: list[RemoteJob]) -> dict[str, int]:
         if job.name not in found or job.job_id < found[job.name]:
             found[job.name] = job.job_id
     return found
+
+
+def _newest(jobs: list[RemoteJob]) -> int | None:
+    """The latest creation time among ``jobs``; None if any lacks one (or there are none)."""
+    times = [job.create_time for job in jobs]
+    if not times or None in times:
+        return None
+    return max(t for t in times if t is not None)

@@ -196,7 +196,7 @@ async def run_source(
         # A one-shot run with nobody listening at the endpoint says so in seconds; a daemon
         # keeps trying through an outage, as long as the retry policy allows.
         caller = SafeCaller(limiter, policy, connect_attempts=None if endless else 4)
-        reconciler = Reconciler(client, caller)
+        reconciler = Reconciler(client, caller, refresh_after=settings.snapshot_refresh)
         submitter = Submitter(
             client=client,
             ledger=ledger,

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # After a lost answer, wait this long before looking the job up: the server may still be
     # creating it, and a lookup that misses it would lead to a duplicate.
     in_doubt_grace: float = Field(5.0, ge=0.0)
+    # The server's job list is read once, then caught up (newest first) when older than this,
+    # so that jobs made by hand while a daemon runs are adopted, not duplicated.
+    snapshot_refresh: float = Field(60.0, gt=0.0)
     # ``run``: child processes that read, parse and validate manifests, off the thread that
     # sends; 0 does it all in one process.
     parse_workers: int = Field(1, ge=0, le=64)

@@ -57,3 +57,64 @@ async def test_a_failed_lookup_fails_every_waiter(simulator: SimulatorFactory) -
         )
     assert all(isinstance(result, FatalApiError) for result in results)
     assert finder.list_calls == 1
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_stale_snapshot_catches_up_on_new_jobs_newest_first(
+    simulator: SimulatorFactory,
+) -> None:
+    sim = await simulator()
+    base_ms = 1_700_000_000_000
+    for index in range(250):  # three pages of old jobs, ten seconds apart
+        sim.store.add(f"old-{index:03d}", {}, base_ms + index * 10_000, PROJECT)
+    clock = _Clock()
+    async with aiohttp.ClientSession() as session:
+        client = DliClient(session, sim.url, PROJECT, TokenAuth(TOKEN))
+        policy = RetryPolicy(base_delay=0.01, max_delay=0.05)
+        finder = Reconciler(
+            client, SafeCaller(RateLimiter(0), policy), refresh_after=60, clock=clock
+        )
+        first = await finder.snapshot()
+        assert len(first) == 250 and finder.list_calls == 3
+        # Made by hand while a daemon runs, one of them under a name already taken.
+        newest = base_ms + 249 * 10_000
+        made = [sim.store.add(f"new-{i}", {}, newest + (i + 1) * 1000, PROJECT) for i in range(3)]
+        sim.store.add("old-000", {}, newest + 9000, PROJECT)
+        clock.now += 59
+        assert "new-0" not in await finder.snapshot()  # not stale yet: no list call
+        assert finder.list_calls == 3
+        clock.now += 1
+        caught_up = await finder.snapshot()
+        # One page, newest first: it reaches jobs older than the newest known (less an overlap).
+        assert finder.list_calls == 4
+        assert {f"new-{i}": made[i].job_id for i in range(3)}.items() <= caught_up.items()
+        assert caught_up["old-000"] == 1  # the oldest of a name stays the one to adopt
+        assert await finder.snapshot() is caught_up and finder.list_calls == 4
+
+
+async def test_catching_up_pages_back_to_the_jobs_it_knew(simulator: SimulatorFactory) -> None:
+    sim = await simulator()
+    base_ms = 1_700_000_000_000
+    sim.store.add("old", {}, base_ms, PROJECT)
+    clock = _Clock()
+    async with aiohttp.ClientSession() as session:
+        client = DliClient(session, sim.url, PROJECT, TokenAuth(TOKEN))
+        policy = RetryPolicy(base_delay=0.01, max_delay=0.05)
+        finder = Reconciler(
+            client, SafeCaller(RateLimiter(0), policy), refresh_after=1, clock=clock
+        )
+        await finder.snapshot()
+        calls = finder.list_calls
+        for index in range(230):  # made since, a second apart: three pages newest first
+            sim.store.add(f"new-{index:03d}", {}, base_ms + (index + 1) * 1000, PROJECT)
+        clock.now += 1
+        caught_up = await finder.snapshot()
+    assert finder.list_calls - calls == 3
+    assert len(caught_up) == 231

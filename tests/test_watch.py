@@ -90,6 +90,37 @@ async def test_drop_folder_end_to_end(simulator: SimulatorFactory, tmp_path: Pat
     assert names_in(inbox / "processing") == []
 
 
+async def test_a_job_made_by_hand_while_the_daemon_runs_is_adopted_not_duplicated(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    # This API accepts a second job of the same name: only batchsub can prevent it.
+    sim = await simulator(duplicate_names="accept")
+    sim.store.add("older", {}, int(time.time() * 1000) - 60_000, PROJECT)
+    inbox = tmp_path / "inbox"
+    source = DropFolderSource(inbox, settle_time=0.1, rescan_interval=0.5)
+    source.prepare()
+    settings = settings_for(sim.url, tmp_path, snapshot_refresh=0.3)
+    task = asyncio.create_task(watch(settings, source, report=tmp_path / "report.json"))
+    try:
+        drop(inbox, "first.json", job("first"))  # the daemon lists the server's jobs here
+        await eventually(lambda: names_in(inbox / "done") == ["first.json"])
+        by_hand = sim.store.add("by-hand", {}, int(time.time() * 1000), PROJECT)
+        await asyncio.sleep(0.4)  # the daemon's listing is now older than snapshot_refresh
+        drop(inbox, "by-hand.json", job("by-hand"))
+        await eventually(lambda: "by-hand.json" in names_in(inbox / "done"))
+    finally:
+        source.stop()
+        code = await asyncio.wait_for(task, 10)
+    assert code == 0
+    assert sim.store.duplicates() == {}
+    assert sorted(j.name for j in sim.store.jobs) == ["by-hand", "first", "older"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    adopted = [row for row in report["jobs"] if row["name"] == "by-hand"]
+    assert [(row["outcome"], row["job_id"], row["adopted"]) for row in adopted] == [
+        ("already_created", by_hand.job_id, True)
+    ]
+
+
 # --- as a process -------------------------------------------------------------------------
 
 
