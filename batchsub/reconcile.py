@@ -82,6 +82,13 @@ class Reconciler:
                     jobs = []
                 self._snapshot = _lowest_ids(jobs)
                 self._newest_ms = _newest(jobs)
+                if jobs and self._newest_ms is None:
+                    # Catching up would mean listing every job again, each time.
+                    log.warning(
+                        "remote.no_create_time",
+                        effect="jobs made outside batchsub after it started are not detected",
+                    )
+                    self._refresh_after = math.inf
                 log.info("remote.listed", jobs=len(self._snapshot), list_calls=self.list_calls)
             elif self._stale():
                 await self._catch_up(self._snapshot)
@@ -94,7 +101,7 @@ class Reconciler:
         """Add the jobs made since the snapshot: newest first, back to ones it knew."""
         started = self._clock()
         calls = self.list_calls
-        if self._newest_ms is None:  # no creation times to stop at (or no jobs yet): relist
+        if self._newest_ms is None:  # no job yet: list them all (a page or two)
             jobs = await self._list_all(name=None)
         else:
             jobs = await self._newer_than(self._newest_ms - CATCH_UP_OVERLAP_MS)
@@ -104,6 +111,8 @@ class Reconciler:
                 added += name not in snapshot
                 snapshot[name] = job_id
         self._newest_ms = max(filter(None, (self._newest_ms, _newest(jobs))), default=None)
+        if jobs and self._newest_ms is None:
+            self._refresh_after = math.inf  # no creation times: catching up costs every page
         self._snapshot_at = started
         log.info("remote.caught_up", new_jobs=added, list_calls=self.list_calls - calls)
 
