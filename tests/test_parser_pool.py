@@ -119,6 +119,26 @@ async def test_a_directory_reads_the_same_through_the_pool(
     assert len(plain) > 600
 
 
+async def test_requests_bigger_than_the_pipe_buffer_do_not_deadlock(tmp_path: Path) -> None:
+    # Paths of ~3,000 characters: a chunk of 256 of them is ~800 KB, several socket buffers,
+    # and with one child the next chunk is asked for while it parses the first.
+    deep = tmp_path
+    for index in range(12):
+        deep = deep / (f"{index:02d}" + "d" * 240)
+    write_manifests(deep, 600)
+    plain = await directory_items(DirectorySource(tmp_path))
+    one = ParserPool(1)
+    one.start()
+    try:
+        pooled = await asyncio.wait_for(
+            directory_items(DirectorySource(tmp_path, parser=one)), timeout=20
+        )
+        assert one.in_children
+    finally:
+        one.close()
+    assert pooled == plain and len(plain) == 600
+
+
 async def test_stopping_early_leaves_no_answer_behind(pool: ParserPool, tmp_path: Path) -> None:
     write_manifests(tmp_path, 600)
     source = DirectorySource(tmp_path, parser=pool)

@@ -42,14 +42,22 @@ class _ChildGone(Exception):
     """A child's pipe closed, or a child could not be reached."""
 
 
+_Answer = asyncio.Future[list[list[_Wire]]]
+
+
 class _Child:
-    """One forked parser: its pipe end, and the answers it owes, oldest first."""
+    """One forked parser: its pipe end, the request it works on, and those queued behind."""
 
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
         self.process = process
         self.conn = conn
-        self.waiting: deque[asyncio.Future[list[list[_Wire]]]] = deque()
+        self.working: _Answer | None = None  # one request in the pipe at a time
+        self.queued: deque[tuple[tuple[list[str], bool], _Answer]] = deque()
         self.watched = False
+
+    def answers_owed(self) -> list[_Answer]:
+        owed = [answer for _, answer in self.queued]
+        return owed if self.working is None else [self.working, *owed]
 
 
 class ParserPool:
@@ -104,39 +112,53 @@ class ParserPool:
             return _parse_here(paths, validate)
         return [[_from_wire(item) for item in items] for items in wire]
 
-    def _ask(self, child: _Child, paths: list[str], validate: bool) -> asyncio.Future[Any]:
+    def _ask(self, child: _Child, paths: list[str], validate: bool) -> _Answer:
         loop = asyncio.get_running_loop()
         if not child.watched:
             loop.add_reader(child.conn.fileno(), self._answer, child)
             child.watched = True
-        answer: asyncio.Future[list[list[_Wire]]] = loop.create_future()
-        try:
-            child.conn.send((paths, validate))
-        except (OSError, ValueError) as exc:
-            answer.set_exception(_ChildGone(f"cannot reach parser process: {exc}"))
-            return answer
-        child.waiting.append(answer)
+        answer: _Answer = loop.create_future()
+        child.queued.append(((paths, validate), answer))
+        if child.working is None:
+            self._send_next(child)
         return answer
+
+    def _send_next(self, child: _Child) -> None:
+        # Only while the child waits for a request: it is then reading, never writing, so a
+        # request bigger than the pipe's buffer cannot deadlock against an answer.
+        while child.queued and child.queued[0][1].done():  # cancelled while queued
+            child.queued.popleft()
+        if not child.queued:
+            return
+        request, answer = child.queued.popleft()
+        try:
+            child.conn.send(request)
+        except (OSError, ValueError) as exc:
+            child.queued.appendleft((request, answer))
+            self._lost(child, exc)
+            return
+        child.working = answer
 
     def _answer(self, child: _Child) -> None:
         # On the loop thread, when the child's pipe is readable: one whole answer, or EOF.
         try:
             wire = child.conn.recv()
-        except (EOFError, OSError) as exc:
+        except Exception as exc:  # EOF, a broken pipe, or a garbled answer: the child is lost
             self._lost(child, exc)
             return
-        if child.waiting:
-            answer = child.waiting.popleft()
-            if not answer.done():  # cancelled: the source stopped early
-                answer.set_result(wire)
+        answer, child.working = child.working, None
+        if answer is not None and not answer.done():  # done: cancelled, the source stopped
+            answer.set_result(wire)
+        self._send_next(child)
 
     def _lost(self, child: _Child, exc: BaseException) -> None:
         code = child.process.exitcode
         reason = f"parser process ended (exit code {code}): {exc or type(exc).__name__}"
-        while child.waiting:
-            answer = child.waiting.popleft()
+        for answer in child.answers_owed():
             if not answer.done():
                 answer.set_exception(_ChildGone(reason))
+        child.working = None
+        child.queued.clear()
         self._unwatch(child)
 
     def _unwatch(self, child: _Child) -> None:
@@ -152,8 +174,10 @@ class ParserPool:
         children, self._children, self._turn = self._children, [], None
         for child in children:
             self._unwatch(child)
-            for answer in child.waiting:
+            for answer in child.answers_owed():
                 answer.cancel()
+            child.working = None
+            child.queued.clear()
             child.conn.close()
         for child in children:
             child.process.join(timeout=2)
