@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 
@@ -16,10 +17,12 @@ from batchsub.retry import RetryPolicy
 from tests.conftest import PROJECT, TOKEN, SimulatorFactory
 
 
-def reconciler(session: aiohttp.ClientSession, url: str, token: str = TOKEN) -> Reconciler:
+def reconciler(
+    session: aiohttp.ClientSession, url: str, token: str = TOKEN, **options: Any
+) -> Reconciler:
     client = DliClient(session, url, PROJECT, TokenAuth(token))
     policy = RetryPolicy(base_delay=0.01, max_delay=0.05)
-    return Reconciler(client, SafeCaller(RateLimiter(0), policy), batch_window=0.02)
+    return Reconciler(client, SafeCaller(RateLimiter(0), policy), batch_window=0.02, **options)
 
 
 async def test_many_lookups_at_once_share_one_listing(simulator: SimulatorFactory) -> None:
@@ -76,11 +79,7 @@ async def test_a_stale_snapshot_catches_up_on_new_jobs_newest_first(
         sim.store.add(f"old-{index:03d}", {}, base_ms + index * 10_000, PROJECT)
     clock = _Clock()
     async with aiohttp.ClientSession() as session:
-        client = DliClient(session, sim.url, PROJECT, TokenAuth(TOKEN))
-        policy = RetryPolicy(base_delay=0.01, max_delay=0.05)
-        finder = Reconciler(
-            client, SafeCaller(RateLimiter(0), policy), refresh_after=60, clock=clock
-        )
+        finder = reconciler(session, sim.url, refresh_after=60, clock=clock)
         first = await finder.snapshot()
         assert len(first) == 250 and finder.list_calls == 3
         # Made by hand while a daemon runs, one of them under a name already taken.
@@ -105,11 +104,7 @@ async def test_catching_up_pages_back_to_the_jobs_it_knew(simulator: SimulatorFa
     sim.store.add("old", {}, base_ms, PROJECT)
     clock = _Clock()
     async with aiohttp.ClientSession() as session:
-        client = DliClient(session, sim.url, PROJECT, TokenAuth(TOKEN))
-        policy = RetryPolicy(base_delay=0.01, max_delay=0.05)
-        finder = Reconciler(
-            client, SafeCaller(RateLimiter(0), policy), refresh_after=1, clock=clock
-        )
+        finder = reconciler(session, sim.url, refresh_after=1, clock=clock)
         await finder.snapshot()
         calls = finder.list_calls
         for index in range(230):  # made since, a second apart: three pages newest first
