@@ -8,7 +8,8 @@ so that jobs made before batchsub, or by a crashed run, are adopted with few lis
 A daemon runs for months, and jobs made by hand meanwhile must be adopted too (the API may
 accept a second job of the same name): a snapshot older than ``refresh_after`` catches up
 before it is used, listing newest first until it reaches jobs it already knew (one call,
-usually). Jobs deleted after the snapshot are not noticed until a restart.
+usually). Catching up sees no deletions, so every ``relist_after`` the whole list is read
+again: a job made by hand and deleted since is then no longer adopted.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Reconciler:
         *,
         batch_window: float = BATCH_WINDOW,
         refresh_after: float = 60.0,
+        relist_after: float = 1800.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
@@ -52,7 +54,9 @@ class Reconciler:
         self._snapshot_lock = asyncio.Lock()
         self._refresh_after = refresh_after
         self._clock = clock
+        self._relist_after = relist_after
         self._snapshot_at = 0.0
+        self._listed_at = 0.0  # when the whole list was last read
         self._newest_ms: int | None = None  # newest create_time in the snapshot
         self._batch_window = batch_window
         self._waiting: dict[str, list[asyncio.Future[int | None]]] = {}
@@ -65,7 +69,7 @@ class Reconciler:
             return self._snapshot
         async with self._snapshot_lock:
             if self._snapshot is None:
-                self._snapshot_at = self._clock()
+                self._snapshot_at = self._listed_at = self._clock()
                 try:
                     jobs = await self._list_all(name=None)
                 except (FatalApiError, RetryableError):
@@ -98,18 +102,28 @@ class Reconciler:
         return self._clock() - self._snapshot_at >= self._refresh_after
 
     async def _catch_up(self, snapshot: dict[str, int]) -> None:
-        """Add the jobs made since the snapshot: newest first, back to ones it knew."""
+        """Add the jobs made since the snapshot (newest first, back to ones it knew), or
+        read the whole list again when it is ``relist_after`` old (drops deleted jobs)."""
         started = self._clock()
         calls = self.list_calls
-        if self._newest_ms is None:  # no job yet: list them all (a page or two)
+        if started - self._listed_at >= self._relist_after or self._newest_ms is None:
+            # Also when no job had a creation time yet: an empty project takes one call.
             jobs = await self._list_all(name=None)
+            fresh = _lowest_ids(jobs)
+            gone = snapshot.keys() - fresh.keys()
+            added = len(fresh.keys() - snapshot.keys())
+            snapshot.clear()
+            snapshot.update(fresh)
+            self._listed_at = started
+            if gone:
+                log.info("remote.jobs_gone", jobs=len(gone))
         else:
             jobs = await self._newer_than(self._newest_ms - CATCH_UP_OVERLAP_MS)
-        added = 0
-        for name, job_id in _lowest_ids(jobs).items():
-            if snapshot.get(name, job_id + 1) > job_id:
-                added += name not in snapshot
-                snapshot[name] = job_id
+            added = 0
+            for name, job_id in _lowest_ids(jobs).items():
+                if snapshot.get(name, job_id + 1) > job_id:
+                    added += name not in snapshot
+                    snapshot[name] = job_id
         self._newest_ms = max(filter(None, (self._newest_ms, _newest(jobs))), default=None)
         if jobs and self._newest_ms is None:
             self._refresh_after = math.inf  # no creation times: catching up costs every page

@@ -113,3 +113,27 @@ async def test_catching_up_pages_back_to_the_jobs_it_knew(simulator: SimulatorFa
         caught_up = await finder.snapshot()
     assert finder.list_calls - calls == 3
     assert len(caught_up) == 231
+
+
+async def test_a_job_deleted_since_is_dropped_when_the_whole_list_is_read_again(
+    simulator: SimulatorFactory,
+) -> None:
+    sim = await simulator()
+    base_ms = 1_700_000_000_000
+    by_hand = sim.store.add("by-hand", {}, base_ms, PROJECT)
+    sim.store.add("kept", {}, base_ms + 1000, PROJECT)
+    clock = _Clock()
+    async with aiohttp.ClientSession() as session:
+        finder = reconciler(session, sim.url, refresh_after=60, relist_after=600, clock=clock)
+        assert (await finder.snapshot())["by-hand"] == by_hand.job_id
+        url = f"{sim.url}/v1.0/{PROJECT}/streaming/jobs/{by_hand.job_id}"
+        async with session.delete(url, headers={"X-Auth-Token": TOKEN}) as resp:
+            assert resp.status == 200
+        clock.now += 60  # catching up (newest first) does not see a deletion
+        assert "by-hand" in await finder.snapshot()
+        clock.now += 540  # the whole list is read again
+        snapshot = await finder.snapshot()
+        assert "by-hand" not in snapshot and snapshot["kept"] == 2
+        remade = sim.store.add("by-hand", {}, base_ms + 5000, PROJECT)
+        clock.now += 60
+        assert (await finder.snapshot())["by-hand"] == remade.job_id

@@ -435,6 +435,33 @@ async def test_detail_errors(make_sim: MakeSim, http: aiohttp.ClientSession) -> 
     assert (status, answer["error_code"]) == (400, "DLI.0001")
 
 
+async def test_delete_removes_a_job_for_good(
+    make_sim: MakeSim, http: aiohttp.ClientSession
+) -> None:
+    sim = await make_sim(duplicate_names="accept")
+    for name in ("alpha", "beta"):
+        await post_json(http, sim, job_body(name))
+
+    async def delete(path: str) -> tuple[int, dict[str, Any]]:
+        async with http.delete(sim.url + path, headers=TOKEN_HEADERS) as resp:
+            return resp.status, orjson.loads(await resp.read())
+
+    assert (await delete(f"{LIST}/1"))[0] == 200
+    for path in (f"{LIST}/1", f"{LIST}/7", f"{LIST}/x"):  # deleted, never made, not an id
+        status, answer = await delete(path)
+        assert (status, answer["error_code"]) == (
+            (400, "DLI.0001") if path.endswith("x") else (400, "DLI.16001")
+        )
+    status, answer = await get_json(http, sim, f"{LIST}/1")
+    assert (status, answer["error_code"]) == (400, "DLI.16001")
+    _, page = await get_json(http, sim, LIST)
+    assert [j["name"] for j in page["job_list"]["jobs"]] == ["beta"]
+    assert page["job_list"]["total_count"] == 1
+    _, again = await post_json(http, sim, job_body("alpha"))
+    assert again["job"]["job_id"] == 3  # ids are not reused
+    assert sim.store.duplicates() == {}
+
+
 async def test_unknown_route_and_method(make_sim: MakeSim, http: aiohttp.ClientSession) -> None:
     sim = await make_sim()
     status, answer = await get_json(http, sim, "/v2/nothing")

@@ -1,4 +1,4 @@
-"""The simulated DLI API as an aiohttp app: routes, the gateway checks, and the three handlers.
+"""The simulated DLI API as an aiohttp app: routes, the gateway checks, and the handlers.
 
 Choices where the real service is undocumented or where the brief left the pick to us:
 
@@ -9,6 +9,8 @@ Choices where the real service is undocumented or where the brief left the pick 
   ``APIG.0302``, as the gateway does for a credential used outside its project.
 - ``name`` in the list query matches exactly; ``order`` defaults to ``desc``; one job table is
   shared by every project id the simulator accepts.
+- ``DELETE .../streaming/jobs/{job_id}`` deletes a job (a job made and removed by hand); its id
+  is never given again.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def create_app(config: SimulatorConfig) -> web.Application:
     app.router.add_post(PREFIX + "/flink-jobs", _create_job)
     app.router.add_get(PREFIX + "/jobs", _list_jobs)
     app.router.add_get(PREFIX + "/jobs/{job_id}", _show_job)
+    app.router.add_delete(PREFIX + "/jobs/{job_id}", _delete_job)
     app.on_shutdown.append(_wake_sleepers)
     return app
 
@@ -295,7 +298,7 @@ async def _list_jobs(request: web.Request) -> web.StreamResponse:
     if query.error is not None:
         return error_response(400, "DLI.0001", f"Invalid query parameter: {query.error}")
     pool = store.named(query.name) if query.name is not None else store.jobs
-    found = [job for job in pool if query.matches(job)]
+    found = [job for job in pool if not job.deleted and query.matches(job)]
     if query.order == "desc":
         found.reverse()
     page = found[query.offset : query.offset + query.limit]
@@ -308,6 +311,17 @@ async def _list_jobs(request: web.Request) -> web.StreamResponse:
             "job_list": {"total_count": len(found), "jobs": jobs},
         },
     )
+
+
+async def _delete_job(request: web.Request) -> web.StreamResponse:
+    raw = request.match_info["job_id"]
+    try:
+        job_id = int(raw)
+    except ValueError:
+        return error_response(400, "DLI.0001", "job_id must be an integer")
+    if request.app[STORE].delete(job_id) is None:
+        return error_response(400, "DLI.16001", f"The Flink job {job_id} does not exist")
+    return json_response(200, {"is_success": "true", "message": "The job is deleted."})
 
 
 async def _show_job(request: web.Request) -> web.StreamResponse:

@@ -52,6 +52,7 @@ class SimJob:
     create_time: int  # epoch ms
     project_id: str
     status: str = "job_init"
+    deleted: bool = False  # gone from the list and the detail call; its id is not reused
 
     def summary(self, *, detail: bool = False) -> dict[str, Any]:
         """The job as the list call shows it (``detail`` adds ``job_config``)."""
@@ -102,8 +103,17 @@ class JobStore:
         return job
 
     def get(self, job_id: int) -> SimJob | None:
-        """The job with that id, or None."""
-        return self.jobs[job_id - 1] if 0 < job_id <= len(self.jobs) else None
+        """The job with that id, or None (never made, or deleted)."""
+        job = self.jobs[job_id - 1] if 0 < job_id <= len(self.jobs) else None
+        return None if job is None or job.deleted else job
+
+    def delete(self, job_id: int) -> SimJob | None:
+        """Delete a job (as DLI's delete call does); the job deleted, or None if none."""
+        job = self.get(job_id)
+        if job is not None:
+            job.deleted = True
+            self._by_name[job.name].remove(job)
+        return job
 
     def named(self, name: str) -> Sequence[SimJob]:
         """Jobs created with exactly this name, oldest first, without copying (do not mutate)."""
