@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import sys
 from collections.abc import Callable, Hashable, Iterable
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
@@ -444,35 +443,33 @@ def _yaml_loader() -> Any:
     return type("_Loader", (_NoDuplicateKeys, getattr(yaml, "CSafeLoader", yaml.SafeLoader)), {})
 
 
+class _YamlSyntaxError(ValueError):
+    """A PyYAML error in our own type, so that callers need not import PyYAML to catch it."""
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__(str(exc))
+        mark = getattr(exc, "problem_mark", None)
+        self.where = None if mark is None else (mark.line + 1, mark.column + 1)
+        self.problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+
+
 def _load_yaml(text: str) -> object:
     import yaml
 
-    return yaml.load(text, Loader=_yaml_loader())
-
-
-def _syntax_errors() -> tuple[type[Exception], ...]:
-    """What a parser raises on bad input; PyYAML's errors only once PyYAML is imported."""
-    yaml_module = sys.modules.get("yaml")
-    if yaml_module is None:
-        return (ValueError, RecursionError)  # JSONDecodeError is a ValueError
-    return (ValueError, RecursionError, yaml_module.YAMLError)
+    try:
+        return yaml.load(text, Loader=_yaml_loader())
+    except yaml.YAMLError as exc:
+        raise _YamlSyntaxError(exc) from exc
 
 
 def _syntax_error(source: str, fmt: str, exc: Exception) -> str:
     """One line for a JSON or YAML syntax error, with its line and column when known."""
     if isinstance(exc, json.JSONDecodeError):
         return f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-    yaml_module = sys.modules.get("yaml")
-    if (
-        yaml_module is not None
-        and isinstance(exc, yaml_module.MarkedYAMLError)
-        and exc.problem_mark is not None
-    ):
-        mark = exc.problem_mark
-        problem = exc.problem or exc.context or "syntax error"
-        return (
-            f"{source}: invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
-        )
+    if isinstance(exc, _YamlSyntaxError) and exc.where is not None:
+        line, column = exc.where
+        problem = exc.problem or "syntax error"
+        return f"{source}: invalid YAML at line {line}, column {column}: {problem}"
     detail = " ".join(str(exc).split())
     return f"{source}: invalid {fmt}: {detail}"
 
@@ -523,7 +520,7 @@ def parse_manifest_bytes(
             doc = load(text)
         except _DuplicateKeyError as exc:
             return [InvalidManifest(source, f"{source}: {exc}")]
-        except _syntax_errors() as exc:
+        except (ValueError, RecursionError) as exc:  # JSON's and YAML's errors are ValueErrors
             return [InvalidManifest(source, _syntax_error(source, fmt, exc))]
     if isinstance(doc, dict):
         return [job_from_object(doc, source, validate=validate)]

@@ -131,16 +131,12 @@ class Reconciler:
         log.info("remote.caught_up", new_jobs=added, list_calls=self.list_calls - calls)
 
     async def _newer_than(self, threshold_ms: int) -> list[RemoteJob]:
-        jobs: list[RemoteJob] = []
-        offset = 0
-        while True:
-            page = await self._page(name=None, offset=offset, newest_first=True)
-            jobs.extend(page.jobs)
-            offset += len(page.jobs)
-            times = [job.create_time for job in page.jobs]
-            reached = any(t is None or t < threshold_ms for t in times)
-            if reached or not page.jobs or offset >= page.total_count:
-                return jobs
+        """Newest first, up to the first page holding a job older than ``threshold_ms``."""
+
+        def reached(page: JobPage) -> bool:
+            return any(j.create_time is None or j.create_time < threshold_ms for j in page.jobs)
+
+        return await self._list_all(name=None, newest_first=True, until=reached)
 
     async def list_jobs(self) -> dict[str, int]:
         """Name -> oldest job_id of every Flink Jar job now (paged); raises any ApiError."""
@@ -207,13 +203,21 @@ class Reconciler:
             ),
         )
 
-    async def _list_all(self, *, name: str | None, offset: int = 0) -> list[RemoteJob]:
+    async def _list_all(
+        self,
+        *,
+        name: str | None,
+        offset: int = 0,
+        newest_first: bool = False,
+        until: Callable[[JobPage], bool] | None = None,
+    ) -> list[RemoteJob]:
+        """Every page from ``offset`` on, or up to the first page ``until`` accepts."""
         jobs: list[RemoteJob] = []
         while True:
-            page = await self._page(name=name, offset=offset)
+            page = await self._page(name=name, offset=offset, newest_first=newest_first)
             jobs.extend(page.jobs)
             offset += len(page.jobs)
-            if not page.jobs or offset >= page.total_count:
+            if not page.jobs or offset >= page.total_count or (until and until(page)):
                 return jobs
 
 

@@ -101,7 +101,7 @@ class ParserPool:
 
     async def parse(self, paths: Sequence[str], *, validate: bool) -> list[list[ManifestItem]]:
         """The items of each file of ``paths``, in order; each path is its own display name."""
-        if not self._children or self._turn is None or not paths:
+        if self._turn is None or not paths:  # no children (never started, or closed)
             return _parse_here(paths, validate)
         child = next(self._turn)
         try:
@@ -205,12 +205,7 @@ def _serve(conn: Connection, inherited: list[Connection], parent_pid: int) -> No
             paths, validate = conn.recv()
         except (EOFError, OSError):
             return
-        conn.send(
-            [
-                [_to_wire(item) for item in parse_manifest_file(path, path, validate=validate)]
-                for path in paths
-            ]
-        )
+        conn.send([[_to_wire(item) for item in items] for items in _parse_here(paths, validate)])
 
 
 def _exit_with_parent(parent_pid: int) -> None:
