@@ -50,13 +50,16 @@ class RetryPolicy:
         Full jitter: uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1))); never less
         than the server's ``retry_after`` clamped to ``retry_after_cap``.
         """
-        if attempt < 1:
-            raise ValueError(f"attempt counts from 1, got {attempt}")
-        ceiling = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, _MAX_DOUBLINGS))
-        wait = (rng or random).uniform(0.0, ceiling)
+        wait = (rng or random).uniform(0.0, self.ceiling(attempt))
         if retry_after is not None and retry_after > 0:
             wait = max(wait, min(retry_after, self.retry_after_cap))
         return wait
+
+    def ceiling(self, attempt: int) -> float:
+        """The longest backoff after failed attempt ``attempt``: base doubled, up to max."""
+        if attempt < 1:
+            raise ValueError(f"attempt counts from 1, got {attempt}")
+        return min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, _MAX_DOUBLINGS))
 
     def should_retry(self, attempt: int, elapsed: float, next_delay: float) -> bool:
         """Whether to try again after failed attempt ``attempt``, ``elapsed`` s into the job."""

@@ -92,7 +92,6 @@ class Submitter:
         self._stopping = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self.creates_sent = 0
-        self.budget_exhausted = 0
         self._in_doubt_grace = in_doubt_grace
         # Requests in flight are bounded by ``concurrency``; jobs in progress (most of them
         # asleep in a backoff or a grace period) by a larger number, which bounds memory.
@@ -102,6 +101,11 @@ class Submitter:
         # Names being processed: a second job of the same name waits for the first. The
         # Event is made only when a second one comes (rare: duplicate drops, redeliveries).
         self._in_flight: dict[str, asyncio.Event | None] = {}
+
+    @property
+    def budget_exhausted(self) -> int:
+        """Retries the retry budget refused (each then waited its full backoff)."""
+        return self._budget.exhausted
 
     def stop(self) -> None:
         """Stop taking new work: queued and unsent jobs end as unresolved, in-flight ones finish."""
@@ -142,17 +146,21 @@ class Submitter:
             # The jobs stay in doubt: each is looked up by name before it is sent.
             self._log.warning("recover.cannot_list", error=str(exc), in_doubt=len(doubtful))
             if isinstance(exc, FatalApiError):
-                self._fail_run(ErrorInfo(str(exc), exc.code, exc.status))
+                self._fail_run(_error_of(exc))
             return
         adopted = 0
+        writes = []
         for record in doubtful:
             job_id = remote.get(record.name)
             if job_id is not None:
                 adopted += 1
-                await self._write(record.spec(), LedgerState.CREATED, job_id=job_id, adopted=True)
+                writes.append(
+                    self._write(record.spec(), LedgerState.CREATED, job_id=job_id, adopted=True)
+                )
                 self._log.info("job.adopted", name=record.name, job_id=job_id, source=record.source)
             else:
-                await self._write(record.spec(), LedgerState.RETRYING, error=record.error)
+                writes.append(self._write(record.spec(), LedgerState.RETRYING, error=record.error))
+        await asyncio.gather(*writes)  # queued together: one group commit, not one each
         self._log.info("recover.done", adopted=adopted, to_send=len(doubtful) - adopted)
 
     async def _feed(self, source: Source) -> None:
@@ -273,11 +281,23 @@ class Submitter:
             await self._pause(job.record.updated_at + self._in_doubt_grace - time.time())
         if known_id is not None:
             # It exists on the server already: adopt it, never create a second one.
-            await self._write(spec, LedgerState.CREATED, job_id=known_id, adopted=True)
-            outcome = Outcome.CREATED if in_doubt else Outcome.ALREADY_CREATED
-            self._log.info("job.adopted", job_id=known_id)
-            return JobResult(spec.source, spec.name, outcome, job_id=known_id, adopted=True)
+            return await self._adopt(spec, known_id, ours=in_doubt)
         return await self._attempts(spec, in_doubt=in_doubt)
+
+    async def _adopt(
+        self, spec: JobSpec, job_id: int, *, ours: bool, attempts: int = 0
+    ) -> JobResult:
+        """Record a job found on the server as created, and its result.
+
+        ``ours``: a request of ours may have made it; else it existed before (a job made by
+        hand, or one behind a duplicate-name answer).
+        """
+        await self._write(spec, LedgerState.CREATED, job_id=job_id, adopted=True)
+        self._log.info("job.adopted", job_id=job_id)
+        outcome = Outcome.CREATED if ours else Outcome.ALREADY_CREATED
+        return JobResult(
+            spec.source, spec.name, outcome, job_id=job_id, attempts=attempts, adopted=True
+        )
 
     async def _attempts(self, spec: JobSpec, *, in_doubt: bool) -> JobResult:
         loop = asyncio.get_running_loop()
@@ -324,7 +344,7 @@ class Submitter:
                 # it time to finish, or the lookup misses the job it is still making.
                 delay = max(delay, self._in_doubt_grace)
             elapsed = loop.time() - started
-            if failures >= self._policy.max_attempts or elapsed + delay > self._policy.job_deadline:
+            if not self._policy.should_retry(failures, elapsed, delay):
                 return await self._give_up(
                     spec, last, in_doubt=in_doubt, attempts=attempts, ours=maybe_ours
                 )
@@ -358,9 +378,7 @@ class Submitter:
         if not self._budget.try_spend(timeout=answer.timed_out):
             # The API keeps failing: stop hammering it. Every retry now waits its whole
             # backoff (no jitter below it) until successes refill the budget.
-            self.budget_exhausted += 1
-            ceiling = self._policy.base_delay * 2 ** (failures - 1)
-            delay = max(delay, min(self._policy.max_delay, ceiling))
+            delay = max(delay, self._policy.ceiling(failures))
             if self.budget_exhausted % 50 == 1:
                 self._log.warning(
                     "retry_budget.exhausted",
@@ -411,20 +429,14 @@ class Submitter:
         try:
             job_id = await self._reconciler.find(spec.name)
         except FatalApiError as exc:
-            self._fail_run(ErrorInfo(str(exc), exc.code, exc.status))
+            self._fail_run(_error_of(exc))
             raise RunStopped(f"answer lost and the job could not be looked up: {exc}") from None
         except ApiError as exc:
             raise RunStopped(f"answer lost and the job could not be looked up: {exc}") from None
         if job_id is None:
             self._log.info("job.not_found", attempts=attempts)
             return None
-        await self._write(spec, LedgerState.CREATED, job_id=job_id, adopted=True)
-        self._log.info("job.adopted", job_id=job_id)
-        # Ours when a lost answer of ours made it; else it existed before (a duplicate-name answer).
-        outcome = Outcome.CREATED if ours else Outcome.ALREADY_CREATED
-        return JobResult(
-            spec.source, spec.name, outcome, job_id=job_id, attempts=attempts, adopted=True
-        )
+        return await self._adopt(spec, job_id, ours=ours, attempts=attempts)
 
     async def _phantom_duplicate(
         self, spec: JobSpec, last: CreateAnswer, attempts: int
@@ -466,7 +478,7 @@ class Submitter:
         try:
             return await self._reconciler.snapshot()
         except FatalApiError as exc:
-            self._fail_run(ErrorInfo(str(exc), exc.code, exc.status))
+            self._fail_run(_error_of(exc))
             raise RunStopped(f"not sent: {exc}") from None
         except ApiError as exc:
             # Only a transient failure that outlasted every retry gets here: the API is
@@ -514,6 +526,10 @@ class Submitter:
             self._log.error("run.fatal", error=str(error))
         self._stopping.set()
         self._stop_reading()
+
+
+def _error_of(exc: ApiError) -> ErrorInfo:
+    return ErrorInfo(str(exc), exc.code, exc.status)
 
 
 async def _durably(write: Awaitable[_T]) -> _T:
