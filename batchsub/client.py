@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 import aiohttp
 import orjson
 from yarl import URL
 
+from batchsub.auth import JSON_CONTENT_TYPE
 from batchsub.errors import ApiError, ConfigError, FatalApiError, RetryableError
 from batchsub.jobs import ErrorInfo
 from batchsub.protocols import Auth
@@ -117,7 +118,7 @@ class DliClient:
     async def create(self, body: bytes) -> CreateAnswer:
         """POST one create request; never raises for an API or transport failure."""
         headers = dict(self._auth.headers("POST", self._create_url, body))
-        headers.setdefault("Content-Type", "application/json;charset=UTF-8")
+        headers.setdefault("Content-Type", JSON_CONTENT_TYPE)
         started = time.perf_counter()
         status: int | None = None
         try:
@@ -216,13 +217,10 @@ def _classify_ok(payload: Any, raw: bytes) -> CreateAnswer:
         )
     job = payload.get("job")
     job_id = job.get("job_id") if isinstance(job, dict) else None
-    if (
-        _truthy(payload.get("is_success"))
-        and isinstance(job_id, int)
-        and not isinstance(job_id, bool)
-    ):
+    succeeded = _truthy(payload.get("is_success"))
+    if succeeded and _is_int(job_id):
         return CreateAnswer(AnswerKind.CREATED, job_id=job_id)
-    if _truthy(payload.get("is_success")):
+    if succeeded:
         return CreateAnswer(
             AnswerKind.IN_DOUBT,
             error=ErrorInfo("HTTP 200 success without a job_id", http_status=200),
@@ -309,5 +307,5 @@ async def close_session(session: aiohttp.ClientSession) -> None:
     await asyncio.sleep(0)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)

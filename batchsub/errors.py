@@ -62,3 +62,8 @@ class RetryableError(ApiError):
     ) -> None:
         super().__init__(message, code=code, status=status)
         self.defer = defer
+
+
+def os_reason(exc: OSError) -> str:
+    """Why an OS call failed, in a few words ("No such file or directory")."""
+    return exc.strerror or str(exc) or type(exc).__name__

@@ -28,6 +28,9 @@ class LedgerState(StrEnum):
 
 
 IN_DOUBT_STATES = frozenset({LedgerState.SUBMITTING, LedgerState.UNKNOWN})
+EXISTING_OUTCOMES = frozenset({Outcome.CREATED, Outcome.ALREADY_CREATED})  # the job exists
+# Not created, and sending the same manifest again will not change that: a person must look.
+BROKEN_OUTCOMES = frozenset({Outcome.INVALID, Outcome.FAILED, Outcome.DRIFTED})
 
 
 @dataclass(frozen=True, slots=True)

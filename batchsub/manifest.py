@@ -24,7 +24,7 @@ from annotated_types import MaxLen, MinLen
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from batchsub.errors import ManifestError
+from batchsub.errors import ManifestError, os_reason
 from batchsub.jobs import InvalidManifest, JobSpec, ManifestItem
 
 if TYPE_CHECKING:
@@ -569,7 +569,7 @@ def parse_manifest_file(
     try:
         data = _read_limited(path)
     except OSError as exc:
-        reason = exc.strerror or str(exc) or type(exc).__name__
+        reason = os_reason(exc)
         return [InvalidManifest(display, f"{display}: cannot read: {reason}")]
     return parse_manifest_bytes(data, display, suffix=os.path.splitext(path)[1], validate=validate)
 

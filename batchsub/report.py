@@ -27,11 +27,10 @@ from typing import IO, Any
 import orjson
 
 from batchsub.errors import ConfigError
-from batchsub.jobs import JobResult, Outcome
+from batchsub.jobs import EXISTING_OUTCOMES, JobResult, Outcome
 
 FIRST_ERRORS = 10
 # Outcomes after which the job exists on the server.
-EXISTS = frozenset({Outcome.CREATED, Outcome.ALREADY_CREATED})
 
 
 class RunAccount:
@@ -59,7 +58,7 @@ class RunAccount:
         self.counts[result.outcome] += 1
         if result.adopted:
             self.adopted += 1
-        if result.outcome not in EXISTS and len(self.first_errors) < FIRST_ERRORS:
+        if result.outcome not in EXISTING_OUTCOMES and len(self.first_errors) < FIRST_ERRORS:
             self.first_errors.append(
                 {
                     "source": result.source,
@@ -76,7 +75,7 @@ class RunAccount:
         """0 when every job exists; 2 when a credential or setting stopped the run; else 1."""
         if fatal:
             return 2
-        return 0 if all(outcome in EXISTS for outcome in self.counts.elements()) else 1
+        return 0 if all(outcome in EXISTING_OUTCOMES for outcome in self.counts.elements()) else 1
 
     def summary(self, **extra: Any) -> dict[str, Any]:
         """The summary object of the report (counts for every outcome, even zero)."""

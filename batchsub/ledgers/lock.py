@@ -24,11 +24,6 @@ class LedgerLock:
         self.path = ledger_path.with_name(ledger_path.name + ".lock")
         self._fd: int | None = None
 
-    @property
-    def held(self) -> bool:
-        """Whether this object holds the lock."""
-        return self._fd is not None
-
     def acquire(self) -> None:
         """Take the lock; LedgerLockedError if another process holds it, else LedgerError."""
         if self._fd is not None:

@@ -13,7 +13,7 @@ import concurrent.futures
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -238,9 +238,7 @@ class SqliteLedger:
         """Unchanged files whose every job is created: their jobs, without reading them."""
         paths = list(fingerprints)
         remembered: dict[str, list[str]] = {}
-        for start in range(0, len(paths), _CHUNK):
-            chunk = paths[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunked(paths):
             rows = await self._read(
                 f"SELECT path, fingerprint, names FROM files"
                 f" WHERE project_id = ? AND path IN ({marks})",
@@ -251,9 +249,7 @@ class SqliteLedger:
                     remembered[path] = orjson.loads(names)
         wanted = list(dict.fromkeys(n for names in remembered.values() for n in names))
         jobs: dict[str, SettledJob] = {}
-        for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunked(wanted):
             rows = await self._read(
                 f"SELECT source, name, job_id, adopted FROM jobs WHERE project_id = ?"
                 f" AND state = 'created' AND name IN ({marks})",
@@ -293,9 +289,7 @@ class SqliteLedger:
         """The records of those names that exist, one query per 500 names."""
         unique = list(dict.fromkeys(names))
         found: dict[str, LedgerRecord] = {}
-        for start in range(0, len(unique), _CHUNK):
-            chunk = unique[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunked(unique):
             rows = await self._read(
                 f"SELECT {_COLUMNS} FROM jobs WHERE project_id = ? AND name IN ({marks})",
                 (project_id, *chunk),
@@ -521,15 +515,20 @@ def _attempts(conn: sqlite3.Connection, keys: list[tuple[str, str]]) -> dict[tup
         by_project.setdefault(project_id, []).append(name)
     counts: dict[tuple[str, str], int] = {}
     for project_id, names in by_project.items():
-        for start in range(0, len(names), _CHUNK):
-            chunk = names[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunked(names):
             rows = conn.execute(
                 f"SELECT name, attempts FROM jobs WHERE project_id = ? AND name IN ({marks})",
                 (project_id, *chunk),
             )
             counts.update(((project_id, row[0]), row[1]) for row in rows)
     return counts
+
+
+def _chunked(names: Sequence[str]) -> Iterator[tuple[Sequence[str], str]]:
+    """``names`` in slices of _CHUNK, each with its ``?, ?, ...`` placeholders."""
+    for start in range(0, len(names), _CHUNK):
+        chunk = names[start : start + _CHUNK]
+        yield chunk, ",".join("?" * len(chunk))
 
 
 def _segments(batch: Iterable[_Write]) -> Iterable[list[_Write]]:

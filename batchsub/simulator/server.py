@@ -23,7 +23,6 @@ class RunningSimulator:
     def __init__(self, runner: web.AppRunner, url: str) -> None:
         self._runner = runner
         self.url = url
-        self.app = runner.app
         self.store: JobStore = runner.app[STORE]
 
     async def close(self) -> None:

@@ -42,7 +42,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelPreconditionFailed
 from yarl import URL
 
 from batchsub.errors import ConfigError
-from batchsub.jobs import JobResult, ManifestItem, Outcome
+from batchsub.jobs import BROKEN_OUTCOMES, EXISTING_OUTCOMES, JobResult, ManifestItem, Outcome
 from batchsub.manifest import parse_manifest_bytes
 
 log = structlog.get_logger("batchsub.amqp")
@@ -59,9 +59,6 @@ _MAX_QUEUE_NAME = 255 - len(DEAD_SUFFIX)  # AMQP short string, with room for ".d
 
 # What an AMQP call can raise when the broker or the connection fails.
 AMQP_FAILURES: tuple[type[BaseException], ...] = (*CONNECTION_EXCEPTIONS, TimeoutError)
-
-_DEAD_OUTCOMES = frozenset({Outcome.INVALID, Outcome.FAILED, Outcome.DRIFTED})
-_DONE_OUTCOMES = frozenset({Outcome.CREATED, Outcome.ALREADY_CREATED})
 
 
 def redact_url(url: str) -> str:
@@ -141,7 +138,6 @@ class _Delivery:
 
     message: AbstractIncomingMessage
     unsettled: int = 0
-    parsed: bool = False
     outcomes: list[Outcome] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     done: bool = False
@@ -225,9 +221,9 @@ class AmqpSource:
         _, delivery = found
         delivery.unsettled -= 1
         delivery.outcomes.append(result.outcome)
-        if result.outcome in _DEAD_OUTCOMES:
+        if result.outcome in BROKEN_OUTCOMES:
             delivery.errors.append(result.error or result.outcome.value)
-        if delivery.unsettled == 0 and delivery.parsed and not delivery.done:
+        if delivery.unsettled == 0 and not delivery.done:
             await self._settle_message(delivery)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -247,14 +243,13 @@ class AmqpSource:
         suffix = header_text(headers, SUFFIX_HEADER) or ".json"
         items = parse_manifest_bytes(message.body, source[:512], suffix=suffix)
         delivery.unsettled = len(items)
-        delivery.parsed = True
         for item in items:
             self._items[id(item)] = (item, delivery)
         return items
 
     async def _settle_message(self, delivery: _Delivery) -> None:
         outcomes = set(delivery.outcomes)
-        if outcomes <= _DONE_OUTCOMES:
+        if outcomes <= EXISTING_OUTCOMES:
             await self._finish(delivery, ack=True)
         elif Outcome.UNRESOLVED in outcomes:
             if not self._stopped:

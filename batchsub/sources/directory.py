@@ -10,8 +10,8 @@ from pathlib import Path
 
 import orjson
 
-from batchsub.errors import ConfigError, ManifestError
-from batchsub.jobs import InvalidManifest, JobResult, ManifestItem, Outcome, SettledJob
+from batchsub.errors import ConfigError, ManifestError, os_reason
+from batchsub.jobs import EXISTING_OUTCOMES, InvalidManifest, JobResult, ManifestItem, SettledJob
 from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
 from batchsub.protocols import FileIndex
 from batchsub.sources.parser_pool import ParserPool
@@ -73,12 +73,8 @@ def iter_manifest_paths(root: Path) -> Iterator[Path]:
     _check_root(root)
     for found in _scan(str(root)):  # str(Path) is normalised: no trailing or doubled "/"
         if isinstance(found, _Unreadable):
-            raise ManifestError(f"{found.path}: cannot list directory: {_reason(found.error)}")
+            raise ManifestError(f"{found.path}: cannot list directory: {os_reason(found.error)}")
         yield Path(found)
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__
 
 
 class DirectorySource:
@@ -159,7 +155,9 @@ class DirectorySource:
             return
         entry = self._files[path]
         entry.pending -= 1
-        entry.clean = entry.clean and result.outcome in _EXISTS and result.name is not None
+        entry.clean = (
+            entry.clean and result.outcome in EXISTING_OUTCOMES and result.name is not None
+        )
         if result.name is not None:
             entry.names.append(result.name)
         if entry.pending == 0:
@@ -174,7 +172,7 @@ class DirectorySource:
         """The items of one file, and the file if its outcome is to be tracked for the index."""
         if isinstance(found, _Unreadable):
             where = str(found.path)
-            error = f"{where}: cannot list directory: {_reason(found.error)}"
+            error = f"{where}: cannot list directory: {os_reason(found.error)}"
             return [InvalidManifest(where, error)], None
         if found in chunk.known:
             return list(chunk.known[found]), None
@@ -227,7 +225,6 @@ class _OpenFile:
 
 _INDEX_CHUNK = 256  # files per index lookup and per index write
 _YIELD_EVERY = 4  # files between pauses: answers waiting on the loop are not held up long
-_EXISTS = frozenset({Outcome.CREATED, Outcome.ALREADY_CREATED})
 
 
 def _fingerprint(path: str) -> str:

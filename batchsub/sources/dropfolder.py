@@ -46,8 +46,8 @@ import orjson
 import structlog
 from watchfiles import awatch
 
-from batchsub.errors import ConfigError
-from batchsub.jobs import JobResult, ManifestItem, Outcome
+from batchsub.errors import ConfigError, os_reason
+from batchsub.jobs import BROKEN_OUTCOMES, EXISTING_OUTCOMES, JobResult, ManifestItem, Outcome
 from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
 
 log = structlog.get_logger("batchsub.dropfolder")
@@ -56,8 +56,6 @@ PROCESSING = "processing"
 DONE = "done"
 FAILED = "failed"
 IGNORED_ENDINGS = (".tmp", ".part", ".swp", "~", ".error.json")
-EXISTS = frozenset({Outcome.CREATED, Outcome.ALREADY_CREATED})
-BROKEN = frozenset({Outcome.INVALID, Outcome.FAILED, Outcome.DRIFTED})
 
 _WATCH_DEBOUNCE_MS = 200  # group a burst of events into one scan, but never wait longer
 _WATCH_STOP_GRACE = 2.0  # seconds the watcher thread gets to see its stop event
@@ -177,7 +175,7 @@ class DropFolderSource:
                 folder.mkdir(parents=True, exist_ok=True)
             self._recover()
         except OSError as exc:
-            raise ConfigError(f"drop folder {self.directory}: {_reason(exc)}") from None
+            raise ConfigError(f"drop folder {self.directory}: {os_reason(exc)}") from None
         self._prepared = True
 
     def stop(self) -> None:
@@ -185,11 +183,6 @@ class DropFolderSource:
         self._stopping = True
         self._watch_stop.set()
         self._wake.set()
-
-    @property
-    def stopping(self) -> bool:
-        """True once ``stop()`` or ``close()`` was called."""
-        return self._stopping
 
     async def close(self) -> None:
         """Stop, then move every file whose jobs did not all get a result back to DIR."""
@@ -247,7 +240,7 @@ class DropFolderSource:
                     if signature is not None:
                         present[entry.name] = signature
         except OSError as exc:
-            log.error("watch.cannot_list", directory=str(self.directory), error=_reason(exc))
+            log.error("watch.cannot_list", directory=str(self.directory), error=os_reason(exc))
             return []
         now = self._clock()
         self._tracker.retain(present)
@@ -324,7 +317,7 @@ class DropFolderSource:
         except FileNotFoundError:
             return []  # gone since the scan
         except OSError as exc:
-            log.warning("file.unclaimable", file=name, error=_reason(exc))
+            log.warning("file.unclaimable", file=name, error=os_reason(exc))
             self._not_before[name] = self._clock() + self._retry_delay
             return []
         self._not_before.pop(name, None)
@@ -349,20 +342,21 @@ class DropFolderSource:
         results = [r for r in claim.results if r is not None]
         outcomes = {r.outcome for r in results}
         try:
-            if outcomes & BROKEN:
+            if outcomes & BROKEN_OUTCOMES:
                 self._file_failed(claim, results)
-            elif outcomes <= EXISTS:
+            elif outcomes <= EXISTING_OUTCOMES:
                 moved = _move_no_clobber(self.processing / claim.name, self.done, claim.name)
                 log.info("file.done", file=claim.name, moved_to=str(moved), jobs=len(results))
             else:
                 self._give_back(claim, reason=_first_error(results, {Outcome.UNRESOLVED}))
         except OSError as exc:
             # The file stays in processing/ and is recovered at the next start.
-            log.error("file.cannot_move", file=claim.name, error=_reason(exc))
+            log.error("file.cannot_move", file=claim.name, error=os_reason(exc))
 
     def _file_failed(self, claim: _Claim, results: list[JobResult]) -> None:
-        broken = [r for r in results if r.outcome in BROKEN]
-        reason = f"{len(broken)} of {len(results)} jobs not created: {_first_error(broken, BROKEN)}"
+        broken = [r for r in results if r.outcome in BROKEN_OUTCOMES]
+        first = _first_error(broken, BROKEN_OUTCOMES)
+        reason = f"{len(broken)} of {len(results)} jobs not created: {first}"
         name = _free_name(self.failed, claim.name, with_error_file=True)
         report = {
             "file": claim.name,
@@ -389,7 +383,7 @@ class DropFolderSource:
         try:
             moved = _move_no_clobber(self.processing / claim.name, self.directory, claim.name)
         except OSError as exc:
-            log.error("file.cannot_move", file=claim.name, error=_reason(exc))
+            log.error("file.cannot_move", file=claim.name, error=os_reason(exc))
             return
         self._not_before[moved.name] = self._clock() + self._retry_delay
         log.info("file.returned", file=claim.name, moved_to=str(moved), reason=reason)
@@ -486,7 +480,3 @@ def _first_error(results: list[JobResult], outcomes: Iterable[Outcome]) -> str:
         if result.outcome in wanted:
             return result.error or result.outcome.value
     return "no error message"
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__
