@@ -7,10 +7,13 @@ import logging
 import sys
 import time
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 import structlog
+
+if TYPE_CHECKING:
+    from batchsub.settings import Settings
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -107,3 +110,15 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers = [_StdlibBridge()]
     root.setLevel(max(logging.WARNING, _LEVELS[level]))
+
+
+def configure_command_logging(settings: Settings, *, quiet: bool = False) -> bool:
+    """Logs as the commands that send set them up; returns whether stderr is a terminal.
+
+    Info events as JSON lines when stderr is not a terminal; warnings only on a terminal
+    (the progress bar says the rest), or for a ``quiet`` command; ``--log-level`` wins.
+    """
+    interactive = sys.stderr.isatty()
+    level = settings.log_level or ("warning" if interactive or quiet else "info")
+    configure_logging(settings.log_format, level, interactive=interactive)
+    return interactive

@@ -23,13 +23,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
+from batchsub import eventloop
 from batchsub.calls import SafeCaller
 from batchsub.cli import add_send_flags
 from batchsub.client import DliClient, close_session, make_session
@@ -44,6 +42,7 @@ from batchsub.jobs import (
     SettledJob,
 )
 from batchsub.limiter import RateLimiter
+from batchsub.logs import configure_command_logging
 from batchsub.manifest import diff_fields
 from batchsub.protocols import Auth, Ledger
 from batchsub.reconcile import Reconciler
@@ -59,6 +58,11 @@ from batchsub.runner import (
 from batchsub.settings import DEFAULT_CONFIG_FILE, Settings
 from batchsub.sources.directory import DirectorySource
 from batchsub.sources.ledger_source import LedgerFailedSource
+
+# rich is imported where a table is drawn: retry, report and config show never draw one.
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 NO_PROJECT = "no project id: pass --project-id or set HUAWEICLOUD_SDK_PROJECT_ID"
 TABLE_LIMIT = 500  # rows a human table shows at most; --json always has every row
@@ -137,6 +141,8 @@ def _add_ledger_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False)
 
 
@@ -207,6 +213,9 @@ async def validate_directory(directory: Path) -> Validation:
 
 def validate_command(settings: Settings, args: argparse.Namespace) -> int:
     """``batchsub validate DIR``: 0 when every manifest is valid, 1 otherwise."""
+    from rich.table import Table
+    from rich.text import Text
+
     found = asyncio.run(validate_directory(args.directory))
     if args.json:
         out = {
@@ -414,7 +423,7 @@ def plan_command(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError(NO_PROJECT + " (the ledger is keyed by project)")
     source = DirectorySource(args.directory)  # a missing directory fails before any call
     if args.check_remote:
-        _configure_logs(settings, quiet=True)
+        configure_command_logging(settings, quiet=True)
     counts: Counter[Action] = Counter()
     with _stdout_may_close():
         counts = asyncio.run(_plan(settings, args, source, project_id))
@@ -498,6 +507,9 @@ class _PlanTable:
             self._rows.append(row)
 
     def __exit__(self, *exc: object) -> None:
+        from rich.table import Table
+        from rich.text import Text
+
         if exc[0] is not None or not self._rows:
             return
         console = _console()
@@ -600,6 +612,8 @@ def failure_row(record: LedgerRecord) -> dict[str, Any]:
 
 def status_command(settings: Settings, args: argparse.Namespace) -> int:
     """``batchsub status``: counts by state and the latest failures; always 0 when readable."""
+    from rich.table import Table
+
     ledger = existing_ledger(settings.ledger)
     status = asyncio.run(ledger_status(ledger, args.project_id, args.limit))
     if args.json:
@@ -624,6 +638,9 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _failures_table(failures: list[LedgerRecord]) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title="latest failures", header_style="bold")
     for column in ("name", "state", "error code", "message"):
         table.add_column(column, overflow="fold")
@@ -777,21 +794,11 @@ async def retry_failed(
 def retry_command(settings: Settings, args: argparse.Namespace) -> int:
     """``batchsub retry``: exit codes as ``run``."""
     existing_ledger(settings.ledger)  # fail in one line before any log set-up
-    interactive = _configure_logs(settings)
-    show_progress = settings.progress == "on" or (settings.progress == "auto" and interactive)
-    return asyncio.run(
+    interactive = configure_command_logging(settings)
+    show_progress = settings.progress_shown(interactive)
+    return eventloop.run(
         retry_failed(settings, args.report, simulator=args.simulator, progress=show_progress)
     )
-
-
-def _configure_logs(settings: Settings, *, quiet: bool = False) -> bool:
-    """Logs as ``run`` sets them up; ``quiet`` (a read-only command) shows warnings only."""
-    from batchsub.logs import configure_logging
-
-    interactive = sys.stderr.isatty()
-    level = settings.log_level or ("warning" if interactive or quiet else "info")
-    configure_logging(settings.log_format, level, interactive=interactive)
-    return interactive
 
 
 # --- config show ---------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from batchsub import eventloop
 from batchsub.cli import add_send_flags
 from batchsub.errors import ConfigError
 from batchsub.jobs import InvalidManifest, JobSpec
-from batchsub.logs import configure_logging
+from batchsub.logs import configure_command_logging
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings
@@ -214,9 +214,7 @@ class _ConfirmedSender:
 
 def _publish_command(settings: Settings, args: argparse.Namespace) -> int:
     url, queue = amqp_target(settings)
-    configure_logging(
-        settings.log_format, settings.log_level or "warning", interactive=sys.stderr.isatty()
-    )
+    configure_command_logging(settings, quiet=True)
     counts = asyncio.run(publish_directory(url, queue, args.directory, validate=args.validate))
     print(counts.line())
     return 1 if counts.invalid or counts.failed else 0
@@ -262,10 +260,8 @@ async def consume(
 
 def _consume_command(settings: Settings, args: argparse.Namespace) -> int:
     amqp_target(settings)  # fail before logging is set up
-    interactive = sys.stderr.isatty()
-    level = settings.log_level or ("warning" if interactive else "info")
-    configure_logging(settings.log_format, level, interactive=interactive)
-    progress = settings.progress == "on" or (settings.progress == "auto" and interactive)
+    interactive = configure_command_logging(settings)
+    progress = settings.progress_shown(interactive)
     return eventloop.run(
         consume(settings, report=args.report, simulator=args.simulator, progress=progress)
     )

@@ -27,7 +27,7 @@ from batchsub.errors import ConfigError
 from batchsub.jobs import JobResult
 from batchsub.ledgers import SqliteLedger
 from batchsub.limiter import RateLimiter, RetryBudget
-from batchsub.logs import configure_logging
+from batchsub.logs import configure_command_logging
 from batchsub.protocols import Auth, FileIndex, Ledger, RunObserver, Source
 from batchsub.reconcile import Reconciler
 from batchsub.report import RunAccount
@@ -128,9 +128,7 @@ async def run_directory(
     settings: Settings, directory: Path, report: Path | None, *, simulator: bool
 ) -> int:
     """``batchsub run DIR``: create every job of DIR once; returns the exit code."""
-    interactive = sys.stderr.isatty()
-    level = settings.log_level or ("warning" if interactive else "info")
-    configure_logging(settings.log_format, level, interactive=interactive)
+    interactive = configure_command_logging(settings)
     # Forked first: before the ledger, the sockets and any thread exist.
     parser = ParserPool(settings.parse_workers)
     parser.start()
@@ -139,7 +137,7 @@ async def run_directory(
         # a rerun reads only new or changed files (the file index), so it rarely pays for it.
         source = DirectorySource(directory, parser=parser)
         account = RunAccount(report)
-        show_progress = settings.progress == "on" or (settings.progress == "auto" and interactive)
+        show_progress = settings.progress_shown(interactive)
         total = sum(1 for _ in iter_manifest_paths(directory)) if show_progress else None
         code = await run_source(
             settings, source, account, simulator=simulator, progress=show_progress, total=total

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     amqp_url: SecretStr | None = None  # amqp://user:password@host/vhost: the password is secret
     queue: str | None = None
 
+    def progress_shown(self, interactive: bool) -> bool:
+        """Whether to draw a progress bar: ``--progress on``, or ``auto`` on a terminal."""
+        return self.progress == "on" or (self.progress == "auto" and interactive)
+
     # Output.
     log_format: Literal["auto", "json", "console"] = "auto"
     # None: info, or warning on a terminal where the progress bar shows the rest.
