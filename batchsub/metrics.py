@@ -56,10 +56,10 @@ class Metrics:
             "Manifests in the drop folder not yet claimed, plus those being processed.",
             registry=self.registry,
         )
-        for outcome in Outcome:  # every series exists from the start, at zero
-            self.jobs.labels(outcome=outcome.value)
-        for call in _CALLS:
-            self.request_seconds.labels(call=call)
+        # Every series exists from the start, at zero; kept, so a job or an answer costs no
+        # label lookup.
+        self._jobs = {outcome: self.jobs.labels(outcome=outcome.value) for outcome in Outcome}
+        self._seconds = {call: self.request_seconds.labels(call=call) for call in _CALLS}
 
     def track_files(self, count: Callable[[], int]) -> None:
         """Read ``batchsub_files_waiting`` from ``count`` at each scrape."""
@@ -71,11 +71,12 @@ class Metrics:
 
     def on_result(self, result: JobResult) -> None:
         """Count one job's final outcome."""
-        self.jobs.labels(outcome=result.outcome.value).inc()
+        self._jobs[result.outcome].inc()
 
     def on_answer(self, call: str, seconds: float, status: int | None) -> None:
         """Time one request; count it as throttled if the answer was a 429."""
-        self.request_seconds.labels(call=call).observe(seconds)
+        series = self._seconds.get(call) or self.request_seconds.labels(call=call)
+        series.observe(seconds)
         if status == _THROTTLED:
             self.throttled.inc()
 

@@ -48,10 +48,11 @@ from batchsub.protocols import Auth, Ledger
 from batchsub.reconcile import Reconciler
 from batchsub.report import RunAccount
 from batchsub.runner import (
-    DEMO_PROJECT_ID,
+    NO_PROJECT,
     build_auth,
     is_shared_ledger,
     open_ledger,
+    project_id_for,
     retry_policy,
     run_source,
 )
@@ -64,7 +65,6 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-NO_PROJECT = "no project id: pass --project-id or set HUAWEICLOUD_SDK_PROJECT_ID"
 TABLE_LIMIT = 500  # rows a human table shows at most; --json always has every row
 PLAN_BATCH = 256  # jobs looked up in the ledger per query
 REMOTE_LIST_ATTEMPTS = 3  # plan asks, it does not insist: an unreachable endpoint fails fast
@@ -775,9 +775,7 @@ async def retry_failed(
 
     Returns the run's exit code, or 0 with a message when nothing is to be sent.
     """
-    project_id = settings.project_id or (DEMO_PROJECT_ID if simulator else None)
-    if not project_id:
-        raise ConfigError(NO_PROJECT)
+    project_id = project_id_for(settings, simulator=simulator)
     account = RunAccount(report)  # a bad --report path fails before anything is read
     source = LedgerFailedSource(existing_ledger(settings.ledger), project_id)
     count = await source.load()  # opened and closed again before run_source opens it

@@ -40,6 +40,7 @@ from batchsub.submitter import Submitter
 log = structlog.get_logger("batchsub.run")
 
 DEMO_PROJECT_ID = "batchsub-demo"
+NO_PROJECT = "no project id: pass --project-id or set HUAWEICLOUD_SDK_PROJECT_ID"
 
 
 def build_auth(settings: Settings, project_id: str) -> Auth:
@@ -96,19 +97,24 @@ class Target:
     auth: Auth
 
 
+def project_id_for(settings: Settings, *, simulator: bool) -> str:
+    """The project the jobs go to: the setting, or the built-in simulator's demo project."""
+    project_id = settings.project_id or (DEMO_PROJECT_ID if simulator else None)
+    if not project_id:
+        raise ConfigError(NO_PROJECT)
+    return project_id
+
+
 @contextlib.asynccontextmanager
 async def resolve_target(settings: Settings, *, simulator: bool) -> AsyncIterator[Target]:
     """The endpoint, project and credential; with ``simulator``, a built-in simulator too."""
+    project_id = project_id_for(settings, simulator=simulator)
     if not simulator:
-        project_id = settings.project_id
-        if not project_id:
-            raise ConfigError("no project id: pass --project-id or set HUAWEICLOUD_SDK_PROJECT_ID")
         yield Target(settings.resolved_endpoint(), project_id, build_auth(settings, project_id))
         return
     from batchsub.simulator import start_simulator
-    from batchsub.simulator.command import demo_token, simulator_config
+    from batchsub.simulator.config import demo_token, simulator_config
 
-    project_id = settings.project_id or DEMO_PROJECT_ID
     config = simulator_config(settings, project_id=project_id)
     if any((settings.auth_token, settings.ak, settings.sk)):
         auth: Auth = build_auth(settings, project_id)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import secrets
 import signal
 import sys
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 from batchsub.errors import ConfigError
 from batchsub.logs import configure_logging
 from batchsub.settings import Settings
-from batchsub.simulator.config import SimulatorConfig
+from batchsub.simulator.config import simulator_config
 from batchsub.simulator.server import serve_forever
 
 # flag -> (SimulatorConfig field, help)
@@ -85,20 +84,3 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
         reason = exc.strerror or str(exc)
         raise ConfigError(f"simulator cannot listen on {args.host}:{args.port}: {reason}") from None
     return 0
-
-
-def simulator_config(settings: Settings, *, project_id: str | None) -> SimulatorConfig:
-    """A simulator accepting the credentials found in the environment the client reads."""
-    token = settings.auth_token.get_secret_value() if settings.auth_token else ""
-    ak = settings.ak.get_secret_value() if settings.ak else ""
-    sk = settings.sk.get_secret_value() if settings.sk else ""
-    return SimulatorConfig(
-        project_id=project_id,
-        tokens=frozenset({token}) if token else frozenset(),
-        aksk={ak: sk} if ak and sk else {},
-    )
-
-
-def demo_token() -> str:
-    """A throwaway token for ``run --simulator`` when no credential is set."""
-    return "demo-" + secrets.token_hex(16)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from batchsub.settings import Settings
 
 
 @dataclass(repr=False)
@@ -47,3 +51,20 @@ class SimulatorConfig:
             f"SimulatorConfig(project_id={self.project_id!r}, tokens={len(self.tokens)}, "
             f"aksk={len(self.aksk)}, rate_limit={self.rate_limit}, latency={self.latency})"
         )
+
+
+def simulator_config(settings: Settings, *, project_id: str | None) -> SimulatorConfig:
+    """A simulator accepting the credentials found in the environment the client reads."""
+    token = settings.auth_token.get_secret_value() if settings.auth_token else ""
+    ak = settings.ak.get_secret_value() if settings.ak else ""
+    sk = settings.sk.get_secret_value() if settings.sk else ""
+    return SimulatorConfig(
+        project_id=project_id,
+        tokens=frozenset({token}) if token else frozenset(),
+        aksk={ak: sk} if ak and sk else {},
+    )
+
+
+def demo_token() -> str:
+    """A throwaway token for ``run --simulator`` when no credential is set."""
+    return "demo-" + secrets.token_hex(16)
