@@ -56,7 +56,7 @@ from batchsub.runner import (
     retry_policy,
     run_source,
 )
-from batchsub.settings import DEFAULT_CONFIG_FILE, Settings
+from batchsub.settings import DEFAULT_CONFIG_FILE, Settings, config_file_in_use
 from batchsub.sources.directory import DirectorySource
 from batchsub.sources.ledger_source import LedgerFailedSource
 
@@ -152,10 +152,20 @@ def _iso(epoch: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
+def ledger_exists(spec: str) -> bool:
+    """A shared (PostgreSQL) ledger, or a SQLite file that is there: reading it creates nothing."""
+    return is_shared_ledger(spec) or Path(spec).is_file()
+
+
+def require_ledger(spec: str) -> None:
+    """Fail in one line unless the ledger named by ``--ledger`` exists."""
+    if not ledger_exists(spec):
+        raise ConfigError(f"ledger {spec} does not exist: pass --ledger PATH, the file a run wrote")
+
+
 def existing_ledger(spec: str) -> Ledger:
     """The ledger named by ``--ledger``, which must exist: reading must not create an empty one."""
-    if not is_shared_ledger(spec) and not Path(spec).is_file():
-        raise ConfigError(f"ledger {spec} does not exist: pass --ledger PATH, the file a run wrote")
+    require_ledger(spec)
     return open_ledger(spec, read_only=True)
 
 
@@ -435,7 +445,7 @@ async def _plan(
 ) -> Counter[Action]:
     remote = await list_remote_jobs(settings, project_id) if args.check_remote else None
     ledger: Ledger | None = None
-    if is_shared_ledger(settings.ledger) or Path(settings.ledger).is_file():
+    if ledger_exists(settings.ledger):
         # A missing SQLite file means nothing was sent yet; opening it would create it.
         ledger = open_ledger(settings.ledger, read_only=True)
     if ledger is not None:
@@ -791,7 +801,7 @@ async def retry_failed(
 
 def retry_command(settings: Settings, args: argparse.Namespace) -> int:
     """``batchsub retry``: exit codes as ``run``."""
-    existing_ledger(settings.ledger)  # fail in one line before any log set-up
+    require_ledger(settings.ledger)  # fail in one line before any log set-up
     interactive = configure_command_logging(settings)
     show_progress = settings.progress_shown(interactive)
     return eventloop.run(
@@ -800,13 +810,6 @@ def retry_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 # --- config show ---------------------------------------------------------------------------
-
-
-def config_file_in_use(explicit: Path | None) -> Path | None:
-    """The TOML file the settings came from: ``--config``, else the default when it exists."""
-    if explicit is not None:
-        return explicit
-    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
 
 
 def _toml_value(value: Any) -> str:

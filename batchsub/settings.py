@@ -141,13 +141,19 @@ class Settings(BaseSettings):
         return shown
 
 
+def config_file_in_use(explicit: Path | None) -> Path | None:
+    """The TOML file the settings come from: ``--config``, else the default when it exists."""
+    if explicit is not None:
+        return explicit
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
 def load_settings(flags: dict[str, Any], config_file: Path | None = None) -> Settings:
     """Build the settings: ``flags`` (only those given) over environment over the TOML file.
 
     Without ``config_file`` the default ``config/batchsub.toml`` is read when it exists.
     """
-    if config_file is None and DEFAULT_CONFIG_FILE.is_file():
-        config_file = DEFAULT_CONFIG_FILE
+    config_file = config_file_in_use(config_file)
     if config_file is not None and not config_file.is_file():
         raise ConfigError(f"config file {config_file} does not exist")
     token = _config_file.set(config_file)
