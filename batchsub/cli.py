@@ -119,6 +119,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         type=int,
         help="processes that read and parse manifests beside the sender; 0: none (default: 1)",
     )
+    run.set_defaults(handler=_run_command)
 
     for module in _modules_for(argv):
         importlib.import_module(module).add_parser(commands)
@@ -130,20 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
         settings = load_settings(_flags(args), args.config)
-        if args.command == "run" and args.dry_run:
-            from batchsub.ops_commands import plan_command
-
-            plan_args = argparse.Namespace(
-                directory=args.directory, check_remote=False, json=False, all=False
-            )
-            return plan_command(settings, plan_args)
-        if args.command == "run":
-            from batchsub import eventloop
-            from batchsub.runner import run_directory
-
-            return eventloop.run(
-                run_directory(settings, args.directory, args.report, simulator=args.simulator)
-            )
         handler: Callable[[Settings, argparse.Namespace], int] = args.handler
         return handler(settings, args)
     except BatchsubError as exc:
@@ -152,6 +139,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("batchsub: interrupted", file=sys.stderr)
         return 130
+
+
+def _run_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``batchsub run DIR`` (or, with ``--dry-run``, ``batchsub plan DIR``)."""
+    if args.dry_run:
+        from batchsub.ops_commands import plan_command
+
+        plan_args = argparse.Namespace(
+            directory=args.directory, check_remote=False, json=False, all=False
+        )
+        return plan_command(settings, plan_args)
+    from batchsub import eventloop
+    from batchsub.runner import run_directory
+
+    return eventloop.run(
+        run_directory(settings, args.directory, args.report, simulator=args.simulator)
+    )
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:

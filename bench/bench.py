@@ -63,7 +63,6 @@ class Bench:
     work: Path
     sizes: Sizes
     sections: list[str] = field(default_factory=list)
-    batchsub_runs: list[ChildRun] = field(default_factory=list)
 
     def add(self, title: str, body: str) -> None:
         """Record a section of the page and print it at once."""
@@ -131,13 +130,11 @@ def _throughput_round(bench: Bench, kind: _Kind, directory: Path, n: int, index:
             run, summary = _run_batchsub(bench, sim, directory, ledger=ledger, env=AKSK_ENV)
             if summary["created"] != n:
                 raise BenchError(f"batchsub created {summary['created']} of {n}")
-            bench.batchsub_runs.append(run)
         else:
-            script = BENCH / ("sdk_client.py" if kind.name == "sdk" else "bare_client.py")
+            script = "sdk_client.py" if kind.name == "sdk" else "bare_client.py"
             log = bench.log(kind.name)
-            argv = [sys.executable, str(script), str(directory), sim.url]
-            argv += ["--uvloop"] if kind.name == "bare-uvloop" else []
-            run = run_child(argv, clean_env(AKSK_ENV), log, cwd=REPO)
+            extra = ["--uvloop"] if kind.name == "bare-uvloop" else []
+            run = run_child(_client_argv(script, directory, sim.url, *extra), _ENV, log, REPO)
             _check(run, log, kind.name)
         created = sim.total_jobs()
     if created != n:
@@ -245,7 +242,7 @@ def latency_bound(bench: Bench) -> None:
             concurrency=concurrency,
         )
         times = [t for _, t in sim.jobs()]
-    bare = _bare_latency_run(bench, directory, latency, concurrency)
+    bare = _bare_latency_run(bench, directory, n, latency, concurrency)
     ideal = concurrency / latency
     in_run = n / summary["duration_s"]
     server_rate = _server_rate(times)
@@ -307,14 +304,21 @@ def _server_rate(create_times_ms: list[int]) -> float:
     return (len(create_times_ms) - 1) / span if span > 0 else 0.0
 
 
+def _client_argv(script: str, directory: Path, url: str, *extra: str) -> list[str]:
+    """One of the comparison clients (``bench/sdk_client.py``, ``bench/bare_client.py``)."""
+    return [sys.executable, str(BENCH / script), str(directory), url, *extra]
+
+
+_ENV = clean_env(AKSK_ENV)  # the comparison clients sign with AK/SK
+
+
 def _bare_latency_run(
-    bench: Bench, directory: Path, latency: float, concurrency: int
+    bench: Bench, directory: Path, n: int, latency: float, concurrency: int
 ) -> _BareRates:
-    n = len(list(directory.glob("*.json")))
     with Simulator(bench.work, "--latency", str(latency)) as sim:
         log = bench.log("bare-latency")
-        argv = [sys.executable, str(BENCH / "bare_client.py"), str(directory), sim.url]
-        run = run_child([*argv, "--concurrency", str(concurrency)], clean_env(AKSK_ENV), log, REPO)
+        argv = _client_argv("bare_client.py", directory, sim.url, "--concurrency", str(concurrency))
+        run = run_child(argv, _ENV, log, REPO)
         _check(run, log, "bare loop")
         times = [t for _, t in sim.jobs()]
     post_s = json.loads(log.read_text().strip().splitlines()[-1])["post_s"]

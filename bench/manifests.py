@@ -42,13 +42,10 @@ def manifest(index: int, prefix: str, rng: random.Random) -> dict[str, Any]:
     }
 
 
-def write_manifests(directory: Path, count: int, *, prefix: str = "bench-", seed: int = 7) -> int:
-    """Write ``count`` manifests ``job-NNNNNN.json`` into ``directory``; returns total bytes."""
+def write_manifests(directory: Path, count: int, *, prefix: str = "bench-", seed: int = 7) -> None:
+    """Write ``count`` manifests ``job-NNNNNN.json`` into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    total = 0
     for index in range(count):
         data = orjson.dumps(manifest(index, prefix, rng), option=orjson.OPT_INDENT_2)
         (directory / f"job-{index:06d}.json").write_bytes(data)
-        total += len(data)
-    return total

@@ -62,11 +62,6 @@ class ChildRun:
     sys_s: float
     maxrss_mib: float  # peak resident set size of that process (ru_maxrss is in KiB on Linux)
 
-    @property
-    def cpu_s(self) -> float:
-        """User plus system CPU seconds."""
-        return self.user_s + self.sys_s
-
 
 def run_child(
     argv: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path | None = None
