@@ -204,8 +204,9 @@ class RateLimiter:
         self._throttled += 1
         self._last_throttle = now
         window = parse_throttle_window(message) if message else None
+        stated = window[0] / window[1] if window else None
         # Aim a little under a stated limit: the gateway counts arrivals, which jitter.
-        limit = window[0] / window[1] * (1 - _STATED_MARGIN) if window else None
+        limit = stated * (1 - _STATED_MARGIN) if stated is not None else None
         if limit is not None:
             self._ceiling = limit if self._ceiling <= 0 else min(self._ceiling, limit)
         previous = self._rate
@@ -240,7 +241,7 @@ class RateLimiter:
                 "limiter.throttled",
                 rate=round(self._rate, 3),
                 previous=round(previous, 3),
-                stated_limit=None if window is None else round(window[0] / window[1], 3),
+                stated_limit=None if stated is None else round(stated, 3),
                 pause=pause,
             )
 
@@ -299,15 +300,17 @@ class RateLimiter:
 
     def _observe(self, now: float) -> None:
         self._recent.append(now)
-        while self._recent[0] <= now - _OBSERVE_WINDOW:
+        self._forget_before(now - _OBSERVE_WINDOW)
+
+    def _forget_before(self, oldest: float) -> None:
+        while self._recent and self._recent[0] <= oldest:
             self._recent.popleft()
 
     def _start_limiting(self, now: float, limit: float | None) -> None:
         if limit is not None:
             self._rate = limit
             return
-        while self._recent and self._recent[0] <= now - _OBSERVE_WINDOW:
-            self._recent.popleft()
+        self._forget_before(now - _OBSERVE_WINDOW)
         seen = len(self._recent) / _OBSERVE_WINDOW
         self._ceiling = max(seen, self._min_rate) if len(self._recent) >= 2 else _UNLIMITED_FALLBACK
         self._rate = self._clamp(self._ceiling * 0.5)

@@ -37,7 +37,7 @@ from batchsub.errors import ConfigError
 from batchsub.jobs import InvalidManifest, JobSpec
 from batchsub.logs import configure_command_logging
 from batchsub.report import RunAccount
-from batchsub.runner import run_source
+from batchsub.runner import daemon_exit_code, run_source
 from batchsub.settings import Settings
 from batchsub.sources.amqp import (
     AMQP_FAILURES,
@@ -56,7 +56,6 @@ from batchsub.sources.directory import DirectorySource, iter_manifest_paths
 log = structlog.get_logger("batchsub.publish")
 
 CONFIRM_WINDOW = 256  # messages awaiting their publisher confirm at once
-EXIT_FATAL = 2
 _CONTENT_TYPES = {".json": "application/json", ".yaml": "application/yaml"}
 _URL_HELP = "amqp://user:password@host:5672/vhost (default: $BATCHSUB_AMQP_URL)"
 
@@ -240,7 +239,7 @@ async def consume_source(
     code = await run_source(
         settings, source, account, simulator=simulator, progress=progress, endless=True
     )
-    return EXIT_FATAL if code == EXIT_FATAL else 0
+    return daemon_exit_code(code)
 
 
 async def consume(

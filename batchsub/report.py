@@ -33,6 +33,9 @@ FIRST_ERRORS = 10
 # Outcomes after which the job exists on the server.
 
 
+EXIT_FATAL = 2  # a credential the API refused, or a setting, stopped the run
+
+
 class RunAccount:
     """Counts outcomes as they arrive and streams report rows to disk when asked."""
 
@@ -74,7 +77,7 @@ class RunAccount:
     def exit_code(self, *, fatal: bool = False) -> int:
         """0 when every job exists; 2 when a credential or setting stopped the run; else 1."""
         if fatal:
-            return 2
+            return EXIT_FATAL
         return 0 if all(outcome in EXISTING_OUTCOMES for outcome in self.counts.elements()) else 1
 
     def summary(self, **extra: Any) -> dict[str, Any]:

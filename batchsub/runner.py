@@ -30,7 +30,7 @@ from batchsub.limiter import RateLimiter, RetryBudget
 from batchsub.logs import configure_command_logging
 from batchsub.protocols import Auth, FileIndex, Ledger, RunObserver, Source
 from batchsub.reconcile import Reconciler
-from batchsub.report import RunAccount
+from batchsub.report import EXIT_FATAL, RunAccount
 from batchsub.retry import RetryPolicy
 from batchsub.settings import Settings
 from batchsub.sources.directory import DirectorySource, iter_manifest_paths
@@ -297,3 +297,11 @@ async def _run_until_done(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def daemon_exit_code(code: int) -> int:
+    """A daemon's exit code from its run's: only a fatal stop is a failure of the daemon.
+
+    Invalid or failed jobs are not: they are filed (failed/, the dead-letter queue).
+    """
+    return EXIT_FATAL if code == EXIT_FATAL else 0

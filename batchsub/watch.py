@@ -24,14 +24,13 @@ from batchsub.cli import add_send_flags
 from batchsub.logs import configure_logging
 from batchsub.metrics import Metrics, start_metrics_server
 from batchsub.report import RunAccount
-from batchsub.runner import run_source
+from batchsub.runner import daemon_exit_code, run_source
 from batchsub.settings import Settings
 from batchsub.sources.dropfolder import DropFolderSource
 
 log = structlog.get_logger("batchsub.watch")
 
 METRICS_HOST = "0.0.0.0"  # reachable from outside a container; tests pass 127.0.0.1
-_FATAL_EXIT = 2
 
 
 def add_parser(commands: Any) -> None:
@@ -128,4 +127,4 @@ async def watch(
             await server.close()
     log.info("watch.stopped", directory=str(source.directory), files_left=source.files_waiting())
     # A failed file is filed under failed/ with its reason: not a failure of the daemon.
-    return _FATAL_EXIT if code == _FATAL_EXIT else 0
+    return daemon_exit_code(code)
