@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from batchsub.errors import ConfigError
+from batchsub.http_server import serve_app
 from batchsub.jobs import JobResult, Outcome
 from batchsub.protocols import RateView
 
@@ -118,21 +119,11 @@ def create_metrics_app(metrics: Metrics) -> web.Application:
 
 async def start_metrics_server(metrics: Metrics, host: str, port: int) -> MetricsServer:
     """Serve ``metrics`` on host:port (0 picks a free port) in the running event loop."""
-    runner = web.AppRunner(create_metrics_app(metrics), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        runner, url = await serve_app(create_metrics_app(metrics), host, port, shutdown_timeout=1.0)
     except OSError as exc:
-        await runner.cleanup()
         raise ConfigError(
             f"--metrics-port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}"
         ) from None
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound_host, bound_port = runner.addresses[0][:2]
-    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    url = f"http://{url_host}:{bound_port}"
     log.info("metrics.serving", url=url)
     return MetricsServer(runner, url)

@@ -8,6 +8,7 @@ from types import TracebackType
 import structlog
 from aiohttp import web
 
+from batchsub.http_server import serve_app
 from batchsub.simulator.app import STORE, create_app
 from batchsub.simulator.config import SimulatorConfig
 from batchsub.simulator.store import JobStore
@@ -45,17 +46,8 @@ async def start_simulator(
     config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0
 ) -> RunningSimulator:
     """Start a simulator on host:port (0 picks a free port) and log its URL."""
-    runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound_host, bound_port = runner.addresses[0][:2]
-    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    url = f"http://{url_host}:{bound_port}"
+    app = create_app(config)
+    runner, url = await serve_app(app, host, port, shutdown_timeout=SHUTDOWN_TIMEOUT)
     log.info(
         "simulator.started",
         url=url,
