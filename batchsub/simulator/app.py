@@ -313,26 +313,32 @@ async def _list_jobs(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def _delete_job(request: web.Request) -> web.StreamResponse:
+def _job_or_error(
+    request: web.Request, find: Callable[[int], SimJob | None]
+) -> SimJob | web.Response:
+    """The job the path names (looked up, or deleted, by ``find``), or the API's error answer."""
     raw = request.match_info["job_id"]
     try:
         job_id = int(raw)
     except ValueError:
         return error_response(400, "DLI.0001", "job_id must be an integer")
-    if request.app[STORE].delete(job_id) is None:
+    job = find(job_id)
+    if job is None:
         return error_response(400, "DLI.16001", f"The Flink job {job_id} does not exist")
+    return job
+
+
+async def _delete_job(request: web.Request) -> web.StreamResponse:
+    job = _job_or_error(request, request.app[STORE].delete)
+    if isinstance(job, web.Response):
+        return job
     return json_response(200, {"is_success": "true", "message": "The job is deleted."})
 
 
 async def _show_job(request: web.Request) -> web.StreamResponse:
-    raw = request.match_info["job_id"]
-    try:
-        job_id = int(raw)
-    except ValueError:
-        return error_response(400, "DLI.0001", "job_id must be an integer")
-    job = request.app[STORE].get(job_id)
-    if job is None:
-        return error_response(400, "DLI.16001", f"The Flink job {job_id} does not exist")
+    job = _job_or_error(request, request.app[STORE].get)
+    if isinstance(job, web.Response):
+        return job
     return json_response(
         200,
         {
