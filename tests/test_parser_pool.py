@@ -14,6 +14,7 @@ from typing import cast
 
 import pytest
 
+from batchsub import eventloop
 from batchsub.jobs import JobSpec, ManifestItem
 from batchsub.manifest import parse_manifest_file
 from batchsub.sources.directory import DirectorySource, iter_manifest_paths
@@ -137,6 +138,34 @@ async def test_requests_bigger_than_the_pipe_buffer_do_not_deadlock(tmp_path: Pa
     finally:
         one.close()
     assert pooled == plain and len(plain) == 600
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_answers_bigger_than_the_pipe_arrive_whole_on_every_loop(
+    loop: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ~8 KB bodies: a chunk's answer is ~2 MB, more than even a grown pipe holds, so it
+    # arrives in pieces. uvloop makes a watched pipe non-blocking: a reader expecting the
+    # whole answer at once lost the child at the first chunk and parsed in-process.
+    monkeypatch.setenv(eventloop.EVENT_LOOP_VARIABLE, loop)
+    write_manifests(tmp_path, 300, entrypoint_args="x" * 8000)
+
+    async def through_the_pool() -> tuple[list[ManifestItem], bool]:
+        assert type(asyncio.get_running_loop()).__module__.startswith(loop)
+        one = ParserPool(1)
+        one.start()
+        try:
+            items = await asyncio.wait_for(
+                directory_items(DirectorySource(tmp_path, parser=one)), timeout=20
+            )
+            return items, one.in_children
+        finally:
+            one.close()
+
+    pooled, still_in_children = eventloop.run(through_the_pool())
+    assert still_in_children
+    assert pooled == eventloop.run(directory_items(DirectorySource(tmp_path)))
+    assert len(pooled) == 300 and all(isinstance(item, JobSpec) for item in pooled)
 
 
 async def test_stopping_early_leaves_no_answer_behind(pool: ParserPool, tmp_path: Path) -> None:

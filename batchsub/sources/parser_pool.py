@@ -14,15 +14,18 @@ dies, parsing goes on in the parent: a pool failure never fails a run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import multiprocessing
 import os
+import pickle
 import signal
+import struct
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -36,6 +39,10 @@ log = structlog.get_logger("batchsub.parser_pool")
 # One file's items on the wire: plain tuples pickle and unpickle in C, dataclasses do not.
 _Wire = tuple[Any, ...]
 _JOB, _INVALID = 0, 1
+# A message on a pipe: its length, then its pickle.
+_HEADER = struct.Struct("!Q")
+_PIPE_SIZE = 1 << 20  # fewer wake-ups per answer where Linux lets a pipe grow
+_READ_SIZE = 1 << 20
 
 
 class _ChildGone(Exception):
@@ -46,11 +53,19 @@ _Answer = asyncio.Future[list[list[_Wire]]]
 
 
 class _Child:
-    """One forked parser: its pipe end, the request it works on, and those queued behind."""
+    """One forked parser: its two pipes, the request it works on, and those queued behind.
 
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+    Requests go down one pipe, written whole (blocking) while the child waits for one;
+    answers come up another that the event loop watches and reads without blocking,
+    piece by piece, into ``inbox`` until a whole answer is there. uvloop makes a watched
+    descriptor non-blocking, so the answer pipe is non-blocking on every loop.
+    """
+
+    def __init__(self, process: BaseProcess, requests: int, answers: int) -> None:
         self.process = process
-        self.conn = conn
+        self.requests = requests
+        self.answers = answers
+        self.inbox = bytearray()
         self.working: _Answer | None = None  # one request in the pipe at a time
         self.queued: deque[tuple[tuple[list[str], bool], _Answer]] = deque()
         self.watched = False
@@ -58,6 +73,23 @@ class _Child:
     def answers_owed(self) -> list[_Answer]:
         owed = [answer for _, answer in self.queued]
         return owed if self.working is None else [self.working, *owed]
+
+    def take_message(self) -> Any | None:
+        """The first whole message in the inbox, unpickled, or None while it is partial."""
+        if len(self.inbox) < _HEADER.size:
+            return None
+        (size,) = _HEADER.unpack_from(self.inbox)
+        end = _HEADER.size + size
+        if len(self.inbox) < end:
+            return None
+        message = pickle.loads(self.inbox[_HEADER.size : end])
+        del self.inbox[:end]
+        return message
+
+    def close_pipes(self) -> None:
+        for fd in (self.requests, self.answers):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class ParserPool:
@@ -80,24 +112,38 @@ class ParserPool:
         try:
             context = multiprocessing.get_context("fork")
             for _ in range(self.workers):
-                ours, theirs = context.Pipe()
-                # The child closes every parent end it inherits, so that each child sees
-                # its pipe close when the parent dies.
-                inherited = [child.conn for child in self._children] + [ours]
-                process = context.Process(
-                    target=_serve,
-                    args=(theirs, inherited, os.getpid()),
-                    name="batchsub-parser",
-                    daemon=True,
-                )
-                process.start()
-                theirs.close()
-                self._children.append(_Child(process, ours))
+                self._children.append(self._fork(context))
         except (OSError, ValueError) as exc:
             log.warning("parser_pool.unavailable", error=str(exc), effect="parsing in-process")
             self.close()
             return
         self._turn = itertools.cycle(self._children)
+
+    def _fork(self, context: Any) -> _Child:
+        request_in, request_out = os.pipe()
+        answer_in, answer_out = os.pipe()
+        _grow(request_out)
+        _grow(answer_out)
+        # The child closes every parent end it inherits, so that each child sees its
+        # request pipe close when the parent dies.
+        inherited = [fd for c in self._children for fd in (c.requests, c.answers)]
+        inherited += [request_out, answer_in]
+        process = context.Process(
+            target=_serve,
+            args=(request_in, answer_out, inherited, os.getpid()),
+            name="batchsub-parser",
+            daemon=True,
+        )
+        try:
+            process.start()
+        except BaseException:
+            for fd in (request_in, request_out, answer_in, answer_out):
+                os.close(fd)
+            raise
+        os.close(request_in)
+        os.close(answer_out)
+        os.set_blocking(answer_in, False)
+        return _Child(process, request_out, answer_in)
 
     async def parse(self, paths: Sequence[str], *, validate: bool) -> list[list[ManifestItem]]:
         """The items of each file of ``paths``, in order; each path is its own display name."""
@@ -115,7 +161,7 @@ class ParserPool:
     def _ask(self, child: _Child, paths: list[str], validate: bool) -> _Answer:
         loop = asyncio.get_running_loop()
         if not child.watched:
-            loop.add_reader(child.conn.fileno(), self._answer, child)
+            loop.add_reader(child.answers, self._answer, child)
             child.watched = True
         answer: _Answer = loop.create_future()
         child.queued.append(((paths, validate), answer))
@@ -132,20 +178,31 @@ class ParserPool:
             return
         request, answer = child.queued.popleft()
         try:
-            child.conn.send(request)
-        except (OSError, ValueError) as exc:
+            _write_message(child.requests, request)
+        except OSError as exc:
             child.queued.appendleft((request, answer))
             self._lost(child, exc)
             return
         child.working = answer
 
     def _answer(self, child: _Child) -> None:
-        # On the loop thread, when the child's pipe is readable: one whole answer, or EOF.
+        # On the loop thread, when the answer pipe is readable: read what is there; act on
+        # a whole answer, or on EOF.
         try:
-            wire = child.conn.recv()
+            while True:
+                try:
+                    data = os.read(child.answers, _READ_SIZE)
+                except BlockingIOError:
+                    break
+                if not data:
+                    raise EOFError("the pipe closed")
+                child.inbox += data
+            wire = child.take_message()
         except Exception as exc:  # EOF, a broken pipe, or a garbled answer: the child is lost
             self._lost(child, exc)
             return
+        if wire is None:
+            return  # more of the answer is on its way
         answer, child.working = child.working, None
         if answer is not None and not answer.done():  # done: cancelled, the source stopped
             answer.set_result(wire)
@@ -164,7 +221,7 @@ class ParserPool:
     def _unwatch(self, child: _Child) -> None:
         if child.watched:
             try:
-                asyncio.get_running_loop().remove_reader(child.conn.fileno())
+                asyncio.get_running_loop().remove_reader(child.answers)
             except (RuntimeError, ValueError, OSError):
                 pass  # no loop any more, or the pipe is already closed
             child.watched = False
@@ -178,7 +235,7 @@ class ParserPool:
                 answer.cancel()
             child.working = None
             child.queued.clear()
-            child.conn.close()
+            child.close_pipes()
         for child in children:
             child.process.join(timeout=2)
             if child.process.is_alive():
@@ -189,10 +246,10 @@ def _parse_here(paths: Sequence[str], validate: bool) -> list[list[ManifestItem]
     return [parse_manifest_file(path, path, validate=validate) for path in paths]
 
 
-def _serve(conn: Connection, inherited: list[Connection], parent_pid: int) -> None:
-    """A child's loop: a list of paths in, their items out, until the pipe closes."""
-    for other in inherited:
-        other.close()
+def _serve(requests: int, answers: int, inherited: list[int], parent_pid: int) -> None:
+    """A child's loop: a list of paths in, their items out, until the request pipe closes."""
+    for fd in inherited:
+        os.close(fd)
     # A signal to the child must not be written to the parent's event loop wakeup pipe,
     # which the fork shared: the parent would act on a signal it never got.
     signal.set_wakeup_fd(-1)
@@ -202,10 +259,11 @@ def _serve(conn: Connection, inherited: list[Connection], parent_pid: int) -> No
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     while True:
         try:
-            paths, validate = conn.recv()
-        except (EOFError, OSError):
+            paths, validate = _read_message(requests)
+            items = _parse_here(paths, validate)
+            _write_message(answers, [[_to_wire(item) for item in found] for found in items])
+        except (EOFError, OSError):  # the parent closed its end, or is gone
             return
-        conn.send([[_to_wire(item) for item in items] for items in _parse_here(paths, validate)])
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -214,6 +272,44 @@ def _exit_with_parent(parent_pid: int) -> None:
     while os.getppid() == parent_pid:
         time.sleep(1.0)
     os._exit(0)
+
+
+def _grow(fd: int) -> None:
+    if sys.platform == "linux":
+        import fcntl
+
+        with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: keep 64 KiB
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+
+
+def _write_message(fd: int, message: object) -> None:
+    """Write one message whole, blocking until the reader has taken what the pipe cannot hold."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    _write_all(fd, _HEADER.pack(len(data)))
+    _write_all(fd, data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_message(fd: int) -> Any:
+    """Read one whole message from a blocking pipe; EOFError when it closes."""
+    (size,) = _HEADER.unpack(_read_exactly(fd, _HEADER.size))
+    return pickle.loads(_read_exactly(fd, size))
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    while size:
+        chunk = os.read(fd, min(size, _READ_SIZE))
+        if not chunk:
+            raise EOFError("the pipe closed")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
 
 def _to_wire(item: ManifestItem) -> _Wire:
