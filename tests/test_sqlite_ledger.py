@@ -16,7 +16,7 @@ import pytest
 from batchsub.errors import LedgerError, LedgerLockedError
 from batchsub.jobs import ErrorInfo, LedgerRecord, LedgerState
 from batchsub.ledgers import SqliteLedger
-from batchsub.ledgers.sqlite import SCHEMA_VERSION
+from batchsub.ledgers.sqlite import _MIGRATIONS, SCHEMA_VERSION
 from batchsub.protocols import Ledger
 from tests.conftest import FakeClock, job_spec
 
@@ -381,6 +381,40 @@ async def test_schema_version_and_wal_are_set(open_ledger: OpenLedger, tmp_path:
     assert version == SCHEMA_VERSION >= 1
     assert mode == "wal"
     assert "jobs_by_state" in indexes
+
+
+async def test_a_version_2_ledger_is_migrated_with_its_records(tmp_path: Path) -> None:
+    # Version 2 kept jobs WITHOUT ROWID; version 3 copies them into a rowid table.
+    path = tmp_path / "batchsub.db"
+    row = "INSERT INTO jobs VALUES (?, ?, ?, ?, 1, NULL, NULL, NULL, ?, 'h', ?, 0, 1.0, 2.0)"
+    with sqlite3.connect(path) as conn:
+        for version in (0, 1):
+            conn.executescript(_MIGRATIONS[version])
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute(row, (P, "a", "submitting", None, "jobs/a.yaml", b'{"name":"a"}'))
+        conn.execute(row, (P, "b", "created", 7, "jobs/b.yaml", b'{"name":"b"}'))
+        old_sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs'").fetchone()
+    conn.close()
+    assert "WITHOUT ROWID" in old_sql[0]
+
+    async with SqliteLedger(path) as ledger:
+        records = await ledger.get_many(P, ["a", "b"])
+        await ledger.record(P, job_spec("a"), LedgerState.CREATED, job_id=8)
+        after = await ledger.get_many(P, ["a"])
+    assert records["a"].state is LedgerState.SUBMITTING and records["a"].body == b'{"name":"a"}'
+    assert records["b"].state is LedgerState.CREATED and records["b"].job_id == 7
+    assert records["b"].source == "jobs/b.yaml" and records["b"].updated_at == 2.0
+    assert after["a"].job_id == 8 and after["a"].attempts == 1
+    with sqlite3.connect(path) as conn:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        new_sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs'").fetchone()
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(jobs)").fetchall()}
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    conn.close()
+    assert version == SCHEMA_VERSION == 3
+    assert "WITHOUT ROWID" not in new_sql[0]
+    assert {"jobs_by_state", "jobs_by_source"} <= indexes
+    assert tables == {"jobs", "files"}
 
 
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
