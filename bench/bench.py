@@ -52,7 +52,7 @@ class Sizes:
     throttle_jobs: int = 400
 
 
-FULL = Sizes(throughput_jobs=6000, rounds=3, latency_jobs=3000, big_jobs=50_000)
+FULL = Sizes(throughput_jobs=6000, rounds=5, latency_jobs=3000, big_jobs=50_000)
 QUICK = Sizes(throughput_jobs=1500, rounds=1, latency_jobs=1000, big_jobs=5000)
 
 
@@ -153,9 +153,6 @@ def throughput(bench: Bench) -> dict[str, _Kind]:
     for index in range(bench.sizes.rounds):
         for kind in kinds.values():
             _throughput_round(bench, kind, directory, n, index)
-    bs, sdk, bare, bare_uv = (
-        kinds[k].jobs_per_s(n) for k in ("batchsub", "sdk", "bare", "bare-uvloop")
-    )
     rows = [
         [
             kind.name,
@@ -165,10 +162,12 @@ def throughput(bench: Bench) -> dict[str, _Kind]:
         ]
         for kind in kinds.values()
     ]
+    bs = kinds["batchsub"]
+    vs_sdk, vs_bare, vs_bare_uv = (_paired(bs, kinds[k]) for k in ("sdk", "bare", "bare-uvloop"))
     goals = [
-        ["batchsub / sdk", f"{bs / sdk:.2f}x", ">= 4x", verdict(bs >= 4 * sdk)],
-        ["batchsub / bare", f"{100 * bs / bare:.0f}%", ">= 85%", verdict(bs >= 0.85 * bare)],
-        ["batchsub / bare-uvloop", f"{100 * bs / bare_uv:.0f}%", "(for comparison)", ""],
+        ["batchsub / sdk", *_shown(vs_sdk, "x"), ">= 4x", verdict(median(vs_sdk) >= 4)],
+        ["batchsub / bare", *_shown(vs_bare, "%"), ">= 85%", verdict(median(vs_bare) >= 0.85)],
+        ["batchsub / bare-uvloop", *_shown(vs_bare_uv, "%"), "(for comparison)", ""],
     ]
     bench.add(
         f"1. Throughput: {n:,} manifests, --rate 0, concurrency {CONCURRENCY}, AK/SK",
@@ -187,10 +186,26 @@ otherwise (uvloop, info logs, one JSON line per job, to a file; a fresh ledger e
 
 {table(["client", "median jobs/s", "rounds (jobs/s)", "median wall s"], rows)}
 
-{table(["ratio", "value", "goal", ""], goals)}
+Ratios are paired: each round's batchsub run against the other client's run of the same
+round (they ran seconds apart), then the median over the rounds, so that a slow spell of the
+machine shifts both sides of a ratio rather than one.
+
+{table(["ratio", "median of rounds", "rounds", "goal", ""], goals)}
 """,
     )
     return kinds
+
+
+def _paired(ours: _Kind, other: _Kind) -> list[float]:
+    """Per round: our jobs/s over the other client's (the inverse ratio of wall times)."""
+    return [theirs.wall_s / mine.wall_s for mine, theirs in zip(ours.runs, other.runs, strict=True)]
+
+
+def _shown(ratios: list[float], unit: str) -> list[str]:
+    def one(value: float) -> str:
+        return f"{value:.2f}x" if unit == "x" else f"{100 * value:.0f}%"
+
+    return [one(median(ratios)), " / ".join(one(r) for r in ratios)]
 
 
 def cpu_cost(bench: Bench, kinds: dict[str, _Kind]) -> None:
@@ -220,8 +235,39 @@ and for batchsub its manifest parser child's too), median over the rounds; the s
 CPU is measured the same way when it exits.
 
 {table(["client", "client CPU s", "user", "sys", "simulator CPU s", "client peak RSS MiB"], rows)}
+
+{_cpu_budget(kinds, n)}
 """,
     )
+
+
+def _cpu_budget(kinds: dict[str, _Kind], n: int) -> str:
+    """What the shared cores alone allow batchsub/bare to be, from the CPU both runs used."""
+    cores = os.cpu_count() or 1
+
+    def per_job_ms(kind: _Kind) -> tuple[float, float]:
+        client = median([run.user_s + run.sys_s for run in kind.runs]) * 1000 / n
+        return client, median(kind.server_cpu) * 1000 / n
+
+    ours, our_server = per_job_ms(kinds["batchsub"])
+    bare, bare_server = per_job_ms(kinds["bare"])
+    ceiling = (bare + bare_server) / (ours + our_server)
+    needed = (bare + bare_server) / 0.85 - our_server
+    bound = [
+        [name, f"{client:.2f}", f"{server:.2f}", f"{1000 * cores / (client + server):.0f}"]
+        for name, client, server in (("bare", bare, bare_server), ("batchsub", ours, our_server))
+    ]
+    header = ["client", "client CPU ms/job", "simulator CPU ms/job", "jobs/s bound"]
+    return f"""The shared cores bound the ratio. When client and simulator keep all {cores} cores
+busy, jobs/s is at most {cores} / (client + simulator CPU seconds per job):
+
+{table(header, bound)}
+
+By that bound alone, batchsub / bare is at most **{100 * ceiling:.0f}%** here. 85% would need
+batchsub's whole process (start-up, manifest parsing and validation, the durable ledger and
+the log included) to use at most {needed:.2f} ms of CPU per job, against the bare loop's
+{bare:.2f} ms for signing and posting alone.
+"""
 
 
 # 2: latency-bound pool.

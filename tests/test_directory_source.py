@@ -12,7 +12,7 @@ from batchsub.errors import ConfigError
 from batchsub.jobs import InvalidManifest, JobResult, JobSpec, ManifestItem, Outcome
 from batchsub.protocols import Source
 from batchsub.sources import DirectorySource
-from batchsub.sources.directory import iter_manifest_paths
+from batchsub.sources.directory import _chunks, _Unreadable, iter_manifest_paths
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -181,3 +181,10 @@ async def test_example_manifests_folder() -> None:
     assert len(items) >= 12
     assert any(item.source.endswith("team-payments/refund-monitor.yaml") for item in items)
     assert any(item.source.endswith("log-etl-jobs.yaml#2") for item in items)
+
+
+def test_the_first_chunk_is_short_so_the_first_requests_leave_early() -> None:
+    paths: list[str | _Unreadable] = [f"m/{i:04d}.json" for i in range(300)]
+    chunks = list(_chunks(iter(paths), 256, first=32))
+    assert [len(chunk) for chunk in chunks] == [32, 256, 12]
+    assert [p for chunk in chunks for p in chunk] == paths

@@ -109,7 +109,7 @@ class DirectorySource:
         _check_root(self.root)
         self._exhausted = False
         seen: dict[str, str] = {}
-        chunks = _chunks(_scan(str(self.root)), _INDEX_CHUNK)
+        chunks = _chunks(_scan(str(self.root)), _INDEX_CHUNK, first=_FIRST_CHUNK)
         ahead = await self._prepare(next(chunks, None))
         try:
             while ahead is not None:
@@ -224,6 +224,8 @@ class _OpenFile:
 
 
 _INDEX_CHUNK = 256  # files per index lookup and per index write
+# The first chunk is short: the first requests leave once it is parsed, not 256 files later.
+_FIRST_CHUNK = 32
 _YIELD_EVERY = 4  # files between pauses: answers waiting on the loop are not held up long
 
 
@@ -240,13 +242,17 @@ def _fingerprint(path: str) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
 
 
-def _chunks(found: Iterator[str | _Unreadable], size: int) -> Iterator[list[str | _Unreadable]]:
+def _chunks(
+    found: Iterator[str | _Unreadable], size: int, *, first: int
+) -> Iterator[list[str | _Unreadable]]:
+    """Lists of ``size`` paths, the first one only ``first`` long."""
     chunk: list[str | _Unreadable] = []
+    wanted = first
     for item in found:
         chunk.append(item)
-        if len(chunk) >= size:
+        if len(chunk) >= wanted:
             yield chunk
-            chunk = []
+            chunk, wanted = [], size
     if chunk:
         yield chunk
 
