@@ -16,7 +16,7 @@ import pytest
 from batchsub.errors import LedgerError, LedgerLockedError
 from batchsub.jobs import ErrorInfo, LedgerRecord, LedgerState
 from batchsub.ledgers import SqliteLedger
-from batchsub.ledgers.sqlite import _MIGRATIONS, SCHEMA_VERSION
+from batchsub.ledgers.sqlite import _MIGRATIONS, _SETTLED_SQL, SCHEMA_VERSION
 from batchsub.protocols import Ledger
 from tests.conftest import FakeClock, job_spec
 
@@ -415,6 +415,22 @@ async def test_a_version_2_ledger_is_migrated_with_its_records(tmp_path: Path) -
     assert "WITHOUT ROWID" not in new_sql[0]
     assert {"jobs_by_state", "jobs_by_source"} <= indexes
     assert tables == {"jobs", "files"}
+
+
+async def test_settled_jobs_are_looked_up_by_name_not_by_state(tmp_path: Path) -> None:
+    # Planned on the state index, a rerun's lookups scanned every created job per chunk.
+    path = tmp_path / "batchsub.db"
+    async with SqliteLedger(path) as ledger:
+        for name in ("a", "b"):
+            await ledger.record(P, job_spec(name), LedgerState.CREATED, job_id=1)
+    names = ["a", "b", *(f"absent-{i}" for i in range(498))]  # a whole chunk, as reruns ask
+    with sqlite3.connect(path) as conn:
+        sql = _SETTLED_SQL.format(marks=",".join("?" * len(names)))
+        plan = " ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", (P, *names)))
+        found = conn.execute(sql, (P, *names)).fetchall()
+    conn.close()
+    assert "(project_id=? AND name=?)" in plan and "jobs_by_state" not in plan
+    assert sorted(row[1] for row in found) == ["a", "b"]
 
 
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -128,6 +128,13 @@ ON CONFLICT (project_id, name) DO UPDATE SET
 WHERE jobs.state <> 'created' OR excluded.state = 'created'
 """
 
+# "+state" keeps the names looked up by the primary key: on the jobs_by_state index SQLite
+# would scan every created job of the project for each chunk (a 50,000-job rerun took 5x).
+_SETTLED_SQL = (
+    "SELECT source, name, job_id, adopted FROM jobs"
+    " WHERE project_id = ? AND +state = 'created' AND name IN ({marks})"
+)
+
 _T = TypeVar("_T")
 _CHUNK = 500  # names per IN (...): well under SQLite's 32766 host parameters
 
@@ -278,11 +285,7 @@ class SqliteLedger:
         wanted = list(dict.fromkeys(n for names in remembered.values() for n in names))
         jobs: dict[str, SettledJob] = {}
         for chunk, marks in _chunked(wanted):
-            rows = await self._read(
-                f"SELECT source, name, job_id, adopted FROM jobs WHERE project_id = ?"
-                f" AND state = 'created' AND name IN ({marks})",
-                (project_id, *chunk),
-            )
+            rows = await self._read(_SETTLED_SQL.format(marks=marks), (project_id, *chunk))
             jobs.update((row[1], SettledJob(row[0], row[1], row[2], bool(row[3]))) for row in rows)
         # A file counts only while every job of it is still created.
         return {
