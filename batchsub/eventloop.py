@@ -4,13 +4,20 @@ uvloop's loop and transports are written in Cython on libuv: aiohttp's per-reque
 the loop thread drops by about a fifth, and the loop thread is what limits a run at no rate
 limit (see bench/results.md). ``BATCHSUB_EVENT_LOOP=asyncio`` picks the standard loop, to
 rule uvloop out when chasing a problem.
+
+While a command runs, the objects that exist when it starts (every imported module, class
+and schema: a few hundred thousand) are frozen out of the cyclic garbage collector, and the
+collector runs after 10,000 new objects instead of 700. A 6,000-job run spent 130 ms in
+collections, up to 60 ms at a time with every request stalled; now about 20 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import os
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 from batchsub.errors import ConfigError
@@ -19,6 +26,7 @@ _T = TypeVar("_T")
 
 EVENT_LOOP_VARIABLE = "BATCHSUB_EVENT_LOOP"
 _CHOICES = ("auto", "uvloop", "asyncio")
+_YOUNG_OBJECTS_PER_COLLECTION = 10_000
 
 
 def loop_name() -> str:
@@ -46,9 +54,26 @@ def run(main: Coroutine[Any, Any, _T]) -> _T:
     except ConfigError:
         main.close()  # never started: no "coroutine was never awaited" warning
         raise
-    if name == "uvloop":
-        import uvloop
+    with _fewer_collections():
+        if name == "uvloop":
+            import uvloop
 
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(main)
-    return asyncio.run(main)
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(main)
+        return asyncio.run(main)
+
+
+@contextlib.contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Freeze what exists now out of the garbage collector, and collect less often; undone after.
+
+    Undone so that a caller in the same process (the tests) gets its collector back as it was.
+    """
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(_YOUNG_OBJECTS_PER_COLLECTION, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()

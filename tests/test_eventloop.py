@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 
 import pytest
@@ -32,3 +33,15 @@ def test_an_unknown_loop_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(ConfigError, match="BATCHSUB_EVENT_LOOP='trio': must be one of"):
         eventloop.run(coro)
     assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED  # no "never awaited" warning
+
+
+async def _collector_state() -> tuple[int, tuple[int, int, int]]:
+    return gc.get_freeze_count(), gc.get_threshold()
+
+
+def test_a_run_freezes_what_exists_and_collects_less_often_then_restores_it() -> None:
+    before = gc.get_threshold()
+    frozen, threshold = eventloop.run(_collector_state())
+    assert frozen > 10_000  # the modules, classes and objects imported before the run
+    assert threshold[0] == 10_000 > before[0] and threshold[1:] == before[1:]
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
