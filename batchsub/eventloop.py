@@ -6,7 +6,7 @@ limit (see bench/results.md). ``BATCHSUB_EVENT_LOOP=asyncio`` picks the standard
 rule uvloop out when chasing a problem.
 
 While a command runs, the objects that exist when it starts (every imported module, class
-and schema: about 150,000 for `run`) are frozen out of the cyclic garbage collector, and the
+and schema: about 50,000 for `run`) are frozen out of the cyclic garbage collector, and the
 collector runs after 10,000 new objects instead of 700. A 6,000-job run spent 120-180 ms in
 collections, up to 35 ms at a time with every request stalled; now about 20 ms, 1.5 ms at most.
 """
