@@ -9,7 +9,8 @@ A daemon runs for months, and jobs made by hand meanwhile must be adopted too (t
 accept a second job of the same name): a snapshot older than ``refresh_after`` catches up
 before it is used, listing newest first until it reaches jobs it already knew (one call,
 usually). Catching up sees no deletions, so every ``relist_after`` the whole list is read
-again: a job made by hand and deleted since is then no longer adopted.
+again: a job made by hand and deleted since is then no longer adopted. An endpoint whose list
+gives no creation times gets only those full listings.
 """
 
 from __future__ import annotations
@@ -87,16 +88,21 @@ class Reconciler:
                 self._snapshot = _lowest_ids(jobs)
                 self._newest_ms = _newest(jobs)
                 if jobs and self._newest_ms is None:
-                    # Catching up would mean listing every job again, each time.
-                    log.warning(
-                        "remote.no_create_time",
-                        effect="jobs made outside batchsub after it started are not detected",
-                    )
-                    self._refresh_after = math.inf
+                    self._without_create_times()
                 log.info("remote.listed", jobs=len(self._snapshot), list_calls=self.list_calls)
             elif self._stale():
                 await self._catch_up(self._snapshot)
             return self._snapshot
+
+    def _without_create_times(self) -> None:
+        # Catching up newest first needs creation times; without them it would read every
+        # page each time. Read the whole list only every relist_after instead.
+        self._refresh_after = max(self._refresh_after, self._relist_after)
+        log.warning(
+            "remote.no_create_time",
+            effect="jobs made outside batchsub are seen at each full listing, "
+            f"every {self._relist_after:g} s",
+        )
 
     def _stale(self) -> bool:
         return self._clock() - self._snapshot_at >= self._refresh_after
@@ -125,8 +131,8 @@ class Reconciler:
                     added += name not in snapshot
                     snapshot[name] = job_id
         self._newest_ms = max(filter(None, (self._newest_ms, _newest(jobs))), default=None)
-        if jobs and self._newest_ms is None:
-            self._refresh_after = math.inf  # no creation times: catching up costs every page
+        if jobs and self._newest_ms is None and self._refresh_after < self._relist_after:
+            self._without_create_times()
         self._snapshot_at = started
         log.info("remote.caught_up", new_jobs=added, list_calls=self.list_calls - calls)
 

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+from structlog.testing import capture_logs
 
 from batchsub.auth import TokenAuth
 from batchsub.calls import SafeCaller
@@ -137,3 +138,26 @@ async def test_a_job_deleted_since_is_dropped_when_the_whole_list_is_read_again(
         remade = sim.store.add("by-hand", {}, base_ms + 5000, PROJECT)
         clock.now += 60
         assert (await finder.snapshot())["by-hand"] == remade.job_id
+
+
+async def test_without_creation_times_the_whole_list_is_read_every_relist_after(
+    simulator: SimulatorFactory,
+) -> None:
+    # Catching up newest first needs creation times: without them it would read every page
+    # at every refresh, so the whole list is read only every relist_after.
+    sim = await simulator(list_create_time=False)
+    sim.store.add("old", {}, 1_700_000_000_000, PROJECT)
+    clock = _Clock()
+    async with aiohttp.ClientSession() as session:
+        finder = reconciler(session, sim.url, refresh_after=60, relist_after=600, clock=clock)
+        with capture_logs() as logs:
+            assert await finder.snapshot() == {"old": 1}
+        warnings = [entry["event"] for entry in logs if entry["log_level"] == "warning"]
+        assert warnings == ["remote.no_create_time"]
+        by_hand = sim.store.add("by-hand", {}, 1_700_000_001_000, PROJECT)
+        clock.now += 599
+        assert "by-hand" not in await finder.snapshot()
+        assert finder.list_calls == 1
+        clock.now += 1
+        assert (await finder.snapshot())["by-hand"] == by_hand.job_id
+        assert finder.list_calls == 2

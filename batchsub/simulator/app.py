@@ -303,6 +303,9 @@ async def _list_jobs(request: web.Request) -> web.StreamResponse:
         found.reverse()
     page = found[query.offset : query.offset + query.limit]
     jobs = [job.summary(detail=query.detail) for job in page]
+    if not request.app[_STATE].config.list_create_time:  # as an endpoint without the field
+        for listed in jobs:
+            del listed["create_time"]
     return json_response(
         200,
         {

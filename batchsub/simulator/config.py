@@ -39,6 +39,7 @@ class SimulatorConfig:
     known_queues: frozenset[str] | None = None  # None: any queue name exists
     clock: Callable[[], float] = time.monotonic  # rate window and arrival times
     wall_clock: Callable[[], float] = time.time  # create_time and X-Sdk-Date skew
+    list_create_time: bool = True  # False: the list call leaves create_time out
 
     @property
     def auth_enabled(self) -> bool:
