@@ -200,7 +200,12 @@ async def run_source(
         # A one-shot run with nobody listening at the endpoint says so in seconds; a daemon
         # keeps trying through an outage, as long as the retry policy allows.
         caller = SafeCaller(limiter, policy, connect_attempts=None if endless else 4)
-        reconciler = Reconciler(client, caller, refresh_after=settings.snapshot_refresh)
+        reconciler = Reconciler(
+            client,
+            caller,
+            refresh_after=settings.snapshot_refresh,
+            relist_after=settings.snapshot_relist,
+        )
         submitter = Submitter(
             client=client,
             ledger=ledger,

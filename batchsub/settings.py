@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # The server's job list is read once, then caught up (newest first) when older than this,
     # so that jobs made by hand while a daemon runs are adopted, not duplicated.
     snapshot_refresh: float = Field(60.0, gt=0.0)
+    # Catching up sees no deletions: the whole list is read again this often, so that a job
+    # deleted since is no longer adopted (and the snapshot shrinks with the server's list).
+    snapshot_relist: float = Field(1800.0, gt=0.0)
     # ``run``: child processes that read, parse and validate manifests, off the thread that
     # sends; 0 does it all in one process.
     parse_workers: int = Field(1, ge=0, le=64)

@@ -121,6 +121,35 @@ async def test_a_job_made_by_hand_while_the_daemon_runs_is_adopted_not_duplicate
     ]
 
 
+async def test_a_job_deleted_by_hand_is_forgotten_at_the_next_full_listing(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(duplicate_names="accept")
+    gone = sim.store.add("gone", {}, int(time.time() * 1000) - 60_000, PROJECT)
+    inbox = tmp_path / "inbox"
+    source = DropFolderSource(inbox, settle_time=0.1, rescan_interval=0.5)
+    source.prepare()
+    settings = settings_for(sim.url, tmp_path, snapshot_refresh=0.3, snapshot_relist=0.3)
+    task = asyncio.create_task(watch(settings, source, report=tmp_path / "report.json"))
+    try:
+        drop(inbox, "first.json", job("first"))  # the daemon's listing holds "gone" from here
+        await eventually(lambda: names_in(inbox / "done") == ["first.json"])
+        sim.store.delete(gone.job_id)
+        await asyncio.sleep(0.4)  # older than snapshot_relist: the whole list is read again
+        drop(inbox, "gone.json", job("gone"))
+        await eventually(lambda: "gone.json" in names_in(inbox / "done"))
+    finally:
+        source.stop()
+        code = await asyncio.wait_for(task, 10)
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    rows = [row for row in report["jobs"] if row["name"] == "gone"]
+    # Created anew: the deleted job was not taken for existing.
+    assert [(row["outcome"], row["adopted"]) for row in rows] == [("created", False)]
+    assert rows[0]["job_id"] != gone.job_id
+    assert [j.name for j in sim.store.jobs if not j.deleted] == ["first", "gone"]
+
+
 # --- as a process -------------------------------------------------------------------------
 
 
