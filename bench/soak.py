@@ -4,7 +4,8 @@ Usage: ``python bench/soak.py [--minutes 5] [--rate 100] [--output bench/soak.md
 it reads /proc). Starts a ``batchsub simulator`` process (20 ms answers; 1% 5xx before
 creating and 0.5% connections dropped after creating, so retries and lookups of lost answers
 run all along; a second job of a name would be accepted, so a duplicate would show), then
-``batchsub watch DIR`` against it at ``--rate`` (AK/SK, info logs to a file, metrics on).
+``batchsub watch DIR`` against it with ``--rate`` a quarter above the feed, so that it keeps
+up and the soak measures a steady state (AK/SK, info logs to a file, metrics on).
 A feeder drops ``rate`` manifests a second into DIR for ``minutes``, each written under a
 temporary name and renamed into place (the drop-folder protocol). Every 5 s it samples the
 daemon's RSS and CPU time from /proc and its created count from ``/metrics``.
@@ -39,6 +40,7 @@ from stats import table
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_EVERY = 5.0
+HEADROOM = 1.25  # the daemon's --rate over the feed rate: retries and list calls share it
 FAULTS = ("--latency", "0.02", "--fail-5xx", "0.01", "--drop-after-create", "0.005")
 
 
@@ -144,7 +146,7 @@ def soak(work: Path, minutes: float, rate: float) -> tuple[list[Sample], dict[st
     rng = random.Random(11)
     samples: list[Sample] = []
     with Simulator(work, "--duplicate-names", "accept", *FAULTS) as sim:
-        daemon = Daemon(inbox, sim, work, rate)
+        daemon = Daemon(inbox, sim, work, rate * HEADROOM)
         try:
             daemon.wait_ready()
             started = time.monotonic()
@@ -226,7 +228,8 @@ def page(samples: list[Sample], checks: dict[str, object], minutes: float, rate:
     )
     return f"""# batchsub soak: the drop-folder daemon under a steady stream of manifests
 
-Written by `python bench/soak.py --minutes {minutes:g} --rate {rate:g}`. The simulator answers
+Written by `python bench/soak.py --minutes {minutes:g} --rate {rate:g}`: {rate:g} manifests a
+second into the drop folder, `batchsub watch --rate {rate * HEADROOM:g}`. The simulator answers
 in 20 ms, fails 1% of creates with a 5xx before creating and drops 0.5% of connections after
 creating (lost answers, looked up before any resend); it accepts a second job of a name, so a
 duplicate would show in its list.
