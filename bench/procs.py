@@ -7,6 +7,7 @@ simulator's included).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -123,6 +124,22 @@ class Simulator:
         with urllib.request.urlopen(request, timeout=30) as resp:
             payload: dict[str, Any] = json.load(resp)
         return payload
+
+    def delete(self, job_ids: Sequence[int]) -> None:
+        """Delete jobs, as DLI's delete call does, over one kept-alive connection."""
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=30)
+        try:
+            for job_id in job_ids:
+                path = f"/v1.0/{PROJECT}/streaming/jobs/{job_id}"
+                conn.request("DELETE", path, headers={"X-Auth-Token": TOKEN})
+                conn.getresponse().read()
+        finally:
+            conn.close()
+
+    def oldest(self, limit: int) -> list[tuple[str, int]]:
+        """(name, job_id) of the oldest jobs, up to ``limit`` (at most 100)."""
+        page = self._get(f"limit={limit}&offset=0&order=asc")["job_list"]
+        return [(job["name"], job["job_id"]) for job in page["jobs"]]
 
     def total_jobs(self) -> int:
         """How many jobs the simulator holds (the list call's total_count)."""

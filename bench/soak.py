@@ -10,6 +10,11 @@ A feeder drops ``rate`` manifests a second into DIR for ``minutes``, each writte
 temporary name and renamed into place (the drop-folder protocol). Every 5 s it samples the
 daemon's RSS and CPU time from /proc and its created count from ``/metrics``.
 
+With ``--keep-jobs N`` a janitor deletes the oldest jobs beyond the newest N every 2 s, as
+the owner of a project under its DLI job quota would, and the daemon reads the whole server
+list again every ``--relist`` seconds (``BATCHSUB_SNAPSHOT_RELIST``): the list it keeps then
+stays bounded, and so should its memory.
+
 At the end the feeder stops, the daemon gets until every file is done (or 120 s), then
 SIGTERM. Checks, from the server and the folder, not from batchsub's counters: the
 simulator holds exactly one job per manifest fed, and every file is in ``done/``. Memory:
@@ -20,12 +25,14 @@ over the second half of the samples (MiB per hour).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import random
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -58,7 +65,9 @@ class Sample:
 class Daemon:
     """``batchsub watch`` in its own process, measured through /proc and its /metrics."""
 
-    def __init__(self, inbox: Path, sim: Simulator, work: Path, rate: float) -> None:
+    def __init__(
+        self, inbox: Path, sim: Simulator, work: Path, rate: float, env: dict[str, str]
+    ) -> None:
         self.metrics_port = free_port()
         self.log_path = work / "watch.log"
         argv = [sys.executable, "-m", "batchsub", "watch", str(inbox), "--endpoint", sim.url]
@@ -69,7 +78,11 @@ class Daemon:
         argv += ["--in-doubt-grace", "1"]
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            argv, env=clean_env(AKSK_ENV), stdout=self._log, stderr=subprocess.STDOUT, cwd=work
+            argv,
+            env=clean_env({**AKSK_ENV, **env}),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=work,
         )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -130,6 +143,32 @@ class Daemon:
             self._log.close()
 
 
+class Janitor(threading.Thread):
+    """Deletes the oldest jobs beyond the newest ``keep``, every 2 s, remembering their names.
+
+    Over 10 connections at once: the simulator answers every call, deletes too, after its
+    added latency.
+    """
+
+    def __init__(self, sim: Simulator, keep: int) -> None:
+        super().__init__(name="soak-janitor", daemon=True)
+        self.sim = sim
+        self.keep = keep
+        self.deleted: list[str] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            while not self.stopped.wait(2.0):
+                excess = self.sim.total_jobs() - self.keep
+                while excess > 0 and not self.stopped.is_set():
+                    oldest = self.sim.oldest(min(excess, 100))
+                    ids = [job_id for _, job_id in oldest]
+                    list(pool.map(self.sim.delete, [ids[i::10] for i in range(10)]))
+                    self.deleted += [name for name, _ in oldest]
+                    excess -= len(oldest)
+
+
 def feed(inbox: Path, index: int, rng: random.Random) -> None:
     """Drop one manifest: written under a temporary name, then renamed into place."""
     body = orjson.dumps(manifest(index, "soak-", rng), option=orjson.OPT_INDENT_2)
@@ -139,15 +178,21 @@ def feed(inbox: Path, index: int, rng: random.Random) -> None:
     temporary.rename(final)
 
 
-def soak(work: Path, minutes: float, rate: float) -> tuple[list[Sample], dict[str, object]]:
+def soak(
+    work: Path, minutes: float, rate: float, keep_jobs: int | None, relist: float
+) -> tuple[list[Sample], dict[str, object]]:
     """Feed the daemon for ``minutes``; returns the samples and the end-of-run checks."""
     inbox = work / "inbox"
     inbox.mkdir()
     rng = random.Random(11)
     samples: list[Sample] = []
+    env = {} if keep_jobs is None else {"BATCHSUB_SNAPSHOT_RELIST": f"{relist:g}"}
     with Simulator(work, "--duplicate-names", "accept", *FAULTS) as sim:
-        daemon = Daemon(inbox, sim, work, rate * HEADROOM)
+        daemon = Daemon(inbox, sim, work, rate * HEADROOM, env)
+        janitor = Janitor(sim, keep_jobs) if keep_jobs is not None else None
         try:
+            if janitor is not None:
+                janitor.start()
             daemon.wait_ready()
             started = time.monotonic()
             next_sample = started
@@ -167,16 +212,22 @@ def soak(work: Path, minutes: float, rate: float) -> tuple[list[Sample], dict[st
             samples.append(_sample(daemon, started, fed))
             requests = daemon.requests()
         finally:
+            if janitor is not None:
+                janitor.stopped.set()
+                janitor.join()
             code = daemon.stop()
+        # Every job ever made: those still listed, and those the janitor deleted.
         names = Counter(name for name, _ in sim.jobs())
+        names.update(janitor.deleted if janitor is not None else [])
     checks: dict[str, object] = {
         "fed": fed,
         "exit code": code,
         "create requests": requests["create"],
         "list requests": requests["list"],
-        "server jobs": sum(names.values()),
+        "server jobs (made)": sum(names.values()),
+        "deleted by the janitor": len(janitor.deleted) if janitor is not None else 0,
         "names created twice": sum(1 for count in names.values() if count > 1),
-        "missing on the server": fed - len(names),
+        "never made": fed - len(names),
         "done/": _count(inbox / "done"),
         "failed/": _count(inbox / "failed"),
         "left in the inbox": _count(inbox),
@@ -210,7 +261,7 @@ def slope_mib_per_hour(samples: list[Sample]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var * 3600
 
 
-def page(samples: list[Sample], checks: dict[str, object], minutes: float, rate: float) -> str:
+def page(samples: list[Sample], checks: dict[str, object], args: argparse.Namespace) -> str:
     """The results page."""
     after_first_minute = next((s for s in samples if s.at_s >= 60), samples[-1])
     last = samples[-1]
@@ -223,16 +274,16 @@ def page(samples: list[Sample], checks: dict[str, object], minutes: float, rate:
     ok = (
         checks["exit code"] == 0
         and checks["names created twice"] == 0
-        and checks["missing on the server"] == 0
-        and checks["server jobs"] == checks["fed"] == checks["done/"]
+        and checks["never made"] == 0
+        and checks["server jobs (made)"] == checks["fed"] == checks["done/"]
     )
     return f"""# batchsub soak: the drop-folder daemon under a steady stream of manifests
 
-Written by `python bench/soak.py --minutes {minutes:g} --rate {rate:g}`: {rate:g} manifests a
-second into the drop folder, `batchsub watch --rate {rate * HEADROOM:g}`. The simulator answers
-in 20 ms, fails 1% of creates with a 5xx before creating and drops 0.5% of connections after
+Written by `python bench/soak.py {_flags(args)}`: {args.rate:g} manifests a second into
+the drop folder, `batchsub watch --rate {args.rate * HEADROOM:g}`. The simulator answers in
+20 ms, fails 1% of creates with a 5xx before creating and drops 0.5% of connections after
 creating (lost answers, looked up before any resend); it accepts a second job of a name, so a
-duplicate would show in its list.
+duplicate would show in its list.{_janitor_note(args)}
 
 {table(["", ""], describe(REPO))}
 
@@ -250,20 +301,46 @@ RSS after the first minute {after_first_minute.rss_mib:.1f} MiB, at the end
 **{slope:+.1f} MiB/hour**. CPU: {1000 * last.cpu_s / created:.2f} s per 1,000 jobs
 (start-up, retries and lookups included).
 
-What grows: the daemon keeps a snapshot of the server's jobs (name and id: made by hand, they
-must be adopted rather than duplicated), caught up once a minute on the jobs made since, its
-own included, and read whole again every 30 minutes, which drops deleted jobs. RSS steps up
-at each catch-up with the jobs on the server: here the simulator keeps every job ever made
-(100 a second), while a real project is bounded by its DLI job quota. The rest (SQLite's page
-caches filling up to their 2 MB each, the allocator's high-water marks) levels off.
+{_growth_note(args)}
 
 List requests: besides looking up lost answers by name, each catch-up reads every job made
 since the last one plus a 2-minute overlap (so that a create still in flight or a server
-clock stepping back is not missed). At 100 new jobs a second that is ~180 list pages a
-minute, about 4% of the requests, from the same rate budget; at a daemon's usual pace, one.
+clock stepping back is not missed): at 100 new jobs a second ~180 list pages a minute, from
+the same rate budget; at a daemon's usual pace, one. Full listings add a page per 100 jobs.
 
 {table(["s", "fed", "done (metrics)", "RSS MiB", "CPU s"], rows)}
 """
+
+
+def _growth_note(args: argparse.Namespace) -> str:
+    kept = """What the daemon keeps that grows: a snapshot of the server's jobs (name and id:
+made by hand, they must be adopted rather than duplicated), caught up once a minute on the
+jobs made since, its own included, and read whole again every `snapshot_relist`, which
+drops deleted jobs."""
+    if args.keep_jobs is None:
+        return f"""{kept} Here the simulator keeps every job ever made ({args.rate:g} a second),
+so RSS steps up at each catch-up; a real project is bounded by its DLI job quota (see
+`--keep-jobs`). The rest (SQLite's page caches filling up to their 2 MB each, the
+allocator's high-water marks) levels off."""
+    return f"""{kept} Here the server holds about {args.keep_jobs:,} jobs, so the snapshot holds
+at most those plus the jobs made since the last full listing ({args.relist:g} s ago at most)."""
+
+
+def _flags(args: argparse.Namespace) -> str:
+    flags = f"--minutes {args.minutes:g} --rate {args.rate:g}"
+    if args.keep_jobs is not None:
+        flags += f" --keep-jobs {args.keep_jobs} --relist {args.relist:g}"
+    return flags
+
+
+def _janitor_note(args: argparse.Namespace) -> str:
+    if args.keep_jobs is None:
+        return ""
+    return (
+        f"\n\nA janitor keeps the newest {args.keep_jobs:,} jobs on the server, deleting older"
+        " ones every 2 s as the owner of a project under its job quota would, and the daemon"
+        f" reads the whole server list again every {args.relist:g} s (`snapshot_relist`)."
+    )
 
 
 def main() -> int:
@@ -274,14 +351,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--rate", type=float, default=100.0, help="manifests per second")
+    parser.add_argument(
+        "--keep-jobs", type=int, help="delete the oldest jobs beyond this many on the server"
+    )
+    parser.add_argument(
+        "--relist", type=float, default=120.0, help="with --keep-jobs: snapshot_relist, seconds"
+    )
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "soak.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="batchsub-soak-") as tmp:
-        samples, checks = soak(Path(tmp), args.minutes, args.rate)
-    text = page(samples, checks, args.minutes, args.rate)
+        samples, checks = soak(Path(tmp), args.minutes, args.rate, args.keep_jobs, args.relist)
+    text = page(samples, checks, args)
     args.output.write_text(text)
     print(text)
-    return 0 if checks["names created twice"] == 0 and checks["missing on the server"] == 0 else 1
+    return 0 if checks["names created twice"] == 0 and checks["never made"] == 0 else 1
 
 
 if __name__ == "__main__":
