@@ -1,11 +1,12 @@
 """Soak the drop-folder daemon: manifests keep arriving; is memory flat, is each job made once?
 
-Usage: ``python bench/soak.py [--minutes 5] [--rate 100] [--output bench/soak.md]`` (Linux:
-it reads /proc). Starts a ``batchsub simulator`` process (20 ms answers; 1% 5xx before
-creating and 0.5% connections dropped after creating, so retries and lookups of lost answers
-run all along; a second job of a name would be accepted, so a duplicate would show), then
-``batchsub watch DIR`` against it with ``--rate`` a quarter above the feed, so that it keeps
-up and the soak measures a steady state (AK/SK, info logs to a file, metrics on).
+Usage: ``python bench/soak.py [--minutes 5] [--rate 100] [--keep-jobs N --relist S]
+[--output F]`` (Linux: it reads /proc). Starts a ``batchsub simulator`` process (20 ms
+answers; 1% 5xx before creating and 0.5% connections dropped after creating, so retries and
+lookups of lost answers run all along; a second job of a name would be accepted, so a
+duplicate would show), then ``batchsub watch DIR`` against it with ``--rate`` a quarter
+above the feed, so that it keeps up and the soak measures a steady state (AK/SK, info logs
+to a file, metrics on).
 A feeder drops ``rate`` manifests a second into DIR for ``minutes``, each written under a
 temporary name and renamed into place (the drop-folder protocol). Every 5 s it samples the
 daemon's RSS and CPU time from /proc and its created count from ``/metrics``.
