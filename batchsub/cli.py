@@ -154,7 +154,8 @@ def _run_command(settings: Settings, args: argparse.Namespace) -> int:
     from batchsub.runner import run_directory
 
     return eventloop.run(
-        run_directory(settings, args.directory, args.report, simulator=args.simulator)
+        run_directory(settings, args.directory, args.report, simulator=args.simulator),
+        settings.event_loop,
     )
 
 

@@ -2,8 +2,8 @@
 
 uvloop's loop and transports are written in Cython on libuv: aiohttp's per-request cost on
 the loop thread drops by about a fifth, and the loop thread is what limits a run at no rate
-limit (see bench/results.md). ``BATCHSUB_EVENT_LOOP=asyncio`` picks the standard loop, to
-rule uvloop out when chasing a problem.
+limit (see bench/results.md). The ``event_loop`` setting (``BATCHSUB_EVENT_LOOP=asyncio``)
+picks the standard loop, to rule uvloop out when chasing a problem.
 
 While a command runs, the objects that exist when it starts (every imported module, class
 and schema: about 50,000 for `run`) are frozen out of the cyclic garbage collector, and the
@@ -16,24 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
 from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from batchsub.errors import ConfigError
 
 _T = TypeVar("_T")
 
-EVENT_LOOP_VARIABLE = "BATCHSUB_EVENT_LOOP"
-_CHOICES = ("auto", "uvloop", "asyncio")
+EVENT_LOOP_VARIABLE = "BATCHSUB_EVENT_LOOP"  # Settings.event_loop, from the environment
 _YOUNG_OBJECTS_PER_COLLECTION = 10_000
+EventLoopChoice = Literal["auto", "uvloop", "asyncio"]
 
 
-def loop_name() -> str:
-    """``uvloop`` or ``asyncio``: the loop ``run`` will use, from the environment."""
-    wanted = os.environ.get(EVENT_LOOP_VARIABLE, "auto").strip().lower() or "auto"
-    if wanted not in _CHOICES:
-        raise ConfigError(f"{EVENT_LOOP_VARIABLE}={wanted!r}: must be one of {', '.join(_CHOICES)}")
+def loop_name(wanted: EventLoopChoice = "auto") -> str:
+    """``uvloop`` or ``asyncio``: the loop ``run`` will use for the ``event_loop`` setting."""
     if wanted == "asyncio":
         return "asyncio"
     try:
@@ -47,10 +43,10 @@ def loop_name() -> str:
     return "uvloop"
 
 
-def run(main: Coroutine[Any, Any, _T]) -> _T:
-    """``asyncio.run(main)`` on the loop ``loop_name`` picks."""
+def run(main: Coroutine[Any, Any, _T], loop: EventLoopChoice = "auto") -> _T:
+    """``asyncio.run(main)`` on the loop ``loop_name(loop)`` picks."""
     try:
-        name = loop_name()
+        name = loop_name(loop)
     except ConfigError:
         main.close()  # never started: no "coroutine was never awaited" warning
         raise

@@ -805,7 +805,8 @@ def retry_command(settings: Settings, args: argparse.Namespace) -> int:
     interactive = configure_command_logging(settings)
     show_progress = settings.progress_shown(interactive)
     return eventloop.run(
-        retry_failed(settings, args.report, simulator=args.simulator, progress=show_progress)
+        retry_failed(settings, args.report, simulator=args.simulator, progress=show_progress),
+        settings.event_loop,
     )
 
 

@@ -262,5 +262,6 @@ def _consume_command(settings: Settings, args: argparse.Namespace) -> int:
     interactive = configure_command_logging(settings)
     progress = settings.progress_shown(interactive)
     return eventloop.run(
-        consume(settings, report=args.report, simulator=args.simulator, progress=progress)
+        consume(settings, report=args.report, simulator=args.simulator, progress=progress),
+        settings.event_loop,
     )

@@ -1,6 +1,7 @@
 """One typed settings object: command-line flags over ``BATCHSUB_*`` environment over a TOML file.
 
-Nothing else in batchsub reads ``os.environ``. Credentials also come from the official Huawei
+Nothing else in batchsub reads ``os.environ`` (the console only looks at rich's own variables,
+to size a table as rich would). Credentials also come from the official Huawei
 Cloud SDK's variable names (``HUAWEICLOUD_SDK_AK``, ``_SK``, ``_PROJECT_ID``) so that a user
 who has the SDK set up needs nothing new.
 """
@@ -76,6 +77,9 @@ class Settings(BaseSettings):
     # ``run``: child processes that read, parse and validate manifests, off the thread that
     # sends; 0 does it all in one process.
     parse_workers: int = Field(1, ge=0, le=64)
+    # The event loop of run, watch, consume and retry: uvloop when installed ("auto"), or
+    # asyncio's, to rule uvloop out when chasing a problem.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     # The drop-folder daemon (``batchsub watch``).
     settle_time: float = Field(1.0, ge=0.0)  # a file must stop changing this long before it is read
@@ -96,6 +100,11 @@ class Settings(BaseSettings):
     # None: info, or warning on a terminal where the progress bar shows the rest.
     log_level: Literal["debug", "info", "warning", "error"] | None = None
     progress: Literal["auto", "on", "off"] = "auto"
+
+    @field_validator("event_loop", mode="before")
+    @classmethod
+    def _loop_in_any_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("endpoint")
     @classmethod

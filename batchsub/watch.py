@@ -75,7 +75,8 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     configure_logging(fmt, settings.log_level or "info", interactive=sys.stderr.isatty())
     source = source_for(settings, args.directory)
     return eventloop.run(
-        watch(settings, source, report=args.report, simulator=bool(args.simulator))
+        watch(settings, source, report=args.report, simulator=bool(args.simulator)),
+        settings.event_loop,
     )
 
 

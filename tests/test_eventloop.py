@@ -5,33 +5,44 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import sys
 
 import pytest
 
 from batchsub import eventloop
 from batchsub.errors import ConfigError
+from batchsub.settings import load_settings
 
 
 async def _loop_module() -> str:
     return type(asyncio.get_running_loop()).__module__
 
 
-def test_uvloop_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(eventloop.EVENT_LOOP_VARIABLE, raising=False)
+def test_uvloop_is_the_default() -> None:
+    assert load_settings({}).event_loop == "auto"
     assert eventloop.loop_name() == "uvloop"
     assert eventloop.run(_loop_module()).startswith("uvloop")
 
 
 def test_asyncio_on_request(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(eventloop.EVENT_LOOP_VARIABLE, "asyncio")
-    assert eventloop.run(_loop_module()).startswith("asyncio")
+    monkeypatch.setenv(eventloop.EVENT_LOOP_VARIABLE, "AsyncIO ")
+    settings = load_settings({})
+    assert settings.event_loop == "asyncio"
+    assert eventloop.run(_loop_module(), settings.event_loop).startswith("asyncio")
 
 
 def test_an_unknown_loop_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(eventloop.EVENT_LOOP_VARIABLE, "trio")
+    with pytest.raises(ConfigError, match="event_loop: Input should be 'auto', 'uvloop' or"):
+        load_settings({})
+
+
+def test_uvloop_asked_for_but_missing_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now raises ImportError
+    assert eventloop.loop_name("auto") == "asyncio"
     coro = _loop_module()
-    with pytest.raises(ConfigError, match="BATCHSUB_EVENT_LOOP='trio': must be one of"):
-        eventloop.run(coro)
+    with pytest.raises(ConfigError, match="BATCHSUB_EVENT_LOOP=uvloop but uvloop is not"):
+        eventloop.run(coro, "uvloop")
     assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED  # no "never awaited" warning
 
 

@@ -142,12 +142,11 @@ async def test_requests_bigger_than_the_pipe_buffer_do_not_deadlock(tmp_path: Pa
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_answers_bigger_than_the_pipe_arrive_whole_on_every_loop(
-    loop: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    loop: eventloop.EventLoopChoice, tmp_path: Path
 ) -> None:
     # ~8 KB bodies: a chunk's answer is ~2 MB, more than even a grown pipe holds, so it
     # arrives in pieces. uvloop makes a watched pipe non-blocking: a reader expecting the
     # whole answer at once lost the child at the first chunk and parsed in-process.
-    monkeypatch.setenv(eventloop.EVENT_LOOP_VARIABLE, loop)
     write_manifests(tmp_path, 300, entrypoint_args="x" * 8000)
 
     async def through_the_pool() -> tuple[list[ManifestItem], bool]:
@@ -162,9 +161,9 @@ def test_answers_bigger_than_the_pipe_arrive_whole_on_every_loop(
         finally:
             one.close()
 
-    pooled, still_in_children = eventloop.run(through_the_pool())
+    pooled, still_in_children = eventloop.run(through_the_pool(), loop)
     assert still_in_children
-    assert pooled == eventloop.run(directory_items(DirectorySource(tmp_path)))
+    assert pooled == eventloop.run(directory_items(DirectorySource(tmp_path)), loop)
     assert len(pooled) == 300 and all(isinstance(item, JobSpec) for item in pooled)
 
 
