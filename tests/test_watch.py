@@ -10,7 +10,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -18,6 +20,7 @@ import pytest
 
 from batchsub.settings import Settings, load_settings
 from batchsub.simulator import RunningSimulator
+from batchsub.simulator.store import SimJob
 from batchsub.sources.dropfolder import DropFolderSource
 from batchsub.watch import add_parser, main, watch
 from tests.conftest import PROJECT, REPO, TOKEN, SimulatorFactory
@@ -90,34 +93,53 @@ async def test_drop_folder_end_to_end(simulator: SimulatorFactory, tmp_path: Pat
     assert names_in(inbox / "processing") == []
 
 
+async def drop_after_a_server_change(
+    sim: RunningSimulator,
+    tmp_path: Path,
+    change: Callable[[], object],
+    name: str,
+    **overrides: Any,
+) -> list[dict[str, Any]]:
+    """Run the daemon: drop first.json (it lists the server's jobs then), ``change`` the server,
+    let that listing age 0.4 s, drop NAME.json; the report rows of NAME."""
+    inbox = tmp_path / "inbox"
+    source = DropFolderSource(inbox, settle_time=0.1, rescan_interval=0.5)
+    source.prepare()
+    settings = settings_for(sim.url, tmp_path, **overrides)
+    task = asyncio.create_task(watch(settings, source, report=tmp_path / "report.json"))
+    try:
+        drop(inbox, "first.json", job("first"))
+        await eventually(lambda: names_in(inbox / "done") == ["first.json"])
+        change()
+        await asyncio.sleep(0.4)
+        drop(inbox, f"{name}.json", job(name))
+        await eventually(lambda: f"{name}.json" in names_in(inbox / "done"))
+    finally:
+        source.stop()
+        code = await asyncio.wait_for(task, 10)
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    return [row for row in report["jobs"] if row["name"] == name]
+
+
 async def test_a_job_made_by_hand_while_the_daemon_runs_is_adopted_not_duplicated(
     simulator: SimulatorFactory, tmp_path: Path
 ) -> None:
     # This API accepts a second job of the same name: only batchsub can prevent it.
     sim = await simulator(duplicate_names="accept")
     sim.store.add("older", {}, int(time.time() * 1000) - 60_000, PROJECT)
-    inbox = tmp_path / "inbox"
-    source = DropFolderSource(inbox, settle_time=0.1, rescan_interval=0.5)
-    source.prepare()
-    settings = settings_for(sim.url, tmp_path, snapshot_refresh=0.3)
-    task = asyncio.create_task(watch(settings, source, report=tmp_path / "report.json"))
-    try:
-        drop(inbox, "first.json", job("first"))  # the daemon lists the server's jobs here
-        await eventually(lambda: names_in(inbox / "done") == ["first.json"])
-        by_hand = sim.store.add("by-hand", {}, int(time.time() * 1000), PROJECT)
-        await asyncio.sleep(0.4)  # the daemon's listing is now older than snapshot_refresh
-        drop(inbox, "by-hand.json", job("by-hand"))
-        await eventually(lambda: "by-hand.json" in names_in(inbox / "done"))
-    finally:
-        source.stop()
-        code = await asyncio.wait_for(task, 10)
-    assert code == 0
+    made: list[SimJob] = []
+    rows = await drop_after_a_server_change(
+        sim,
+        tmp_path,
+        lambda: made.append(sim.store.add("by-hand", {}, int(time.time() * 1000), PROJECT)),
+        "by-hand",
+        snapshot_refresh=0.3,  # the daemon's listing is older than this when by-hand.json comes
+    )
     assert sim.store.duplicates() == {}
     assert sorted(j.name for j in sim.store.jobs) == ["by-hand", "first", "older"]
-    report = json.loads((tmp_path / "report.json").read_text())
-    adopted = [row for row in report["jobs"] if row["name"] == "by-hand"]
-    assert [(row["outcome"], row["job_id"], row["adopted"]) for row in adopted] == [
-        ("already_created", by_hand.job_id, True)
+    assert [(row["outcome"], row["job_id"], row["adopted"]) for row in rows] == [
+        ("already_created", made[0].job_id, True)
     ]
 
 
@@ -126,24 +148,14 @@ async def test_a_job_deleted_by_hand_is_forgotten_at_the_next_full_listing(
 ) -> None:
     sim = await simulator(duplicate_names="accept")
     gone = sim.store.add("gone", {}, int(time.time() * 1000) - 60_000, PROJECT)
-    inbox = tmp_path / "inbox"
-    source = DropFolderSource(inbox, settle_time=0.1, rescan_interval=0.5)
-    source.prepare()
-    settings = settings_for(sim.url, tmp_path, snapshot_refresh=0.3, snapshot_relist=0.3)
-    task = asyncio.create_task(watch(settings, source, report=tmp_path / "report.json"))
-    try:
-        drop(inbox, "first.json", job("first"))  # the daemon's listing holds "gone" from here
-        await eventually(lambda: names_in(inbox / "done") == ["first.json"])
-        sim.store.delete(gone.job_id)
-        await asyncio.sleep(0.4)  # older than snapshot_relist: the whole list is read again
-        drop(inbox, "gone.json", job("gone"))
-        await eventually(lambda: "gone.json" in names_in(inbox / "done"))
-    finally:
-        source.stop()
-        code = await asyncio.wait_for(task, 10)
-    assert code == 0
-    report = json.loads((tmp_path / "report.json").read_text())
-    rows = [row for row in report["jobs"] if row["name"] == "gone"]
+    rows = await drop_after_a_server_change(
+        sim,
+        tmp_path,
+        lambda: sim.store.delete(gone.job_id),
+        "gone",
+        snapshot_refresh=0.3,
+        snapshot_relist=0.3,  # the whole list is read again before gone.json comes
+    )
     # Created anew: the deleted job was not taken for existing.
     assert [(row["outcome"], row["adopted"]) for row in rows] == [("created", False)]
     assert rows[0]["job_id"] != gone.job_id
