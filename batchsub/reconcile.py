@@ -59,6 +59,7 @@ class Reconciler:
         self._snapshot_at = 0.0
         self._listed_at = 0.0  # when the whole list was last read
         self._newest_ms: int | None = None  # newest create_time in the snapshot
+        self._no_create_times = False  # the list gave jobs without creation times
         self._batch_window = batch_window
         self._waiting: dict[str, list[asyncio.Future[int | None]]] = {}
         self._batch: asyncio.Task[None] | None = None
@@ -86,17 +87,20 @@ class Reconciler:
                     self._refresh_after = math.inf
                     jobs = []
                 self._snapshot = _lowest_ids(jobs)
-                self._newest_ms = _newest(jobs)
-                if jobs and self._newest_ms is None:
-                    self._without_create_times()
+                self._track_newest(jobs)
                 log.info("remote.listed", jobs=len(self._snapshot), list_calls=self.list_calls)
             elif self._stale():
                 await self._catch_up(self._snapshot)
             return self._snapshot
 
-    def _without_create_times(self) -> None:
+    def _track_newest(self, jobs: list[RemoteJob]) -> None:
+        """Remember the newest creation time listed; without any, stop catching up."""
+        self._newest_ms = max(filter(None, (self._newest_ms, _newest(jobs))), default=None)
+        if not jobs or self._newest_ms is not None or self._no_create_times:
+            return
         # Catching up newest first needs creation times; without them it would read every
         # page each time. Read the whole list only every relist_after instead.
+        self._no_create_times = True
         self._refresh_after = max(self._refresh_after, self._relist_after)
         log.warning(
             "remote.no_create_time",
@@ -130,9 +134,7 @@ class Reconciler:
                 if snapshot.get(name, job_id + 1) > job_id:
                     added += name not in snapshot
                     snapshot[name] = job_id
-        self._newest_ms = max(filter(None, (self._newest_ms, _newest(jobs))), default=None)
-        if jobs and self._newest_ms is None and self._refresh_after < self._relist_after:
-            self._without_create_times()
+        self._track_newest(jobs)
         self._snapshot_at = started
         log.info("remote.caught_up", new_jobs=added, list_calls=self.list_calls - calls)
 
