@@ -122,6 +122,11 @@ class _Kind:
     def jobs_per_s(self, n: int) -> float:
         return median([n / run.wall_s for run in self.runs])
 
+    def cpu_ms_per_job(self, n: int) -> tuple[float, float]:
+        """Median CPU of the client (user + system) and of its simulator, ms per job."""
+        client = median([run.user_s + run.sys_s for run in self.runs]) * 1000 / n
+        return client, median(self.server_cpu) * 1000 / n
+
 
 def _throughput_round(bench: Bench, kind: _Kind, directory: Path, n: int, index: int) -> None:
     with Simulator(bench.work) as sim:
@@ -221,12 +226,12 @@ def cpu_cost(bench: Bench, kinds: dict[str, _Kind]) -> None:
     for kind in kinds.values():
         user = median([run.user_s for run in kind.runs]) * 1000 / n
         system = median([run.sys_s for run in kind.runs]) * 1000 / n
-        server = median(kind.server_cpu) * 1000 / n
+        client, server = kind.cpu_ms_per_job(n)
         rss = median([run.maxrss_mib for run in kind.runs])
         rows.append(
             [
                 kind.name,
-                f"{user + system:.2f}",
+                f"{client:.2f}",
                 f"{user:.2f}",
                 f"{system:.2f}",
                 f"{server:.2f}",
@@ -250,13 +255,8 @@ CPU is measured the same way when it exits.
 def _cpu_budget(kinds: dict[str, _Kind], n: int) -> str:
     """What the shared cores alone allow batchsub/bare to be, from the CPU both runs used."""
     cores = os.cpu_count() or 1
-
-    def per_job_ms(kind: _Kind) -> tuple[float, float]:
-        client = median([run.user_s + run.sys_s for run in kind.runs]) * 1000 / n
-        return client, median(kind.server_cpu) * 1000 / n
-
-    ours, our_server = per_job_ms(kinds["batchsub"])
-    bare, bare_server = per_job_ms(kinds["bare"])
+    ours, our_server = kinds["batchsub"].cpu_ms_per_job(n)
+    bare, bare_server = kinds["bare"].cpu_ms_per_job(n)
     ceiling = (bare + bare_server) / (ours + our_server)
     needed = (bare + bare_server) / 0.85 - our_server
     bound = [
