@@ -30,6 +30,7 @@ import concurrent.futures
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ import orjson
 from machine import describe
 from manifests import manifest
 from procs import AKSK_ENV, PROJECT, Simulator, clean_env, free_port
+from prometheus_client.parser import text_string_to_metric_families
 from stats import table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,34 +107,33 @@ class Daemon:
         fields = stat[stat.rindex(")") + 2 :].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def metrics(self) -> dict[str, float]:
-        """The daemon's Prometheus samples by name and labels; empty while not serving."""
+    def metrics(self) -> dict[tuple[str, str], float]:
+        """The daemon's samples by (name, value of its first label); empty while not serving."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:
                 text = resp.read().decode()
         except OSError:
             return {}
-        samples = (line.rsplit(" ", 1) for line in text.splitlines() if line[:1] not in "#")
-        return {key: float(value) for key, value in samples}
+        return {
+            (sample.name, next(iter(sample.labels.values()), "")): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
 
     def created(self) -> int:
         """Jobs created or found existing so far, from the daemon's counters; -1: not up."""
         found = self.metrics()
         if not found:
             return -1
-        return int(
-            sum(
-                found.get(f'batchsub_jobs_total{{outcome="{outcome}"}}', 0.0)
-                for outcome in ("created", "already_created")
-            )
-        )
+        outcomes = ("created", "already_created")
+        return int(sum(found.get(("batchsub_jobs_total", o), 0.0) for o in outcomes))
 
     def requests(self) -> dict[str, int]:
         """Requests sent so far, per call (create, list)."""
         found = self.metrics()
         return {
-            call: int(found.get(f'batchsub_request_seconds_count{{call="{call}"}}', 0.0))
+            call: int(found.get(("batchsub_request_seconds_count", call), 0.0))
             for call in ("create", "list")
         }
 
@@ -251,15 +252,10 @@ def _count(directory: Path) -> int:
 def slope_mib_per_hour(samples: list[Sample]) -> float:
     """Least-squares slope of RSS over time, second half of the samples."""
     half = samples[len(samples) // 2 :]
-    if len(half) < 2:
+    if len({s.at_s for s in half}) < 2:
         return 0.0
-    xs = [s.at_s for s in half]
-    ys = [s.rss_mib for s in half]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    var = sum((x - mx) ** 2 for x in xs)
-    if var == 0:
-        return 0.0
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var * 3600
+    fit = statistics.linear_regression([s.at_s for s in half], [s.rss_mib for s in half])
+    return fit.slope * 3600
 
 
 def page(samples: list[Sample], checks: dict[str, object], args: argparse.Namespace) -> str:
