@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 import structlog
@@ -15,6 +16,7 @@ import structlog
 from batchsub.jobs import JobSpec
 from batchsub.settings import Settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from tests.sim_support import Dli
 
 PROJECT = "proj-test"
 TOKEN = "test-token-0123456789"
@@ -105,3 +107,17 @@ def job_spec(name: str, source: str | None = None, body: bytes | None = None) ->
         body_hash=hashlib.sha256(data).hexdigest(),
         source=source if source is not None else f"jobs/{name}.yaml",
     )
+
+
+DliFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def dli(simulator: SimulatorFactory) -> AsyncIterator[DliFactory]:
+    """Start a simulator with the given config fields; DLI calls to it for PROJECT."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+
+        async def make(**fields: Any) -> Dli:
+            return Dli(http, await simulator(**fields), PROJECT, TOKEN)
+
+        yield make
