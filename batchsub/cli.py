@@ -60,6 +60,7 @@ _COMMAND_MODULES: dict[str, str] = {
     "publish": "batchsub.queue_commands",
     "consume": "batchsub.queue_commands",
     "simulator": "batchsub.simulator.command",
+    "healthcheck": "batchsub.healthcheck",
 }
 _BUILT_IN = frozenset({"run"})
 
