@@ -26,6 +26,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from batchsub.manifest import FlinkJarJob, describe_validation_error
+from batchsub.simulator import iam
 from batchsub.simulator.auth import authenticate
 from batchsub.simulator.config import SimulatorConfig
 from batchsub.simulator.faults import BEFORE_CREATE, Fault, FaultPicker, RateWindow
@@ -75,6 +76,7 @@ def create_app(config: SimulatorConfig) -> web.Application:
     app.router.add_get(PREFIX + "/jobs", _list_jobs)
     app.router.add_get(PREFIX + "/jobs/{job_id}", _show_job)
     app.router.add_delete(PREFIX + "/jobs/{job_id}", _delete_job)
+    iam.setup(app, config)  # POST /v3/auth/tokens, as the IAM endpoint
     app.on_shutdown.append(_wake_sleepers)
     return app
 
@@ -116,9 +118,13 @@ def _http_error(exc: web.HTTPException) -> web.Response:
 async def _admit(request: web.Request, state: _State) -> web.Response | None:
     """The gateway's checks in order: credential, throttle, project. None lets it through."""
     config = state.config
+    if request.path == iam.PATH:
+        return None  # IAM checks the password itself
     if config.auth_enabled:
         body = await request.read() if request.can_read_body else b""
         reason = authenticate(config, request, body)
+        if reason == iam.TOKEN_MUST_BE_UPDATED:
+            return error_response(401, "APIG.0307", reason)
         if reason is not None:
             return error_response(
                 401, "APIG.0301", f"Incorrect IAM authentication information: {reason}"

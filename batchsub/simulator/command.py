@@ -51,6 +51,12 @@ def add_parser(commands: Any) -> None:
         sim.add_argument(flag, type=float, default=0.0, help=text)
     sim.add_argument("--slow-seconds", type=float, default=30.0, help="delay of a slow answer")
     sim.add_argument("--duplicate-names", choices=["reject", "accept"], default="reject")
+    sim.add_argument(
+        "--token-lifetime",
+        type=float,
+        default=24 * 3600.0,
+        help="seconds an IAM token from POST /v3/auth/tokens is valid (default: 86400)",
+    )
     sim.add_argument("--seed", type=int, help="seed of the fault draws")
     sim.add_argument("--log-format", choices=["auto", "json", "console"])
     sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -68,6 +74,7 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
         setattr(config, field, getattr(args, field))
     config.slow_seconds = args.slow_seconds
     config.duplicate_names = args.duplicate_names
+    config.token_lifetime = args.token_lifetime
     config.seed = args.seed
 
     async def serve() -> None:
