@@ -61,7 +61,8 @@ def build_auth(settings: Settings, project_id: str) -> Auth:
         missing = "HUAWEICLOUD_SDK_SK" if ak else "HUAWEICLOUD_SDK_AK"
         raise ConfigError(f"incomplete AK/SK credential: {missing} is not set")
     raise ConfigError(
-        "no credentials: set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, or BATCHSUB_AUTH_TOKEN"
+        "no credentials: set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, or BATCHSUB_AUTH_TOKEN, "
+        "or BATCHSUB_IAM_USER, BATCHSUB_IAM_DOMAIN and BATCHSUB_IAM_PASSWORD"
     )
 
 

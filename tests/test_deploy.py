@@ -440,3 +440,30 @@ def test_the_job_runs_the_manifests_of_its_configmap(tmp_path: Path) -> None:
         os.symlink(f"..data/{key}", tmp_path / key)
     os.symlink(hidden.name, tmp_path / "..data")
     assert [p.name for p in iter_manifest_paths(tmp_path)] == sorted(data)
+
+
+# --- the example config file ----------------------------------------------------------------
+
+
+def test_the_example_config_documents_the_new_settings_with_values_that_load(
+    tmp_path: Path,
+) -> None:
+    text = (REPO / "config" / "batchsub.toml").read_text()
+    examples = re.findall(r"^# ([a-z_]+ = .+?)(?:[ \t]+#.*)?$", text, re.MULTILINE)
+    keys = [line.partition(" = ")[0] for line in examples]
+    for new in ("iam_user", "iam_domain", "iam_password_file", "iam_endpoint", "metrics_host"):
+        assert new in keys
+    assert "iam_password" not in keys  # refused in a config file
+    # Every example, uncommented, is a valid setting (the password file must exist to load).
+    (tmp_path / "pw").write_text("x")
+    lines = [
+        f'iam_password_file = "{tmp_path / "pw"}"' if line.startswith("iam_password_file") else line
+        for line in examples
+        if not line.startswith("ca_file")  # a file that must exist: checked when used
+    ]
+    config = tmp_path / "all.toml"
+    config.write_text("\n".join(lines) + "\n")
+    from batchsub.settings import load_settings
+
+    settings = load_settings({}, config)
+    assert settings.metrics_host == "127.0.0.1" and settings.iam_user == "deployer"
