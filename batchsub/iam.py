@@ -249,7 +249,8 @@ class IamTokenAuth:
             ) from None
         except aiohttp.ClientConnectorError as exc:
             raise RetryableError(
-                f"cannot connect to the IAM endpoint {login.endpoint}: {exc}", code=CONNECT_FAILED
+                f"cannot connect to the IAM endpoint {login.endpoint} (--iam-endpoint): {exc}",
+                code=CONNECT_FAILED,
             ) from None
         except TimeoutError:
             raise RetryableError(f"IAM login at {login.endpoint}: no answer in time") from None

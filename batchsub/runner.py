@@ -95,7 +95,7 @@ async def opened_auth(settings: Settings, project_id: str) -> AsyncIterator[Auth
         await auth.close()
         raise ConfigError(str(exc)) from None
     except RetryableError as exc:
-        log.warning("iam.unreachable", error=str(exc), effect="the first request tries again")
+        log.info("iam.unreachable", error=str(exc), effect="the first request tries again")
     try:
         yield auth
     finally:

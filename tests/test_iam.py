@@ -25,7 +25,10 @@ from batchsub.runner import build_auth, credential_in_use, run_source
 from batchsub.settings import Settings, load_settings
 from batchsub.simulator import RunningSimulator
 from batchsub.sources.directory import DirectorySource
+from batchsub.sources.dropfolder import DropFolderSource
+from batchsub.watch import watch
 from tests.conftest import PROJECT, REPO, FakeClock, SimulatorFactory, job_spec, write_manifests
+from tests.test_dropfolder import drop, eventually, job, names_in
 from tests.test_run import settings_for
 
 USER, DOMAIN, PASSWORD = "deployer", "acme-account", "pw-Secret-0123456789-do-not-log"
@@ -160,6 +163,27 @@ async def test_a_token_refused_again_after_renewal_stops_the_run(
     assert code == 2
     assert sim.store.create_requests == 0  # the list call before any create was refused
     assert sim.iam.token_requests == 2
+
+
+async def test_iam_down_when_the_daemon_starts_does_not_stop_it(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await iam_simulator(simulator)
+    sim.iam.unavailable = True
+    inbox = tmp_path / "inbox"
+    source = DropFolderSource(inbox, settle_time=0.0, rescan_interval=0.2, retry_delay=0.1)
+    source.prepare()
+    task = asyncio.create_task(watch(iam_settings(sim, tmp_path), source))
+    try:
+        drop(inbox, "first.json", job("first"))
+        await eventually(lambda: sim.iam.token_requests >= 3, timeout=10)
+        assert not task.done() and names_in(inbox / "done") == []
+        sim.iam.unavailable = False  # IAM is back
+        await eventually(lambda: names_in(inbox / "done") == ["first.json"], timeout=10)
+    finally:
+        source.stop()
+        code = await asyncio.wait_for(task, 10)
+    assert code == 0 and [j.name for j in sim.store.jobs] == ["first"]
 
 
 # --- the token source, with a fake clock ----------------------------------------------------

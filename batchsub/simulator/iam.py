@@ -37,6 +37,7 @@ class IamState:
     wall_clock: Callable[[], float]
     issued: dict[str, float] = field(default_factory=dict)  # token -> wall_clock() expiry
     token_requests: int = 0  # every POST /v3/auth/tokens, refused ones included
+    unavailable: bool = False  # answer 503, as IAM in an outage (tests switch it)
 
     def check(self, token: str) -> bool | None:
         """True for a live issued token, False for an expired or revoked one, None if unknown."""
@@ -86,6 +87,8 @@ def _field(obj: Any, *path: str) -> Any:
 async def _issue_token(request: web.Request) -> web.Response:
     state = request.app[IAM]
     state.token_requests += 1
+    if state.unavailable:
+        return _error(503, "Service Unavailable", "The service is temporarily unavailable.")
     try:
         body = orjson.loads(await request.read())
         methods = _field(body, "auth", "identity", "methods")
