@@ -145,7 +145,12 @@ class DliClient:
                 self._on_answer("create", time.perf_counter() - started, status)
 
     async def list_page(
-        self, *, name: str | None, offset: int, newest_first: bool = False
+        self,
+        *,
+        name: str | None,
+        offset: int,
+        newest_first: bool = False,
+        limit: int = LIST_PAGE_SIZE,
     ) -> JobPage:
         """One page of Flink Jar jobs, optionally filtered by name; raises ApiError subclasses.
 
@@ -153,7 +158,7 @@ class DliClient:
         """
         query: dict[str, str] = {
             "job_type": "flink_jar_job",
-            "limit": str(LIST_PAGE_SIZE),
+            "limit": str(limit),
             "offset": str(offset),
             "order": "desc" if newest_first else "asc",
         }

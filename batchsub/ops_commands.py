@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import dataclasses
 import heapq
@@ -49,10 +50,14 @@ from batchsub.reconcile import Reconciler
 from batchsub.report import RunAccount
 from batchsub.runner import (
     NO_PROJECT,
-    build_auth,
+    Target,
+    credential_in_use,
+    dli_client,
     is_shared_ledger,
     open_ledger,
+    opened_auth,
     project_id_for,
+    refused_credential,
     retry_policy,
     run_source,
 )
@@ -386,37 +391,52 @@ async def _plan_batch(
     return rows
 
 
-async def list_remote_jobs(settings: Settings, project_id: str) -> dict[str, int]:
-    """Name -> lowest job_id of every Flink Jar job of the project: list calls only.
+@dataclasses.dataclass(frozen=True, slots=True)
+class RemoteApi:
+    """What a command needs for list calls: where, with which credential, and how to call."""
+
+    target: Target
+    client: DliClient
+    caller: SafeCaller
+
+
+@contextlib.asynccontextmanager
+async def remote_api(settings: Settings, project_id: str) -> AsyncIterator[RemoteApi]:
+    """A client and a retrying caller for list calls (any number of them).
 
     Unlike the run's reconciler, which carries on without adoption when listing is not
-    possible, a plan must say so: every failure here is a one-line ConfigError with the fix.
+    possible, a command that lists must say so: every failure here is a one-line
+    ConfigError with the fix.
     """
     endpoint = settings.resolved_endpoint()
-    auth = build_auth(settings, project_id)
-    session = make_session(
-        settings.concurrency, str(settings.ca_file) if settings.ca_file else None
-    )
-    try:
-        client = DliClient(session, endpoint, project_id, auth, timeout=settings.timeout)
-        policy = dataclasses.replace(
-            retry_policy(settings), max_attempts=min(REMOTE_LIST_ATTEMPTS, settings.max_attempts)
+    async with opened_auth(settings, project_id) as auth:
+        target = Target(endpoint, project_id, auth)
+        session = make_session(
+            settings.concurrency, str(settings.ca_file) if settings.ca_file else None
         )
-        caller = SafeCaller(RateLimiter(settings.rate), policy)
-        return await Reconciler(client, caller).list_jobs()
-    except ApiError as exc:
-        raise ConfigError(_remote_failure(exc, endpoint, auth)) from None
-    finally:
-        await close_session(session)
+        try:
+            client = dli_client(session, target, timeout=settings.timeout)
+            policy = dataclasses.replace(
+                retry_policy(settings),
+                max_attempts=min(REMOTE_LIST_ATTEMPTS, settings.max_attempts),
+            )
+            yield RemoteApi(target, client, SafeCaller(RateLimiter(settings.rate), policy))
+        except ApiError as exc:
+            raise ConfigError(_remote_failure(exc, endpoint, auth)) from None
+        finally:
+            await close_session(session)
+
+
+async def list_remote_jobs(settings: Settings, project_id: str) -> dict[str, int]:
+    """Name -> lowest job_id of every Flink Jar job of the project: list calls only."""
+    async with remote_api(settings, project_id) as api:
+        return await Reconciler(api.client, api.caller).list_jobs()
 
 
 def _remote_failure(exc: ApiError, endpoint: str, auth: Auth) -> str:
     """The one line for a failed list call, naming the fix."""
     if exc.status in (401, 403):
-        return (
-            f"the API refused the credential {auth.describe()} ({exc}); check "
-            "HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK or BATCHSUB_AUTH_TOKEN and --project-id"
-        )
+        return refused_credential(auth, exc)
     if isinstance(exc, FatalApiError):  # TLS: the message already names --ca-file
         return str(exc)
     if exc.status == 404:
@@ -825,8 +845,13 @@ def config_show_command(settings: Settings, args: argparse.Namespace) -> int:
     """``batchsub config show``: the merged settings (flags > env > file), secrets masked."""
     config_file = config_file_in_use(args.config)
     shown = settings.masked()
+    credential = credential_in_use(settings)
     if args.json:
-        out = {"config_file": str(config_file) if config_file else None, "settings": shown}
+        out = {
+            "config_file": str(config_file) if config_file else None,
+            "credential": credential,
+            "settings": shown,
+        }
         print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
         return 0
     origin = str(config_file) if config_file else f"none ({DEFAULT_CONFIG_FILE} not found)"
@@ -838,6 +863,7 @@ def config_show_command(settings: Settings, args: argparse.Namespace) -> int:
         lines.append(f"# endpoint in use: {settings.resolved_endpoint()}")
     except ConfigError:
         lines.append("# endpoint in use: none (set endpoint or region)")
+    lines.append(f"# credential in use: {credential}")
     for key, value in shown.items():
         lines.append(f"# {key} = (not set)" if value is None else f"{key} = {_toml_value(value)}")
     print("\n".join(lines))

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import structlog
 
 from batchsub.auth import AkSkAuth, TokenAuth
 from batchsub.calls import SafeCaller
 from batchsub.client import DliClient, make_session
 from batchsub.console import ProgressDisplay, print_summary
-from batchsub.errors import ConfigError
+from batchsub.errors import ConfigError, FatalApiError, RetryableError
+from batchsub.iam import IamDliClient, IamTokenAuth, auth_from_settings
 from batchsub.jobs import JobResult
 from batchsub.ledgers import SqliteLedger
 from batchsub.limiter import RateLimiter, RetryBudget
@@ -44,9 +46,13 @@ NO_PROJECT = "no project id: pass --project-id or set HUAWEICLOUD_SDK_PROJECT_ID
 
 
 def build_auth(settings: Settings, project_id: str) -> Auth:
-    """The credential to use: a BATCHSUB_AUTH_TOKEN wins, else AK/SK."""
+    """The credential to use: a ready token (BATCHSUB_AUTH_TOKEN), else an IAM password, else
+    AK/SK. The most specific wins: a token was made for this, and BATCHSUB_IAM_* are
+    batchsub's own, where HUAWEICLOUD_SDK_AK/SK may be set for every tool of the machine."""
     if settings.auth_token is not None and settings.auth_token.get_secret_value():
         return TokenAuth(settings.auth_token.get_secret_value())
+    if settings.iam_user or settings.iam_domain or settings.iam_password:
+        return auth_from_settings(settings, project_id)
     ak = settings.ak.get_secret_value() if settings.ak else ""
     sk = settings.sk.get_secret_value() if settings.sk else ""
     if ak and sk:
@@ -55,7 +61,63 @@ def build_auth(settings: Settings, project_id: str) -> Auth:
         missing = "HUAWEICLOUD_SDK_SK" if ak else "HUAWEICLOUD_SDK_AK"
         raise ConfigError(f"incomplete AK/SK credential: {missing} is not set")
     raise ConfigError(
-        "no credentials: set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, or BATCHSUB_AUTH_TOKEN"
+        "no credentials: set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, or BATCHSUB_AUTH_TOKEN, "
+        "or BATCHSUB_IAM_USER, BATCHSUB_IAM_DOMAIN and BATCHSUB_IAM_PASSWORD"
+    )
+
+
+def _credential_given(settings: Settings) -> bool:
+    secrets = (settings.auth_token, settings.ak, settings.sk, settings.iam_password)
+    return any(secrets) or bool(settings.iam_user or settings.iam_domain)
+
+
+def credential_in_use(settings: Settings) -> str:
+    """Which credential a command of these settings would use (``config show``), no secret."""
+    try:
+        return build_auth(settings, settings.project_id or "(no project id)").describe()
+    except ConfigError as exc:
+        return f"none: {exc}"
+
+
+@contextlib.asynccontextmanager
+async def opened_auth(settings: Settings, project_id: str) -> AsyncIterator[Auth]:
+    """``build_auth``, with an IAM login done first: a refused password is a ConfigError.
+
+    IAM out of reach is not: the first request tries again, as for any outage.
+    """
+    auth = build_auth(settings, project_id)
+    if not isinstance(auth, IamTokenAuth):
+        yield auth
+        return
+    try:
+        await auth.token()
+    except FatalApiError as exc:
+        await auth.close()
+        raise ConfigError(str(exc)) from None
+    except RetryableError as exc:
+        log.info("iam.unreachable", error=str(exc), effect="the first request tries again")
+    try:
+        yield auth
+    finally:
+        await auth.close()
+
+
+def dli_client(
+    session: aiohttp.ClientSession,
+    target: Target,
+    *,
+    timeout: float,
+    on_answer: Callable[[str, float, int | None], None] | None = None,
+) -> DliClient:
+    """The API client of ``target``; one that renews its token for an IAM password login."""
+    kind = IamDliClient if isinstance(target.auth, IamTokenAuth) else DliClient
+    return kind(
+        session,
+        target.endpoint,
+        target.project_id,
+        target.auth,
+        timeout=timeout,
+        on_answer=on_answer,
     )
 
 
@@ -110,22 +172,28 @@ async def resolve_target(settings: Settings, *, simulator: bool) -> AsyncIterato
     """The endpoint, project and credential; with ``simulator``, a built-in simulator too."""
     project_id = project_id_for(settings, simulator=simulator)
     if not simulator:
-        yield Target(settings.resolved_endpoint(), project_id, build_auth(settings, project_id))
+        endpoint = settings.resolved_endpoint()
+        async with opened_auth(settings, project_id) as auth:
+            yield Target(endpoint, project_id, auth)
         return
     from batchsub.simulator import start_simulator
     from batchsub.simulator.config import demo_token, simulator_config
 
     config = simulator_config(settings, project_id=project_id)
-    if any((settings.auth_token, settings.ak, settings.sk)):
-        auth: Auth = build_auth(settings, project_id)
-    else:
-        # No credential set: the demo needs none, so simulator and client share a fresh token.
-        token = demo_token()
-        config.tokens = frozenset({token})
-        auth = TokenAuth(token, origin="the built-in simulator (a throwaway demo token)")
+    # No credential set: the demo needs none, so simulator and client share a fresh token.
+    demo = None if _credential_given(settings) else demo_token()
+    if demo is not None:
+        config.tokens = frozenset({demo})
     sim = await start_simulator(config)
     try:
-        yield Target(sim.url, project_id, auth)
+        if demo is not None:
+            origin = "the built-in simulator (a throwaway demo token)"
+            yield Target(sim.url, project_id, TokenAuth(demo, origin=origin))
+        else:
+            # The simulator serves IAM logins too: a password login goes to it.
+            local = settings.model_copy(update={"iam_endpoint": sim.url})
+            async with opened_auth(local, project_id) as auth:
+                yield Target(sim.url, project_id, auth)
     finally:
         await sim.close()
 
@@ -189,11 +257,9 @@ async def run_source(
         stack.push_async_callback(session.close)
         limiter = RateLimiter(settings.rate)
         policy = retry_policy(settings)
-        client = DliClient(
+        client = dli_client(
             session,
-            target.endpoint,
-            target.project_id,
-            target.auth,
+            target,
             timeout=settings.timeout,
             on_answer=observer.on_answer if observer else None,
         )
@@ -266,11 +332,17 @@ def _fan_out(account: RunAccount, observer: RunObserver | None) -> Callable[[Job
 def _fatal_message(error: Any, auth: Auth) -> str:
     status = getattr(error, "http_status", None)
     if status in (401, 403):
-        return (
-            f"the API refused the credential {auth.describe()} ({error}); "
-            "check HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK or BATCHSUB_AUTH_TOKEN and --project-id"
-        )
+        return refused_credential(auth, error)
     return str(error)
+
+
+def refused_credential(auth: Auth, error: object) -> str:
+    """The one line for a 401/403 of the API: which credential, and what to check."""
+    if isinstance(auth, IamTokenAuth):
+        fix = "check that IAM user's permissions for DLI in that project, and --project-id"
+    else:
+        fix = "check HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK or BATCHSUB_AUTH_TOKEN and --project-id"
+    return f"the API refused the credential {auth.describe()} ({error}); {fix}"
 
 
 async def _run_until_done(

@@ -51,6 +51,14 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("BATCHSUB_SK", "HUAWEICLOUD_SDK_SK")
     )
     auth_token: SecretStr | None = None
+    # Or an IAM user's password, which batchsub trades for a token (renewed before it
+    # expires). The user and its account (domain) may sit in the config file; the password
+    # only in the environment or in a file (a mounted Secret, read again at each login).
+    iam_user: str | None = None
+    iam_domain: str | None = None
+    iam_password: SecretStr | None = None
+    iam_password_file: Path | None = None
+    iam_endpoint: str | None = None  # default https://iam.{region}.myhuaweicloud.com
 
     # Ledger: a SQLite file path (a postgresql:// URL comes later).
     ledger: str = "batchsub.db"
@@ -86,6 +94,9 @@ class Settings(BaseSettings):
     rescan_interval: float = Field(30.0, gt=0.0)  # safety-net rescan besides inotify
     poll: bool = False  # poll instead of inotify (network filesystems)
     metrics_port: int | None = Field(None, ge=0, le=65535)  # /healthz and Prometheus metrics
+    # Loopback unless told otherwise: the metrics say what the daemon does. The image sets
+    # 0.0.0.0 (BATCHSUB_METRICS_HOST), where the container's network is the boundary.
+    metrics_host: str = "127.0.0.1"
 
     # The queue consumer (``batchsub consume``) and publisher.
     amqp_url: SecretStr | None = None  # amqp://user:password@host/vhost: the password is secret
@@ -106,7 +117,7 @@ class Settings(BaseSettings):
     def _loop_in_any_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("endpoint")
+    @field_validator("endpoint", "iam_endpoint")
     @classmethod
     def _endpoint_is_http(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -125,7 +136,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = _config_file.get()
         if config_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            sources.append(_ConfigFile(settings_cls, config_file))
         return tuple(sources)
 
     def resolved_endpoint(self) -> str:
@@ -133,10 +144,20 @@ class Settings(BaseSettings):
         if self.endpoint:
             return self.endpoint
         if self.region:
-            domain = "myhuaweicloud.eu" if self.region == "eu-west-101" else "myhuaweicloud.com"
-            return f"https://dli.{self.region}.{domain}"
+            return f"https://dli.{self.region}.{_domain_of(self.region)}"
         raise ConfigError(
             "no endpoint: pass --endpoint URL or --region NAME (or set BATCHSUB_ENDPOINT)"
+        )
+
+    def resolved_iam_endpoint(self) -> str:
+        """Where IAM tokens come from: explicit, or the region's IAM endpoint."""
+        if self.iam_endpoint:
+            return self.iam_endpoint
+        if self.region:
+            return f"https://iam.{self.region}.{_domain_of(self.region)}"
+        raise ConfigError(
+            "no IAM endpoint: pass --iam-endpoint URL or --region NAME "
+            "(or set BATCHSUB_IAM_ENDPOINT)"
         )
 
     def masked(self) -> dict[str, Any]:
@@ -151,6 +172,29 @@ class Settings(BaseSettings):
             else:
                 shown[name] = value
         return shown
+
+
+def _domain_of(region: str) -> str:
+    return "myhuaweicloud.eu" if region == "eu-west-101" else "myhuaweicloud.com"
+
+
+# Secrets a config file must not hold: a file is copied, committed and mounted everywhere.
+_NOT_IN_A_FILE = {"iam_password": "set BATCHSUB_IAM_PASSWORD or BATCHSUB_IAM_PASSWORD_FILE"}
+
+
+class _ConfigFile(TomlConfigSettingsSource):
+    """The TOML config file; a setting that must come from elsewhere is refused by name."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls, toml_file=path)
+        self._path = path
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        for name, fix in _NOT_IN_A_FILE.items():
+            if name in values:
+                raise ConfigError(f"config file {self._path}: {name}: not allowed in a file; {fix}")
+        return values
 
 
 def config_file_in_use(explicit: Path | None) -> Path | None:

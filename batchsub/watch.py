@@ -30,8 +30,6 @@ from batchsub.sources.dropfolder import DropFolderSource
 
 log = structlog.get_logger("batchsub.watch")
 
-METRICS_HOST = "0.0.0.0"  # reachable from outside a container; tests pass 127.0.0.1
-
 
 def add_parser(commands: Any) -> None:
     """Register ``watch`` with the CLI (``commands`` is the argparse subparsers action)."""
@@ -57,6 +55,9 @@ def add_parser(commands: Any) -> None:
         help="poll for changes instead of inotify (network filesystems)",
     )
     watch.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on this port")
+    watch.add_argument(
+        "--metrics-host", help="address the metrics port listens on (default: 127.0.0.1)"
+    )
     watch.add_argument(
         "--drain-timeout",
         type=float,
@@ -99,7 +100,6 @@ async def watch(
     report: Path | None = None,
     simulator: bool = False,
     metrics: Metrics | None = None,
-    metrics_host: str = METRICS_HOST,
 ) -> int:
     """Run the daemon until a signal (or ``source.stop()``); 0, or 2 if the run failed."""
     account = RunAccount(report)
@@ -107,7 +107,7 @@ async def watch(
     metrics.track_files(source.files_waiting)
     server = None
     if settings.metrics_port is not None:
-        server = await start_metrics_server(metrics, metrics_host, settings.metrics_port)
+        server = await start_metrics_server(metrics, settings.metrics_host, settings.metrics_port)
     log.info(
         "watch.started",
         directory=str(source.directory),

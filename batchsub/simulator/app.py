@@ -32,7 +32,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from batchsub.manifest import FlinkJarJob, describe_validation_error
-from batchsub.simulator import batch, update
+from batchsub.simulator import batch, iam, update
 from batchsub.simulator.auth import authenticate
 from batchsub.simulator.config import SimulatorConfig
 from batchsub.simulator.dialect import detail, job_config
@@ -92,6 +92,7 @@ def create_app(config: SimulatorConfig) -> web.Application:
     routes.add_post(PREFIX + "/jobs/delete", batch.delete_jobs, name="batch_delete")
     routes.add_put(PREFIX + "/flink-jobs/{job_id}", update.update_job, name="update")
     routes.add_get(PRIVATE + "stats", _show_stats)
+    iam.setup(app, config)  # POST /v3/auth/tokens, as the IAM endpoint
     app.on_shutdown.append(_wake_sleepers)
     return app
 
@@ -139,9 +140,13 @@ def _http_error(exc: web.HTTPException) -> web.Response:
 async def _admit(request: web.Request, state: _State) -> web.Response | None:
     """The gateway's checks in order: credential, throttle, project. None lets it through."""
     config = state.config
+    if request.path == iam.PATH:
+        return None  # IAM checks the password itself
     if config.auth_enabled:
         body = await request.read() if request.can_read_body else b""
         reason = authenticate(config, request, body)
+        if reason == iam.TOKEN_MUST_BE_UPDATED:
+            return error_response(401, "APIG.0307", reason)
         if reason is not None:
             return error_response(
                 401, "APIG.0301", f"Incorrect IAM authentication information: {reason}"

@@ -131,6 +131,12 @@ def add_parser(commands: Any) -> None:
     sim.add_argument(
         "--max-job-ids", type=_positive, default=100, help="most job ids a batch call takes"
     )
+    sim.add_argument(
+        "--token-lifetime",
+        type=float,
+        default=24 * 3600.0,
+        help="seconds an IAM token from POST /v3/auth/tokens is valid (default: 86400)",
+    )
     sim.add_argument("--seed", type=int, help="seed of the fault draws and delays")
     sim.add_argument("--log-format", choices=["auto", "json", "console"])
     sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -167,6 +173,6 @@ def config_from_args(settings: Settings, args: argparse.Namespace) -> SimulatorC
     fields = [field for field, _ in _FAULTS.values()]
     fields += [field for field, _ in _DELAYS.values()]
     fields += [field for field, _, _ in _MODES.values()]
-    for field in (*fields, "slow_seconds", "max_job_ids", "seed"):
+    for field in (*fields, "slow_seconds", "max_job_ids", "token_lifetime", "seed"):
         setattr(config, field, getattr(args, field))
     return config

@@ -26,6 +26,8 @@ class SimulatorConfig:
     project_id: str | None = None  # None: any project id in the path is accepted
     tokens: frozenset[str] = frozenset()
     aksk: Mapping[str, str] = field(default_factory=dict)  # AK -> SK
+    iam_users: Mapping[tuple[str, str], str] = field(default_factory=dict)  # (domain, user) -> pw
+    token_lifetime: float = 24 * 3600.0  # seconds an IAM token it issues is valid
     latency: float = 0.0  # seconds from a request's arrival to its answer
     rate_limit: float = 0.0  # admitted requests per sliding second, whole server; 0 = none
     fail_5xx: float = 0.0  # 500/502/503 before creating: job not created
@@ -72,13 +74,14 @@ class SimulatorConfig:
     @property
     def auth_enabled(self) -> bool:
         """Whether requests must carry a known token or a valid AK/SK signature."""
-        return bool(self.tokens or self.aksk)
+        return bool(self.tokens or self.aksk or self.iam_users)
 
     def __repr__(self) -> str:
         # Never show tokens or SKs.
         return (
             f"SimulatorConfig(project_id={self.project_id!r}, tokens={len(self.tokens)}, "
-            f"aksk={len(self.aksk)}, rate_limit={self.rate_limit}, latency={self.latency})"
+            f"aksk={len(self.aksk)}, iam_users={len(self.iam_users)}, "
+            f"rate_limit={self.rate_limit}, latency={self.latency})"
         )
 
 
@@ -91,7 +94,21 @@ def simulator_config(settings: Settings, *, project_id: str | None) -> Simulator
         project_id=project_id,
         tokens=frozenset({token}) if token else frozenset(),
         aksk={ak: sk} if ak and sk else {},
+        iam_users=_iam_users(settings),
     )
+
+
+def _iam_users(settings: Settings) -> dict[tuple[str, str], str]:
+    """The IAM user of the settings, if complete, with its password (from env or file)."""
+    from batchsub.iam import password_source
+
+    if not (settings.iam_user and settings.iam_domain):
+        return {}
+    password = settings.iam_password.get_secret_value() if settings.iam_password else None
+    if not password and settings.iam_password_file is None:
+        return {}
+    read, _ = password_source(password, settings.iam_password_file)
+    return {(settings.iam_domain, settings.iam_user): read()}
 
 
 def demo_token() -> str:
