@@ -15,6 +15,7 @@ import structlog
 from batchsub.jobs import JobSpec
 from batchsub.settings import Settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from tests.faults import ensure_postgres_running
 
 PROJECT = "proj-test"
 TOKEN = "test-token-0123456789"
@@ -33,6 +34,14 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     # A command run in process configures structlog for the whole process; later tests
     # (capture_logs among them) need the defaults back.
     structlog.reset_defaults()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_left_running() -> Iterator[None]:
+    # A test that stopped PostgreSQL starts it again itself; this is the safety net, since
+    # every other test (and other people's test runs) share the server.
+    yield
+    ensure_postgres_running()
 
 
 SimulatorFactory = Callable[..., Any]
