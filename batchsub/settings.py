@@ -54,6 +54,12 @@ class Settings(BaseSettings):
 
     # Ledger: a SQLite file path (a postgresql:// URL comes later).
     ledger: str = "batchsub.db"
+    # Seconds each PostgreSQL connection attempt, pool acquire and statement may take: a
+    # partition ends in a retry, never in a silent hang.
+    ledger_timeout: float = Field(10.0, gt=0.0)
+    # ``run`` and ``retry``: seconds the ledger may stay unreachable (or its disk full) before
+    # the run ends with exit 2. ``watch`` and ``consume`` wait for as long as it takes.
+    ledger_outage_limit: float = Field(60.0, ge=0.0)
 
     # Pool, pacing and retries.
     concurrency: int = Field(8, ge=1, le=1024)
@@ -86,6 +92,7 @@ class Settings(BaseSettings):
     rescan_interval: float = Field(30.0, gt=0.0)  # safety-net rescan besides inotify
     poll: bool = False  # poll instead of inotify (network filesystems)
     metrics_port: int | None = Field(None, ge=0, le=65535)  # /healthz and Prometheus metrics
+    metrics_host: str = "0.0.0.0"  # the address it listens on: all, to be probed from outside
 
     # The queue consumer (``batchsub consume``) and publisher.
     amqp_url: SecretStr | None = None  # amqp://user:password@host/vhost: the password is secret

@@ -22,15 +22,13 @@ import structlog
 from batchsub import eventloop
 from batchsub.cli import add_send_flags
 from batchsub.logs import configure_logging
-from batchsub.metrics import Metrics, start_metrics_server
+from batchsub.metrics import Metrics, serving
 from batchsub.report import RunAccount
 from batchsub.runner import daemon_exit_code, run_source
 from batchsub.settings import Settings
 from batchsub.sources.dropfolder import DropFolderSource
 
 log = structlog.get_logger("batchsub.watch")
-
-METRICS_HOST = "0.0.0.0"  # reachable from outside a container; tests pass 127.0.0.1
 
 
 def add_parser(commands: Any) -> None:
@@ -99,33 +97,27 @@ async def watch(
     report: Path | None = None,
     simulator: bool = False,
     metrics: Metrics | None = None,
-    metrics_host: str = METRICS_HOST,
 ) -> int:
     """Run the daemon until a signal (or ``source.stop()``); 0, or 2 if the run failed."""
     account = RunAccount(report)
     metrics = metrics or Metrics()
     metrics.track_files(source.files_waiting)
-    server = None
-    if settings.metrics_port is not None:
-        server = await start_metrics_server(metrics, metrics_host, settings.metrics_port)
-    log.info(
-        "watch.started",
-        directory=str(source.directory),
-        settle_time=settings.settle_time,
-        rescan_interval=settings.rescan_interval,
-        poll=settings.poll,
-        drain_timeout=settings.drain_timeout,
-        metrics=server.url if server else None,
-    )
-    try:
-        code = await run_source(
-            settings, source, account, simulator=simulator, endless=True, observer=metrics
+    async with serving(metrics, settings.metrics_host, settings.metrics_port) as url:
+        log.info(
+            "watch.started",
+            directory=str(source.directory),
+            settle_time=settings.settle_time,
+            rescan_interval=settings.rescan_interval,
+            poll=settings.poll,
+            drain_timeout=settings.drain_timeout,
+            metrics=url,
         )
-    finally:
-        metrics.healthy = False
-        await source.close()
-        if server is not None:
-            await server.close()
+        try:
+            code = await run_source(
+                settings, source, account, simulator=simulator, endless=True, observer=metrics
+            )
+        finally:
+            await source.close()
     log.info("watch.stopped", directory=str(source.directory), files_left=source.files_waiting())
     # A failed file is filed under failed/ with its reason: not a failure of the daemon.
     return daemon_exit_code(code)
