@@ -92,7 +92,9 @@ class Settings(BaseSettings):
     rescan_interval: float = Field(30.0, gt=0.0)  # safety-net rescan besides inotify
     poll: bool = False  # poll instead of inotify (network filesystems)
     metrics_port: int | None = Field(None, ge=0, le=65535)  # /healthz and Prometheus metrics
-    metrics_host: str = "0.0.0.0"  # the address it listens on: all, to be probed from outside
+    # Loopback unless told otherwise: the metrics say what the daemon does. The image sets
+    # 0.0.0.0 (BATCHSUB_METRICS_HOST), where the container's network is the boundary.
+    metrics_host: str = "127.0.0.1"
 
     # The queue consumer (``batchsub consume``) and publisher.
     amqp_url: SecretStr | None = None  # amqp://user:password@host/vhost: the password is secret
