@@ -5,10 +5,9 @@ BatchsubError
  +-- ManifestError        a manifest file or job cannot be used (names the file and field)
  +-- LedgerError          the ledger cannot be opened, locked or written (stop: a setting or a bug)
  |    +-- LedgerLockedError   another batchsub process holds the ledger
- |    +-- LedgerUnavailable   unreachable or unwritable for now (refused, reset, timed out,
- |    |                       restarting, disk full): wait and retry, the statement is fine
- |    +-- LedgerDataError     the ledger refuses this statement for its values (a NUL in a
- |                            name): that one item fails, the ledger and the run are fine
+ |    +-- LedgerRefusedError  the ledger refuses one job's values (not an outage: fail that job)
+ |    +-- LedgerUnavailable   unreachable or unwritable for now (connection refused or reset,
+ |                            timed out, restarting, disk full): wait and retry the same call
  +-- ApiError             the API answered with an error or could not be reached
       +-- FatalApiError       stop the whole run (401/403: a wrong credential or project)
       +-- RetryableError      try again later; ``defer`` says how long at least
@@ -41,6 +40,14 @@ class LedgerLockedError(LedgerError):
     """Another batchsub process is using this ledger."""
 
 
+class LedgerRefusedError(LedgerError):
+    """The ledger refuses a value of one job (a data error): that job fails, the others go on.
+
+    Retrying cannot help, unlike an outage; the job is failed (or dead-lettered) with this
+    message as its reason.
+    """
+
+
 class LedgerUnavailable(LedgerError):
     """The ledger cannot be reached or written now; the same statement may succeed later.
 
@@ -56,10 +63,6 @@ class LedgerUnavailable(LedgerError):
         self.ledger = ledger
         self.reason = reason
         self.condition = condition
-
-
-class LedgerDataError(LedgerError):
-    """The ledger refuses a statement for its values: a fault of one item, not of the ledger."""
 
 
 class ApiError(BatchsubError):

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from batchsub.errors import LedgerDataError, LedgerError, LedgerUnavailable
+from batchsub.errors import LedgerError, LedgerRefusedError, LedgerUnavailable
 from batchsub.jobs import LedgerState
 from batchsub.ledgers.outage import Outage
 from batchsub.ledgers.postgres import PostgresLedger
@@ -165,7 +165,7 @@ async def test_errors_are_told_apart(dsn: str) -> None:
     assert not isinstance(caught.value, LedgerUnavailable)
     # A value the server refuses: one item's fault (the poison-message seam).
     async with PostgresLedger(dsn) as ledger:
-        with pytest.raises(LedgerDataError, match="0x00"):
+        with pytest.raises(LedgerRefusedError, match="0x00"):
             await ledger.begin_attempt(P, job_spec("bad\x00name"))
         assert await ledger.begin_attempt(P, job_spec("good")) == 1  # the ledger is fine
 

@@ -10,7 +10,8 @@ never claimed again and no later state replaces it. Every call commits before it
 Leases are compared with the workers' own clocks: hosts must keep them in sync (NTP) to much
 better than ``lease_seconds``. asyncpg and socket errors become ``LedgerError`` here, naming
 the DSN with its password masked: ``LedgerUnavailable`` when the server cannot be reached now
-(waited out through ``Outage``), ``LedgerDataError`` when it refuses a statement's values.
+(waited out through ``Outage``), ``LedgerRefusedError`` when it refuses a statement's values
+(SQLSTATE classes 22, 23 and 54).
 
 Every connection attempt, pool acquire and statement is bounded by a timeout; a connection
 that timed out or broke is terminated, never handed out again, and the pool's other
@@ -34,7 +35,7 @@ from urllib.parse import parse_qsl, urlsplit
 import asyncpg
 import structlog
 
-from batchsub.errors import LedgerDataError, LedgerError, LedgerUnavailable
+from batchsub.errors import LedgerError, LedgerRefusedError, LedgerUnavailable
 from batchsub.jobs import IN_DOUBT_STATES, ErrorInfo, JobSpec, LedgerRecord, LedgerState
 from batchsub.ledgers.outage import Outage
 
@@ -142,12 +143,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,  # the connection closed under a statement or is unusable after one
     asyncpg.InternalClientError,
 )
-# The server refuses the values of a statement (a NUL in a text, a constraint): that one item.
-_REFUSED: tuple[type[BaseException], ...] = (
-    asyncpg.exceptions._base.DataError,  # refused by the driver before sending
-    asyncpg.DataError,  # class 22
-    asyncpg.IntegrityConstraintViolationError,  # class 23
-)
+# SQLSTATE classes of a statement refused for the values it was given, not for an outage:
+# data exception, integrity constraint violation, program limit exceeded.
+_REFUSED_CLASSES = frozenset({"22", "23", "54"})
 
 _CHUNK = 1000  # names per ``= ANY($2)``: keeps each statement and its answer small
 
@@ -527,16 +525,26 @@ class PostgresLedger:
             message = " ".join(str(exc).split()) or type(exc).__name__
         for password in _passwords(self._dsn):
             message = message.replace(password, "***")
-        if isinstance(exc, _REFUSED):
-            return LedgerDataError(f"ledger {self.dsn}: {what}: {message}")
+        if _is_refused(exc):
+            return LedgerRefusedError(f"ledger {self.dsn}: {what}: {message}")
         if _is_unavailable(exc):
             return LedgerUnavailable(self.dsn, f"{what}: {message}")
         return LedgerError(f"ledger {self.dsn}: {what}: {message}")
 
 
+def _is_refused(exc: BaseException) -> bool:
+    """True when the server refuses the values of the statement (``_REFUSED_CLASSES``)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return (
+        isinstance(exc, asyncpg.PostgresError)
+        and isinstance(sqlstate, str)
+        and sqlstate[:2] in _REFUSED_CLASSES
+    )
+
+
 def _is_unavailable(exc: BaseException) -> bool:
     """True for a failure of the connection or the server, not of the statement."""
-    if isinstance(exc, (*_REFUSED, ValueError)):
+    if _is_refused(exc) or isinstance(exc, ValueError):
         return False  # a bad value, or a malformed DSN or option: waiting will not help
     return isinstance(exc, _UNAVAILABLE)
 
