@@ -15,7 +15,7 @@ import structlog
 from batchsub.jobs import JobSpec
 from batchsub.settings import Settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.faults import ensure_postgres_running
+from tests.faults import ensure_postgres_running, small_filesystem
 
 PROJECT = "proj-test"
 TOKEN = "test-token-0123456789"
@@ -42,6 +42,16 @@ def _postgres_left_running() -> Iterator[None]:
     # every other test (and other people's test runs) share the server.
     yield
     ensure_postgres_running()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a 16 MiB tmpfs of the test's own (skipped where none can be mounted)."""
+    directory = tmp_path / "disk"
+    with small_filesystem(directory, "16m") as problem:
+        if problem is not None:
+            pytest.skip(problem)
+        yield directory
 
 
 SimulatorFactory = Callable[..., Any]

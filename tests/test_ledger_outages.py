@@ -18,7 +18,8 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,6 @@ from tests.faults import (
     postgres_control_problem,
     postgres_stopped,
     restart_postgres,
-    small_filesystem,
     via,
 )
 from tests.pg import PORT, fresh_database, postgres_listening
@@ -126,6 +126,34 @@ def run_args(directory: Path, endpoint: str, ledger: str, *extra: str) -> list[s
     ]  # fmt: skip
 
 
+@dataclass(slots=True)
+class Rig:
+    """What a queue-worker test needs: a queue, a database, the simulator, a proxy before it."""
+
+    broker: Broker
+    queue: str
+    dsn: str
+    endpoint: str
+    proxy: Proxy  # in front of PostgreSQL; via(rig.dsn, rig.proxy) goes through it
+    workers: list[subprocess.Popen[bytes]]
+
+
+@contextlib.asynccontextmanager
+async def queue_rig(tmp_path: Path, label: str) -> AsyncIterator[Rig]:
+    """A fresh queue and database, the simulator process and a proxy; workers killed after."""
+    broker = await Broker.open()
+    try:
+        async with fresh_database() as dsn:
+            with (
+                simulator_process(tmp_path / "sim.log") as endpoint,
+                Proxy(PORT) as proxy,
+                processes() as workers,
+            ):
+                yield Rig(broker, broker.queue_name(label), dsn, endpoint, proxy, workers)
+    finally:
+        await broker.close()
+
+
 @contextlib.contextmanager
 def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     """A list to put started processes in; each is SIGKILLed on the way out if still running."""
@@ -166,34 +194,28 @@ def stop_workers(workers: list[subprocess.Popen[bytes]], logs: list[Path]) -> No
 @needs_pg_control
 @pytest.mark.parametrize("outage", ["restarted", "stopped for 3 s"])
 async def test_consume_workers_ride_out_postgres(tmp_path: Path, outage: str) -> None:
-    broker = await Broker.open()
-    queue = broker.queue_name("pg-outage")
-    try:
-        async with fresh_database() as dsn:
-            with simulator_process(tmp_path / "sim.log") as endpoint, processes() as workers:
-                names = write_manifests(tmp_path / "m", 60)
-                for _ in range(2):  # every job published twice
-                    await publish_directory(AMQP_URL, queue, tmp_path / "m")
-                logs = [tmp_path / f"worker{i}.log" for i in range(2)]
-                args = consume_args(queue, endpoint, dsn, "--rate", "8")
-                workers += [batchsub(*args, log=log, env=QUICK) for log in logs]
-                await until("the first jobs", lambda: job_count(endpoint) >= 8, 30)
-                if outage == "restarted":
-                    await asyncio.to_thread(restart_postgres)
-                else:
-                    with postgres_stopped():
-                        await asyncio.sleep(3)
-                await until("every job", lambda: created(endpoint) >= set(names), 60)
-                await drained(broker, queue)
-                stop_workers(workers, logs)
-                assert_each_once(endpoint, names)
-                saw = [bool(events(log, "ledger.unavailable")) for log in logs]
-                assert any(saw), "no worker noticed the outage"
-                for log, noticed in zip(logs, saw, strict=True):
-                    assert len(events(log, "ledger.recovered")) == int(noticed)
-                assert await broker.depth(f"{queue}.dead") == 0
-    finally:
-        await broker.close()
+    async with queue_rig(tmp_path, "pg-outage") as rig:
+        names = write_manifests(tmp_path / "m", 60)
+        for _ in range(2):  # every job published twice
+            await publish_directory(AMQP_URL, rig.queue, tmp_path / "m")
+        logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+        args = consume_args(rig.queue, rig.endpoint, rig.dsn, "--rate", "8")
+        rig.workers += [batchsub(*args, log=log, env=QUICK) for log in logs]
+        await until("the first jobs", lambda: job_count(rig.endpoint) >= 8, 30)
+        if outage == "restarted":
+            await asyncio.to_thread(restart_postgres)
+        else:
+            with postgres_stopped():
+                await asyncio.sleep(3)
+        await until("every job", lambda: created(rig.endpoint) >= set(names), 60)
+        await drained(rig.broker, rig.queue)
+        stop_workers(rig.workers, logs)
+        assert_each_once(rig.endpoint, names)
+        saw = [bool(events(log, "ledger.unavailable")) for log in logs]
+        assert any(saw), "no worker noticed the outage"
+        for log, noticed in zip(logs, saw, strict=True):
+            assert len(events(log, "ledger.recovered")) == int(noticed)
+        assert await rig.broker.depth(f"{rig.queue}.dead") == 0
 
 
 @needs_postgres
@@ -228,38 +250,28 @@ async def test_run_rides_out_a_postgres_restart(tmp_path: Path) -> None:
 async def test_a_frozen_link_to_postgres_times_out_and_the_worker_carries_on(
     tmp_path: Path,
 ) -> None:
-    broker = await Broker.open()
-    queue = broker.queue_name("pg-frozen")
     log = tmp_path / "worker.log"
-    try:
-        async with fresh_database() as dsn:
-            with (
-                simulator_process(tmp_path / "sim.log") as endpoint,
-                Proxy(PORT) as proxy,
-                processes() as workers,
-            ):
-                names = write_manifests(tmp_path / "m", 150)
-                for _ in range(2):
-                    await publish_directory(AMQP_URL, queue, tmp_path / "m")
-                args = consume_args(queue, endpoint, via(dsn, proxy), "--rate", "0")
-                workers.append(batchsub(*args, log=log, env={"BATCHSUB_LEDGER_TIMEOUT": "1"}))
-                await until("the first jobs", lambda: job_count(endpoint) >= 20, 30)
-                proxy.freeze()  # longer than the statement timeout
-                await asyncio.sleep(0.5)  # what was claimed before the freeze is sent now
-                during = job_count(endpoint)
-                await asyncio.sleep(2.5)
-                # Nothing is sent while its claim cannot be committed.
-                assert job_count(endpoint) == during < len(names)
-                [unavailable] = events(log, "ledger.unavailable")
-                assert unavailable["error"].endswith("timed out after 1 s"), unavailable
-                proxy.pass_through()
-                await until("every job", lambda: created(endpoint) >= set(names), 60)
-                await drained(broker, queue)
-                stop_workers(workers, [log])
-                assert len(events(log, "ledger.recovered")) == 1
-                assert_each_once(endpoint, names)
-    finally:
-        await broker.close()
+    async with queue_rig(tmp_path, "pg-frozen") as rig:
+        names = write_manifests(tmp_path / "m", 150)
+        for _ in range(2):
+            await publish_directory(AMQP_URL, rig.queue, tmp_path / "m")
+        args = consume_args(rig.queue, rig.endpoint, via(rig.dsn, rig.proxy), "--rate", "0")
+        rig.workers.append(batchsub(*args, log=log, env={"BATCHSUB_LEDGER_TIMEOUT": "1"}))
+        await until("the first jobs", lambda: job_count(rig.endpoint) >= 20, 30)
+        rig.proxy.freeze()  # longer than the statement timeout
+        await asyncio.sleep(0.5)  # what was claimed before the freeze is sent now
+        during = job_count(rig.endpoint)
+        await asyncio.sleep(2.5)
+        # Nothing is sent while its claim cannot be committed.
+        assert job_count(rig.endpoint) == during < len(names)
+        [unavailable] = events(log, "ledger.unavailable")
+        assert unavailable["error"].endswith("timed out after 1 s"), unavailable
+        rig.proxy.pass_through()
+        await until("every job", lambda: created(rig.endpoint) >= set(names), 60)
+        await drained(rig.broker, rig.queue)
+        stop_workers(rig.workers, [log])
+        assert len(events(log, "ledger.recovered")) == 1
+        assert_each_once(rig.endpoint, names)
 
 
 @needs_postgres
@@ -322,51 +334,40 @@ async def test_run_ends_in_one_line_when_the_ledger_stays_down_past_the_limit(
 @needs_postgres
 @needs_broker
 async def test_a_worker_waits_for_its_ledger_and_healthz_says_so(tmp_path: Path) -> None:
-    broker = await Broker.open()
-    queue = broker.queue_name("pg-start")
     log = tmp_path / "worker.log"
     port = free_port()
-    try:
-        async with fresh_database() as dsn:
-            with (
-                simulator_process(tmp_path / "sim.log") as endpoint,
-                Proxy(PORT) as proxy,
-                processes() as workers,
-            ):
-                names = write_manifests(tmp_path / "m", 40)
-                await publish_directory(AMQP_URL, queue, tmp_path / "m")
-                proxy.refuse()
-                args = consume_args(
-                    queue, endpoint, via(dsn, proxy), "--rate", "20", "--metrics-port", str(port)
-                )
-                env = {"BATCHSUB_METRICS_HOST": "127.0.0.1", "BATCHSUB_LEDGER_TIMEOUT": "1"}
-                workers.append(batchsub(*args, log=log, env=env))
+    async with queue_rig(tmp_path, "pg-start") as rig:
+        names = write_manifests(tmp_path / "m", 40)
+        await publish_directory(AMQP_URL, rig.queue, tmp_path / "m")
+        proxy, endpoint = rig.proxy, rig.endpoint
+        proxy.refuse()
+        args = consume_args(
+            rig.queue, endpoint, via(rig.dsn, proxy), "--rate", "20", "--metrics-port", str(port)
+        )
+        env = {"BATCHSUB_METRICS_HOST": "127.0.0.1", "BATCHSUB_LEDGER_TIMEOUT": "1"}
+        rig.workers.append(batchsub(*args, log=log, env=env))
 
-                await until(
-                    "the start-up wait", lambda: bool(events(log, "ledger.unavailable")), 20
-                )
-                status, text = health(port)
-                assert status == 503 and text.startswith("ledger unavailable: cannot connect: ")
-                await asyncio.sleep(1)
-                assert workers[0].poll() is None and job_count(endpoint) == 0
-                proxy.accept()
-                await until("/healthz 200", lambda: health(port) == (200, "ok"), 20)
-                await until("the first jobs", lambda: job_count(endpoint) >= 10, 30)
+        await until("the start-up wait", lambda: bool(events(log, "ledger.unavailable")), 20)
+        status, text = health(port)
+        assert status == 503 and text.startswith("ledger unavailable: cannot connect: ")
+        await asyncio.sleep(1)
+        assert rig.workers[0].poll() is None and job_count(endpoint) == 0
+        proxy.accept()
+        await until("/healthz 200", lambda: health(port) == (200, "ok"), 20)
+        await until("the first jobs", lambda: job_count(endpoint) >= 10, 30)
 
-                proxy.refuse()
-                proxy.cut()
-                await until("/healthz 503", lambda: health(port)[0] == 503, 20)
-                assert health(port)[1].startswith("ledger unavailable: ")
-                proxy.accept()
-                await until("/healthz 200 again", lambda: health(port) == (200, "ok"), 20)
-                await until("every job", lambda: created(endpoint) >= set(names), 60)
-                await drained(broker, queue)
-                stop_workers(workers, [log])
-                assert_each_once(endpoint, names)
-                assert len(events(log, "ledger.unavailable")) == 2
-                assert len(events(log, "ledger.recovered")) == 2
-    finally:
-        await broker.close()
+        proxy.refuse()
+        proxy.cut()
+        await until("/healthz 503", lambda: health(port)[0] == 503, 20)
+        assert health(port)[1].startswith("ledger unavailable: ")
+        proxy.accept()
+        await until("/healthz 200 again", lambda: health(port) == (200, "ok"), 20)
+        await until("every job", lambda: created(endpoint) >= set(names), 60)
+        await drained(rig.broker, rig.queue)
+        stop_workers(rig.workers, [log])
+        assert_each_once(endpoint, names)
+        assert len(events(log, "ledger.unavailable")) == 2
+        assert len(events(log, "ledger.recovered")) == 2
 
 
 @needs_postgres
@@ -389,16 +390,6 @@ async def test_run_does_not_start_without_its_ledger(tmp_path: Path) -> None:
 
 
 # --- a full disk under a SQLite ledger --------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A directory on a 16 MiB tmpfs of the test's own (skipped where it cannot be mounted)."""
-    directory = tmp_path / "disk"
-    with small_filesystem(directory, "16m") as problem:
-        if problem is not None:
-            pytest.skip(problem)
-        yield directory
 
 
 async def test_run_on_a_full_disk_ends_in_one_line_naming_the_ledger(

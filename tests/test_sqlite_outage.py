@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,10 @@ from batchsub.jobs import LedgerState
 from batchsub.ledgers import SqliteLedger
 from batchsub.ledgers.outage import Outage
 from tests.conftest import job_spec
-from tests.faults import fill, small_filesystem
+from tests.faults import fill
 
 P = "project-1"
 FAST: dict[str, Any] = {"first_delay": 0.05, "max_delay": 0.1}
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A directory on a 2 MiB tmpfs of the test's own."""
-    directory = tmp_path / "disk"
-    with small_filesystem(directory, "2m") as problem:
-        if problem is not None:
-            pytest.skip(problem)
-        yield directory
 
 
 def body(name: str) -> bytes:
