@@ -27,6 +27,7 @@ import orjson
 import pytest
 
 from batchsub.queue_commands import publish_directory
+from batchsub.sources.amqp import REQUEUE_DELAY
 from tests.amqp_support import AMQP_URL, Broker, broker_listening
 from tests.conftest import PROJECT, write_manifests
 from tests.faults import (
@@ -166,10 +167,10 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 async def drained(broker: Broker, queue: str) -> None:
-    """Wait until no message is ready, twice over a requeue delay (a redelivery settles)."""
-    for _ in range(2):
-        await until("the queue to drain", lambda: _empty(broker, queue), 30)
-        await asyncio.sleep(1.5)
+    """Wait until no message is ready, again after a requeue delay (a redelivery settles)."""
+    await until("the queue to drain", lambda: _empty(broker, queue), 30)
+    await asyncio.sleep(REQUEUE_DELAY * 1.2)
+    await until("the queue to stay drained", lambda: _empty(broker, queue), 30)
 
 
 async def _empty(broker: Broker, queue: str) -> bool:
