@@ -91,6 +91,9 @@ def add_parser(commands: Any) -> None:
     consume.add_argument(
         "--metrics-port", type=int, help="serve /metrics and /healthz on this port"
     )
+    consume.add_argument(
+        "--metrics-host", help="address the metrics port listens on (default: 127.0.0.1)"
+    )
     consume.set_defaults(handler=_consume_command)
 
 

@@ -342,11 +342,9 @@ async def test_a_worker_waits_for_its_ledger_and_healthz_says_so(tmp_path: Path)
         await publish_directory(AMQP_URL, rig.queue, tmp_path / "m")
         proxy, endpoint = rig.proxy, rig.endpoint
         proxy.refuse()
-        args = consume_args(
-            rig.queue, endpoint, via(rig.dsn, proxy), "--rate", "20", "--metrics-port", str(port)
-        )
-        env = {"BATCHSUB_METRICS_HOST": "127.0.0.1", "BATCHSUB_LEDGER_TIMEOUT": "1"}
-        rig.workers.append(batchsub(*args, log=log, env=env))
+        args = consume_args(rig.queue, endpoint, via(rig.dsn, proxy), "--rate", "20")
+        args += ["--metrics-port", str(port), "--metrics-host", "127.0.0.1"]
+        rig.workers.append(batchsub(*args, log=log, env={"BATCHSUB_LEDGER_TIMEOUT": "1"}))
 
         await until("the start-up wait", lambda: bool(events(log, "ledger.unavailable")), 20)
         status, text = health(port)
