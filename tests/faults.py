@@ -125,6 +125,14 @@ class Proxy:
             return
         self.refuse()
         self.cut()
+
+        async def finish() -> None:  # every connection's task ends before the loop does
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self._run(finish())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
