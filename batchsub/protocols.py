@@ -141,3 +141,7 @@ class RunObserver(Protocol):
     def on_answer(self, call: str, seconds: float, status: int | None) -> None:
         """One HTTP request done: ``call`` is "create" or "list"; status None if no answer."""
         ...
+
+    def on_ledger(self, problem: str | None) -> None:
+        """The ledger became unavailable (``problem`` says why), or answers again (None)."""
+        ...

@@ -28,6 +28,7 @@ from batchsub.errors import ConfigError, FatalApiError, RetryableError
 from batchsub.iam import IamDliClient, IamTokenAuth, auth_from_settings
 from batchsub.jobs import JobResult
 from batchsub.ledgers import SqliteLedger
+from batchsub.ledgers.outage import Outage
 from batchsub.limiter import RateLimiter, RetryBudget
 from batchsub.logs import configure_command_logging
 from batchsub.protocols import Auth, FileIndex, Ledger, RunObserver, Source
@@ -126,17 +127,41 @@ def is_shared_ledger(spec: str) -> bool:
     return spec.startswith(("postgresql://", "postgres://"))
 
 
-def open_ledger(spec: str, *, request_timeout: float = 30.0, read_only: bool = False) -> Ledger:
+def shown_ledger(spec: str) -> str:
+    """``--ledger`` as it may be logged or printed: a PostgreSQL URL's password masked."""
+    if not is_shared_ledger(spec):
+        return spec
+    from batchsub.ledgers.postgres import mask_dsn
+
+    return mask_dsn(spec)
+
+
+def open_ledger(
+    spec: str,
+    *,
+    request_timeout: float = 30.0,
+    read_only: bool = False,
+    timeout: float = 10.0,
+    outage: Outage | None = None,
+) -> Ledger:
     """The ledger named by ``--ledger``: a postgresql:// URL (shared) or a SQLite file path.
 
     ``read_only`` SQLite ledgers take no lock, so they can be read while a run writes.
+    ``timeout`` bounds each PostgreSQL connection attempt and statement; ``outage`` says how
+    long a call waits through an outage (by default it fails at once).
     """
     if is_shared_ledger(spec):
         from batchsub.ledgers.postgres import PostgresLedger
 
         # A claim must outlive the longest request its worker may still have in flight.
-        return PostgresLedger(spec, lease_seconds=request_timeout * 2 + 10)
-    return SqliteLedger(Path(spec), read_only=read_only)
+        return PostgresLedger(
+            spec,
+            lease_seconds=request_timeout * 2 + 10,
+            connect_timeout=timeout,
+            command_timeout=timeout,
+            outage=outage,
+        )
+    return SqliteLedger(Path(spec), read_only=read_only, outage=outage)
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -246,7 +271,19 @@ async def run_source(
     started = time.monotonic()
     async with AsyncExitStack() as stack:
         target = await stack.enter_async_context(resolve_target(settings, simulator=simulator))
-        ledger = open_ledger(settings.ledger, request_timeout=settings.timeout)
+        # A daemon waits through a ledger outage, at start-up too; a one-shot run does not
+        # start without its ledger, and gives up on it after ledger_outage_limit.
+        outage = Outage(
+            limit=None if endless else settings.ledger_outage_limit,
+            startup_limit=None if endless else 0.0,
+            on_change=observer.on_ledger if observer else None,
+        )
+        ledger = open_ledger(
+            settings.ledger,
+            request_timeout=settings.timeout,
+            timeout=settings.ledger_timeout,
+            outage=outage,
+        )
         await ledger.open()
         stack.push_async_callback(ledger.close)
         if isinstance(source, DirectorySource) and isinstance(ledger, FileIndex):
@@ -283,6 +320,7 @@ async def run_source(
             on_result=_fan_out(account, observer),
             finish_source_on_stop=not endless,
             in_doubt_grace=settings.in_doubt_grace,
+            outage=outage,
         )
         if observer is not None:
             observer.on_start(limiter)
@@ -291,7 +329,7 @@ async def run_source(
             endpoint=target.endpoint,
             project_id=target.project_id,
             auth=target.auth.describe(),
-            ledger=settings.ledger,
+            ledger=shown_ledger(settings.ledger),
             rate=settings.rate,
             concurrency=settings.concurrency,
         )

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
 
     # Ledger: a SQLite file path (a postgresql:// URL comes later).
     ledger: str = "batchsub.db"
+    # Seconds each PostgreSQL connection attempt, pool acquire and statement may take: a
+    # partition ends in a retry, never in a silent hang.
+    ledger_timeout: float = Field(10.0, gt=0.0)
+    # ``run`` and ``retry``: seconds the ledger may stay unreachable (or its disk full) before
+    # the run ends with exit 2. ``watch`` and ``consume`` wait for as long as it takes.
+    ledger_outage_limit: float = Field(60.0, ge=0.0)
 
     # Pool, pacing and retries.
     concurrency: int = Field(8, ge=1, le=1024)

@@ -4,6 +4,11 @@ Per job: look it up in the ledger; commit the intent (``submitting``) before the
 leaves; send under the shared rate limiter; classify the answer; commit the outcome. A job
 whose answer was lost is ``unknown`` and is reconciled (looked up by name) before it is ever
 sent again. Ledger writes are shielded from cancellation, as arq's ``finish_job`` is.
+
+A ledger outage is waited out inside the ledger (``batchsub.ledgers.outage``): meanwhile no
+job is claimed and the source is not read further, and outcomes wait in memory until they
+can be written. A ledger call that fails for good (past a one-shot run's outage limit, or a
+ledger error that is not an outage) stops a one-shot run; a daemon's job ends unresolved.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import TypeVar
 import structlog
 
 from batchsub.client import AnswerKind, CreateAnswer, DliClient
-from batchsub.errors import ApiError, FatalApiError
+from batchsub.errors import ApiError, FatalApiError, LedgerError, LedgerUnavailable
 from batchsub.jobs import (
     IN_DOUBT_STATES,
     ErrorInfo,
@@ -32,6 +37,7 @@ from batchsub.jobs import (
     Outcome,
     SettledJob,
 )
+from batchsub.ledgers.outage import Outage
 from batchsub.limiter import RateLimiter, RetryBudget
 from batchsub.manifest import diff_fields, validate_spec
 from batchsub.protocols import Ledger, Source
@@ -71,6 +77,7 @@ class Submitter:
         rng: random.Random | None = None,
         finish_source_on_stop: bool = True,
         in_doubt_grace: float = 5.0,
+        outage: Outage | None = None,
     ) -> None:
         # Bound now (logging is configured by then): a call skips structlog's lazy proxy,
         # a fifth of the cost of the log line every job writes.
@@ -93,6 +100,7 @@ class Submitter:
         self._reader: asyncio.Task[None] | None = None
         self.creates_sent = 0
         self._in_doubt_grace = in_doubt_grace
+        self._outage = outage  # the ledger's: the source waits while the ledger is down
         # Requests in flight are bounded by ``concurrency``; jobs in progress (most of them
         # asleep in a backoff or a grace period) by a larger number, which bounds memory.
         self._requests = asyncio.Semaphore(concurrency)
@@ -117,6 +125,8 @@ class Submitter:
         # rather than wait for one. A finite source is read to its end for the report.
         if not self._finish_source_on_stop and self._reader is not None:
             self._reader.cancel()
+        if self._outage is not None:
+            self._outage.stop_waiting()  # jobs waiting to be claimed end now, as not sent
 
     @property
     def stopped(self) -> bool:
@@ -125,7 +135,10 @@ class Submitter:
 
     async def run(self, source: Source) -> None:
         """Process every item of ``source``; returns when each has a result."""
-        await self._recover_in_doubt()
+        try:
+            await self._recover_in_doubt()
+        except LedgerError as exc:
+            self._ledger_failed(exc)
         async with asyncio.TaskGroup() as group:
             self._group = group
             await self._feed(source)
@@ -194,12 +207,19 @@ class Submitter:
                 if self._stopping.is_set() and not self._finish_source_on_stop:
                     break
                 await buffer.put(item)
+                if self._outage is not None and self._outage.problem is not None:
+                    # Take no more files or messages while no job could be claimed.
+                    await self._outage.ready()
         finally:
             await buffer.put(None)
 
     async def _dispatch(self, batch: list[ManifestItem], source: Source) -> None:
         names = [item.name for item in batch if isinstance(item, JobSpec)]
-        records = await self._ledger.get_many(self._project, names) if names else {}
+        lost: str | None = None
+        try:
+            records = await self._ledger.get_many(self._project, names) if names else {}
+        except LedgerError as exc:
+            records, lost = {}, self._ledger_failed(exc)
         for item in batch:
             if isinstance(item, InvalidManifest):
                 self._log.warning("job.invalid", source=item.source, error=item.error)
@@ -218,6 +238,11 @@ class Submitter:
                     adopted=item.adopted,
                 )
                 await self._finish(source, item, result)
+                continue
+            if lost is not None:
+                await self._finish(
+                    source, item, JobResult(item.source, item.name, Outcome.UNRESOLVED, error=lost)
+                )
                 continue
             record = records.get(item.name)
             settled = _settled_result(item, record)
@@ -239,6 +264,9 @@ class Submitter:
             result = await self._one_at_a_time(job)
         except RunStopped as exc:
             result = JobResult(spec.source, spec.name, Outcome.UNRESOLVED, error=str(exc))
+        except LedgerError as exc:
+            error = self._ledger_failed(exc)
+            result = JobResult(spec.source, spec.name, Outcome.UNRESOLVED, error=error)
         finally:
             self._job_slots.release()
         await self._finish(source, spec, result)
@@ -392,7 +420,15 @@ class Submitter:
     ) -> JobResult | None:
         kind = answer.kind
         if kind is AnswerKind.CREATED:
-            await self._write(spec, LedgerState.CREATED, job_id=answer.job_id)
+            try:
+                await self._write(spec, LedgerState.CREATED, job_id=answer.job_id)
+            except LedgerError as exc:
+                # It exists, and the report says so. Its row stays ``submitting``: the next
+                # run (or worker) looks it up by name and adopts it, never sends it again.
+                note = f"created as job {answer.job_id}, not recorded: {self._ledger_failed(exc)}"
+                return JobResult(
+                    spec.source, spec.name, Outcome.UNRESOLVED, job_id=answer.job_id, error=note
+                )
             self._budget.refund()
             self._limiter.on_success()
             self._log.info("job.created", job_id=answer.job_id, attempt=attempt)
@@ -519,6 +555,17 @@ class Submitter:
             raise RunStopped(f"not sent: run stopped after {self.fatal}")
         if self._stopping.is_set():
             raise RunStopped("not sent: run interrupted")
+
+    def _ledger_failed(self, exc: LedgerError) -> str:
+        """A ledger call failed for good: the job's error. A one-shot run stops on it.
+
+        An outage reaches here only past a one-shot run's limit, or when the run is stopping;
+        a daemon stays up whatever the ledger says, and the job is tried again later.
+        """
+        daemon_outage = isinstance(exc, LedgerUnavailable) and not self._finish_source_on_stop
+        if not daemon_outage and not self.stopped:
+            self._fail_run(ErrorInfo(str(exc)))
+        return str(exc)
 
     def _fail_run(self, error: ErrorInfo) -> None:
         if self.fatal is None:

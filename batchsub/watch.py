@@ -22,7 +22,7 @@ import structlog
 from batchsub import eventloop
 from batchsub.cli import add_send_flags
 from batchsub.logs import configure_logging
-from batchsub.metrics import Metrics, start_metrics_server
+from batchsub.metrics import Metrics, serving
 from batchsub.report import RunAccount
 from batchsub.runner import daemon_exit_code, run_source
 from batchsub.settings import Settings
@@ -105,27 +105,22 @@ async def watch(
     account = RunAccount(report)
     metrics = metrics or Metrics()
     metrics.track_files(source.files_waiting)
-    server = None
-    if settings.metrics_port is not None:
-        server = await start_metrics_server(metrics, settings.metrics_host, settings.metrics_port)
-    log.info(
-        "watch.started",
-        directory=str(source.directory),
-        settle_time=settings.settle_time,
-        rescan_interval=settings.rescan_interval,
-        poll=settings.poll,
-        drain_timeout=settings.drain_timeout,
-        metrics=server.url if server else None,
-    )
-    try:
-        code = await run_source(
-            settings, source, account, simulator=simulator, endless=True, observer=metrics
+    async with serving(metrics, settings.metrics_host, settings.metrics_port) as url:
+        log.info(
+            "watch.started",
+            directory=str(source.directory),
+            settle_time=settings.settle_time,
+            rescan_interval=settings.rescan_interval,
+            poll=settings.poll,
+            drain_timeout=settings.drain_timeout,
+            metrics=url,
         )
-    finally:
-        metrics.healthy = False
-        await source.close()
-        if server is not None:
-            await server.close()
+        try:
+            code = await run_source(
+                settings, source, account, simulator=simulator, endless=True, observer=metrics
+            )
+        finally:
+            await source.close()
     log.info("watch.stopped", directory=str(source.directory), files_left=source.files_waiting())
     # A failed file is filed under failed/ with its reason: not a failure of the daemon.
     return daemon_exit_code(code)
