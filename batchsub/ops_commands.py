@@ -44,6 +44,7 @@ from batchsub.jobs import (
 from batchsub.limiter import RateLimiter
 from batchsub.logs import configure_command_logging
 from batchsub.manifest import diff_fields
+from batchsub.masking import mask_url
 from batchsub.protocols import Auth, Ledger
 from batchsub.reconcile import Reconciler
 from batchsub.report import RunAccount
@@ -474,7 +475,7 @@ class _PlanJson:
         self.counts: Counter[Action] = Counter()
         self._head = {
             "project_id": project_id,
-            "ledger": settings.ledger,
+            "ledger": mask_url(settings.ledger),
             "remote_checked": remote is not None,
         }
         self._first = True
@@ -552,7 +553,8 @@ def _print_plan_footer(
         if remote is not None
         else "remote not checked (--check-remote lists it)"
     )
-    console.print(f"project {project_id} · ledger {settings.ledger} · {checked}", markup=False)
+    shown = mask_url(settings.ledger)
+    console.print(f"project {project_id} · ledger {shown} · {checked}", markup=False)
     console.print(
         f"Plan: {counts[Action.CREATE]} to create, {counts[Action.ADOPT]} to adopt, "
         f"{counts[Action.RETRY]} to retry, {counts[Action.RECONCILE]} to reconcile, "
@@ -632,7 +634,7 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     console = _console()
     where = f" (project {args.project_id})" if args.project_id else ""
-    counts = Table(title=f"ledger {settings.ledger}{where}", header_style="bold")
+    counts = Table(title=f"ledger {mask_url(settings.ledger)}{where}", header_style="bold")
     counts.add_column("state")
     counts.add_column("jobs", justify="right")
     for state, count in status.counts.items():
@@ -790,7 +792,8 @@ async def retry_failed(
     source = LedgerFailedSource(existing_ledger(settings.ledger), project_id)
     count = await source.load()  # opened and closed again before run_source opens it
     if count == 0:
-        announce(f"nothing to retry: ledger {settings.ledger} has no failed jobs in {project_id}")
+        shown = mask_url(settings.ledger)
+        announce(f"nothing to retry: ledger {shown} has no failed jobs in {project_id}")
         account.write_report(account.summary(exit_code=0))
         return 0
     announce(f"sending again {count} failed jobs of project {project_id}")

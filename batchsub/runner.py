@@ -28,6 +28,7 @@ from batchsub.jobs import JobResult
 from batchsub.ledgers import SqliteLedger
 from batchsub.limiter import RateLimiter, RetryBudget
 from batchsub.logs import configure_command_logging
+from batchsub.masking import mask_url
 from batchsub.protocols import Auth, FileIndex, Ledger, RunObserver, Source
 from batchsub.reconcile import Reconciler
 from batchsub.report import EXIT_FATAL, RunAccount
@@ -222,10 +223,10 @@ async def run_source(
             observer.on_start(limiter)
         log.info(
             "run.started",
-            endpoint=target.endpoint,
+            endpoint=mask_url(target.endpoint),
             project_id=target.project_id,
             auth=target.auth.describe(),
-            ledger=settings.ledger,
+            ledger=mask_url(settings.ledger),
             rate=settings.rate,
             concurrency=settings.concurrency,
         )

@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from batchsub.errors import ConfigError
+from batchsub.masking import mask_url, url_passwords
 
 DEFAULT_CONFIG_FILE = Path("config/batchsub.toml")
 _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
@@ -145,12 +146,28 @@ class Settings(BaseSettings):
         for name in type(self).model_fields:
             value = getattr(self, name)
             if isinstance(value, SecretStr):
-                shown[name] = "********" if value.get_secret_value() else ""
+                secret = value.get_secret_value()
+                # A URL keeps its host and user in sight (amqp://bob:***@broker/).
+                shown[name] = mask_url(secret) if "://" in secret else "********" * bool(secret)
+            elif isinstance(value, str):
+                shown[name] = mask_url(value)  # the ledger may be postgresql://bob:pw@db/x
             elif isinstance(value, Path):
                 shown[name] = str(value)
             else:
                 shown[name] = value
         return shown
+
+    def secret_values(self) -> list[str]:
+        """Every secret the settings hold (keys, tokens, URL passwords), to scrub from text."""
+        found: list[str] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+                found.append(value)
+            if isinstance(value, str):
+                found += url_passwords(value)
+        return [secret for secret in found if secret]
 
 
 def config_file_in_use(explicit: Path | None) -> Path | None:

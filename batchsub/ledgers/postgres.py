@@ -15,20 +15,19 @@ the DSN with its password masked.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 import structlog
 
 from batchsub.errors import LedgerError
 from batchsub.jobs import IN_DOUBT_STATES, ErrorInfo, JobSpec, LedgerRecord, LedgerState
+from batchsub.masking import mask_url, scrub, url_passwords
 
 log = structlog.get_logger(__name__)
 
@@ -118,35 +117,6 @@ _OPEN_ERRORS: tuple[type[BaseException], ...] = (
 
 _CHUNK = 1000  # names per ``= ANY($2)``: keeps each statement and its answer small
 
-_PASSWORD_PARAM = re.compile(r"(?i)(password=)[^&\s]*")
-
-
-def mask_dsn(dsn: str) -> str:
-    """``dsn`` with its password (in the user part or a ``password=`` parameter) as ``***``."""
-    masked = _PASSWORD_PARAM.sub(r"\1***", dsn)
-    try:
-        parts = urlsplit(masked)
-        password = parts.password
-    except ValueError:
-        return masked
-    if password is None:
-        return masked
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
-
-
-def _passwords(dsn: str) -> list[str]:
-    """Every password written in ``dsn``, to scrub from messages that might echo it."""
-    found = [m.group(0).partition("=")[2] for m in _PASSWORD_PARAM.finditer(dsn)]
-    try:
-        parts = urlsplit(dsn)
-        found.append(parts.password or "")
-        found.extend(v for k, v in parse_qsl(parts.query) if k.lower() == "password")
-    except ValueError:
-        pass
-    return [p for p in found if p]
-
 
 def default_owner() -> str:
     """A worker identity unique across hosts, processes and ledgers: host:pid:random."""
@@ -198,7 +168,7 @@ class PostgresLedger:
         connect_timeout: float = 10.0,
         page_size: int = 500,
     ) -> None:
-        self.dsn = mask_dsn(dsn)  # safe to print
+        self.dsn = mask_url(dsn)  # safe to print
         self.owner = owner if owner is not None else default_owner()
         self._dsn = dsn
         self._lease = lease_seconds
@@ -428,9 +398,7 @@ class PostgresLedger:
 
     def _error(self, what: str, exc: BaseException) -> LedgerError:
         """One line naming the masked DSN; the password is scrubbed should the cause echo it."""
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        for password in _passwords(self._dsn):
-            message = message.replace(password, "***")
+        message = scrub(" ".join(str(exc).split()) or type(exc).__name__, url_passwords(self._dsn))
         return LedgerError(f"ledger {self.dsn}: {what}: {message}")
 
 
