@@ -22,6 +22,7 @@ from yarl import URL
 from batchsub.auth import JSON_CONTENT_TYPE
 from batchsub.errors import ApiError, ConfigError, FatalApiError, RetryableError
 from batchsub.jobs import ErrorInfo
+from batchsub.masking import mask_url
 from batchsub.protocols import Auth
 from batchsub.retry import parse_retry_after
 
@@ -109,7 +110,7 @@ class DliClient:
         self._on_answer = on_answer
         self._session = session
         self._auth = auth
-        self._endpoint = endpoint
+        self._endpoint = mask_url(endpoint)  # for messages
         self._create_url = base / "v1.0" / project_id / "streaming" / "flink-jobs"
         self._list_url = base / "v1.0" / project_id / "streaming" / "jobs"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -122,8 +123,13 @@ class DliClient:
         started = time.perf_counter()
         status: int | None = None
         try:
+            # No redirect is followed: it would carry the credential to another address.
             async with self._session.post(
-                self._create_url, data=body, headers=headers, timeout=self._timeout
+                self._create_url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
             ) as resp:
                 status = resp.status
                 raw = await resp.read()
@@ -164,10 +170,12 @@ class DliClient:
         started = time.perf_counter()
         status: int | None = None
         try:
-            async with self._session.get(url, headers=headers, timeout=self._timeout) as resp:
+            async with self._session.get(
+                url, headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as resp:
                 status = resp.status
                 raw = await resp.read()
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                answer_headers = resp.headers
         except aiohttp.ClientSSLError as exc:
             raise FatalApiError(
                 f"TLS failure talking to {self._endpoint}: {exc}; use --ca-file"
@@ -183,11 +191,14 @@ class DliClient:
         finally:
             if self._on_answer is not None:
                 self._on_answer("list", time.perf_counter() - started, status)
-        return _parse_page(status, raw, retry_after)
+        return _parse_page(status, raw, answer_headers)
 
 
 def classify_create(status: int, raw: bytes, headers: Mapping[str, str]) -> CreateAnswer:
     """Classify a create answer by HTTP status and DLI error code (see dli-api-notes.md)."""
+    if 300 <= status < 400:
+        # Known not created by the API we meant; every request would be redirected.
+        return _fatal(_redirected(status, headers))
     payload = _decode(raw)
     if status == 200:
         return _classify_ok(payload, raw)
@@ -231,7 +242,10 @@ def _classify_ok(payload: Any, raw: bytes) -> CreateAnswer:
     return CreateAnswer(AnswerKind.PERMANENT, error=error)
 
 
-def _parse_page(status: int, raw: bytes, retry_after: float | None) -> JobPage:
+def _parse_page(status: int, raw: bytes, headers: Mapping[str, str]) -> JobPage:
+    if 300 <= status < 400:
+        raise FatalApiError(f"list jobs: {_redirected(status, headers)}", status=status)
+    retry_after = parse_retry_after(headers.get("Retry-After"))
     payload = _decode(raw)
     if status == 200 and isinstance(payload, dict) and _truthy(payload.get("is_success", True)):
         job_list = payload.get("job_list")
@@ -256,6 +270,15 @@ def _parse_page(status: int, raw: bytes, retry_after: float | None) -> JobPage:
     if status in (401, 403):
         raise FatalApiError(message, code=error.code, status=status)
     raise ApiError(message, code=error.code, status=status)
+
+
+def _redirected(status: int, headers: Mapping[str, str]) -> str:
+    location = headers.get("Location")
+    where = f"to {mask_url(location[:200])}" if location else "without a Location"
+    return (
+        f"HTTP {status}: the API redirected {where}; not followed (a redirect would carry "
+        "the credential elsewhere): check --endpoint/--region"
+    )
 
 
 def _fatal(message: str) -> CreateAnswer:

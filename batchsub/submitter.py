@@ -401,8 +401,8 @@ class Submitter:
             )
         error = answer.error or ErrorInfo("no error message")
         if kind is AnswerKind.FATAL:
+            self._fail_run(error)  # first: no other request may leave while this one is written
             await self._write(spec, LedgerState.RETRYING, error=error)
-            self._fail_run(error)
             return JobResult(
                 spec.source,
                 spec.name,

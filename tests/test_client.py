@@ -7,11 +7,13 @@ import socket
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from batchsub.auth import TokenAuth
 from batchsub.client import AnswerKind, DliClient, classify_create
 from batchsub.errors import ApiError, FatalApiError, RetryableError
 from tests.conftest import PROJECT, TOKEN, SimulatorFactory
+from tests.http_support import serving
 
 
 def body(**payload: object) -> bytes:
@@ -136,3 +138,27 @@ async def test_list_pages_and_errors(simulator: SimulatorFactory) -> None:
                 name=None, offset=0
             )
         assert wrong_project.value.status == 404
+
+
+async def nothing(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"is_success": True, "job": {"job_id": 666}})
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_redirect_is_never_followed_and_names_its_location(status: int) -> None:
+    async with serving(nothing) as (elsewhere, received):
+        target = f"{elsewhere}/v1.0/{PROJECT}/streaming/flink-jobs?token=x"
+
+        async def redirect(request: web.Request) -> web.StreamResponse:
+            return web.Response(status=status, headers={"Location": target})
+
+        async with serving(redirect) as (url, _), aiohttp.ClientSession() as session:
+            client = DliClient(session, url, PROJECT, TokenAuth(TOKEN))
+            answer = await client.create(b'{"name": "x"}')
+            with pytest.raises(FatalApiError) as listing:
+                await client.list_page(name=None, offset=0)
+    assert answer.kind is AnswerKind.FATAL
+    assert answer.error is not None and target in answer.error.message
+    assert f"HTTP {status}" in answer.error.message
+    assert target in str(listing.value) and "not followed" in str(listing.value)
+    assert received.requests == []  # the token never went to the other host

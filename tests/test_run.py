@@ -8,12 +8,14 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings
 from batchsub.sources.directory import DirectorySource
 from tests.conftest import PROJECT, REPO, SimulatorFactory, fast_settings, write_manifests
+from tests.http_support import dli_list_or, serving
 
 AK, SK = "AKTEST0000000000", "sk-secret-do-not-log-0123456789"
 
@@ -253,3 +255,30 @@ async def test_no_secret_reaches_ledger_or_report(
     ):
         assert SK.encode() not in blob
         assert secret_token.encode() not in blob
+
+
+async def test_a_redirected_create_stops_the_run_and_the_token_stays_home(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_manifests(tmp_path / "m", 20)
+    async with serving(answer_created) as (elsewhere, received):
+        target = f"{elsewhere}/v1.0/{PROJECT}/streaming/flink-jobs"
+
+        async def redirect(request: web.Request) -> web.StreamResponse:
+            return web.Response(status=307, headers={"Location": target})
+
+        async with serving(dli_list_or(redirect)) as (url, seen):
+            settings = settings_for(url, tmp_path, concurrency=4)
+            code, _ = await run_dir(settings, tmp_path / "m", tmp_path / "r.json")
+    assert code == 2
+    assert received.requests == [] and not received.saw_header("X-Auth-Token")
+    summary = read_report(tmp_path / "r.json")["summary"]
+    assert target in summary["fatal"] and "redirect" in summary["fatal"]
+    assert summary["unresolved"] == 20 and summary["created"] == 0
+    assert sum(method == "POST" for method, _, _ in seen.requests) <= 4  # those in flight
+    errors = [line for line in capsys.readouterr().err.splitlines() if "batchsub: error:" in line]
+    assert len(errors) == 1 and target in errors[0]
+
+
+async def answer_created(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"is_success": True, "job": {"job_id": 666}})

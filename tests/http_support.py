@@ -1,0 +1,56 @@
+"""Small real HTTP servers on loopback for the tests that need an API other than the simulator."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from batchsub.http_server import serve_app
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Recorder:
+    """What a server received: (method, path, headers) per request."""
+
+    requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+
+    def saw_header(self, name: str) -> bool:
+        """Whether any request carried the header ``name``."""
+        return any(name.lower() in (k.lower() for k in headers) for _, _, headers in self.requests)
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Handler) -> AsyncIterator[tuple[str, Recorder]]:
+    """Serve every method and path with ``handler`` on 127.0.0.1; yields (URL, recorder)."""
+    recorder = Recorder()
+
+    async def record(request: web.Request) -> web.StreamResponse:
+        recorder.requests.append((request.method, request.path, dict(request.headers)))
+        return await handler(request)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner, url = await serve_app(app, "127.0.0.1", 0, shutdown_timeout=0.5)
+    try:
+        yield url, recorder
+    finally:
+        await runner.cleanup()
+
+
+EMPTY_LIST = {"is_success": "true", "message": "", "job_list": {"total_count": 0, "jobs": []}}
+
+
+def dli_list_or(other: Handler) -> Handler:
+    """A DLI stand-in: the list call answers an empty project, every other call ``other``."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.method == "GET" and request.path.endswith("/streaming/jobs"):
+            return web.json_response(EMPTY_LIST)
+        return await other(request)
+
+    return handle
