@@ -20,10 +20,11 @@ import orjson
 from yarl import URL
 
 from batchsub.auth import JSON_CONTENT_TYPE
-from batchsub.errors import ApiError, ConfigError, FatalApiError, RetryableError
+from batchsub.errors import ConfigError, FatalApiError, RetryableError
 from batchsub.jobs import ErrorInfo
 from batchsub.masking import mask_url
 from batchsub.protocols import Auth
+from batchsub.reachability import Reachability
 from batchsub.retry import parse_retry_after
 
 
@@ -72,6 +73,10 @@ _SERVER_SIDE_CODES = frozenset({"DLI.0999"})
 _EXISTS_CODES = frozenset({"DLI.0006"})
 LIST_PAGE_SIZE = 100
 CONNECT_FAILED = "CONNECT"  # RetryableError code: no connection could be made at all
+UNREADABLE = "UNREADABLE"  # RetryableError code: a list answer that is not a job list
+# Seconds a TCP connection may take: an address that never answers (a wrong region's, a
+# firewall that drops) fails in seconds, not after the whole request timeout.
+CONNECT_TIMEOUT = 5.0
 
 
 def make_session(concurrency: int, ca_file: str | None = None) -> aiohttp.ClientSession:
@@ -103,7 +108,9 @@ class DliClient:
         auth: Auth,
         *,
         timeout: float = 30.0,
+        connect_timeout: float = CONNECT_TIMEOUT,
         on_answer: Callable[[str, float, int | None], None] | None = None,
+        reachability: Reachability | None = None,
     ) -> None:
         base = URL(endpoint.rstrip("/"))
         # Called after every request with (call, seconds, HTTP status or None): for metrics.
@@ -113,7 +120,10 @@ class DliClient:
         self._endpoint = mask_url(endpoint)  # for messages
         self._create_url = base / "v1.0" / project_id / "streaming" / "flink-jobs"
         self._list_url = base / "v1.0" / project_id / "streaming" / "jobs"
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout, sock_connect=min(timeout, connect_timeout)
+        )
+        self.reachability = reachability or Reachability()
         self.project_id = project_id
 
     async def create(self, body: bytes) -> CreateAnswer:
@@ -133,12 +143,14 @@ class DliClient:
             ) as resp:
                 status = resp.status
                 raw = await resp.read()
+                self.reachability.answered()
                 return classify_create(resp.status, raw, resp.headers)
         except aiohttp.ClientSSLError as exc:
             return _fatal(f"TLS failure talking to {self._endpoint}: {exc}; use --ca-file")
-        except aiohttp.ClientConnectorError as exc:
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             # The connection was never made, so the request never left.
-            return CreateAnswer(AnswerKind.RETRY_SAFE, error=ErrorInfo(f"cannot connect: {exc}"))
+            problem = self._cannot_connect(exc)
+            return CreateAnswer(AnswerKind.RETRY_SAFE, error=ErrorInfo(problem))
         except TimeoutError:
             return CreateAnswer(
                 AnswerKind.IN_DOUBT, error=ErrorInfo("no answer before the timeout"), timed_out=True
@@ -180,10 +192,8 @@ class DliClient:
             raise FatalApiError(
                 f"TLS failure talking to {self._endpoint}: {exc}; use --ca-file"
             ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise RetryableError(
-                f"cannot connect to {self._endpoint}: {exc}", code=CONNECT_FAILED
-            ) from None
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise RetryableError(self._cannot_connect(exc), code=CONNECT_FAILED) from None
         except TimeoutError:
             raise RetryableError("list jobs: no answer before the timeout") from None
         except aiohttp.ClientError as exc:
@@ -191,7 +201,22 @@ class DliClient:
         finally:
             if self._on_answer is not None:
                 self._on_answer("list", time.perf_counter() - started, status)
-        return _parse_page(status, raw, answer_headers)
+        try:
+            page = _parse_page(status, raw, answer_headers)
+        except RetryableError as exc:
+            if exc.code == UNREADABLE:
+                self.reachability.lost(str(exc))
+            raise
+        self.reachability.answered()
+        return page
+
+    def _cannot_connect(self, exc: aiohttp.ClientError) -> str:
+        reason: object = exc
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            reason = f"no answer to connect within {self._timeout.sock_connect:g} s"
+        problem = f"cannot connect to {self._endpoint}: {reason}"
+        self.reachability.lost(problem)
+        return problem
 
 
 def classify_create(status: int, raw: bytes, headers: Mapping[str, str]) -> CreateAnswer:
@@ -243,33 +268,66 @@ def _classify_ok(payload: Any, raw: bytes) -> CreateAnswer:
 
 
 def _parse_page(status: int, raw: bytes, headers: Mapping[str, str]) -> JobPage:
+    """The page, or the error: a list answer is never taken for "no jobs" unless it says so.
+
+    What cannot be read as a job list (a proxy's HTML page, truncated JSON, another shape, an
+    error DLI does not give for this call) is transient: while it lasts nothing is created.
+    """
     if 300 <= status < 400:
         raise FatalApiError(f"list jobs: {_redirected(status, headers)}", status=status)
-    retry_after = parse_retry_after(headers.get("Retry-After"))
     payload = _decode(raw)
-    if status == 200 and isinstance(payload, dict) and _truthy(payload.get("is_success", True)):
-        job_list = payload.get("job_list")
-        if isinstance(job_list, dict):
-            jobs = [
-                RemoteJob(
-                    job_id=j["job_id"],
-                    name=j["name"],
-                    create_time=j.get("create_time") if _is_int(j.get("create_time")) else None,
-                )
-                for j in job_list.get("jobs") or []
-                if isinstance(j, dict)
-                and isinstance(j.get("job_id"), int)
-                and isinstance(j.get("name"), str)
-            ]
-            total = job_list.get("total_count")
-            return JobPage(total_count=total if isinstance(total, int) else len(jobs), jobs=jobs)
+    problem = _unreadable_body(raw, payload, headers)
+    if status == 200 and problem is None:
+        page = _read_page(payload)
+        if isinstance(page, JobPage):
+            return page
+        problem = page
     error = _error_info(status, payload, raw)
-    message = f"list jobs: {error}"
-    if status == 429 or status >= 500 or error.code in _SERVER_SIDE_CODES:
-        raise RetryableError(message, code=error.code, status=status, defer=retry_after)
     if status in (401, 403):
-        raise FatalApiError(message, code=error.code, status=status)
-    raise ApiError(message, code=error.code, status=status)
+        raise FatalApiError(f"list jobs: {error}", code=error.code, status=status)
+    if status == 429 or status >= 500 or error.code in _SERVER_SIDE_CODES:
+        retry_after = parse_retry_after(headers.get("Retry-After"))
+        raise RetryableError(
+            f"list jobs: {error}", code=error.code, status=status, defer=retry_after
+        )
+    what = f"HTTP {status} {problem}" if problem else str(error)
+    raise RetryableError(f"the job list cannot be read: {what}", code=UNREADABLE, status=status)
+
+
+def _unreadable_body(raw: bytes, payload: Any, headers: Mapping[str, str]) -> str | None:
+    """What is wrong with a body that is not JSON at all (None when it is JSON)."""
+    if payload is not None:
+        return None
+    content_type = headers.get("Content-Type") or "no Content-Type"
+    if not raw.strip():
+        return f"with an empty body ({content_type})"
+    if "html" in content_type.lower() or raw.lstrip()[:1] == b"<":
+        return f"with an HTML body ({content_type})"
+    return f"with a body that is not JSON ({content_type}, {len(raw)} bytes)"
+
+
+def _read_page(payload: Any) -> JobPage | str:
+    """The page a 200 JSON answer holds, or what keeps it from being one."""
+    if not isinstance(payload, dict):
+        return "with JSON that is not an object"
+    if not _truthy(payload.get("is_success", True)):
+        error = _error_info(200, payload, b"")
+        return f"with is_success {payload.get('is_success')!r} ({error})"
+    job_list = payload.get("job_list")
+    total = job_list.get("total_count") if isinstance(job_list, dict) else None
+    if not isinstance(job_list, dict) or not _is_int(total) or total < 0:
+        return "with JSON that is not a job list (no job_list.total_count)"
+    listed = job_list.get("jobs") or []
+    if not isinstance(listed, list) or (total and not listed and "jobs" not in job_list):
+        return "with JSON that is not a job list (no job_list.jobs list)"
+    jobs = []
+    for j in listed:
+        job_id, name = (j.get("job_id"), j.get("name")) if isinstance(j, dict) else (None, None)
+        if not _is_int(job_id) or not isinstance(name, str):
+            return "with a job that has no integer job_id or no name"
+        create_time = j.get("create_time")
+        jobs.append(RemoteJob(job_id, name, create_time if _is_int(create_time) else None))
+    return JobPage(total_count=total, jobs=jobs)
 
 
 def _redirected(status: int, headers: Mapping[str, str]) -> str:

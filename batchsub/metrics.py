@@ -3,7 +3,8 @@
 ``Metrics`` is a RunObserver: the run reports each job's result and each HTTP answer to it.
 Each instance has its own CollectorRegistry (never the global one), so several can coexist.
 ``start_metrics_server`` serves ``GET /metrics`` (Prometheus text format) and ``GET /healthz``
-(200 "ok" while the run goes on, 503 "stopping" after) from the run's own event loop.
+(200 "ok" while the run goes on; 503 "stopping" after, or "API unreachable: ..." while the
+API cannot be reached or its job list read) from the run's own event loop.
 
 Metrics: ``batchsub_jobs_total{outcome}``, ``batchsub_request_seconds{call="create"|"list"}``,
 ``batchsub_rate`` (the limiter's rate in use, req/s; 0 = unlimited),
@@ -37,6 +38,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.healthy = True
+        self.api_problem: str | None = None  # the API cannot be reached or read: not healthy
         self.jobs = Counter(
             "batchsub_jobs", "Jobs by final outcome.", ["outcome"], registry=self.registry
         )
@@ -81,6 +83,10 @@ class Metrics:
         if status == _THROTTLED:
             self.throttled.inc()
 
+    def on_api_state(self, problem: str | None) -> None:
+        """Say so in ``/healthz`` while the API cannot be reached (the daemon keeps trying)."""
+        self.api_problem = problem
+
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
@@ -102,9 +108,11 @@ def create_metrics_app(metrics: Metrics) -> web.Application:
     """The aiohttp app: ``/metrics`` and ``/healthz``."""
 
     async def healthz(_: web.Request) -> web.Response:
-        if metrics.healthy:
-            return web.Response(text="ok")
-        return web.Response(status=503, text="stopping")
+        if not metrics.healthy:
+            return web.Response(status=503, text="stopping")
+        if metrics.api_problem is not None:
+            return web.Response(status=503, text=f"API unreachable: {metrics.api_problem}")
+        return web.Response(text="ok")
 
     async def scrape(_: web.Request) -> web.Response:
         response = web.Response(body=metrics.render())

@@ -46,6 +46,7 @@ from batchsub.logs import configure_command_logging
 from batchsub.manifest import diff_fields
 from batchsub.masking import mask_url
 from batchsub.protocols import Auth, Ledger
+from batchsub.reachability import Reachability
 from batchsub.reconcile import Reconciler
 from batchsub.report import RunAccount
 from batchsub.runner import (
@@ -390,16 +391,24 @@ async def _plan_batch(
 async def list_remote_jobs(settings: Settings, project_id: str) -> dict[str, int]:
     """Name -> lowest job_id of every Flink Jar job of the project: list calls only.
 
-    Unlike the run's reconciler, which carries on without adoption when listing is not
-    possible, a plan must say so: every failure here is a one-line ConfigError with the fix.
+    A list that cannot be read is never taken for an empty one: every failure here, after a
+    few tries, is a one-line ConfigError with the fix.
     """
-    endpoint = settings.resolved_endpoint()
+    endpoint = mask_url(settings.resolved_endpoint())
     auth = build_auth(settings, project_id)
     session = make_session(
         settings.concurrency, str(settings.ca_file) if settings.ca_file else None
     )
     try:
-        client = DliClient(session, endpoint, project_id, auth, timeout=settings.timeout)
+        client = DliClient(
+            session,
+            settings.resolved_endpoint(),
+            project_id,
+            auth,
+            timeout=settings.timeout,
+            connect_timeout=settings.connect_timeout,
+            reachability=Reachability(quiet=True),  # the error line says it
+        )
         policy = dataclasses.replace(
             retry_policy(settings), max_attempts=min(REMOTE_LIST_ATTEMPTS, settings.max_attempts)
         )
@@ -839,8 +848,8 @@ def config_show_command(settings: Settings, args: argparse.Namespace) -> int:
     ]
     try:
         lines.append(f"# endpoint in use: {settings.resolved_endpoint()}")
-    except ConfigError:
-        lines.append("# endpoint in use: none (set endpoint or region)")
+    except ConfigError as exc:
+        lines.append(f"# endpoint in use: none ({exc})")
     for key, value in shown.items():
         lines.append(f"# {key} = (not set)" if value is None else f"{key} = {_toml_value(value)}")
     print("\n".join(lines))

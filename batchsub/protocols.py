@@ -141,3 +141,7 @@ class RunObserver(Protocol):
     def on_answer(self, call: str, seconds: float, status: int | None) -> None:
         """One HTTP request done: ``call`` is "create" or "list"; status None if no answer."""
         ...
+
+    def on_api_state(self, problem: str | None) -> None:
+        """The API became unreachable (or its job list unreadable), or None: it answers again."""
+        ...

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from batchsub.auth import AkSkAuth, TokenAuth
-from batchsub.calls import SafeCaller
+from batchsub.calls import GIVE_UP_AFTER, SafeCaller
 from batchsub.client import DliClient, make_session
 from batchsub.console import ProgressDisplay, print_summary
 from batchsub.errors import ConfigError
@@ -30,6 +30,7 @@ from batchsub.limiter import RateLimiter, RetryBudget
 from batchsub.logs import configure_command_logging
 from batchsub.masking import mask_url
 from batchsub.protocols import Auth, FileIndex, Ledger, RunObserver, Source
+from batchsub.reachability import Reachability
 from batchsub.reconcile import Reconciler
 from batchsub.report import EXIT_FATAL, RunAccount
 from batchsub.retry import RetryPolicy
@@ -196,11 +197,13 @@ async def run_source(
             target.project_id,
             target.auth,
             timeout=settings.timeout,
+            connect_timeout=settings.connect_timeout,
             on_answer=observer.on_answer if observer else None,
+            reachability=Reachability(observer.on_api_state if observer else None),
         )
         # A one-shot run with nobody listening at the endpoint says so in seconds; a daemon
         # keeps trying through an outage, as long as the retry policy allows.
-        caller = SafeCaller(limiter, policy, connect_attempts=None if endless else 4)
+        caller = SafeCaller(limiter, policy, give_up_after=None if endless else GIVE_UP_AFTER)
         reconciler = Reconciler(
             client,
             caller,

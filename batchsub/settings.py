@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from batchsub.errors import ConfigError
 from batchsub.masking import mask_url, url_passwords
+from batchsub.regions import endpoint_for
 
 DEFAULT_CONFIG_FILE = Path("config/batchsub.toml")
 _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
@@ -39,6 +40,9 @@ class Settings(BaseSettings):
     # Where to send: an explicit endpoint wins over the one derived from the region.
     endpoint: str | None = None
     region: str | None = None
+    # A region the built-in list (batchsub/regions.py) does not know yet is refused, to catch
+    # a typo at once; true derives its endpoint anyway (dli.{region}.myhuaweicloud.com).
+    allow_unknown_region: bool = False
     project_id: str | None = Field(
         None, validation_alias=AliasChoices("BATCHSUB_PROJECT_ID", "HUAWEICLOUD_SDK_PROJECT_ID")
     )
@@ -60,6 +64,9 @@ class Settings(BaseSettings):
     concurrency: int = Field(8, ge=1, le=1024)
     rate: float = Field(10.0, ge=0.0)
     timeout: float = Field(30.0, gt=0.0)
+    # Seconds a TCP connection to the API may take: an address that never answers (a wrong
+    # region's, a firewall that drops) fails in seconds rather than after the whole timeout.
+    connect_timeout: float = Field(5.0, gt=0.0)
     max_attempts: int = Field(10, ge=1)
     job_deadline: float = Field(900.0, gt=0.0)
     retry_after_cap: float = Field(120.0, gt=0.0)
@@ -134,8 +141,7 @@ class Settings(BaseSettings):
         if self.endpoint:
             return self.endpoint
         if self.region:
-            domain = "myhuaweicloud.eu" if self.region == "eu-west-101" else "myhuaweicloud.com"
-            return f"https://dli.{self.region}.{domain}"
+            return endpoint_for(self.region, allow_unknown=self.allow_unknown_region)
         raise ConfigError(
             "no endpoint: pass --endpoint URL or --region NAME (or set BATCHSUB_ENDPOINT)"
         )

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 
 from batchsub.http_server import serve_app
@@ -49,8 +50,40 @@ def dli_list_or(other: Handler) -> Handler:
     """A DLI stand-in: the list call answers an empty project, every other call ``other``."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        if request.method == "GET" and request.path.endswith("/streaming/jobs"):
+        if is_list_call(request):
             return web.json_response(EMPTY_LIST)
         return await other(request)
 
     return handle
+
+
+Override = Callable[[web.Request], web.StreamResponse | None]
+
+
+@contextlib.asynccontextmanager
+async def proxying(upstream: str, override: Override) -> AsyncIterator[tuple[str, Recorder]]:
+    """A proxy to ``upstream`` on 127.0.0.1 that answers a request itself when ``override``
+    gives a response (a gateway's HTML page, say) and forwards it unchanged otherwise."""
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+
+        async def forward(request: web.Request) -> web.StreamResponse:
+            own = override(request)
+            if own is not None:
+                return own
+            async with session.request(
+                request.method,
+                upstream + request.path_qs,
+                headers=request.headers,  # Host included: an AK/SK signature covers it
+                data=await request.read(),
+                allow_redirects=False,
+            ) as answer:
+                headers = {k: v for k, v in answer.headers.items() if k.lower() == "content-type"}
+                return web.Response(status=answer.status, body=await answer.read(), headers=headers)
+
+        async with serving(forward) as served:
+            yield served
+
+
+def is_list_call(request: web.Request) -> bool:
+    """Whether the request is DLI's job-list call."""
+    return request.method == "GET" and request.path.endswith("/streaming/jobs")
