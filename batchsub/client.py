@@ -68,6 +68,8 @@ class JobPage:
     jobs: list[RemoteJob]
 
 
+# Create answers only DLI gives, past the gateway that checks the credential.
+_ACCEPTED = frozenset({AnswerKind.CREATED, AnswerKind.PERMANENT, AnswerKind.DUPLICATE})
 # DLI answers these with HTTP 400 although the server, not the request, is at fault.
 _SERVER_SIDE_CODES = frozenset({"DLI.0999"})
 _EXISTS_CODES = frozenset({"DLI.0006"})
@@ -98,7 +100,14 @@ def make_session(concurrency: int, ca_file: str | None = None) -> aiohttp.Client
 
 
 class DliClient:
-    """Sends create and list requests for one project and classifies the answers."""
+    """Sends create and list requests for one project and classifies the answers.
+
+    Every request leaves here, so this is where a credential is kept from being refused again
+    and again (more than 5 bad AK/SK signatures in a row lock the AK for 5 minutes): until an
+    answer proves it (a job list read, as the first one of a run is; a create DLI answered),
+    requests go one at a time; once one is refused (401/403), no other leaves, and each gets
+    that refusal back.
+    """
 
     def __init__(
         self,
@@ -125,9 +134,20 @@ class DliClient:
         )
         self.reachability = reachability or Reachability()
         self.project_id = project_id
+        self._proven = False  # an answer showed the credential is accepted
+        self._alone = asyncio.Lock()  # held by the one request in flight until then
+        self.refusal: ErrorInfo | None = None  # the API refused the credential: send nothing
 
     async def create(self, body: bytes) -> CreateAnswer:
         """POST one create request; never raises for an API or transport failure."""
+        if self._proven:
+            return await self._create(body)
+        async with self._alone:
+            return await self._create(body)
+
+    async def _create(self, body: bytes) -> CreateAnswer:
+        if self.refusal is not None:
+            return CreateAnswer(AnswerKind.FATAL, error=self.refusal)  # not sent
         headers = dict(self._auth.headers("POST", self._create_url, body))
         headers.setdefault("Content-Type", JSON_CONTENT_TYPE)
         started = time.perf_counter()
@@ -144,7 +164,10 @@ class DliClient:
                 status = resp.status
                 raw = await resp.read()
                 self.reachability.answered()
-                return classify_create(resp.status, raw, resp.headers)
+                answer = classify_create(resp.status, raw, resp.headers)
+                accepted = answer.kind in _ACCEPTED or answer.throttled
+                self._credential_shown(status, accepted, answer.error)
+                return answer
         except aiohttp.ClientSSLError as exc:
             return _fatal(f"TLS failure talking to {self._endpoint}: {exc}; use --ca-file")
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
@@ -169,6 +192,16 @@ class DliClient:
 
         Oldest first (a stable order for paging), or newest first to catch up on new jobs.
         """
+        if self._proven:
+            return await self._list_page(name=name, offset=offset, newest_first=newest_first)
+        async with self._alone:
+            return await self._list_page(name=name, offset=offset, newest_first=newest_first)
+
+    async def _list_page(self, *, name: str | None, offset: int, newest_first: bool) -> JobPage:
+        if (refused := self.refusal) is not None:  # not sent
+            raise FatalApiError(
+                f"list jobs: {refused}", code=refused.code, status=refused.http_status
+            )
         query: dict[str, str] = {
             "job_type": "flink_jar_job",
             "limit": str(LIST_PAGE_SIZE),
@@ -207,8 +240,20 @@ class DliClient:
             if exc.code == UNREADABLE:
                 self.reachability.lost(str(exc))
             raise
+        except FatalApiError:
+            self._credential_shown(status, False, _error_info(status, _decode(raw), raw))
+            raise
         self.reachability.answered()
+        self._credential_shown(status, True, None)
         return page
+
+    def _credential_shown(self, status: int, accepted: bool, error: ErrorInfo | None) -> None:
+        """Note what an answer says of the credential: accepted, refused, or nothing yet."""
+        if status in (401, 403):
+            if self.refusal is None:
+                self.refusal = error or ErrorInfo("the credential was refused", http_status=status)
+        elif accepted:
+            self._proven = True
 
     def _cannot_connect(self, exc: aiohttp.ClientError) -> str:
         reason: object = exc

@@ -16,9 +16,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @dataclass
 class Recorder:
-    """What a server received: (method, path, headers) per request."""
+    """What a server received: (method, path, headers) per request; the status of each answer."""
 
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
 
     def saw_header(self, name: str) -> bool:
         """Whether any request carried the header ``name``."""
@@ -32,7 +33,9 @@ async def serving(handler: Handler) -> AsyncIterator[tuple[str, Recorder]]:
 
     async def record(request: web.Request) -> web.StreamResponse:
         recorder.requests.append((request.method, request.path, dict(request.headers)))
-        return await handler(request)
+        response = await handler(request)
+        recorder.statuses.append(response.status)
+        return response
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", record)
