@@ -11,7 +11,9 @@ import asyncio
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, TypeGuard
 
@@ -165,6 +167,8 @@ class DliClient:
                 raw = await resp.read()
                 self.reachability.answered()
                 answer = classify_create(resp.status, raw, resp.headers)
+                if status == 401 and answer.error is not None:
+                    answer = replace(answer, error=self._explained(resp.headers, answer.error))
                 accepted = answer.kind in _ACCEPTED or answer.throttled
                 self._credential_shown(status, accepted, answer.error)
                 return answer
@@ -240,12 +244,28 @@ class DliClient:
             if exc.code == UNREADABLE:
                 self.reachability.lost(str(exc))
             raise
-        except FatalApiError:
-            self._credential_shown(status, False, _error_info(status, _decode(raw), raw))
-            raise
+        except FatalApiError as exc:
+            if status not in (401, 403):
+                raise
+            refused = _error_info(status, _decode(raw), raw)
+            if status == 401:
+                refused = self._explained(answer_headers, refused)
+            self._credential_shown(status, False, refused)
+            raise FatalApiError(f"list jobs: {refused}", code=exc.code, status=status) from None
         self.reachability.answered()
         self._credential_shown(status, True, None)
         return page
+
+    def _explained(self, headers: Mapping[str, str], error: ErrorInfo) -> ErrorInfo:
+        """A 401's error, with what the auth makes of the answer's ``Date`` (a clock off)."""
+        try:
+            server_time = parsedate_to_datetime(headers.get("Date", ""))
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return error
+        if server_time.tzinfo is None:
+            server_time = server_time.replace(tzinfo=UTC)
+        hint = self._auth.refusal_hint(server_time)
+        return replace(error, message=f"{error.message}; {hint}") if hint else error
 
     def _credential_shown(self, status: int, accepted: bool, error: ErrorInfo | None) -> None:
         """Note what an answer says of the credential: accepted, refused, or nothing yet."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from yarl import URL
@@ -110,6 +111,10 @@ class Auth(Protocol):
 
     def describe(self) -> str:
         """Which credential this is, for error messages, with no secret in it."""
+        ...
+
+    def refusal_hint(self, server_time: datetime) -> str | None:
+        """Why a 401 may have come, given the time the server's answer gave, or None."""
         ...
 
 
