@@ -8,6 +8,8 @@ status of every answer, for run, retry, watch and consume, whatever the pool and
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,14 @@ from batchsub.sources.directory import DirectorySource
 from batchsub.sources.dropfolder import DropFolderSource
 from batchsub.watch import watch
 from tests.amqp_support import AMQP_URL, Broker, broker_listening
-from tests.conftest import PROJECT, SimulatorFactory, fast_settings, job_spec, write_manifests
+from tests.conftest import (
+    PROJECT,
+    REPO,
+    SimulatorFactory,
+    fast_settings,
+    job_spec,
+    write_manifests,
+)
 from tests.http_support import Recorder, proxying
 from tests.test_dropfolder import drop, job, names_in
 
@@ -132,3 +141,25 @@ async def test_consume_is_refused_once_and_exits_2(
         assert await broker.depth(queue) == 100  # every message requeued, none dead-lettered
     finally:
         await broker.close()
+
+
+@pytest.mark.slow
+async def test_the_command_line_is_refused_once_and_says_so_in_one_line(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(tokens=frozenset(), aksk={AK: SK})
+    write_manifests(tmp_path / "m", 300)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHSUB_", "HUAWEICLOUD_"))}
+    env.update(HUAWEICLOUD_SDK_AK=AK, HUAWEICLOUD_SDK_SK="a-wrong-secret", PYTHONPATH=str(REPO))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "batchsub", "run", str(tmp_path / "m"), "--endpoint", sim.url,
+        "--project-id", PROJECT, "--concurrency", "64", "--rate", "0",
+        "--ledger", str(tmp_path / "l.db"), env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    errors = [line for line in err.decode().splitlines() if line.startswith("batchsub: error:")]
+    assert len(errors) == 1 and "refused the credential AK/SK" in errors[0]
+    assert "a-wrong-secret" not in err.decode()
+    assert len(sim.store.arrivals) == 1  # a wrong SK has every request refused: one in all
