@@ -11,12 +11,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO, TOKEN, SimulatorFactory, write_manifests
+from tests.http_support import unanswered_port
 
 pytestmark = pytest.mark.slow
 
@@ -131,18 +131,6 @@ def test_bad_config_file_value_names_the_setting(tmp_path: Path) -> None:
     result = batchsub("--config", config, "run", folder, "--simulator")
     assert result.returncode == 2
     assert "rate" in result.stderr and "Traceback" not in result.stderr
-
-
-@contextlib.contextmanager
-def unanswered_port() -> Iterator[int]:
-    """A loopback port whose SYNs are dropped, as a firewall (or a wrong region's) would:
-    a listener that never accepts, its one-slot backlog filled by a connection of our own."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port: int = listener.getsockname()[1]
-        with socket.create_connection(("127.0.0.1", port)):
-            yield port
 
 
 @pytest.mark.parametrize(

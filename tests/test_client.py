@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import aiohttp
 import orjson
@@ -10,10 +11,17 @@ import pytest
 from aiohttp import web
 
 from batchsub.auth import TokenAuth
-from batchsub.client import UNREADABLE, AnswerKind, DliClient, JobPage, classify_create
+from batchsub.client import (
+    CONNECT_FAILED,
+    UNREADABLE,
+    AnswerKind,
+    DliClient,
+    JobPage,
+    classify_create,
+)
 from batchsub.errors import ApiError, FatalApiError, RetryableError
 from tests.conftest import PROJECT, TOKEN, SimulatorFactory
-from tests.http_support import serving
+from tests.http_support import serving, unanswered_port
 
 
 def body(**payload: object) -> bytes:
@@ -224,3 +232,22 @@ async def test_an_empty_project_and_a_full_page_are_read() -> None:
         assert await client.list_page(name=None, offset=0) == JobPage(0, [])
         page = await client.list_page(name=None, offset=0)
     assert page.total_count == 1 and [job.name for job in page.jobs] == ["a"]
+
+
+async def test_an_address_that_never_answers_is_not_sent_to_within_the_connect_timeout() -> None:
+    with unanswered_port() as port:
+        async with aiohttp.ClientSession() as session:
+            client = DliClient(
+                session, f"http://127.0.0.1:{port}", PROJECT, TokenAuth(TOKEN),
+                timeout=30, connect_timeout=0.5,
+            )  # fmt: skip
+            started = time.monotonic()
+            answer = await client.create(b'{"name": "x"}')
+            with pytest.raises(RetryableError) as listing:
+                await client.list_page(name=None, offset=0)
+            took = time.monotonic() - started
+    assert answer.kind is AnswerKind.RETRY_SAFE  # the connection was never made: not sent
+    assert answer.error is not None and "no answer to connect within 0.5 s" in answer.error.message
+    assert listing.value.code == CONNECT_FAILED
+    assert took < 5
+    assert client.reachability.problem is not None
