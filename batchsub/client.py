@@ -8,14 +8,15 @@ whether the job was created, certainly not created, or may have been created.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
-from typing import Any, TypeGuard
+from typing import Any, Concatenate, ParamSpec, TypeGuard, TypeVar
 
 import aiohttp
 import orjson
@@ -101,6 +102,25 @@ def make_session(concurrency: int, ca_file: str | None = None) -> aiohttp.Client
     )
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _one_at_a_time_until_proven(
+    send: Callable[Concatenate[DliClient, _P], Awaitable[_T]],
+) -> Callable[Concatenate[DliClient, _P], Awaitable[_T]]:
+    """A request method that waits for the one in flight until the credential is proven."""
+
+    @functools.wraps(send)
+    async def gated(client: DliClient, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        if client._proven:
+            return await send(client, *args, **kwargs)
+        async with client._alone:
+            return await send(client, *args, **kwargs)
+
+    return gated
+
+
 class DliClient:
     """Sends create and list requests for one project and classifies the answers.
 
@@ -140,14 +160,13 @@ class DliClient:
         self._alone = asyncio.Lock()  # held by the one request in flight until then
         self.refusal: ErrorInfo | None = None  # the API refused the credential: send nothing
 
+    def credential_renewed(self) -> None:
+        """The credential was replaced (a new token): requests may leave again."""
+        self.refusal = None
+
+    @_one_at_a_time_until_proven
     async def create(self, body: bytes) -> CreateAnswer:
         """POST one create request; never raises for an API or transport failure."""
-        if self._proven:
-            return await self._create(body)
-        async with self._alone:
-            return await self._create(body)
-
-    async def _create(self, body: bytes) -> CreateAnswer:
         if self.refusal is not None:
             return CreateAnswer(AnswerKind.FATAL, error=self.refusal)  # not sent
         headers = dict(self._auth.headers("POST", self._create_url, body))
@@ -189,6 +208,7 @@ class DliClient:
             if self._on_answer is not None:
                 self._on_answer("create", time.perf_counter() - started, status)
 
+    @_one_at_a_time_until_proven
     async def list_page(
         self, *, name: str | None, offset: int, newest_first: bool = False
     ) -> JobPage:
@@ -196,12 +216,6 @@ class DliClient:
 
         Oldest first (a stable order for paging), or newest first to catch up on new jobs.
         """
-        if self._proven:
-            return await self._list_page(name=name, offset=offset, newest_first=newest_first)
-        async with self._alone:
-            return await self._list_page(name=name, offset=offset, newest_first=newest_first)
-
-    async def _list_page(self, *, name: str | None, offset: int, newest_first: bool) -> JobPage:
         if (refused := self.refusal) is not None:  # not sent
             raise FatalApiError(
                 f"list jobs: {refused}", code=refused.code, status=refused.http_status
