@@ -20,7 +20,8 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from batchsub.metrics import Metrics
+from batchsub.http_server import serve_app
+from batchsub.metrics import Metrics, create_metrics_app
 from batchsub.settings import Settings, load_settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from batchsub.simulator.store import SimJob
@@ -424,14 +425,17 @@ async def test_the_daemon_waits_through_an_api_outage_logs_it_once_and_says_so_i
     tmp_path: Path,
 ) -> None:
     port = free_port()  # nobody listens there until the "API" comes up
-    metrics_port = free_port()
     inbox = tmp_path / "inbox"
     source = DropFolderSource(inbox, settle_time=0.0, rescan_interval=0.3)
     source.prepare()
-    settings = settings_for(f"http://127.0.0.1:{port}", tmp_path, metrics_port=metrics_port)
-    healthz = f"http://127.0.0.1:{metrics_port}/healthz"
+    settings = settings_for(f"http://127.0.0.1:{port}", tmp_path)
+    metrics = Metrics()
+    runner, metrics_url = await serve_app(
+        create_metrics_app(metrics), "127.0.0.1", 0, shutdown_timeout=0.5
+    )
+    healthz = f"{metrics_url}/healthz"
     with capture_logs() as logs:
-        task = asyncio.create_task(watch(settings, source, metrics_host="127.0.0.1"))
+        task = asyncio.create_task(watch(settings, source, metrics=metrics))
         sim = None
         try:
             drop(inbox, "a.json", job("a"))
@@ -453,6 +457,7 @@ async def test_the_daemon_waits_through_an_api_outage_logs_it_once_and_says_so_i
         finally:
             source.stop()
             code = await asyncio.wait_for(task, 10)
+            await runner.cleanup()
             if sim is not None:
                 await sim.close()
     assert code == 0
