@@ -77,8 +77,9 @@ class Reconciler:
         async with self._snapshot_lock:
             if self._listings != listings and self._failure is not None:
                 # The listing this caller waited for failed (after its own retries): share
-                # its failure rather than list again, once per waiting job.
-                raise self._failure
+                # its failure rather than list again, once per waiting job. (A fresh traceback
+                # each time: hundreds of waiters would otherwise stack theirs on one object.)
+                raise self._failure.with_traceback(None)
             try:
                 await self._list_or_catch_up()
             except ApiError as exc:
