@@ -168,6 +168,10 @@ class IamTokenAuth:
         """Which IAM user this is, never the password or the token."""
         return self._login.describe()
 
+    def refusal_hint(self, server_time: datetime) -> str | None:
+        """A token does not depend on the clock: nothing to add."""
+        return None
+
     def __repr__(self) -> str:
         return f"IamTokenAuth({self._login!r}, token=<hidden>)"
 
@@ -300,6 +304,12 @@ class IamDliClient(DliClient):
             if renewed:
                 answer = await super().create(body)
         return answer
+
+    def _credential_shown(self, status: int, accepted: bool, error: ErrorInfo | None) -> None:
+        # "The token must be updated" is answered by a new token, not by sending nothing more:
+        # requests still in flight with the old token would otherwise shut out the new one.
+        if not must_update_token(error):
+            super()._credential_shown(status, accepted, error)
 
     async def list_page(self, **query: Any) -> JobPage:
         """One page of the list call with a fresh token; a revoked token is renewed once."""

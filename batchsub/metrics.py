@@ -4,7 +4,8 @@
 Each instance has its own CollectorRegistry (never the global one), so several can coexist.
 ``start_metrics_server`` serves ``GET /metrics`` (Prometheus text format) and ``GET /healthz``
 (200 "ok" while the run goes on; 503 "ledger unavailable: REASON" while the ledger cannot be
-reached, 200 again once it answers; 503 "stopping" at the end) from the run's own event loop.
+reached, or "API unreachable: REASON" while the API cannot be reached or its job list read,
+200 again once they answer; 503 "stopping" at the end) from the run's own event loop.
 
 Metrics: ``batchsub_jobs_total{outcome}``, ``batchsub_request_seconds{call="create"|"list"}``,
 ``batchsub_rate`` (the limiter's rate in use, req/s; 0 = unlimited),
@@ -41,6 +42,7 @@ class Metrics:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.healthy = True
         self.ledger_problem: str | None = None  # why the ledger cannot be reached, if so
+        self.api_problem: str | None = None  # the API cannot be reached or read: not healthy
         self.jobs = Counter(
             "batchsub_jobs", "Jobs by final outcome.", ["outcome"], registry=self.registry
         )
@@ -96,6 +98,10 @@ class Metrics:
         self.ledger_problem = problem
         self.ledger_up.set(0 if problem else 1)
 
+    def on_api_state(self, problem: str | None) -> None:
+        """Say so in ``/healthz`` while the API cannot be reached (the daemon keeps trying)."""
+        self.api_problem = problem
+
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
@@ -121,6 +127,8 @@ def create_metrics_app(metrics: Metrics) -> web.Application:
             return web.Response(status=503, text="stopping")
         if metrics.ledger_problem is not None:
             return web.Response(status=503, text=f"ledger unavailable: {metrics.ledger_problem}")
+        if metrics.api_problem is not None:
+            return web.Response(status=503, text=f"API unreachable: {metrics.api_problem}")
         return web.Response(text="ok")
 
     async def scrape(_: web.Request) -> web.Response:

@@ -45,7 +45,9 @@ from batchsub.jobs import (
 from batchsub.limiter import RateLimiter
 from batchsub.logs import configure_command_logging
 from batchsub.manifest import diff_fields
+from batchsub.masking import mask_url
 from batchsub.protocols import Auth, Ledger
+from batchsub.reachability import Reachability
 from batchsub.reconcile import Reconciler
 from batchsub.report import RunAccount
 from batchsub.runner import (
@@ -404,9 +406,8 @@ class RemoteApi:
 async def remote_api(settings: Settings, project_id: str) -> AsyncIterator[RemoteApi]:
     """A client and a retrying caller for list calls (any number of them).
 
-    Unlike the run's reconciler, which carries on without adoption when listing is not
-    possible, a command that lists must say so: every failure here is a one-line
-    ConfigError with the fix.
+    A list that cannot be read is never taken for an empty one: every failure here, after a
+    few tries, is a one-line ConfigError with the fix.
     """
     endpoint = settings.resolved_endpoint()
     async with opened_auth(settings, project_id) as auth:
@@ -415,14 +416,20 @@ async def remote_api(settings: Settings, project_id: str) -> AsyncIterator[Remot
             settings.concurrency, str(settings.ca_file) if settings.ca_file else None
         )
         try:
-            client = dli_client(session, target, timeout=settings.timeout)
+            client = dli_client(
+                session,
+                target,
+                timeout=settings.timeout,
+                connect_timeout=settings.connect_timeout,
+                reachability=Reachability(quiet=True),  # the error line says it
+            )
             policy = dataclasses.replace(
                 retry_policy(settings),
                 max_attempts=min(REMOTE_LIST_ATTEMPTS, settings.max_attempts),
             )
             yield RemoteApi(target, client, SafeCaller(RateLimiter(settings.rate), policy))
         except ApiError as exc:
-            raise ConfigError(_remote_failure(exc, endpoint, auth)) from None
+            raise ConfigError(_remote_failure(exc, mask_url(endpoint), auth)) from None
         finally:
             await close_session(session)
 
@@ -494,7 +501,7 @@ class _PlanJson:
         self.counts: Counter[Action] = Counter()
         self._head = {
             "project_id": project_id,
-            "ledger": settings.ledger,
+            "ledger": mask_url(settings.ledger),
             "remote_checked": remote is not None,
         }
         self._first = True
@@ -572,7 +579,8 @@ def _print_plan_footer(
         if remote is not None
         else "remote not checked (--check-remote lists it)"
     )
-    console.print(f"project {project_id} · ledger {settings.ledger} · {checked}", markup=False)
+    shown = mask_url(settings.ledger)
+    console.print(f"project {project_id} · ledger {shown} · {checked}", markup=False)
     console.print(
         f"Plan: {counts[Action.CREATE]} to create, {counts[Action.ADOPT]} to adopt, "
         f"{counts[Action.RETRY]} to retry, {counts[Action.RECONCILE]} to reconcile, "
@@ -652,7 +660,7 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     console = _console()
     where = f" (project {args.project_id})" if args.project_id else ""
-    counts = Table(title=f"ledger {settings.ledger}{where}", header_style="bold")
+    counts = Table(title=f"ledger {mask_url(settings.ledger)}{where}", header_style="bold")
     counts.add_column("state")
     counts.add_column("jobs", justify="right")
     for state, count in status.counts.items():
@@ -810,7 +818,8 @@ async def retry_failed(
     source = LedgerFailedSource(existing_ledger(settings.ledger), project_id)
     count = await source.load()  # opened and closed again before run_source opens it
     if count == 0:
-        announce(f"nothing to retry: ledger {settings.ledger} has no failed jobs in {project_id}")
+        shown = mask_url(settings.ledger)
+        announce(f"nothing to retry: ledger {shown} has no failed jobs in {project_id}")
         account.write_report(account.summary(exit_code=0))
         return 0
     announce(f"sending again {count} failed jobs of project {project_id}")
@@ -860,9 +869,9 @@ def config_show_command(settings: Settings, args: argparse.Namespace) -> int:
         "# precedence: flags > BATCHSUB_* environment > config file > defaults",
     ]
     try:
-        lines.append(f"# endpoint in use: {settings.resolved_endpoint()}")
-    except ConfigError:
-        lines.append("# endpoint in use: none (set endpoint or region)")
+        lines.append(f"# endpoint in use: {mask_url(settings.resolved_endpoint())}")
+    except ConfigError as exc:
+        lines.append(f"# endpoint in use: none ({exc})")
     lines.append(f"# credential in use: {credential}")
     for key, value in shown.items():
         lines.append(f"# {key} = (not set)" if value is None else f"{key} = {_toml_value(value)}")

@@ -36,6 +36,7 @@ from batchsub.cli import add_send_flags
 from batchsub.errors import ConfigError
 from batchsub.jobs import InvalidManifest, JobSpec
 from batchsub.logs import configure_command_logging
+from batchsub.masking import mask_url
 from batchsub.metrics import Metrics, serving
 from batchsub.report import RunAccount
 from batchsub.runner import daemon_exit_code, run_source
@@ -50,7 +51,6 @@ from batchsub.sources.amqp import (
     connect,
     declare_queues,
     open_amqp_source,
-    redact_url,
 )
 from batchsub.sources.directory import DirectorySource, iter_manifest_paths
 
@@ -169,7 +169,7 @@ async def publish_directory(
         await sender.flush()
     finally:
         await connection.close()
-    log.info("publish.done", queue=queue, url=redact_url(url), **asdict(counts))
+    log.info("publish.done", queue=queue, url=mask_url(url), **asdict(counts))
     return counts
 
 

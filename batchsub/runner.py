@@ -21,8 +21,8 @@ import aiohttp
 import structlog
 
 from batchsub.auth import AkSkAuth, TokenAuth
-from batchsub.calls import SafeCaller
-from batchsub.client import DliClient, make_session
+from batchsub.calls import GIVE_UP_AFTER, SafeCaller
+from batchsub.client import CONNECT_TIMEOUT, DliClient, make_session
 from batchsub.console import ProgressDisplay, print_summary
 from batchsub.errors import ConfigError, FatalApiError, RetryableError
 from batchsub.iam import IamDliClient, IamTokenAuth, auth_from_settings
@@ -31,7 +31,9 @@ from batchsub.ledgers import SqliteLedger
 from batchsub.ledgers.outage import Outage
 from batchsub.limiter import RateLimiter, RetryBudget
 from batchsub.logs import configure_command_logging
+from batchsub.masking import mask_url
 from batchsub.protocols import Auth, FileIndex, Ledger, RunObserver, Source
+from batchsub.reachability import Reachability
 from batchsub.reconcile import Reconciler
 from batchsub.report import EXIT_FATAL, RunAccount
 from batchsub.retry import RetryPolicy
@@ -108,7 +110,9 @@ def dli_client(
     target: Target,
     *,
     timeout: float,
+    connect_timeout: float = CONNECT_TIMEOUT,
     on_answer: Callable[[str, float, int | None], None] | None = None,
+    reachability: Reachability | None = None,
 ) -> DliClient:
     """The API client of ``target``; one that renews its token for an IAM password login."""
     kind = IamDliClient if isinstance(target.auth, IamTokenAuth) else DliClient
@@ -118,22 +122,15 @@ def dli_client(
         target.project_id,
         target.auth,
         timeout=timeout,
+        connect_timeout=connect_timeout,
         on_answer=on_answer,
+        reachability=reachability,
     )
 
 
 def is_shared_ledger(spec: str) -> bool:
     """True for a PostgreSQL URL, false for a SQLite file path."""
     return spec.startswith(("postgresql://", "postgres://"))
-
-
-def shown_ledger(spec: str) -> str:
-    """``--ledger`` as it may be logged or printed: a PostgreSQL URL's password masked."""
-    if not is_shared_ledger(spec):
-        return spec
-    from batchsub.ledgers.postgres import mask_dsn
-
-    return mask_dsn(spec)
 
 
 def open_ledger(
@@ -298,11 +295,13 @@ async def run_source(
             session,
             target,
             timeout=settings.timeout,
+            connect_timeout=settings.connect_timeout,
             on_answer=observer.on_answer if observer else None,
+            reachability=Reachability(observer.on_api_state if observer else None),
         )
         # A one-shot run with nobody listening at the endpoint says so in seconds; a daemon
         # keeps trying through an outage, as long as the retry policy allows.
-        caller = SafeCaller(limiter, policy, connect_attempts=None if endless else 4)
+        caller = SafeCaller(limiter, policy, give_up_after=None if endless else GIVE_UP_AFTER)
         reconciler = Reconciler(
             client,
             caller,
@@ -326,10 +325,10 @@ async def run_source(
             observer.on_start(limiter)
         log.info(
             "run.started",
-            endpoint=target.endpoint,
+            endpoint=mask_url(target.endpoint),
             project_id=target.project_id,
             auth=target.auth.describe(),
-            ledger=shown_ledger(settings.ledger),
+            ledger=mask_url(settings.ledger),
             rate=settings.rate,
             concurrency=settings.concurrency,
         )

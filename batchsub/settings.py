@@ -21,6 +21,8 @@ from pydantic_settings import (
 )
 
 from batchsub.errors import ConfigError
+from batchsub.masking import mask_url, url_passwords
+from batchsub.regions import domain_of, endpoint_for
 
 DEFAULT_CONFIG_FILE = Path("config/batchsub.toml")
 _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
@@ -38,6 +40,9 @@ class Settings(BaseSettings):
     # Where to send: an explicit endpoint wins over the one derived from the region.
     endpoint: str | None = None
     region: str | None = None
+    # A region the built-in list (batchsub/regions.py) does not know yet is refused, to catch
+    # a typo at once; true derives its endpoint anyway (dli.{region}.myhuaweicloud.com).
+    allow_unknown_region: bool = False
     project_id: str | None = Field(
         None, validation_alias=AliasChoices("BATCHSUB_PROJECT_ID", "HUAWEICLOUD_SDK_PROJECT_ID")
     )
@@ -73,6 +78,9 @@ class Settings(BaseSettings):
     concurrency: int = Field(8, ge=1, le=1024)
     rate: float = Field(10.0, ge=0.0)
     timeout: float = Field(30.0, gt=0.0)
+    # Seconds a TCP connection to the API may take: an address that never answers (a wrong
+    # region's, a firewall that drops) fails in seconds rather than after the whole timeout.
+    connect_timeout: float = Field(5.0, gt=0.0)
     max_attempts: int = Field(10, ge=1)
     job_deadline: float = Field(900.0, gt=0.0)
     retry_after_cap: float = Field(120.0, gt=0.0)
@@ -150,7 +158,7 @@ class Settings(BaseSettings):
         if self.endpoint:
             return self.endpoint
         if self.region:
-            return f"https://dli.{self.region}.{_domain_of(self.region)}"
+            return endpoint_for(self.region, allow_unknown=self.allow_unknown_region)
         raise ConfigError(
             "no endpoint: pass --endpoint URL or --region NAME (or set BATCHSUB_ENDPOINT)"
         )
@@ -160,7 +168,7 @@ class Settings(BaseSettings):
         if self.iam_endpoint:
             return self.iam_endpoint
         if self.region:
-            return f"https://iam.{self.region}.{_domain_of(self.region)}"
+            return f"https://iam.{self.region}.{domain_of(self.region)}"
         raise ConfigError(
             "no IAM endpoint: pass --iam-endpoint URL or --region NAME "
             "(or set BATCHSUB_IAM_ENDPOINT)"
@@ -172,16 +180,28 @@ class Settings(BaseSettings):
         for name in type(self).model_fields:
             value = getattr(self, name)
             if isinstance(value, SecretStr):
-                shown[name] = "********" if value.get_secret_value() else ""
+                secret = value.get_secret_value()
+                # A URL keeps its host and user in sight (amqp://bob:***@broker/).
+                shown[name] = mask_url(secret) if "://" in secret else "********" * bool(secret)
+            elif isinstance(value, str):
+                shown[name] = mask_url(value)  # the ledger may be postgresql://bob:pw@db/x
             elif isinstance(value, Path):
                 shown[name] = str(value)
             else:
                 shown[name] = value
         return shown
 
-
-def _domain_of(region: str) -> str:
-    return "myhuaweicloud.eu" if region == "eu-west-101" else "myhuaweicloud.com"
+    def secret_values(self) -> list[str]:
+        """Every secret the settings hold (keys, tokens, URL passwords), to scrub from text."""
+        found: list[str] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+                found.append(value)
+            if isinstance(value, str):
+                found += url_passwords(value)
+        return [secret for secret in found if secret]
 
 
 # Secrets a config file must not hold: a file is copied, committed and mounted everywhere.

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import structlog
 
-from batchsub.client import AnswerKind, CreateAnswer, DliClient
+from batchsub.client import UNREADABLE, AnswerKind, CreateAnswer, DliClient
 from batchsub.errors import ApiError, FatalApiError, LedgerError, LedgerUnavailable
 from batchsub.jobs import (
     IN_DOUBT_STATES,
@@ -154,12 +154,10 @@ class Submitter:
         youngest = max(record.updated_at for record in doubtful)
         await self._pause(youngest + self._in_doubt_grace - time.time())
         try:
-            remote = await self._reconciler.snapshot()
-        except ApiError as exc:
+            remote = await self._remote_snapshot()
+        except RunStopped as exc:
             # The jobs stay in doubt: each is looked up by name before it is sent.
             self._log.warning("recover.cannot_list", error=str(exc), in_doubt=len(doubtful))
-            if isinstance(exc, FatalApiError):
-                self._fail_run(_error_of(exc))
             return
         adopted = 0
         writes = []
@@ -437,8 +435,8 @@ class Submitter:
             )
         error = answer.error or ErrorInfo("no error message")
         if kind is AnswerKind.FATAL:
+            self._fail_run(error)  # first: no other request may leave while this one is written
             await self._write(spec, LedgerState.RETRYING, error=error)
-            self._fail_run(error)
             return JobResult(
                 spec.source,
                 spec.name,
@@ -518,11 +516,13 @@ class Submitter:
             raise RunStopped(f"not sent: {exc}") from None
         except ApiError as exc:
             # Only a transient failure that outlasted every retry gets here: the API is
-            # unreachable. A one-shot run stops (every other job would wait as long); a
-            # daemon leaves this job unresolved, to be tried again, and stays up.
+            # unreachable, or its job list unreadable (never taken for an empty one). A
+            # one-shot run stops (every other job would wait as long); a daemon leaves this
+            # job unresolved, to be tried again, and stays up.
+            reason = str(exc) if exc.code == UNREADABLE else f"cannot reach the API: {exc}"
             if self._finish_source_on_stop:
-                self._fail_run(ErrorInfo(f"cannot reach the API: {exc}", exc.code, exc.status))
-            raise RunStopped(f"not sent: cannot reach the API: {exc}") from None
+                self._fail_run(ErrorInfo(reason))  # the reason names any code and status
+            raise RunStopped(f"not sent: {reason}") from None
 
     async def _begin(self, spec: JobSpec) -> int | None:
         return await _durably(self._ledger.begin_attempt(self._project, spec))

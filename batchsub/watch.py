@@ -73,7 +73,12 @@ def add_parser(commands: Any) -> None:
 def main(settings: Settings, args: argparse.Namespace) -> int:
     """Entry point of ``batchsub watch``; returns the exit code."""
     fmt = "console" if settings.log_format == "console" else "json"
-    configure_logging(fmt, settings.log_level or "info", interactive=sys.stderr.isatty())
+    configure_logging(
+        fmt,
+        settings.log_level or "info",
+        interactive=sys.stderr.isatty(),
+        hidden=settings.secret_values(),
+    )
     source = source_for(settings, args.directory)
     return eventloop.run(
         watch(settings, source, report=args.report, simulator=bool(args.simulator)),

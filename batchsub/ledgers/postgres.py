@@ -23,14 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeAlias, TypeVar
-from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 import structlog
@@ -38,6 +36,7 @@ import structlog
 from batchsub.errors import LedgerError, LedgerRefusedError, LedgerUnavailable
 from batchsub.jobs import IN_DOUBT_STATES, ErrorInfo, JobSpec, LedgerRecord, LedgerState
 from batchsub.ledgers.outage import Outage
+from batchsub.masking import mask_url, scrub, url_passwords
 
 log = structlog.get_logger(__name__)
 
@@ -149,35 +148,6 @@ _REFUSED_CLASSES = frozenset({"22", "23", "54"})
 
 _CHUNK = 1000  # names per ``= ANY($2)``: keeps each statement and its answer small
 
-_PASSWORD_PARAM = re.compile(r"(?i)(password=)[^&\s]*")
-
-
-def mask_dsn(dsn: str) -> str:
-    """``dsn`` with its password (in the user part or a ``password=`` parameter) as ``***``."""
-    masked = _PASSWORD_PARAM.sub(r"\1***", dsn)
-    try:
-        parts = urlsplit(masked)
-        password = parts.password
-    except ValueError:
-        return masked
-    if password is None:
-        return masked
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
-
-
-def _passwords(dsn: str) -> list[str]:
-    """Every password written in ``dsn``, to scrub from messages that might echo it."""
-    found = [m.group(0).partition("=")[2] for m in _PASSWORD_PARAM.finditer(dsn)]
-    try:
-        parts = urlsplit(dsn)
-        found.append(parts.password or "")
-        found.extend(v for k, v in parse_qsl(parts.query) if k.lower() == "password")
-    except ValueError:
-        pass
-    return [p for p in found if p]
-
 
 def default_owner() -> str:
     """A worker identity unique across hosts, processes and ledgers: host:pid:random."""
@@ -232,7 +202,7 @@ class PostgresLedger:
         page_size: int = 500,
         outage: Outage | None = None,
     ) -> None:
-        self.dsn = mask_dsn(dsn)  # safe to print
+        self.dsn = mask_url(dsn)  # safe to print
         self.owner = owner if owner is not None else default_owner()
         self._dsn = dsn
         self._lease = lease_seconds
@@ -523,8 +493,7 @@ class PostgresLedger:
             message = f"timed out after {self._timeout:g} s"
         else:
             message = " ".join(str(exc).split()) or type(exc).__name__
-        for password in _passwords(self._dsn):
-            message = message.replace(password, "***")
+        message = scrub(message, url_passwords(self._dsn))
         if _is_refused(exc):
             return LedgerRefusedError(f"ledger {self.dsn}: {what}: {message}")
         if _is_unavailable(exc):
