@@ -18,6 +18,7 @@ jobs, and the report appears atomically when the run ends.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections import Counter
@@ -28,8 +29,10 @@ import orjson
 
 from batchsub.errors import ConfigError
 from batchsub.jobs import EXISTING_OUTCOMES, JobResult, Outcome
+from batchsub.text import clip
 
 FIRST_ERRORS = 10
+MAX_ERROR_CHARS = 4000  # one job's error in the report and the summary, whatever made it
 # Outcomes after which the job exists on the server.
 
 
@@ -58,6 +61,8 @@ class RunAccount:
 
     def add(self, result: JobResult) -> None:
         """Count one result and append its report row."""
+        if result.error is not None and len(result.error) > MAX_ERROR_CHARS:
+            result = dataclasses.replace(result, error=clip(result.error, MAX_ERROR_CHARS))
         self.counts[result.outcome] += 1
         if result.adopted:
             self.adopted += 1

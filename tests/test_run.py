@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +254,27 @@ async def test_no_secret_reaches_ledger_or_report(
     ):
         assert SK.encode() not in blob
         assert secret_token.encode() not in blob
+
+
+async def test_a_manifest_with_400000_problems_is_reported_in_seconds_in_a_bounded_report(
+    simulator: SimulatorFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sim = await simulator()
+    folder = tmp_path / "m"
+    write_manifests(folder, 1, prefix="good")
+    (folder / "bad.json").write_bytes(
+        orjson.dumps({"name": "bad", "dependency_jars": [1] * 400_000})
+    )
+
+    started = time.monotonic()
+    code, _ = await run_dir(settings_for(sim.url, tmp_path), folder, tmp_path / "r.json")
+    elapsed = time.monotonic() - started
+
+    assert code == 1
+    assert [job.name for job in sim.store.jobs] == ["good-00000"]
+    assert (tmp_path / "r.json").stat().st_size < 4096  # 40 MB before
+    [row] = [r for r in read_report(tmp_path / "r.json")["jobs"] if r["outcome"] == "invalid"]
+    assert row["error"].endswith("; and 399995 more problems")
+    out = capsys.readouterr().out
+    assert "and 399995 more problems" in out and len(out) < 4096
+    assert elapsed < 20  # about 1.5 s; minutes before (the summary laid out a 20 MB line)
