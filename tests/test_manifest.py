@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -508,3 +509,17 @@ def test_any_valid_job_round_trips_as_written(obj: dict[str, Any]) -> None:
     assert item.body_hash == hashlib.sha256(canonical).hexdigest()
     parsed = job(item.body, ".json", "p.json")  # the body itself parses back to the same job
     assert (parsed.body, parsed.body_hash) == (item.body, item.body_hash)
+
+
+def test_a_list_of_55000_small_jobs_holds_little_more_than_its_jobs() -> None:
+    data = orjson.dumps([{"name": f"j{i:05d}"} for i in range(55_000)])
+    assert len(data) < MAX_MANIFEST_BYTES
+    tracemalloc.start()
+    try:
+        items = parse_manifest_bytes(data, "list.json", suffix=".json")
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(items) == 55_000 and all(isinstance(item, JobSpec) for item in items)
+    # About 450 bytes a job (name, body, hash, source); each body kept orjson's 4 KiB buffer.
+    assert held / len(items) < 1024
