@@ -52,6 +52,7 @@ from batchsub.sources.amqp import (
     redact_url,
 )
 from batchsub.sources.directory import DirectorySource, iter_manifest_paths
+from batchsub.text import printable
 
 log = structlog.get_logger("batchsub.publish")
 
@@ -156,7 +157,7 @@ async def publish_directory(
         else:
             for path in iter_manifest_paths(directory):
                 suffix = path.suffix.lower()
-                headers = {SOURCE_HEADER: str(path), SUFFIX_HEADER: suffix}
+                headers = {SOURCE_HEADER: printable(str(path)), SUFFIX_HEADER: suffix}
                 content_type = _CONTENT_TYPES.get(suffix.replace(".yml", ".yaml"))
                 await sender.send(path.read_bytes(), headers, content_type)
         await sender.flush()

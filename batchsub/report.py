@@ -29,7 +29,7 @@ import orjson
 
 from batchsub.errors import ConfigError
 from batchsub.jobs import EXISTING_OUTCOMES, JobResult, Outcome
-from batchsub.text import clip
+from batchsub.text import clip, safe_value
 
 FIRST_ERRORS = 10
 MAX_ERROR_CHARS = 4000  # one job's error in the report and the summary, whatever made it
@@ -76,7 +76,12 @@ class RunAccount:
                 }
             )
         if self._rows is not None:  # no row is built per job without a report to write
-            self._rows.write(orjson.dumps(job_row(result)))
+            row = job_row(result)
+            try:
+                line = orjson.dumps(row)
+            except orjson.JSONEncodeError:  # text that is not UTF-8: never lose the row for it
+                line = orjson.dumps(safe_value(row))
+            self._rows.write(line)
             self._rows.write(b"\n")
 
     def exit_code(self, *, fatal: bool = False) -> int:
@@ -107,7 +112,7 @@ class RunAccount:
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(b'{"summary": ')
-                out.write(orjson.dumps(summary))
+                out.write(orjson.dumps(safe_value(summary)))
                 out.write(b', "jobs": [')
                 first = True
                 for line in rows:

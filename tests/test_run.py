@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -10,8 +14,10 @@ from typing import Any
 import orjson
 import pytest
 
+from batchsub.cli import main
+from batchsub.jobs import Outcome
 from batchsub.report import RunAccount
-from batchsub.runner import run_source
+from batchsub.runner import run_directory, run_source
 from batchsub.settings import Settings
 from batchsub.sources.directory import DirectorySource
 from tests.conftest import PROJECT, REPO, SimulatorFactory, fast_settings, write_manifests
@@ -278,3 +284,38 @@ async def test_a_manifest_with_400000_problems_is_reported_in_seconds_in_a_bound
     out = capsys.readouterr().out
     assert "and 399995 more problems" in out and len(out) < 4096
     assert elapsed < 20  # about 1.5 s; minutes before (the summary laid out a 20 MB line)
+
+
+async def test_a_file_name_that_is_not_utf8_is_sent_and_shown_escaped(
+    simulator: SimulatorFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sim = await simulator()
+    folder = tmp_path / "m"
+    write_manifests(folder, 1, prefix="good")
+    (folder / os.fsdecode(b"caf\xe9.json")).write_bytes(orjson.dumps({"name": "odd-name"}))
+    (folder / os.fsdecode(b"bad\xff.json")).write_bytes(b"{")
+    settings = settings_for(sim.url, tmp_path, log_format="json")
+
+    # The real run path: parsed in a child process, logs as JSON lines, the file index.
+    code = await run_directory(settings, folder, tmp_path / "r.json", simulator=False)
+
+    assert code == 1
+    assert sorted(job.name for job in sim.store.jobs) == ["good-00000", "odd-name"]
+    rows = {row["source"]: row for row in read_report(tmp_path / "r.json")["jobs"]}
+    odd, bad = f"{folder}/caf\\xe9.json", f"{folder}/bad\\xff.json"
+    assert rows[odd]["outcome"] == "created"
+    assert rows[bad]["outcome"] == "invalid" and rows[bad]["error"].startswith(f"{bad}: invalid")
+    with contextlib.closing(sqlite3.connect(tmp_path / "ledger.db")) as db:
+        assert ("odd-name", odd) in db.execute("SELECT name, source FROM jobs").fetchall()
+    captured = capsys.readouterr()
+    logged = [orjson.loads(line) for line in captured.err.splitlines()]
+    assert any(e.get("source") == odd and e["event"] == "job.created" for e in logged)
+    assert bad in captured.out  # the summary's first problems
+
+    # A rerun takes the file from the index (by its escaped name) and sends nothing.
+    code, account = await run_dir(settings, folder)
+    assert code == 1 and account.counts[Outcome.ALREADY_CREATED] == 2
+    assert len(sim.store.jobs) == 2
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["report", "--ledger", str(tmp_path / "ledger.db")]) == 0
+    assert odd in {row["source"] for row in orjson.loads(capsys.readouterr().out)["jobs"]}

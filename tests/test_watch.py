@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import aiohttp
 import orjson
 import pytest
 
+from batchsub.logs import configure_logging
 from batchsub.settings import Settings, load_settings
 from batchsub.simulator import RunningSimulator
 from batchsub.simulator.store import SimJob
@@ -320,3 +322,34 @@ async def test_a_refused_credential_stops_the_daemon_with_exit_2(
     assert code == 2
     assert names_in(inbox) == ["a.json"]  # given back, to be sent once the credential is fixed
     assert sim.store.jobs == []
+
+
+async def test_a_file_name_that_is_not_utf8_is_sent_and_logged_escaped(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    stream = io.StringIO()
+    configure_logging("json", "info", interactive=False, stream=stream)
+    odd, bad = os.fsdecode(b"caf\xe9.json"), os.fsdecode(b"bad\xff.json")
+    drop(inbox, "good.json", job("good"))
+    drop(inbox, odd, job("odd-name"))
+    drop(inbox, bad, "{")
+    source = DropFolderSource(inbox, settle_time=0.0, rescan_interval=0.05)
+    source.prepare()
+    task = asyncio.create_task(watch(settings_for(sim.url, tmp_path), source))
+    try:
+        await eventually(lambda: len(names_in(inbox / "done")) == 2 or task.done(), timeout=10)
+        await eventually(lambda: len(names_in(inbox / "failed")) == 2 or task.done())
+    finally:
+        source.stop()
+        code = await asyncio.wait_for(task, 10)
+    assert code == 0
+    assert sorted(j.name for j in sim.store.jobs) == ["good", "odd-name"]
+    assert names_in(inbox / "done") == sorted(["good.json", odd])
+    error = orjson.loads((inbox / "failed" / os.fsdecode(b"bad\xff.error.json")).read_bytes())
+    assert error["file"] == "bad\\xff.json" and "invalid JSON" in error["reason"]
+    logged = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert {"file.claimed", "file.done", "file.failed"} <= {e["event"] for e in logged}
+    assert any(e.get("file") == "caf\\xe9.json" for e in logged)

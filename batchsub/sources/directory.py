@@ -15,6 +15,7 @@ from batchsub.jobs import EXISTING_OUTCOMES, InvalidManifest, JobResult, Manifes
 from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
 from batchsub.protocols import FileIndex
 from batchsub.sources.parser_pool import ParserPool
+from batchsub.text import printable
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +141,7 @@ class DirectorySource:
         known = await self._known(fingerprints)
         parsed: asyncio.Future[dict[str, list[ManifestItem]]] | None = None
         if self._parser is not None and self._parser.in_children:
-            wanted = [p for p in paths if isinstance(p, str) and p not in known]
+            wanted = [p for p in paths if isinstance(p, str) and printable(p) not in known]
             parsed = asyncio.ensure_future(self._parse(self._parser, wanted))
         return _Chunk(paths, fingerprints, known, parsed)
 
@@ -171,26 +172,28 @@ class DirectorySource:
     ) -> tuple[list[ManifestItem], str | None]:
         """The items of one file, and the file if its outcome is to be tracked for the index."""
         if isinstance(found, _Unreadable):
-            where = str(found.path)
+            where = printable(str(found.path))
             error = f"{where}: cannot list directory: {os_reason(found.error)}"
             return [InvalidManifest(where, error)], None
-        if found in chunk.known:
-            return list(chunk.known[found]), None
+        # The file as every output shows it, and as the index knows it: valid UTF-8.
+        shown = printable(found)
+        if shown in chunk.known:
+            return list(chunk.known[shown]), None
         # Taken before reading (for the index lookup): a change during the read makes the
         # next fingerprint differ, so a half-read edit is never remembered as settled.
-        fingerprint = chunk.fingerprints.get(found, "")
+        fingerprint = chunk.fingerprints.get(shown, "")
         items = parsed.get(found)
         if items is None:
-            items = parse_manifest_file(found, found, validate=self.validate)
+            items = parse_manifest_file(found, shown, validate=self.validate)
         if not fingerprint:
             return items, None
-        self._files[found] = _OpenFile(fingerprint, len(items))
-        return items, found
+        self._files[shown] = _OpenFile(fingerprint, len(items))
+        return items, shown
 
     def _fingerprints(self, chunk: list[str | _Unreadable]) -> dict[str, str]:
         if self._index is None:
             return {}
-        return {p: fp for p in chunk if isinstance(p, str) and (fp := _fingerprint(p))}
+        return {printable(p): fp for p in chunk if isinstance(p, str) and (fp := _fingerprint(p))}
 
     async def _known(self, fingerprints: dict[str, str]) -> dict[str, list[SettledJob]]:
         if not fingerprints or self._index is None:

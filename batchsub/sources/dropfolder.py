@@ -49,6 +49,7 @@ from watchfiles import awatch
 from batchsub.errors import ConfigError, os_reason
 from batchsub.jobs import BROKEN_OUTCOMES, EXISTING_OUTCOMES, JobResult, ManifestItem, Outcome
 from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
+from batchsub.text import printable
 
 log = structlog.get_logger("batchsub.dropfolder")
 
@@ -321,7 +322,7 @@ class DropFolderSource:
             self._not_before[name] = self._clock() + self._retry_delay
             return []
         self._not_before.pop(name, None)
-        source = str(self.directory / name)
+        source = printable(str(self.directory / name))  # a name that is not UTF-8, escaped
         items = parse_manifest_file(target, source)
         claim = _Claim(name, source, [None] * len(items), len(items))
         self._claims[name] = claim
@@ -359,7 +360,7 @@ class DropFolderSource:
         reason = f"{len(broken)} of {len(results)} jobs not created: {first}"
         name = _free_name(self.failed, claim.name, with_error_file=True)
         report = {
-            "file": claim.name,
+            "file": printable(claim.name),
             "source": claim.source,
             "failed_at": _utc_now().isoformat().replace("+00:00", "Z"),
             "reason": reason,
