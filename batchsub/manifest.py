@@ -27,7 +27,7 @@ from pydantic_core import PydanticCustomError
 
 from batchsub.errors import ManifestError, os_reason
 from batchsub.jobs import InvalidManifest, JobSpec, ManifestItem
-from batchsub.text import clip
+from batchsub.text import clip, printable
 
 if TYPE_CHECKING:
     import yaml
@@ -615,14 +615,31 @@ def parse_manifest_file(
 
     The suffix of ``path`` (``.json``, ``.yaml``, ``.yml``, any case) picks the parser.
     """
-    try:
-        data = _read_limited(path)
-    except OSError as exc:
-        reason = os_reason(exc)
-        return [InvalidManifest(display, f"{display}: cannot read: {reason}")]
-    except _Unusable as exc:
-        return [InvalidManifest(display, f"{display}: {exc}")]
+    data = read_manifest(path, display)
+    if isinstance(data, InvalidManifest):
+        return [data]
     return parse_manifest_bytes(data, display, suffix=os.path.splitext(path)[1], validate=validate)
+
+
+def read_manifest(path: str | os.PathLike[str], display: str) -> bytes | InvalidManifest:
+    """A manifest file's bytes, or why it cannot be read (named ``display``); never blocks on a
+    FIFO nor reads more than MAX_MANIFEST_BYTES + 1 bytes."""
+    try:
+        return _read_limited(path)
+    except OSError as exc:
+        return InvalidManifest(display, f"{display}: cannot read: {_read_error(path, exc)}")
+    except _Unusable as exc:
+        return InvalidManifest(display, f"{display}: {exc}")
+
+
+def _read_error(path: str | os.PathLike[str], exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError) and os.path.islink(path):
+        try:
+            target = os.fsdecode(os.readlink(path))
+        except OSError:
+            target = "?"
+        return f"dangling symlink (its target {printable(target)} does not exist)"
+    return os_reason(exc)
 
 
 def diff_fields(old_body: bytes, new_body: bytes) -> list[str]:
@@ -669,4 +686,5 @@ __all__ = [
     "job_from_object",
     "parse_manifest_bytes",
     "parse_manifest_file",
+    "read_manifest",
 ]

@@ -90,3 +90,22 @@ def unwritable(folder: Path) -> Iterator[None]:
         yield
     finally:
         _run("chattr", "-i", str(folder))
+
+
+def odd_entries(folder: Path) -> dict[str, str]:
+    """Entries named like manifests that no one can read, made in ``folder``: a symlink loop,
+    a dangling symlink and a FIFO (and a symlinked directory, which is no manifest).
+
+    Returns each one's name and the problem every command reports for it.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "loop.json").symlink_to("loop.json")
+    (folder / "dangling.json").symlink_to("missing.json")
+    os.mkfifo(folder / "fifo.json")
+    (folder / "a-folder").mkdir()
+    (folder / "folder-link.json").symlink_to("a-folder", target_is_directory=True)
+    return {
+        "loop.json": "cannot read: Too many levels of symbolic links",
+        "dangling.json": "cannot read: dangling symlink (its target missing.json does not exist)",
+        "fifo.json": "not a regular file (a FIFO)",
+    }

@@ -20,6 +20,7 @@ from batchsub.runner import run_source
 from batchsub.settings import Settings
 from batchsub.sources.dropfolder import DropFolderSource, SettleTracker, is_manifest_name
 from tests.conftest import SimulatorFactory
+from tests.fs_support import odd_entries
 from tests.test_run import settings_for
 
 
@@ -378,3 +379,28 @@ async def test_a_changed_manifest_of_a_created_job_is_filed_as_drifted(
     error = json.loads((inbox / "failed" / "d.error.json").read_text())
     assert error["jobs"][0]["outcome"] == "drifted" and "cu_number" in error["jobs"][0]["error"]
     assert len(sim.store.jobs) == 1
+
+
+async def test_unreadable_entries_are_filed_under_failed_with_their_reason(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator()
+    inbox = tmp_path / "inbox"
+    problems = odd_entries(inbox)
+    drop(inbox, "good.json", job("good"))
+    source = fast(inbox)
+    async with running(settings_for(sim.url, tmp_path), source):
+        await eventually(lambda: len(os.listdir(inbox / "failed")) == 2 * len(problems))
+    assert [j.name for j in sim.store.jobs] == ["good"]
+    assert names_in(inbox / "done") == ["good.json"]
+    for name, problem in problems.items():
+        assert os.path.lexists(inbox / "failed" / name)  # the entry itself, moved
+        error = json.loads((inbox / "failed" / name.replace(".json", ".error.json")).read_text())
+        assert error["reason"] == f"1 of 1 jobs not created: {inbox / name}: {problem}"
+    assert sorted(os.listdir(inbox)) == [
+        "a-folder",
+        "done",
+        "failed",
+        "folder-link.json",
+        "processing",
+    ]

@@ -21,6 +21,7 @@ from batchsub.runner import run_directory, run_source
 from batchsub.settings import Settings
 from batchsub.sources.directory import DirectorySource
 from tests.conftest import PROJECT, REPO, SimulatorFactory, fast_settings, write_manifests
+from tests.fs_support import odd_entries
 
 AK, SK = "AKTEST0000000000", "sk-secret-do-not-log-0123456789"
 
@@ -319,3 +320,25 @@ async def test_a_file_name_that_is_not_utf8_is_sent_and_shown_escaped(
     capsys.readouterr()
     assert await asyncio.to_thread(main, ["report", "--ledger", str(tmp_path / "ledger.db")]) == 0
     assert odd in {row["source"] for row in orjson.loads(capsys.readouterr().out)["jobs"]}
+
+
+@pytest.mark.parametrize("progress", ["on", "off"])
+async def test_unreadable_entries_end_the_same_with_and_without_the_progress_bar(
+    simulator: SimulatorFactory, tmp_path: Path, progress: str
+) -> None:
+    sim = await simulator()
+    folder = tmp_path / "m"
+    write_manifests(folder, 2, prefix="good")
+    problems = odd_entries(folder)
+    settings = settings_for(sim.url, tmp_path, progress=progress)
+
+    code = await run_directory(settings, folder, tmp_path / "r.json", simulator=False)
+
+    assert code == 1
+    assert sorted(job.name for job in sim.store.jobs) == ["good-00000", "good-00001"]
+    report = read_report(tmp_path / "r.json")
+    invalid = {
+        Path(r["source"]).name: r["error"] for r in report["jobs"] if r["outcome"] == "invalid"
+    }
+    assert invalid == {name: f"{folder / name}: {problem}" for name, problem in problems.items()}
+    assert report["summary"]["total"] == 5

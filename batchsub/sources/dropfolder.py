@@ -401,15 +401,26 @@ class DropFolderSource:
 
 
 def _signature(entry: os.DirEntry[str]) -> Signature | None:
-    """(size, mtime_ns) of a manifest file in DIR, None for anything else."""
+    """(size, mtime_ns) of an entry in DIR with a manifest's name, None for anything else.
+
+    Not only regular files: a dangling symlink, a symlink loop or a FIFO is claimed too, and
+    reading it says what is wrong (it is filed under failed/), rather than it lying there
+    unexplained. A directory, or a symlink to one, is not a manifest.
+    """
     if not is_manifest_name(entry.name):
         return None
     try:
-        if not entry.is_file():
+        if entry.is_dir():
             return None
+    except OSError:
+        pass  # a symlink loop: claimed, and reported when read
+    try:
         stat = entry.stat()
     except OSError:
-        return None
+        try:
+            stat = entry.stat(follow_symlinks=False)  # the link itself: it may still settle
+        except OSError:
+            return None  # gone since the listing
     return stat.st_size, stat.st_mtime_ns
 
 
