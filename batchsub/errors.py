@@ -3,6 +3,7 @@
 BatchsubError
  +-- ConfigError          a setting is missing or wrong; the CLI exits 2 with one line
  +-- ManifestError        a manifest file or job cannot be used (names the file and field)
+ +-- OutputError          a file the user named (a report) cannot be written; exit 2
  +-- LedgerError          the ledger cannot be opened, locked or written
  |    +-- LedgerLockedError   another batchsub process holds the ledger
  +-- ApiError             the API answered with an error or could not be reached
@@ -26,6 +27,10 @@ class ConfigError(BatchsubError):
 
 class ManifestError(BatchsubError):
     """A manifest cannot be read, parsed or validated."""
+
+
+class OutputError(BatchsubError):
+    """A file the user asked for (``--report``, ``--output``) cannot be written; names it."""
 
 
 class LedgerError(BatchsubError):

@@ -245,6 +245,11 @@ def write_section(section: str, results: Path) -> None:
     results.write_text(text)
 
 
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", "-C", str(REPO), *args], check=True, capture_output=True)
+    return done.stdout.decode().strip()
+
+
 def main() -> int:
     """Measure, print the table, and write it into results.md with ``--write``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -252,21 +257,11 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per command")
     parser.add_argument("--write", action="store_true", help="update bench/results.md")
     args = parser.parse_args()
-    head = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    head = _git("rev-parse", "--short", "HEAD")
     versions = {}
     if args.baseline:
         versions[f"before ({args.baseline})"] = measure(args.baseline, args.timeout)
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
     versions[f"after ({head}{'+' if dirty else ''})"] = measure(None, args.timeout)
     section = page(versions, args.timeout)
     print(section)

@@ -54,17 +54,20 @@ def bind_mount(source: Path, target: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def full_disk(where: Path, size_kib: int = 64) -> Iterator[Path]:
-    """A tmpfs of ``size_kib`` at ``where``, filled up but for a few bytes; skips if impossible."""
+def full_disk(where: Path, size_kib: int = 64, free_kib: int = 0) -> Iterator[Path]:
+    """A tmpfs of ``size_kib`` at ``where``, filled up but for ``free_kib``; skips if it
+    cannot be mounted."""
     need_mount()
     where.mkdir(parents=True, exist_ok=True)
     if not _run("mount", "-t", "tmpfs", "-o", f"size={size_kib}k,mode=0755", "tmpfs", str(where)):
         pytest.skip("cannot mount a tmpfs")
     try:
-        with contextlib.suppress(OSError), (where / "filler").open("wb") as filler:
+        filler = where / "filler"
+        with contextlib.suppress(OSError), filler.open("wb") as out:
             while True:
-                filler.write(b"x" * 4096)
-                filler.flush()
+                out.write(b"x" * 4096)
+                out.flush()
+        os.truncate(filler, max(0, filler.stat().st_size - free_kib * 1024))
         yield where
     finally:
         _run("umount", "-l", str(where))

@@ -47,6 +47,7 @@ import structlog
 from watchfiles import awatch
 
 from batchsub.errors import ConfigError, os_reason
+from batchsub.files import write_atomically
 from batchsub.jobs import BROKEN_OUTCOMES, EXISTING_OUTCOMES, JobResult, ManifestItem, Outcome
 from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
 from batchsub.text import printable
@@ -370,7 +371,7 @@ class DropFolderSource:
             ],
         }
         # The reason is written first: a file in failed/ always has its error.json beside it.
-        _write_atomically(self.failed / _error_file_name(name), orjson.dumps(report))
+        write_atomically(self.failed / _error_file_name(name), orjson.dumps(report) + b"\n")
         moved = _move_no_clobber(self.processing / claim.name, self.failed, name)
         log.warning(
             "file.failed",
@@ -476,14 +477,6 @@ def _move_no_clobber(src: Path, folder: Path, name: str) -> Path:
         os.unlink(src)
         return target
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.write(b"\n")
-    os.replace(tmp, path)
 
 
 def _first_error(results: list[JobResult], outcomes: Iterable[Outcome]) -> str:
