@@ -105,6 +105,7 @@ async def watch(
     account = RunAccount(report)
     metrics = metrics or Metrics()
     metrics.track_files(source.files_waiting)
+    metrics.track_stuck(source.stuck_files)
     server = None
     if settings.metrics_port is not None:
         server = await start_metrics_server(metrics, metrics_host, settings.metrics_port)
