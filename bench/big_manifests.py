@@ -195,6 +195,10 @@ def page(
         " problem) beside one good manifest: wall time of each command (killed after"
         f" {timeout:g} s) and what it wrote.",
         "",
+        "What grew faster than linearly was rich laying out the one-line error of 20 MB (the"
+        " summary's first problems, validate's table); now an error lists 5 problems and how"
+        " many more.",
+        "",
         "| command | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
     ]
@@ -232,6 +236,13 @@ def _size(count: int) -> str:
     if count >= 1024:
         return f"{count / 1024:.1f} KiB"
     return f"{count} B"
+
+
+def kept_section(results: Path) -> str:
+    """The marked section of ``results`` as it stands, or "" (for bench.py to keep it)."""
+    text = results.read_text() if results.exists() else ""
+    start, end = text.find(MARK_START), text.find(MARK_END)
+    return text[start : end + len(MARK_END)] + "\n" if 0 <= start < end else ""
 
 
 def write_section(section: str, results: Path) -> None:
