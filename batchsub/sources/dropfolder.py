@@ -426,17 +426,20 @@ class DropFolderSource:
     def _finish(self, claim: _Claim) -> None:
         """File a claim whose every job has a result; a failed move is retried later."""
         self._claims.pop(claim.name, None)
+        error = self._try_move(claim)
+        if error is not None and self._ensure_folders():  # done/ or failed/ had been removed
+            error = self._try_move(claim)
+        if error is not None:
+            self._move_failed(claim, error)
+
+    def _try_move(self, claim: _Claim) -> OSError | None:
+        """Move the file out of processing/; None once moved, else why it could not be."""
         try:
             self._move_out(claim)
         except OSError as exc:
-            if self._ensure_folders():  # done/ or failed/ had been removed: try again now
-                with contextlib.suppress(OSError):
-                    self._move_out(claim)
-                    self._moved(claim.name)
-                    return
-            self._move_failed(claim, exc)
-            return
+            return exc
         self._moved(claim.name)
+        return None
 
     def _move_out(self, claim: _Claim) -> None:
         """Move a finished file to done/, failed/ or back to DIR, by its jobs' outcomes."""
@@ -480,14 +483,11 @@ class DropFolderSource:
     def _retry_moves(self, *, at_once: bool = False) -> None:
         """Try again the moves whose time has come (every one, ``at_once``)."""
         now = self._clock()
-        for name, stuck in list(self._stuck.items()):
+        for stuck in list(self._stuck.values()):
             if at_once or stuck.next_try <= now:
-                try:
-                    self._move_out(stuck.claim)
-                except OSError as exc:
-                    self._move_failed(stuck.claim, exc)
-                    continue
-                self._moved(name)
+                error = self._try_move(stuck.claim)
+                if error is not None:
+                    self._move_failed(stuck.claim, error)
 
     def _file_failed(self, claim: _Claim, results: list[JobResult]) -> None:
         broken = [r for r in results if r.outcome in BROKEN_OUTCOMES]
