@@ -87,19 +87,23 @@ class ProgressDisplay:
             self._progress.stop()
 
 
-def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
-    """The end-of-run table: one row per outcome, then the first errors."""
+def print_summary(
+    summary: dict[str, Any], console: Console | None = None, *, stream: TextIO | None = None
+) -> None:
+    """The end-of-run table: one row per outcome, then the first errors (on ``stream``,
+    stdout by default)."""
     if console is None:
-        width = _plain_width(sys.stdout)
+        out = stream or sys.stdout
+        width = _plain_width(out)
         text = None if width is None else plain_summary(summary, width)
         if text is not None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            out.write(text)
+            out.flush()
             return
         # imported here: rich costs about 100 ms at start-up; see plain_summary.
         from rich.console import Console
 
-        console = Console(highlight=False)
+        console = Console(highlight=False, file=out)
     from rich.table import Table
 
     table = Table(title="batchsub run", show_header=True, header_style="bold")

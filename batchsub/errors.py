@@ -3,6 +3,7 @@
 BatchsubError
  +-- ConfigError          a setting is missing or wrong; the CLI exits 2 with one line
  +-- ManifestError        a manifest file or job cannot be used (names the file and field)
+ +-- OutputError          a file the user named (a report) cannot be written; exit 2
  +-- LedgerError          the ledger cannot be opened, locked or written (stop: a setting or a bug)
  |    +-- LedgerLockedError   another batchsub process holds the ledger
  |    +-- LedgerRefusedError  the ledger refuses one job's values (not an outage: fail that job)
@@ -30,6 +31,10 @@ class ConfigError(BatchsubError):
 
 class ManifestError(BatchsubError):
     """A manifest cannot be read, parsed or validated."""
+
+
+class OutputError(BatchsubError):
+    """A file the user asked for (``--report``, ``--output``) cannot be written; names it."""
 
 
 class LedgerError(BatchsubError):

@@ -13,6 +13,7 @@ import orjson
 import structlog
 
 from batchsub.masking import scrub
+from batchsub.text import printable, safe_value
 
 if TYPE_CHECKING:
     from batchsub.settings import Settings
@@ -48,7 +49,10 @@ class _JsonLine:
                 event_dict.setdefault(name[len(_CONTEXT_PREFIX) :], value)
         event_dict["level"] = _LEVEL_NAMES.get(method_name, method_name)
         event_dict["timestamp"] = self._stamp(time.time())
-        return orjson.dumps(event_dict, default=str).decode()
+        try:
+            return orjson.dumps(event_dict, default=str).decode()
+        except Exception:  # a surrogate, a huge int, a key orjson refuses, a str() that raises
+            return orjson.dumps(safe_value(event_dict)).decode()
 
     def _stamp(self, now: float) -> str:
         second = int(now)
@@ -56,6 +60,35 @@ class _JsonLine:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+
+
+class _SafeConsole:
+    """structlog's console processors, which never raise on a value nor return invalid text."""
+
+    def __init__(self, colors: bool) -> None:
+        self._processors: list[structlog.typing.Processor] = [
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.dev.ConsoleRenderer(colors=colors),
+        ]
+
+    def __call__(self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> str:
+        try:
+            line = self._render(logger, method_name, dict(event_dict))
+        except Exception:  # a repr() that raises, a huge int: render the values made safe
+            line = self._render(logger, method_name, safe_value(dict(event_dict)))
+        return printable(line)
+
+    def _render(self, logger: Any, method_name: str, event_dict: Any) -> str:
+        for processor in self._processors:
+            event_dict = processor(logger, method_name, event_dict)
+        return str(event_dict)
+
+
+def renderers(use_json: bool, *, colors: bool) -> structlog.typing.Processor:
+    """The one processor that turns an event into its line: JSON, or for a person."""
+    return _JsonLine() if use_json else _SafeConsole(colors)
 
 
 class _StreamLogger:
@@ -107,18 +140,8 @@ def configure_logging(
     ``hidden``: secrets to scrub from what libraries log (``Settings.secret_values``).
     """
     use_json = fmt == "json" or (fmt == "auto" and not interactive)
-    processors: list[structlog.typing.Processor] = (
-        [_JsonLine()]
-        if use_json
-        else [
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.dev.ConsoleRenderer(colors=interactive),
-        ]
-    )
     structlog.configure(
-        processors=processors,
+        processors=[renderers(use_json, colors=interactive)],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=lambda *_: _StreamLogger(stream),
         cache_logger_on_first_use=True,

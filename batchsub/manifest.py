@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import stat
 from collections.abc import Callable, Hashable, Iterable
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,6 +27,7 @@ from pydantic_core import PydanticCustomError
 
 from batchsub.errors import ManifestError, os_reason
 from batchsub.jobs import InvalidManifest, JobSpec, ManifestItem
+from batchsub.text import clip, printable
 
 if TYPE_CHECKING:
     import yaml
@@ -34,6 +36,10 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 """Manifests are small; a bigger file is a mistake (the API refuses bodies over 12 MB anyway)."""
 
 MANIFEST_SUFFIXES = frozenset({".json", ".yaml", ".yml"})
+
+MAX_PROBLEMS = 5
+"""Problems listed in one manifest's error; the rest are counted ("and 399995 more")."""
+_MAX_PROBLEM_CHARS = 300  # one problem's text at most: a field path is clipped, not dropped
 
 _INT32_MAX = 2**31 - 1  # the API's "Integer" is a Java int
 _NOT_NULL = "not_null"
@@ -167,6 +173,7 @@ def _length_limits() -> dict[str, tuple[int, int | None]]:
 
 
 _LENGTH_LIMITS = _length_limits()
+_MAX_NAME = _LENGTH_LIMITS["name"][1] or 0
 
 
 # --- error messages -------------------------------------------------------------------------
@@ -210,7 +217,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
             continue
-        key = part if _IDENT.fullmatch(part) else _show(part)
+        key = part if _IDENT.fullmatch(part) and len(part) <= 40 else _show(part)
         out += f".{key}" if out else key
     return out or "(top level)"
 
@@ -258,13 +265,22 @@ def _error_message(err: Any) -> str:
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """Every error of a validation as ``field: problem``, joined by "; " on one line."""
+    """The first MAX_PROBLEMS errors of a validation as ``field: problem``, on one line.
+
+    Joined by "; ", then "; and N more problems": one manifest's error stays a line whatever
+    it holds (400,000 bad list items made a 20 MB line that the summary table took minutes
+    to lay out).
+    """
+    errors = exc.errors(include_url=False)
     parts = []
-    for err in exc.errors(include_url=False):
+    for err in errors[:MAX_PROBLEMS]:
         try:
-            parts.append(_error_message(err))
+            text = _error_message(err)
         except Exception:  # a message must never turn a bad manifest into a crash
-            parts.append(f"{_where(err['loc'])}: {err['msg']}")
+            text = f"{_where(err['loc'])}: {err['msg']}"
+        parts.append(clip(text, _MAX_PROBLEM_CHARS))
+    if len(errors) > MAX_PROBLEMS:
+        parts.append(f"and {len(errors) - MAX_PROBLEMS} more problems")
     return "; ".join(parts)
 
 
@@ -300,13 +316,16 @@ def job_from_object(obj: object, source: str, *, validate: bool = True) -> Manif
     if not isinstance(obj, dict):
         return InvalidManifest(source, f"{source}: expected a job object, got {_kind(obj)}")
     raw_name = obj.get("name")
-    name = raw_name if isinstance(raw_name, str) else None
+    # A name longer than any valid one is not kept: it would be repeated in every output.
+    name = raw_name if isinstance(raw_name, str) and len(raw_name) <= _MAX_NAME else None
     if validate or name is None:
         problem = _validate(obj, source, name)
         if problem is not None:
             return problem
     try:
-        body = orjson.dumps(obj)
+        # Copied to its exact size: orjson's result keeps the 4 KiB buffer it was written in,
+        # and a list file of 55,000 small jobs held 214 MB of it (bench/results.md).
+        body = bytes(memoryview(orjson.dumps(obj)))
         canonical = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
     except (TypeError, orjson.JSONEncodeError) as exc:  # unreachable for a valid job; be safe
         return InvalidManifest(source, f"{source}: cannot be sent as JSON: {exc}", name)
@@ -481,10 +500,15 @@ _LOADERS: dict[str, tuple[str, Callable[[str], object]]] = {
 }
 
 
+def _too_big(size: int | None) -> str:
+    shown = f"{size} bytes" if size is not None else f"more than {MAX_MANIFEST_BYTES} bytes"
+    return f"file is larger than 1 MiB ({shown})"
+
+
 def _decode(data: bytes, source: str) -> str | InvalidManifest:
     """The file's text, or why it is not a text manifest."""
     if len(data) > MAX_MANIFEST_BYTES:
-        return InvalidManifest(source, f"{source}: file is larger than 1 MiB ({len(data)} bytes)")
+        return InvalidManifest(source, f"{source}: {_too_big(len(data))}")
     if b"\x00" in data:
         return InvalidManifest(source, f"{source}: binary file, not a JSON or YAML manifest")
     try:
@@ -536,14 +560,20 @@ def parse_manifest_bytes(
     return [job_from_object(item, f"{source}#{i}", validate=validate) for i, item in enumerate(doc)]
 
 
-def _read_limited(path: str | os.PathLike[str]) -> bytes:
-    """The file's bytes, at most MAX_MANIFEST_BYTES + 1 of them (enough to tell it is too big).
+class _Unusable(Exception):
+    """A file that is no manifest before it is even parsed: too big, or not a regular file."""
 
-    Plain ``os`` calls, and no fstat: one read of 64 KiB takes a whole manifest of the usual
-    size (a short read of a regular file is its end), in half the time of open() or of asking
-    the size first; bigger files read on.
+
+def _read_limited(path: str | os.PathLike[str]) -> bytes:
+    """The file's bytes, up to MAX_MANIFEST_BYTES; _Unusable if it is bigger or not a file.
+
+    Plain ``os`` calls, and no fstat unless the file is empty or too big: one read of 64 KiB
+    takes a whole manifest of the usual size (a short read of a regular file is its end), in
+    half the time of open() or of asking the size first; bigger files read on. O_NONBLOCK:
+    a FIFO that took a manifest's name must not hang the run (on a regular file it is a no-op).
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags)
     try:
         data = os.read(fd, _FIRST_READ)
         while _FIRST_READ <= len(data) <= MAX_MANIFEST_BYTES:
@@ -551,9 +581,28 @@ def _read_limited(path: str | os.PathLike[str]) -> bytes:
             if not more:
                 break
             data += more
+        if not data or len(data) > MAX_MANIFEST_BYTES:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise _Unusable(f"not a regular file ({_file_kind(info.st_mode)})")
+            if data:
+                raise _Unusable(_too_big(max(info.st_size, len(data))))
         return data
     finally:
         os.close(fd)
+
+
+_FILE_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def _file_kind(mode: int) -> str:
+    return next((noun for test, noun in _FILE_KINDS if test(mode)), "not a file")
 
 
 _FIRST_READ = 64 * 1024
@@ -566,12 +615,31 @@ def parse_manifest_file(
 
     The suffix of ``path`` (``.json``, ``.yaml``, ``.yml``, any case) picks the parser.
     """
-    try:
-        data = _read_limited(path)
-    except OSError as exc:
-        reason = os_reason(exc)
-        return [InvalidManifest(display, f"{display}: cannot read: {reason}")]
+    data = read_manifest(path, display)
+    if isinstance(data, InvalidManifest):
+        return [data]
     return parse_manifest_bytes(data, display, suffix=os.path.splitext(path)[1], validate=validate)
+
+
+def read_manifest(path: str | os.PathLike[str], display: str) -> bytes | InvalidManifest:
+    """A manifest file's bytes, or why it cannot be read (named ``display``); never blocks on a
+    FIFO nor reads more than MAX_MANIFEST_BYTES + 1 bytes."""
+    try:
+        return _read_limited(path)
+    except OSError as exc:
+        return InvalidManifest(display, f"{display}: cannot read: {_read_error(path, exc)}")
+    except _Unusable as exc:
+        return InvalidManifest(display, f"{display}: {exc}")
+
+
+def _read_error(path: str | os.PathLike[str], exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError) and os.path.islink(path):
+        try:
+            target = os.fsdecode(os.readlink(path))
+        except OSError:
+            target = "?"
+        return f"dangling symlink (its target {printable(target)} does not exist)"
+    return os_reason(exc)
 
 
 def diff_fields(old_body: bytes, new_body: bytes) -> list[str]:
@@ -608,6 +676,7 @@ def _body_object(body: bytes) -> dict[str, Any]:
 __all__ = [
     "MANIFEST_SUFFIXES",
     "MAX_MANIFEST_BYTES",
+    "MAX_PROBLEMS",
     "FlinkJarJob",
     "ResourceConfig",
     "ResourceSpec",
@@ -617,4 +686,5 @@ __all__ = [
     "job_from_object",
     "parse_manifest_bytes",
     "parse_manifest_file",
+    "read_manifest",
 ]

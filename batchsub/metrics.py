@@ -9,9 +9,10 @@ reached, or "API unreachable: REASON" while the API cannot be reached or its job
 
 Metrics: ``batchsub_jobs_total{outcome}``, ``batchsub_request_seconds{call="create"|"list"}``,
 ``batchsub_rate`` (the limiter's rate in use, req/s; 0 = unlimited),
-``batchsub_throttled_total`` (429 answers), ``batchsub_ledger_up`` (0 during a ledger outage)
-and ``batchsub_files_waiting`` (manifests in the drop folder not yet claimed, plus those in
-processing/).
+``batchsub_throttled_total`` (429 answers), ``batchsub_ledger_up`` (0 during a ledger outage),
+``batchsub_files_waiting`` (manifests in the drop folder not yet claimed, plus those in
+processing/) and ``batchsub_files_stuck`` (files whose move out of processing/ failed and is
+being retried; ``/healthz`` then answers 200 "degraded" with one line per file).
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ class Metrics:
             "Manifests in the drop folder not yet claimed, plus those being processed.",
             registry=self.registry,
         )
+        self.files_stuck = Gauge(
+            "batchsub_files_stuck",
+            "Drop-folder files whose move out of processing/ failed and is being retried.",
+            registry=self.registry,
+        )
+        self.stuck: Callable[[], list[str]] = list  # one line per stuck file, for /healthz
         # Every series exists from the start, at zero; kept, so a job or an answer costs no
         # label lookup.
         self._jobs = {outcome: self.jobs.labels(outcome=outcome.value) for outcome in Outcome}
@@ -77,6 +84,11 @@ class Metrics:
     def track_files(self, count: Callable[[], int]) -> None:
         """Read ``batchsub_files_waiting`` from ``count`` at each scrape."""
         self.files_waiting.set_function(lambda: float(count()))
+
+    def track_stuck(self, stuck: Callable[[], list[str]]) -> None:
+        """Read ``batchsub_files_stuck`` and /healthz's list of stuck files from ``stuck``."""
+        self.stuck = stuck
+        self.files_stuck.set_function(lambda: float(len(stuck())))
 
     def on_start(self, limiter: RateView) -> None:
         """Read ``batchsub_rate`` from the run's limiter at each scrape."""
@@ -129,6 +141,9 @@ def create_metrics_app(metrics: Metrics) -> web.Application:
             return web.Response(status=503, text=f"ledger unavailable: {metrics.ledger_problem}")
         if metrics.api_problem is not None:
             return web.Response(status=503, text=f"API unreachable: {metrics.api_problem}")
+        if stuck := metrics.stuck():  # still working: new files are processed meanwhile
+            head = f"degraded: {len(stuck)} file(s) stuck in processing/, moves retried"
+            return web.Response(text="\n".join([head, *stuck]))
         return web.Response(text="ok")
 
     async def scrape(_: web.Request) -> web.Response:

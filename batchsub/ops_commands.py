@@ -14,15 +14,16 @@ import contextlib
 import csv
 import dataclasses
 import heapq
+import io
 import os
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from batchsub.calls import SafeCaller
 from batchsub.cli import add_send_flags
 from batchsub.client import DliClient, close_session, make_session
 from batchsub.errors import ApiError, ConfigError, FatalApiError, RetryableError
+from batchsub.files import STDOUT, check_output, is_stdout, open_output
 from batchsub.jobs import (
     IN_DOUBT_STATES,
     InvalidManifest,
@@ -120,7 +122,9 @@ def add_parser(commands: Any) -> None:
     report = commands.add_parser("report", help="every ledger row as a JSON or CSV report")
     _add_ledger_flags(report)
     report.add_argument("--format", choices=["json", "csv"], default="json")
-    report.add_argument("--output", type=Path, help="write to this file (default: stdout)")
+    report.add_argument(
+        "--output", type=Path, help="write to this file, atomically (default: stdout, or -)"
+    )
     report.set_defaults(handler=report_command)
 
     retry = commands.add_parser("retry", help="send again the jobs that failed permanently")
@@ -751,6 +755,8 @@ async def write_ledger_report(
 def report_command(settings: Settings, args: argparse.Namespace) -> int:
     """``batchsub report``: the ledger as JSON or CSV, to stdout or atomically to ``--output``."""
     ledger = existing_ledger(settings.ledger)
+    if args.output is not None:
+        check_output(args.output, "--output")  # before the ledger is read
     with _stdout_may_close():
         with _output(args.output) as out:
             asyncio.run(write_ledger_report(ledger, args.project_id, args.format, out))
@@ -768,34 +774,16 @@ def _stdout_may_close() -> Iterator[None]:
         os.dup2(devnull, sys.stdout.fileno())
 
 
-def _output(path: Path | None) -> AbstractContextManager[IO[str]]:
-    return _atomic_text(path) if path is not None else _stdout()
-
-
 @contextmanager
-def _stdout() -> Iterator[IO[str]]:
-    yield sys.stdout
-    sys.stdout.flush()
-
-
-@contextmanager
-def _atomic_text(target: Path) -> Iterator[IO[str]]:
-    """A text file that replaces ``target`` only when complete."""
-    directory = target.parent if str(target.parent) else Path(".")
-    if not directory.is_dir():
-        raise ConfigError(f"--output {target}: directory {directory} does not exist")
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=".report-", dir=directory)
-    except OSError as exc:
-        raise ConfigError(f"--output {target}: cannot write it: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            yield out
-        os.replace(tmp_name, target)
-    except OSError as exc:
-        raise ConfigError(f"--output {target}: cannot write it: {exc.strerror}") from None
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+def _output(path: Path | None) -> Iterator[IO[str]]:
+    """Text to ``--output PATH`` (see ``batchsub.files.open_output``), or to stdout."""
+    with open_output(STDOUT if path is None else path, "--output") as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="", write_through=True)
+        try:
+            yield text
+            text.flush()
+        finally:
+            text.detach()  # the stream is open_output's to close (stdout: never)
 
 
 # --- retry ---------------------------------------------------------------------------------
@@ -833,8 +821,16 @@ def retry_command(settings: Settings, args: argparse.Namespace) -> int:
     require_ledger(settings.ledger)  # fail in one line before any log set-up
     interactive = configure_command_logging(settings)
     show_progress = settings.progress_shown(interactive)
+    # With the report on stdout, stdout holds the JSON alone.
+    announce = partial(print, file=sys.stderr) if is_stdout(args.report) else print
     return eventloop.run(
-        retry_failed(settings, args.report, simulator=args.simulator, progress=show_progress),
+        retry_failed(
+            settings,
+            args.report,
+            simulator=args.simulator,
+            progress=show_progress,
+            announce=announce,
+        ),
         settings.event_loop,
     )
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from batchsub.cli import add_send_flags
 from batchsub.errors import ConfigError
 from batchsub.jobs import InvalidManifest, JobSpec
 from batchsub.logs import configure_command_logging
+from batchsub.manifest import read_manifest
 from batchsub.masking import mask_url
 from batchsub.metrics import Metrics, serving
 from batchsub.report import RunAccount
@@ -52,7 +53,8 @@ from batchsub.sources.amqp import (
     declare_queues,
     open_amqp_source,
 )
-from batchsub.sources.directory import DirectorySource, iter_manifest_paths
+from batchsub.sources.directory import DirectorySource, scan_manifests
+from batchsub.text import printable
 
 log = structlog.get_logger("batchsub.publish")
 
@@ -161,16 +163,31 @@ async def publish_directory(
                 headers = {SOURCE_HEADER: item.source}
                 await sender.send(item.body, headers, "application/json")
         else:
-            for path in iter_manifest_paths(directory):
+            for found in _raw_files(directory):
+                if isinstance(found, InvalidManifest):  # unlistable or unreadable: not sent
+                    counts.invalid += 1
+                    on_invalid(found.error)
+                    continue
+                path, data = found
                 suffix = path.suffix.lower()
-                headers = {SOURCE_HEADER: str(path), SUFFIX_HEADER: suffix}
+                headers = {SOURCE_HEADER: printable(str(path)), SUFFIX_HEADER: suffix}
                 content_type = _CONTENT_TYPES.get(suffix.replace(".yml", ".yaml"))
-                await sender.send(path.read_bytes(), headers, content_type)
+                await sender.send(data, headers, content_type)
         await sender.flush()
     finally:
         await connection.close()
     log.info("publish.done", queue=queue, url=mask_url(url), **asdict(counts))
     return counts
+
+
+def _raw_files(directory: Path) -> Iterator[tuple[Path, bytes] | InvalidManifest]:
+    """Each manifest file's bytes as ``run`` would read them, or why they cannot be read."""
+    for found in scan_manifests(directory):
+        if isinstance(found, InvalidManifest):
+            yield found
+            continue
+        data = read_manifest(found, printable(str(found)))
+        yield data if isinstance(data, InvalidManifest) else (found, data)
 
 
 class _ConfirmedSender:

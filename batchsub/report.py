@@ -13,12 +13,14 @@ Report schema (``--report PATH``)::
                "drift": [field, ...]}]}
 
 Rows are written to a temporary file as they come, so memory stays flat over any number of
-jobs, and the report appears atomically when the run ends.
+jobs, and the report appears atomically when the run ends (``batchsub.files.open_output``:
+``-`` is standard output, a symlink stays a symlink, a device or FIFO is written in place).
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
+import dataclasses
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -26,10 +28,13 @@ from typing import IO, Any
 
 import orjson
 
-from batchsub.errors import ConfigError
+from batchsub.errors import OutputError, os_reason
+from batchsub.files import check_output, is_stdout, open_output
 from batchsub.jobs import EXISTING_OUTCOMES, JobResult, Outcome
+from batchsub.text import clip, safe_value
 
 FIRST_ERRORS = 10
+MAX_ERROR_CHARS = 4000  # one job's error in the report and the summary, whatever made it
 # Outcomes after which the job exists on the server.
 
 
@@ -45,11 +50,15 @@ class RunAccount:
         self.first_errors: list[dict[str, Any]] = []
         self._report_path = report_path
         self._rows: IO[bytes] | None = None
+        self._rows_failed: OSError | None = None  # the temporary rows file could not be written
         if report_path is not None:
-            directory = report_path.parent if str(report_path.parent) else Path(".")
-            if not directory.is_dir():
-                raise ConfigError(f"--report {report_path}: directory {directory} does not exist")
+            check_output(report_path, "--report")  # a bad path fails before anything is sent
             self._rows = tempfile.TemporaryFile()
+
+    @property
+    def report_to_stdout(self) -> bool:
+        """True when the report goes to standard output (``--report -``, ``/dev/stdout``)."""
+        return is_stdout(self._report_path)
 
     @property
     def total(self) -> int:
@@ -58,6 +67,8 @@ class RunAccount:
 
     def add(self, result: JobResult) -> None:
         """Count one result and append its report row."""
+        if result.error is not None and len(result.error) > MAX_ERROR_CHARS:
+            result = dataclasses.replace(result, error=clip(result.error, MAX_ERROR_CHARS))
         self.counts[result.outcome] += 1
         if result.adopted:
             self.adopted += 1
@@ -71,8 +82,18 @@ class RunAccount:
                 }
             )
         if self._rows is not None:  # no row is built per job without a report to write
-            self._rows.write(orjson.dumps(job_row(result)))
-            self._rows.write(b"\n")
+            row = job_row(result)
+            try:
+                line = orjson.dumps(row)
+            except orjson.JSONEncodeError:  # text that is not UTF-8: never lose the row for it
+                line = orjson.dumps(safe_value(row))
+            try:
+                self._rows.write(line + b"\n")
+            except OSError as exc:  # the temporary folder is full: the run goes on
+                self._rows_failed = exc
+                with contextlib.suppress(OSError):  # its flush fails the same way
+                    self._rows.close()
+                self._rows = None
 
     def exit_code(self, *, fatal: bool = False) -> int:
         """0 when every job exists; 2 when a credential or setting stopped the run; else 1."""
@@ -91,18 +112,21 @@ class RunAccount:
         return summary
 
     def write_report(self, summary: dict[str, Any]) -> None:
-        """Write the JSON report atomically (a temporary file renamed over the target)."""
-        if self._rows is None or self._report_path is None:
+        """Write the JSON report (see ``batchsub.files.open_output``); OutputError if not."""
+        if self._report_path is None:
             return
-        target = self._report_path
-        rows = self._rows
-        rows.flush()
-        rows.seek(0)
-        fd, tmp_name = tempfile.mkstemp(prefix=".report-", dir=target.parent or Path("."))
+        target, rows = self._report_path, self._rows
+        self._rows = None
+        if rows is None:
+            reason = os_reason(self._rows_failed) if self._rows_failed else "no rows kept"
+            where = tempfile.gettempdir()
+            raise OutputError(f"--report {target}: cannot write it: {reason} (in {where})")
         try:
-            with os.fdopen(fd, "wb") as out:
+            rows.flush()
+            rows.seek(0)
+            with open_output(target, "--report") as out:
                 out.write(b'{"summary": ')
-                out.write(orjson.dumps(summary))
+                out.write(orjson.dumps(safe_value(summary)))
                 out.write(b', "jobs": [')
                 first = True
                 for line in rows:
@@ -112,13 +136,11 @@ class RunAccount:
                     out.write(line.rstrip(b"\n"))
                     first = False
                 out.write(b"\n]}\n")
-            os.replace(tmp_name, target)
-        except OSError as exc:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise ConfigError(f"--report {target}: cannot write it: {exc}") from None
+        except OSError as exc:  # reading the rows back
+            raise OutputError(f"--report {target}: cannot write it: {os_reason(exc)}") from None
         finally:
-            rows.close()
-            self._rows = None
+            with contextlib.suppress(OSError):  # a full temporary folder fails its flush again
+                rows.close()
 
 
 def job_row(result: JobResult) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from batchsub.auth import AkSkAuth, TokenAuth
 from batchsub.calls import GIVE_UP_AFTER, SafeCaller
 from batchsub.client import CONNECT_TIMEOUT, DliClient, make_session
 from batchsub.console import ProgressDisplay, print_summary
-from batchsub.errors import ConfigError, FatalApiError, RetryableError
+from batchsub.errors import ConfigError, FatalApiError, OutputError, RetryableError
 from batchsub.iam import IamDliClient, IamTokenAuth, auth_from_settings
 from batchsub.jobs import JobResult
 from batchsub.ledgers import SqliteLedger
@@ -346,13 +346,28 @@ async def run_source(
             exit_code=account.exit_code(fatal=fatal is not None),
             fatal=_fatal_message(fatal, target.auth) if fatal else None,
         )
-    account.write_report(summary)
-    print_summary(summary)
+    unwritten = _write_report(account, summary)
+    # The report on stdout keeps stdout JSON: the summary goes to stderr then.
+    print_summary(summary, stream=sys.stderr if account.report_to_stdout else None)
     log.info("run.finished", **{k: v for k, v in summary.items() if k != "first_errors"})
     if fatal is not None:
         print(f"batchsub: error: {summary['fatal']}", file=sys.stderr)
+    if unwritten is not None:
+        print(f"batchsub: error: {unwritten}", file=sys.stderr)
     exit_code: int = summary["exit_code"]
     return exit_code
+
+
+def _write_report(account: RunAccount, summary: dict[str, Any]) -> OutputError | None:
+    """Write the report; if it cannot be (a full disk), the run still ends with its summary,
+    and exit code 2."""
+    try:
+        account.write_report(summary)
+    except OutputError as exc:
+        summary["exit_code"] = EXIT_FATAL
+        log.error("report.unwritten", error=str(exc))
+        return exc
+    return None
 
 
 def _fan_out(account: RunAccount, observer: RunObserver | None) -> Callable[[JobResult], None]:

@@ -110,6 +110,7 @@ async def watch(
     account = RunAccount(report)
     metrics = metrics or Metrics()
     metrics.track_files(source.files_waiting)
+    metrics.track_stuck(source.stuck_files)
     async with serving(metrics, settings.metrics_host, settings.metrics_port) as url:
         log.info(
             "watch.started",

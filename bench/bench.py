@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from big_manifests import kept_section, write_section
 from machine import describe, load_average
 from manifests import write_manifests
 from procs import (
@@ -596,7 +597,10 @@ does.
 {machine}
 
 """ + "\n".join(_ordered(bench.sections))
+    kept = kept_section(args.output)  # the section bench/big_manifests.py writes
     args.output.write_text(page)
+    if kept:
+        write_section(kept, args.output)
     print(f"wrote {args.output} in {elapsed:.0f} s")
     return 0
 

@@ -29,6 +29,7 @@ from batchsub.sources.amqp import (
 )
 from tests.amqp_support import AMQP_URL, Broker, broker_listening, eventually
 from tests.conftest import PROJECT, TOKEN, SimulatorFactory, fast_settings, write_manifests
+from tests.fs_support import odd_entries
 
 pytestmark = pytest.mark.skipif(
     not broker_listening(), reason="RabbitMQ is not listening on 127.0.0.1:5672 (CI starts it)"
@@ -119,6 +120,25 @@ async def test_publish_no_validate_sends_each_file_raw(broker: Broker, tmp_path:
     assert listed.body == (tmp_path / "m" / "list.yaml").read_bytes()
     assert listed.headers[SUFFIX_HEADER] == ".yaml"
     assert listed.content_type == "application/yaml"
+
+
+async def test_publish_reports_unreadable_entries_with_or_without_validation(
+    broker: Broker, tmp_path: Path
+) -> None:
+    write_manifests(tmp_path / "m", 1)
+    problems = odd_entries(tmp_path / "m")
+    expected = {f"{tmp_path / 'm' / name}: {problem}" for name, problem in problems.items()}
+    for validate in (True, False):
+        queue = broker.queue_name("odd")
+        said: list[str] = []
+        counts = await publish_directory(
+            AMQP_URL, queue, tmp_path / "m", validate=validate, on_invalid=said.append
+        )
+        assert (counts.published, counts.invalid, counts.failed) == (1, 3, 0)
+        assert set(said) == expected
+        assert [m.headers[SOURCE_HEADER] for m in await broker.drain(queue)] == [
+            str(tmp_path / "m" / "job-00000.json")
+        ]
 
 
 async def test_consume_creates_every_job_once_and_dead_letters_invalid_messages(

@@ -25,6 +25,7 @@ import orjson
 import pytest
 
 from tests.conftest import PROJECT, TOKEN, write_manifests
+from tests.fs_support import bind_mount, can_mount
 
 pytestmark = pytest.mark.slow
 
@@ -254,3 +255,48 @@ def test_a_second_run_on_the_same_ledger_refuses_to_start(tmp_path: Path) -> Non
         assert f"pid {first.pid}" in message[0]
         assert first_code == 0, (tmp_path / "first.log").read_text()[-2000:]
         assert_each_once(endpoint, names, ledger)
+
+
+def test_a_second_run_through_any_other_name_of_the_ledger_is_refused(tmp_path: Path) -> None:
+    names = write_manifests(tmp_path / "m", 150)
+    (tmp_path / "data").mkdir()
+    ledger = tmp_path / "data" / "ledger.db"
+    with simulator_process(tmp_path / "sim.log") as endpoint, contextlib.ExitStack() as stack:
+        first = batchsub(
+            *run_args(tmp_path / "m", endpoint, ledger, "--rate", "20"), log=tmp_path / "first.log"
+        )
+        stack.callback(stop, first)
+        wait_for("the first run to send", lambda: job_count(endpoint) > 0, timeout=15)
+        (tmp_path / "link.db").symlink_to(ledger)
+        (tmp_path / "dir-link").symlink_to(ledger.parent, target_is_directory=True)
+        os.link(ledger, tmp_path / "hard.db")
+        others = [
+            str(tmp_path / "link.db"),
+            str(tmp_path / "dir-link" / "ledger.db"),
+            str(tmp_path / "data" / ".." / "data" / "ledger.db"),
+            os.path.relpath(ledger),
+            str(tmp_path / "hard.db"),
+        ]
+        if can_mount():
+            others.append(str(stack.enter_context(bind_mount(ledger.parent, tmp_path / "bind"))))
+            others[-1] += "/ledger.db"
+        seconds = [
+            batchsub(*run_args(tmp_path / "m", endpoint, Path(other)), log=tmp_path / f"{i}.log")
+            for i, other in enumerate(others)
+        ]
+        for proc in seconds:
+            stack.callback(stop, proc)
+        codes = [proc.wait(timeout=30) for proc in seconds]
+        status = subprocess.run(
+            [sys.executable, "-m", "batchsub", "status", "--ledger", str(tmp_path / "link.db")],
+            capture_output=True, text=True, env=child_env(), timeout=30, check=False,
+        )  # fmt: skip
+        assert first.poll() is None, "the first run ended too soon to test the lock"
+        first_code = first.wait(timeout=30)
+        assert first_code == 0, (tmp_path / "first.log").read_text()[-2000:]
+        assert_each_once(endpoint, names, ledger)
+    for index, other in enumerate(others):
+        message = (tmp_path / f"{index}.log").read_text().strip().splitlines()
+        assert codes[index] == 2, (other, message)
+        assert len(message) == 1 and other in message[0] and f"pid {first.pid}" in message[0]
+    assert status.returncode == 0 and "created" in status.stdout  # a reader reads meanwhile

@@ -13,6 +13,7 @@ from batchsub.jobs import InvalidManifest, JobResult, JobSpec, ManifestItem, Out
 from batchsub.protocols import Source
 from batchsub.sources import DirectorySource
 from batchsub.sources.directory import _chunks, _Unreadable, iter_manifest_paths
+from tests.fs_support import odd_entries
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -188,3 +189,18 @@ def test_the_first_chunk_is_short_so_the_first_requests_leave_early() -> None:
     chunks = list(_chunks(iter(paths), 256, first=32))
     assert [len(chunk) for chunk in chunks] == [32, 256, 12]
     assert [p for chunk in chunks for p in chunk] == paths
+
+
+async def test_unreadable_entries_are_reported_as_read_and_counted_alike(tmp_path: Path) -> None:
+    write(tmp_path / "good.json", {"name": "good"})
+    problems = odd_entries(tmp_path)
+    items = [item async for item in DirectorySource(tmp_path).items()]
+    assert [item.name for item in items if isinstance(item, JobSpec)] == ["good"]
+    found = {
+        Path(item.source).name: item.error.removeprefix(f"{item.source}: ")
+        for item in items
+        if isinstance(item, InvalidManifest)
+    }
+    assert found == problems
+    # What a run counts for its progress bar before it starts: the same entries.
+    assert len(list(iter_manifest_paths(tmp_path))) == len(items)

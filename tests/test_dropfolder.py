@@ -6,20 +6,25 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
+import structlog
 
 from batchsub.jobs import JobResult, JobSpec, ManifestItem, Outcome
+from batchsub.metrics import Metrics, start_metrics_server
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings
 from batchsub.sources.dropfolder import DropFolderSource, SettleTracker, is_manifest_name
 from tests.conftest import SimulatorFactory
+from tests.fs_support import odd_entries, unwritable
 from tests.test_run import settings_for
 
 
@@ -378,3 +383,115 @@ async def test_a_changed_manifest_of_a_created_job_is_filed_as_drifted(
     error = json.loads((inbox / "failed" / "d.error.json").read_text())
     assert error["jobs"][0]["outcome"] == "drifted" and "cu_number" in error["jobs"][0]["error"]
     assert len(sim.store.jobs) == 1
+
+
+async def test_unreadable_entries_are_filed_under_failed_with_their_reason(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator()
+    inbox = tmp_path / "inbox"
+    problems = odd_entries(inbox)
+    drop(inbox, "good.json", job("good"))
+    source = fast(inbox)
+    async with running(settings_for(sim.url, tmp_path), source):
+        await eventually(lambda: len(os.listdir(inbox / "failed")) == 2 * len(problems))
+    assert [j.name for j in sim.store.jobs] == ["good"]
+    assert names_in(inbox / "done") == ["good.json"]
+    for name, problem in problems.items():
+        assert os.path.lexists(inbox / "failed" / name)  # the entry itself, moved
+        error = json.loads((inbox / "failed" / name.replace(".json", ".error.json")).read_text())
+        assert error["reason"] == f"1 of 1 jobs not created: {inbox / name}: {problem}"
+    assert sorted(os.listdir(inbox)) == [
+        "a-folder",
+        "done",
+        "failed",
+        "folder-link.json",
+        "processing",
+    ]
+
+
+# --- healing --------------------------------------------------------------------------------
+
+
+async def test_removed_folders_are_made_again_and_every_file_gets_done(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator()
+    inbox = tmp_path / "inbox"
+    source = fast(inbox)
+    with structlog.testing.capture_logs() as logs:
+        async with running(settings_for(sim.url, tmp_path), source):
+            drop(inbox, "a.json", job("a"))
+            await eventually(lambda: names_in(inbox / "done") == ["a.json"])
+            os.rmdir(inbox / "processing")
+            os.rmdir(inbox / "failed")
+            os.rename(inbox / "done", tmp_path / "done-before")
+            drop(inbox, "b.json", job("b"))
+            drop(inbox, "c.json", job("c"))
+            await eventually(lambda: names_in(inbox / "done") == ["b.json", "c.json"])
+    assert names_in(tmp_path / "done-before") == ["a.json"]
+    assert sorted(j.name for j in sim.store.jobs) == ["a", "b", "c"]
+    assert sim.store.duplicates() == {}
+    made = {e["folder"] for e in logs if e["event"] == "folder.recreated"}
+    assert made == {str(inbox / folder) for folder in ("processing", "done", "failed")}
+
+
+async def test_processing_removed_with_a_file_in_it_loses_only_that_file(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(latency=0.5)
+    inbox = tmp_path / "inbox"
+    source = fast(inbox)
+    with structlog.testing.capture_logs() as logs:
+        async with running(settings_for(sim.url, tmp_path), source):
+            drop(inbox, "gone.json", job("gone"))
+            await eventually(lambda: names_in(inbox / "processing") == ["gone.json"])
+            shutil.rmtree(inbox / "processing")  # an operator's rm -rf, the file with it
+            await eventually(lambda: any(e["event"] == "file.vanished" for e in logs))
+            drop(inbox, "next.json", job("next"))
+            await eventually(lambda: names_in(inbox / "done") == ["next.json"])
+    assert sorted(j.name for j in sim.store.jobs) == ["gone", "next"]  # created once each
+
+
+async def test_a_failed_move_is_retried_until_it_works_and_shown_meanwhile(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator()
+    inbox = tmp_path / "inbox"
+    source = DropFolderSource(
+        inbox, settle_time=0.0, rescan_interval=0.05, retry_delay=0.0, move_retry_max=0.2
+    )
+    source.prepare()
+    metrics = Metrics()
+    metrics.track_stuck(source.stuck_files)
+    server = await start_metrics_server(metrics, "127.0.0.1", 0)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with (
+                running(settings_for(sim.url, tmp_path), source),
+                aiohttp.ClientSession() as http,
+            ):
+                with unwritable(inbox / "done"):
+                    drop(inbox, "x.json", job("x"))
+                    drop(inbox, "y.json", job("y"))
+                    await eventually(lambda: len(source.stuck_files()) == 2)
+                    drop(inbox, "x.json", job("x"))  # a later file of that name waits
+                    await eventually(lambda: sum(e["event"] == "file.waiting" for e in logs) == 1)
+                    await asyncio.sleep(0.5)  # a few retries fail meanwhile
+                    async with http.get(f"{server.url}/healthz") as response:
+                        health = (response.status, await response.text())
+                    scraped = metrics.render().decode()
+                    assert names_in(inbox) == ["x.json"]
+                await eventually(lambda: len(names_in(inbox / "done")) == 3)
+                async with http.get(f"{server.url}/healthz") as response:
+                    assert (response.status, await response.text()) == (200, "ok")
+    finally:
+        await server.close()
+    assert health[0] == 200 and health[1].startswith("degraded: 2 file(s) stuck in processing/")
+    assert "x.json: " in health[1] and "y.json: " in health[1]
+    assert "batchsub_files_stuck 2.0" in scraped
+    assert sorted(j.name for j in sim.store.jobs) == ["x", "y"]  # the second x: already created
+    events = [e["event"] for e in logs]
+    assert events.count("file.cannot_move") == 2  # once per file, however many retries
+    assert events.count("file.moved") == 2
+    assert names_in(inbox / "processing") == [] and source.stuck_files() == []

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from batchsub.errors import ManifestError
 from batchsub.jobs import InvalidManifest, JobSpec, ManifestItem
 from batchsub.manifest import (
     MAX_MANIFEST_BYTES,
+    MAX_PROBLEMS,
     FlinkJarJob,
     diff_fields,
     job_from_object,
@@ -321,12 +325,53 @@ def test_utf8_bom_is_accepted() -> None:
     assert job(b'\xef\xbb\xbf{"name": "bom"}').name == "bom"
 
 
-def test_file_over_one_mib_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [MAX_MANIFEST_BYTES + 1, 8 * MAX_MANIFEST_BYTES])
+def test_file_over_one_mib_is_refused_with_its_size(tmp_path: Path, size: int) -> None:
     path = tmp_path / "big.json"
-    path.write_bytes(b'{"name": "big", "desc": "' + b" " * MAX_MANIFEST_BYTES + b'"}')
+    path.write_bytes(b'{"name": "big", "desc": "' + b" " * (size - 27) + b'"}')
+    assert path.stat().st_size == size
     item = one(parse_manifest_file(path, "big.json"))
     assert isinstance(item, InvalidManifest)
-    assert item.error == f"big.json: file is larger than 1 MiB ({MAX_MANIFEST_BYTES + 1} bytes)"
+    assert item.error == f"big.json: file is larger than 1 MiB ({size} bytes)"
+
+
+def test_a_fifo_with_a_manifest_name_is_refused_without_waiting_for_a_writer(
+    tmp_path: Path,
+) -> None:
+    os.mkfifo(tmp_path / "pipe.json")
+    item = one(parse_manifest_file(tmp_path / "pipe.json", "pipe.json"))
+    assert isinstance(item, InvalidManifest)
+    assert item.error == "pipe.json: not a regular file (a FIFO)"
+
+
+def test_an_empty_file_is_still_an_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "empty.json").write_bytes(b"")
+    item = one(parse_manifest_file(tmp_path / "empty.json", "empty.json"))
+    assert isinstance(item, InvalidManifest) and item.error == "empty.json: empty file"
+
+
+def test_400000_bad_list_items_make_one_short_line_in_about_a_second() -> None:
+    data = orjson.dumps({"name": "bad", "dependency_jars": [1] * 400_000})
+    started = time.monotonic()
+    message = error(data)
+    elapsed = time.monotonic() - started
+    first = "dependency_jars[0]: expected a string, got 1"
+    assert message.startswith(f"m.json: {first}; dependency_jars[1]: ")
+    assert message.endswith(
+        "; dependency_jars[4]: expected a string, got 1; and 399995 more problems"
+    )
+    assert message.count("; ") == MAX_PROBLEMS
+    assert elapsed < 10  # about 1 s; 20 MB of text before
+
+
+def test_huge_keys_and_names_are_clipped_in_messages() -> None:
+    long_key = "k" * 100_000
+    message = obj_error({"name": "x", long_key: 1, f"{long_key}!": 2})
+    assert len(message) < 300 and "unknown field" in message
+    item = job_from_object({"name": "n" * 500_000}, "m.json")
+    assert isinstance(item, InvalidManifest)
+    assert item.error == "m.json: name: must be 1 to 57 characters (got 500000)"
+    assert item.name is None  # a name no job can have is not repeated in every output
 
 
 def test_a_list_file_bigger_than_the_first_read_is_read_whole(tmp_path: Path) -> None:
@@ -464,3 +509,17 @@ def test_any_valid_job_round_trips_as_written(obj: dict[str, Any]) -> None:
     assert item.body_hash == hashlib.sha256(canonical).hexdigest()
     parsed = job(item.body, ".json", "p.json")  # the body itself parses back to the same job
     assert (parsed.body, parsed.body_hash) == (item.body, item.body_hash)
+
+
+def test_a_list_of_55000_small_jobs_holds_little_more_than_its_jobs() -> None:
+    data = orjson.dumps([{"name": f"j{i:05d}"} for i in range(55_000)])
+    assert len(data) < MAX_MANIFEST_BYTES
+    tracemalloc.start()
+    try:
+        items = parse_manifest_bytes(data, "list.json", suffix=".json")
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(items) == 55_000 and all(isinstance(item, JobSpec) for item in items)
+    # About 450 bytes a job (name, body, hash, source); each body kept orjson's 4 KiB buffer.
+    assert held / len(items) < 1024

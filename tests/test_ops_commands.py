@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from batchsub.simulator import RunningSimulator
 from batchsub.sources.directory import DirectorySource
 from batchsub.sources.ledger_source import LedgerFailedSource
 from tests.conftest import PROJECT, TOKEN, SimulatorFactory, fast_settings, write_manifests
+from tests.fs_support import odd_entries
 from tests.http_support import proxying
 
 MISSING_QUEUE = "missingQueue"
@@ -109,6 +111,39 @@ def test_validate_lists_every_problem_with_file_job_and_field(
     (folder / "zz-dup.json").unlink()
     assert main(["validate", "m"]) == 0
     assert "2 manifests, 2 jobs valid, 0 problems" in capsys.readouterr().out
+
+
+def test_validate_reports_a_manifest_of_400000_problems_in_seconds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = Path("m")
+    folder.mkdir()
+    (folder / "bad.json").write_bytes(
+        orjson.dumps({"name": "bad", "dependency_jars": [1] * 400_000})
+    )
+    for args in (["validate", "m"], ["validate", "m", "--json"]):
+        started = time.monotonic()
+        assert main(args) == 1
+        out = capsys.readouterr().out
+        assert time.monotonic() - started < 15  # about 1 s; minutes before (a 20 MB line)
+        assert "399995" in out and len(out) < 4096  # "and 399995 more problems", wrapped
+
+
+def test_validate_and_plan_report_unreadable_entries_as_run_does(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    write_manifests(Path("m"), 1)
+    problems = odd_entries(Path("m"))
+    expected = {f"m/{name}": problem for name, problem in problems.items()}
+
+    assert main(["validate", "m", "--json"]) == 1
+    found = json.loads(capsys.readouterr().out)
+    assert {p["file"]: p["problem"] for p in found["problems"]} == expected
+    assert (found["manifests"], found["valid"]) == (4, 1)
+
+    assert main(["plan", "m", "--project-id", PROJECT, "--json"]) == 1
+    rows = json.loads(capsys.readouterr().out)["jobs"]
+    assert {r["source"]: r["detail"] for r in rows if r["action"] == "invalid"} == expected
 
 
 def test_validate_a_missing_directory_is_one_line_exit_2(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,11 +16,14 @@ import orjson
 import pytest
 from aiohttp import web
 
+from batchsub.cli import main
+from batchsub.jobs import Outcome
 from batchsub.report import RunAccount
-from batchsub.runner import run_source
+from batchsub.runner import run_directory, run_source
 from batchsub.settings import Settings
 from batchsub.sources.directory import DirectorySource
 from tests.conftest import PROJECT, REPO, SimulatorFactory, fast_settings, write_manifests
+from tests.fs_support import odd_entries
 from tests.http_support import Override, dli_list_or, is_list_call, proxying, serving
 
 AK, SK = "AKTEST0000000000", "sk-secret-do-not-log-0123456789"
@@ -355,3 +362,82 @@ async def test_a_list_that_never_reads_creates_nothing_and_says_why(
     assert all(reason in row["error"] for row in report["jobs"])
     errors = [line for line in capsys.readouterr().err.splitlines() if "batchsub: error:" in line]
     assert len(errors) == 1 and reason in errors[0]
+async def test_a_manifest_with_400000_problems_is_reported_in_seconds_in_a_bounded_report(
+    simulator: SimulatorFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sim = await simulator()
+    folder = tmp_path / "m"
+    write_manifests(folder, 1, prefix="good")
+    (folder / "bad.json").write_bytes(
+        orjson.dumps({"name": "bad", "dependency_jars": [1] * 400_000})
+    )
+
+    started = time.monotonic()
+    code, _ = await run_dir(settings_for(sim.url, tmp_path), folder, tmp_path / "r.json")
+    elapsed = time.monotonic() - started
+
+    assert code == 1
+    assert [job.name for job in sim.store.jobs] == ["good-00000"]
+    assert (tmp_path / "r.json").stat().st_size < 4096  # 40 MB before
+    [row] = [r for r in read_report(tmp_path / "r.json")["jobs"] if r["outcome"] == "invalid"]
+    assert row["error"].endswith("; and 399995 more problems")
+    out = capsys.readouterr().out
+    assert "and 399995 more problems" in out and len(out) < 4096
+    assert elapsed < 20  # about 1.5 s; minutes before (the summary laid out a 20 MB line)
+
+
+async def test_a_file_name_that_is_not_utf8_is_sent_and_shown_escaped(
+    simulator: SimulatorFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sim = await simulator()
+    folder = tmp_path / "m"
+    write_manifests(folder, 1, prefix="good")
+    (folder / os.fsdecode(b"caf\xe9.json")).write_bytes(orjson.dumps({"name": "odd-name"}))
+    (folder / os.fsdecode(b"bad\xff.json")).write_bytes(b"{")
+    settings = settings_for(sim.url, tmp_path, log_format="json")
+
+    # The real run path: parsed in a child process, logs as JSON lines, the file index.
+    code = await run_directory(settings, folder, tmp_path / "r.json", simulator=False)
+
+    assert code == 1
+    assert sorted(job.name for job in sim.store.jobs) == ["good-00000", "odd-name"]
+    rows = {row["source"]: row for row in read_report(tmp_path / "r.json")["jobs"]}
+    odd, bad = f"{folder}/caf\\xe9.json", f"{folder}/bad\\xff.json"
+    assert rows[odd]["outcome"] == "created"
+    assert rows[bad]["outcome"] == "invalid" and rows[bad]["error"].startswith(f"{bad}: invalid")
+    with contextlib.closing(sqlite3.connect(tmp_path / "ledger.db")) as db:
+        assert ("odd-name", odd) in db.execute("SELECT name, source FROM jobs").fetchall()
+    captured = capsys.readouterr()
+    logged = [orjson.loads(line) for line in captured.err.splitlines()]
+    assert any(e.get("source") == odd and e["event"] == "job.created" for e in logged)
+    assert bad in captured.out  # the summary's first problems
+
+    # A rerun takes the file from the index (by its escaped name) and sends nothing.
+    code, account = await run_dir(settings, folder)
+    assert code == 1 and account.counts[Outcome.ALREADY_CREATED] == 2
+    assert len(sim.store.jobs) == 2
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["report", "--ledger", str(tmp_path / "ledger.db")]) == 0
+    assert odd in {row["source"] for row in orjson.loads(capsys.readouterr().out)["jobs"]}
+
+
+@pytest.mark.parametrize("progress", ["on", "off"])
+async def test_unreadable_entries_end_the_same_with_and_without_the_progress_bar(
+    simulator: SimulatorFactory, tmp_path: Path, progress: str
+) -> None:
+    sim = await simulator()
+    folder = tmp_path / "m"
+    write_manifests(folder, 2, prefix="good")
+    problems = odd_entries(folder)
+    settings = settings_for(sim.url, tmp_path, progress=progress)
+
+    code = await run_directory(settings, folder, tmp_path / "r.json", simulator=False)
+
+    assert code == 1
+    assert sorted(job.name for job in sim.store.jobs) == ["good-00000", "good-00001"]
+    report = read_report(tmp_path / "r.json")
+    invalid = {
+        Path(r["source"]).name: r["error"] for r in report["jobs"] if r["outcome"] == "invalid"
+    }
+    assert invalid == {name: f"{folder / name}: {problem}" for name, problem in problems.items()}
+    assert report["summary"]["total"] == 5

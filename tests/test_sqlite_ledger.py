@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from batchsub.errors import LedgerError, LedgerLockedError
 from batchsub.jobs import ErrorInfo, LedgerRecord, LedgerState
@@ -19,6 +20,7 @@ from batchsub.ledgers import SqliteLedger
 from batchsub.ledgers.sqlite import _MIGRATIONS, _SETTLED_SQL, SCHEMA_VERSION
 from batchsub.protocols import Ledger
 from tests.conftest import FakeClock, job_spec
+from tests.fs_support import bind_mount
 
 P = "project-1"
 
@@ -304,7 +306,6 @@ HOLD_LOCK = """
 import fcntl, os, sys, time
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
 fcntl.flock(fd, fcntl.LOCK_EX)
-os.write(fd, str(os.getpid()).encode())
 print("locked", flush=True)
 time.sleep(60)
 """
@@ -313,7 +314,7 @@ time.sleep(60)
 async def test_lock_of_a_killed_process_is_free(open_ledger: OpenLedger, tmp_path: Path) -> None:
     path = tmp_path / "batchsub.db"
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, f"{path}.lock"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout is not None
@@ -329,6 +330,77 @@ async def test_lock_of_a_killed_process_is_free(open_ledger: OpenLedger, tmp_pat
 
     ledger = await open_ledger(path)
     assert await ledger.begin_attempt(P, job_spec("a")) == 1
+
+
+def spellings(tmp_path: Path, path: Path) -> list[Path]:
+    """Other names of the file ``path``: a symlink, a symlinked directory, ``..``, relative,
+    absolute, a hard link."""
+    (tmp_path / "link.db").symlink_to(path)
+    (tmp_path / "linked-dir").symlink_to(path.parent, target_is_directory=True)
+    (tmp_path / "sub").mkdir()
+    os.link(path, tmp_path / "hard.db")
+    return [
+        tmp_path / "link.db",
+        tmp_path / "linked-dir" / path.name,
+        tmp_path / "sub" / ".." / path.relative_to(tmp_path),
+        Path(os.path.relpath(path)),
+        path.absolute(),
+        tmp_path / "hard.db",
+    ]
+
+
+async def test_every_name_of_the_file_is_refused_while_one_holds_it(
+    open_ledger: OpenLedger, tmp_path: Path
+) -> None:
+    path = tmp_path / "data" / "batchsub.db"
+    path.parent.mkdir()
+    first = await open_ledger(path)
+    await first.begin_attempt(P, job_spec("a"))
+    for other in spellings(tmp_path, path):
+        with pytest.raises(LedgerLockedError, match=f"pid {os.getpid()}") as caught:
+            await SqliteLedger(other).open()
+        assert str(other) in str(caught.value)
+    async with SqliteLedger(tmp_path / "link.db", read_only=True) as reader:
+        assert list(await reader.get_many(P, ["a"])) == ["a"]  # readers still read
+
+
+async def test_a_bind_mount_of_the_folder_is_the_same_ledger(
+    open_ledger: OpenLedger, tmp_path: Path
+) -> None:
+    path = tmp_path / "data" / "batchsub.db"
+    path.parent.mkdir()
+    await open_ledger(path)
+    with bind_mount(path.parent, tmp_path / "mounted") as mounted:
+        with pytest.raises(LedgerLockedError, match=f"pid {os.getpid()}"):
+            await SqliteLedger(mounted / path.name).open()
+
+
+async def test_new_ledger_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "batchsub.db"
+    old = os.umask(0)
+    try:
+        async with SqliteLedger(path) as ledger:
+            await ledger.begin_attempt(P, job_spec("a"))
+            made = [path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}.lock")]
+            modes = {p.name: oct(p.stat().st_mode & 0o777) for p in made}
+    finally:
+        os.umask(old)
+    assert modes == {p.name: "0o600" for p in made}
+
+
+async def test_an_existing_ledger_keeps_its_mode_and_a_warning_says_why_to_change_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "batchsub.db"
+    async with SqliteLedger(path):
+        pass
+    path.chmod(0o640)
+    with structlog.testing.capture_logs() as logs:
+        async with SqliteLedger(path):
+            pass
+    assert path.stat().st_mode & 0o777 == 0o640
+    warning = next(e for e in logs if e["event"] == "ledger.readable_by_others")
+    assert warning["mode"] == "0640" and f"chmod 600 {path}" in warning["fix"]
 
 
 async def test_corrupt_file_raises_ledger_error_naming_the_path(tmp_path: Path) -> None:

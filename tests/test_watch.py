@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from batchsub.http_server import serve_app
+from batchsub.logs import configure_logging
 from batchsub.metrics import Metrics, create_metrics_app
 from batchsub.settings import Settings, load_settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
@@ -466,3 +468,32 @@ async def test_the_daemon_waits_through_an_api_outage_logs_it_once_and_says_so_i
     assert events.count("api.unreachable") == 1 and events.count("api.reachable") == 1
     noisy = [e for e in logs if e["log_level"] in ("warning", "error")]
     assert len(noisy) <= 3, noisy
+async def test_a_file_name_that_is_not_utf8_is_sent_and_logged_escaped(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    stream = io.StringIO()
+    configure_logging("json", "info", interactive=False, stream=stream)
+    odd, bad = os.fsdecode(b"caf\xe9.json"), os.fsdecode(b"bad\xff.json")
+    drop(inbox, "good.json", job("good"))
+    drop(inbox, odd, job("odd-name"))
+    drop(inbox, bad, "{")
+    source = DropFolderSource(inbox, settle_time=0.0, rescan_interval=0.05)
+    source.prepare()
+    task = asyncio.create_task(watch(settings_for(sim.url, tmp_path), source))
+    try:
+        await eventually(lambda: len(names_in(inbox / "done")) == 2 or task.done(), timeout=10)
+        await eventually(lambda: len(names_in(inbox / "failed")) == 2 or task.done())
+    finally:
+        source.stop()
+        code = await asyncio.wait_for(task, 10)
+    assert code == 0
+    assert sorted(j.name for j in sim.store.jobs) == ["good", "odd-name"]
+    assert names_in(inbox / "done") == sorted(["good.json", odd])
+    error = orjson.loads((inbox / "failed" / os.fsdecode(b"bad\xff.error.json")).read_bytes())
+    assert error["file"] == "bad\\xff.json" and "invalid JSON" in error["reason"]
+    logged = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert {"file.claimed", "file.done", "file.failed"} <= {e["event"] for e in logged}
+    assert any(e.get("file") == "caf\\xe9.json" for e in logged)

@@ -41,6 +41,8 @@ from batchsub.ledgers.outage import Outage
 
 log = structlog.get_logger("batchsub.ledger")
 
+log = structlog.get_logger("batchsub.ledger")
+
 SCHEMA_VERSION = 3
 
 _COLUMNS = (
@@ -225,6 +227,7 @@ class SqliteLedger:
 
     async def _open_for_writing(self) -> None:
         self._lock.acquire()
+        self._warn_about_the_file()
         try:
             self._conn = await self._connect()
             self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -252,6 +255,25 @@ class SqliteLedger:
         finally:
             self._writer = None
             await self._release_connections()
+
+    def _warn_about_the_file(self) -> None:
+        # An existing ledger keeps the mode its owner gave it (a group may read it on
+        # purpose), but it holds every request body: say so.
+        mode = self._lock.mode
+        if mode is not None and mode & 0o077:
+            log.warning(
+                "ledger.readable_by_others",
+                ledger=str(self.path),
+                mode=f"{mode:04o}",
+                fix=f"chmod 600 {self.path} {self.path}-wal {self.path}-shm",
+            )
+        if self._lock.links > 1:
+            log.warning(
+                "ledger.hard_linked",
+                ledger=str(self.path),
+                links=self._lock.links,
+                why="SQLite keeps the WAL beside the name it was opened by: always use one name",
+            )
 
     async def _release_connections(self) -> None:
         conn, self._conn = self._conn, None

@@ -11,11 +11,12 @@ from pathlib import Path
 import orjson
 import structlog
 
-from batchsub.errors import ConfigError, LedgerError, ManifestError, os_reason
+from batchsub.errors import ConfigError, LedgerError, os_reason
 from batchsub.jobs import EXISTING_OUTCOMES, InvalidManifest, JobResult, ManifestItem, SettledJob
 from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
 from batchsub.protocols import FileIndex
 from batchsub.sources.parser_pool import ParserPool
+from batchsub.text import printable
 
 log = structlog.get_logger("batchsub.directory")
 
@@ -26,6 +27,11 @@ class _Unreadable:
 
     path: Path
     error: OSError
+
+    def invalid(self) -> InvalidManifest:
+        """The invalid manifest a run reports for it."""
+        where = printable(str(self.path))
+        return InvalidManifest(where, f"{where}: cannot list directory: {os_reason(self.error)}")
 
 
 def _is_manifest(name: str) -> bool:
@@ -38,7 +44,9 @@ def _scan(directory: str) -> Iterator[str | _Unreadable]:
     That is sorted by relative path compared component by component.
 
     Names starting with "." are skipped, symlinked directories are not followed (no loops),
-    symlinked files are. Sorting per directory keeps memory to one directory's listing.
+    symlinked files are. Every other entry with a manifest's name is yielded, whatever it is
+    (a dangling symlink, a symlink loop, a FIFO): reading it says what is wrong, the same way
+    in every command. Sorting per directory keeps memory to one directory's listing.
     """
     try:
         with os.scandir(directory) as it:
@@ -51,13 +59,25 @@ def _scan(directory: str) -> Iterator[str | _Unreadable]:
             continue
         # The same string as str(root / relative): no "./" in front when root is ".".
         path = entry.name if directory == "." else entry.path
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                yield from _scan(path)
-            elif _is_manifest(entry.name) and entry.is_file():
-                yield path
-        except OSError as exc:
-            yield _Unreadable(Path(path), exc)
+        if _is_real_dir(entry):
+            yield from _scan(path)
+        elif _is_manifest(entry.name) and not _is_dir(entry):
+            yield path
+
+
+def _is_real_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:  # rare (a d_type of "unknown" and a failed lstat): read as a file
+        return False
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """A directory, or a symlink to one (not followed); False when the link leads nowhere."""
+    try:
+        return entry.is_dir()
+    except OSError:  # a symlink loop, an unreachable target: the read reports it
+        return False
 
 
 def _check_root(root: Path) -> None:
@@ -67,17 +87,22 @@ def _check_root(root: Path) -> None:
         raise ConfigError(f"manifest directory {root} is not a directory")
 
 
-def iter_manifest_paths(root: Path) -> Iterator[Path]:
-    """Every ``.json``, ``.yaml`` and ``.yml`` file under ``root``, in a stable order.
+def scan_manifests(root: Path) -> Iterator[Path | InvalidManifest]:
+    """Every ``.json``, ``.yaml`` and ``.yml`` entry under ``root``, in a stable order, and an
+    InvalidManifest for each directory that cannot be listed.
 
     Paths are ``root / relative`` as ``root`` was given. Raises ConfigError if ``root`` is not
-    a directory and ManifestError if a directory under it cannot be listed.
+    a directory.
     """
     _check_root(root)
     for found in _scan(str(root)):  # str(Path) is normalised: no trailing or doubled "/"
-        if isinstance(found, _Unreadable):
-            raise ManifestError(f"{found.path}: cannot list directory: {os_reason(found.error)}")
-        yield Path(found)
+        yield found.invalid() if isinstance(found, _Unreadable) else Path(found)
+
+
+def iter_manifest_paths(root: Path) -> Iterator[Path]:
+    """One path per item ``scan_manifests`` yields: what a run counts before it starts."""
+    for found in scan_manifests(root):
+        yield found if isinstance(found, Path) else Path(found.source)
 
 
 class DirectorySource:
@@ -143,7 +168,7 @@ class DirectorySource:
         known = await self._known(fingerprints)
         parsed: asyncio.Future[dict[str, list[ManifestItem]]] | None = None
         if self._parser is not None and self._parser.in_children:
-            wanted = [p for p in paths if isinstance(p, str) and p not in known]
+            wanted = [p for p in paths if isinstance(p, str) and printable(p) not in known]
             parsed = asyncio.ensure_future(self._parse(self._parser, wanted))
         return _Chunk(paths, fingerprints, known, parsed)
 
@@ -174,26 +199,26 @@ class DirectorySource:
     ) -> tuple[list[ManifestItem], str | None]:
         """The items of one file, and the file if its outcome is to be tracked for the index."""
         if isinstance(found, _Unreadable):
-            where = str(found.path)
-            error = f"{where}: cannot list directory: {os_reason(found.error)}"
-            return [InvalidManifest(where, error)], None
-        if found in chunk.known:
-            return list(chunk.known[found]), None
+            return [found.invalid()], None
+        # The file as every output shows it, and as the index knows it: valid UTF-8.
+        shown = printable(found)
+        if shown in chunk.known:
+            return list(chunk.known[shown]), None
         # Taken before reading (for the index lookup): a change during the read makes the
         # next fingerprint differ, so a half-read edit is never remembered as settled.
-        fingerprint = chunk.fingerprints.get(found, "")
+        fingerprint = chunk.fingerprints.get(shown, "")
         items = parsed.get(found)
         if items is None:
-            items = parse_manifest_file(found, found, validate=self.validate)
+            items = parse_manifest_file(found, shown, validate=self.validate)
         if not fingerprint:
             return items, None
-        self._files[found] = _OpenFile(fingerprint, len(items))
-        return items, found
+        self._files[shown] = _OpenFile(fingerprint, len(items))
+        return items, shown
 
     def _fingerprints(self, chunk: list[str | _Unreadable]) -> dict[str, str]:
         if self._index is None:
             return {}
-        return {p: fp for p in chunk if isinstance(p, str) and (fp := _fingerprint(p))}
+        return {printable(p): fp for p in chunk if isinstance(p, str) and (fp := _fingerprint(p))}
 
     async def _known(self, fingerprints: dict[str, str]) -> dict[str, list[SettledJob]]:
         if not fingerprints or self._index is None:

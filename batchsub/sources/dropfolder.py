@@ -22,6 +22,12 @@ The drop-folder protocol (``batchsub watch DIR``):
 - On shutdown, files whose jobs were not all sent move back to DIR; at start-up, files left in
   ``processing/`` by a crash move back to DIR too (``file.recovered``). The ledger makes
   sending their jobs again safe: a job created before is not created twice.
+- A move out of ``processing/`` that fails (``done/`` briefly unwritable, a full disk) is
+  retried with backoff, up to ``move_retry_max`` seconds apart, without a restart; its first
+  failure and its recovery are logged (``file.cannot_move``, ``file.moved``), and
+  ``stuck_files()`` lists it meanwhile (``/healthz``). A later file of its name waits.
+- ``processing/``, ``done/`` or ``failed/`` (or DIR itself) removed while running is made
+  again at the next scan (``folder.recreated``).
 - A file dropped again after a fix (same name, once the earlier one has moved on) is a new
   claim. A name already taken in ``done/``, ``failed/`` or DIR is never overwritten: the file
   gets a suffix, ``NAME.20240501T101500Z-1.json``.
@@ -47,8 +53,10 @@ import structlog
 from watchfiles import awatch
 
 from batchsub.errors import ConfigError, os_reason
+from batchsub.files import write_atomically
 from batchsub.jobs import BROKEN_OUTCOMES, EXISTING_OUTCOMES, JobResult, ManifestItem, Outcome
 from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
+from batchsub.text import printable
 
 log = structlog.get_logger("batchsub.dropfolder")
 
@@ -119,6 +127,20 @@ class _Claim:
     pending: int = 0
 
 
+@dataclass(slots=True)
+class _Stuck:
+    """A finished file whose move out of ``processing/`` failed: tried again at ``next_try``."""
+
+    claim: _Claim
+    error: str
+    since: float  # wall clock time of the first failure
+    attempts: int = 1
+    next_try: float = 0.0
+
+
+_MOVE_RETRY_FIRST = 0.5  # seconds before the first retry of a failed move; doubles each time
+
+
 class DropFolderSource:
     """The Source of ``batchsub watch``: every manifest in DIR, then each one that arrives.
 
@@ -137,6 +159,7 @@ class DropFolderSource:
         retry_delay: float | None = None,
         watch: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        move_retry_max: float = 30.0,
     ) -> None:
         self.directory = directory
         self.processing = directory / PROCESSING
@@ -150,6 +173,10 @@ class DropFolderSource:
         self._watch_events = watch
         self._clock = clock
         self._claims: dict[str, _Claim] = {}  # by file name
+        self._stuck: dict[str, _Stuck] = {}  # finished, but not moved out yet; by file name
+        self._move_retry_max = move_retry_max
+        self._folder_problems: dict[Path, str] = {}  # logged once until the folder is usable
+        self._waiting: set[str] = set()  # names whose wait for processing/ was logged
         self._by_source: dict[str, tuple[_Claim, int]] = {}  # job source -> (claim, index)
         self._not_before: dict[str, float] = {}  # file name -> clock time
         self._unclaimed: set[str] = set()  # manifests seen in DIR by the last scan
@@ -190,6 +217,7 @@ class DropFolderSource:
         await self._stop_watcher()
         for claim in list(self._claims.values()):
             self._give_back(claim, reason="run stopped before every job of it had a result")
+        self._retry_moves(at_once=True)  # last try; what is left is recovered at the next start
         self._claims.clear()
         self._by_source.clear()
         with contextlib.suppress(OSError):
@@ -197,7 +225,15 @@ class DropFolderSource:
 
     def files_waiting(self) -> int:
         """Manifests in DIR not yet claimed (as of the last scan) plus those in processing/."""
-        return len(self._unclaimed) + len(self._claims)
+        return len(self._unclaimed) + len(self._claims) + len(self._stuck)
+
+    def stuck_files(self) -> list[str]:
+        """One line per file whose move out of processing/ failed and is being retried."""
+        return [
+            f"{printable(name)}: {stuck.error} ({stuck.attempts} attempts since "
+            f"{dt.datetime.fromtimestamp(stuck.since, dt.UTC).isoformat(timespec='seconds')})"
+            for name, stuck in sorted(self._stuck.items())
+        ]
 
     # --- the Source protocol ------------------------------------------------------------------
 
@@ -208,6 +244,7 @@ class DropFolderSource:
         try:
             while not self._stopping:
                 self._wake.clear()
+                self._retry_moves()
                 for name in self._scan():
                     if self._stopping:
                         return
@@ -232,6 +269,7 @@ class DropFolderSource:
 
     def _scan(self) -> list[str]:
         """Names of settled manifests in DIR that may be claimed now, sorted."""
+        self._ensure_folders()
         present: dict[str, Signature] = {}
         try:
             with os.scandir(self.directory) as entries:
@@ -251,14 +289,49 @@ class DropFolderSource:
             name
             for name, signature in present.items()
             if self._tracker.observe(name, signature, now)
-            and name not in self._claims  # same name still in processing/: wait for it
             and self._not_before.get(name, now) <= now
+            and not self._busy(name)  # same name still in processing/: wait for it
         ]
         return sorted(ready)
+
+    def _busy(self, name: str) -> bool:
+        """True while a file of this name is in processing/ (logged once when it is stuck)."""
+        if name in self._claims:
+            return True
+        if name not in self._stuck:
+            return False
+        self._log_waiting(name)
+        return True
+
+    def _ensure_folders(self) -> bool:
+        """Make DIR, processing/, done/ and failed/ again if removed; True if one was made."""
+        made = False
+        for folder in (self.directory, self.processing, self.done, self.failed):
+            if folder.is_dir():
+                if self._folder_problems.pop(folder, None) is not None:
+                    log.info("folder.recovered", folder=str(folder))
+                continue
+            try:
+                folder.mkdir(parents=True)
+            except FileExistsError:  # something else is in the way
+                self._folder_problem(folder, "exists but is not a directory")
+                continue
+            except OSError as exc:
+                self._folder_problem(folder, os_reason(exc))
+                continue
+            made = True
+            log.warning("folder.recreated", folder=str(folder), reason="it had been removed")
+        return made
+
+    def _folder_problem(self, folder: Path, error: str) -> None:
+        if self._folder_problems.get(folder) != error:
+            self._folder_problems[folder] = error
+            log.error("folder.unusable", folder=str(folder), error=error)
 
     async def _wait(self) -> None:
         """Sleep until a watch event, a file due to settle, the rescan interval, or stop()."""
         due = [self._clock() + self._rescan_interval, *self._not_before.values()]
+        due += [stuck.next_try for stuck in self._stuck.values()]
         settling = self._tracker.next_due()
         if settling is not None:
             due.append(settling)
@@ -312,8 +385,14 @@ class DropFolderSource:
         target = self.processing / name
         try:
             if os.path.lexists(target):
+                self._log_waiting(name)
                 return []  # not ours to overwrite; recovered at the next start
-            os.rename(self.directory / name, target)
+            try:
+                os.rename(self.directory / name, target)
+            except FileNotFoundError:
+                if not self._ensure_folders():  # processing/ removed meanwhile: made again
+                    raise
+                os.rename(self.directory / name, target)
         except FileNotFoundError:
             return []  # gone since the scan
         except OSError as exc:
@@ -321,7 +400,8 @@ class DropFolderSource:
             self._not_before[name] = self._clock() + self._retry_delay
             return []
         self._not_before.pop(name, None)
-        source = str(self.directory / name)
+        self._waiting.discard(name)
+        source = printable(str(self.directory / name))  # a name that is not UTF-8, escaped
         items = parse_manifest_file(target, source)
         claim = _Claim(name, source, [None] * len(items), len(items))
         self._claims[name] = claim
@@ -337,21 +417,77 @@ class DropFolderSource:
             self._finish(claim)
         return items
 
+    def _log_waiting(self, name: str) -> None:
+        """Say once (until it is claimed) that a file waits for its namesake in processing/."""
+        if name not in self._waiting:
+            self._waiting.add(name)
+            log.warning("file.waiting", file=name, reason="processing/ holds a file of this name")
+
     def _finish(self, claim: _Claim) -> None:
+        """File a claim whose every job has a result; a failed move is retried later."""
         self._claims.pop(claim.name, None)
+        error = self._try_move(claim)
+        if error is not None and self._ensure_folders():  # done/ or failed/ had been removed
+            error = self._try_move(claim)
+        if error is not None:
+            self._move_failed(claim, error)
+
+    def _try_move(self, claim: _Claim) -> OSError | None:
+        """Move the file out of processing/; None once moved, else why it could not be."""
+        try:
+            self._move_out(claim)
+        except OSError as exc:
+            return exc
+        self._moved(claim.name)
+        return None
+
+    def _move_out(self, claim: _Claim) -> None:
+        """Move a finished file to done/, failed/ or back to DIR, by its jobs' outcomes."""
         results = [r for r in claim.results if r is not None]
         outcomes = {r.outcome for r in results}
-        try:
-            if outcomes & BROKEN_OUTCOMES:
-                self._file_failed(claim, results)
-            elif outcomes <= EXISTING_OUTCOMES:
-                moved = _move_no_clobber(self.processing / claim.name, self.done, claim.name)
-                log.info("file.done", file=claim.name, moved_to=str(moved), jobs=len(results))
-            else:
-                self._give_back(claim, reason=_first_error(results, {Outcome.UNRESOLVED}))
-        except OSError as exc:
-            # The file stays in processing/ and is recovered at the next start.
-            log.error("file.cannot_move", file=claim.name, error=os_reason(exc))
+        if outcomes & BROKEN_OUTCOMES:
+            self._file_failed(claim, results)
+        elif outcomes <= EXISTING_OUTCOMES:
+            moved = _move_no_clobber(self.processing / claim.name, self.done, claim.name)
+            log.info("file.done", file=claim.name, moved_to=str(moved), jobs=len(results))
+        else:
+            self._give_back(claim, reason=_first_error(results, {Outcome.UNRESOLVED}), retry=True)
+
+    def _move_failed(self, claim: _Claim, exc: OSError) -> None:
+        name = claim.name
+        if not os.path.lexists(self.processing / name):  # removed by hand (processing/ too?)
+            self._stuck.pop(name, None)
+            log.warning("file.vanished", file=name, error=os_reason(exc), folder=PROCESSING)
+            return
+        now, stuck = self._clock(), self._stuck.get(name)
+        if stuck is None:
+            stuck = self._stuck[name] = _Stuck(claim, os_reason(exc), time.time())
+            log.error(
+                "file.cannot_move",
+                file=name,
+                error=stuck.error,
+                effect="it stays in processing/; the move is retried",
+            )
+        else:
+            stuck.attempts += 1
+            stuck.error = os_reason(exc)
+        delay = min(_MOVE_RETRY_FIRST * 2 ** (stuck.attempts - 1), self._move_retry_max)
+        stuck.next_try = now + delay
+
+    def _moved(self, name: str) -> None:
+        stuck = self._stuck.pop(name, None)
+        if stuck is not None:
+            log.info("file.moved", file=name, attempts=stuck.attempts + 1, after=stuck.error)
+            self._wake.set()  # a file of the same name may be waiting for it
+
+    def _retry_moves(self, *, at_once: bool = False) -> None:
+        """Try again the moves whose time has come (every one, ``at_once``)."""
+        now = self._clock()
+        for stuck in list(self._stuck.values()):
+            if at_once or stuck.next_try <= now:
+                error = self._try_move(stuck.claim)
+                if error is not None:
+                    self._move_failed(stuck.claim, error)
 
     def _file_failed(self, claim: _Claim, results: list[JobResult]) -> None:
         broken = [r for r in results if r.outcome in BROKEN_OUTCOMES]
@@ -359,7 +495,7 @@ class DropFolderSource:
         reason = f"{len(broken)} of {len(results)} jobs not created: {first}"
         name = _free_name(self.failed, claim.name, with_error_file=True)
         report = {
-            "file": claim.name,
+            "file": printable(claim.name),
             "source": claim.source,
             "failed_at": _utc_now().isoformat().replace("+00:00", "Z"),
             "reason": reason,
@@ -369,8 +505,14 @@ class DropFolderSource:
             ],
         }
         # The reason is written first: a file in failed/ always has its error.json beside it.
-        _write_atomically(self.failed / _error_file_name(name), orjson.dumps(report))
-        moved = _move_no_clobber(self.processing / claim.name, self.failed, name)
+        error_file = self.failed / _error_file_name(name)
+        write_atomically(error_file, orjson.dumps(report) + b"\n")
+        try:
+            moved = _move_no_clobber(self.processing / claim.name, self.failed, name)
+        except OSError:
+            with contextlib.suppress(OSError):  # a retry writes it again, under a free name
+                error_file.unlink()
+            raise
         log.warning(
             "file.failed",
             file=claim.name,
@@ -379,10 +521,14 @@ class DropFolderSource:
             failed=[r.name for r in broken[:20]],
         )
 
-    def _give_back(self, claim: _Claim, *, reason: str) -> None:
+    def _give_back(self, claim: _Claim, *, reason: str, retry: bool = False) -> None:
+        """Move a file back to DIR; OSError when ``retry`` (the caller retries), else logged:
+        on shutdown, the next start recovers what is left in processing/."""
         try:
             moved = _move_no_clobber(self.processing / claim.name, self.directory, claim.name)
         except OSError as exc:
+            if retry:
+                raise
             log.error("file.cannot_move", file=claim.name, error=os_reason(exc))
             return
         self._not_before[moved.name] = self._clock() + self._retry_delay
@@ -400,15 +546,26 @@ class DropFolderSource:
 
 
 def _signature(entry: os.DirEntry[str]) -> Signature | None:
-    """(size, mtime_ns) of a manifest file in DIR, None for anything else."""
+    """(size, mtime_ns) of an entry in DIR with a manifest's name, None for anything else.
+
+    Not only regular files: a dangling symlink, a symlink loop or a FIFO is claimed too, and
+    reading it says what is wrong (it is filed under failed/), rather than it lying there
+    unexplained. A directory, or a symlink to one, is not a manifest.
+    """
     if not is_manifest_name(entry.name):
         return None
     try:
-        if not entry.is_file():
+        if entry.is_dir():
             return None
+    except OSError:
+        pass  # a symlink loop: claimed, and reported when read
+    try:
         stat = entry.stat()
     except OSError:
-        return None
+        try:
+            stat = entry.stat(follow_symlinks=False)  # the link itself: it may still settle
+        except OSError:
+            return None  # gone since the listing
     return stat.st_size, stat.st_mtime_ns
 
 
@@ -464,14 +621,6 @@ def _move_no_clobber(src: Path, folder: Path, name: str) -> Path:
         os.unlink(src)
         return target
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.write(b"\n")
-    os.replace(tmp, path)
 
 
 def _first_error(results: list[JobResult], outcomes: Iterable[Outcome]) -> str:

@@ -33,6 +33,7 @@ import structlog
 
 from batchsub.jobs import InvalidManifest, JobSpec, ManifestItem
 from batchsub.manifest import parse_manifest_file
+from batchsub.text import printable
 
 log = structlog.get_logger("batchsub.parser_pool")
 
@@ -146,7 +147,7 @@ class ParserPool:
         return _Child(process, request_out, answer_in)
 
     async def parse(self, paths: Sequence[str], *, validate: bool) -> list[list[ManifestItem]]:
-        """The items of each file of ``paths``, in order; each path is its own display name."""
+        """The items of each file of ``paths``, in order, each shown as ``printable(path)``."""
         if self._turn is None or not paths:  # no children (never started, or closed)
             return _parse_here(paths, validate)
         child = next(self._turn)
@@ -243,7 +244,7 @@ class ParserPool:
 
 
 def _parse_here(paths: Sequence[str], validate: bool) -> list[list[ManifestItem]]:
-    return [parse_manifest_file(path, path, validate=validate) for path in paths]
+    return [parse_manifest_file(path, printable(path), validate=validate) for path in paths]
 
 
 def _serve(requests: int, answers: int, inherited: list[int], parent_pid: int) -> None:
