@@ -8,20 +8,23 @@ test waits out a 30 s health check in milliseconds, while every call is real HTT
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from batchsub.auth import TokenAuth
 from batchsub.calls import SafeCaller
 from batchsub.client import DliClient
+from batchsub.http_server import serve_app
 from batchsub.limiter import RateLimiter
 from batchsub.retry import RetryPolicy
-from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from batchsub.simulator import RunningSimulator, SimulatorConfig, create_app
 from batchsub.start_ledger import MemoryStartLedger
 from batchsub.start_rules import StartOptions
 from batchsub.starter import Starter, StartJob
@@ -67,22 +70,22 @@ class Rig:
             self.client, SafeCaller(self.limiter, self.policy), clock=self.clock
         )
 
-    def client_for(self, token: str) -> DliClient:
+    def client_for(self, token: str, timeout: float = 2.0) -> DliClient:
         """A client of the rig's project with this token."""
-        return DliClient(self.http, self.sim.url, PROJECT, TokenAuth(token), timeout=2.0)
+        return DliClient(self.http, self.sim.url, PROJECT, TokenAuth(token), timeout=timeout)
 
     def starter(self, *, client: DliClient | None = None, **fields: Any) -> Starter:
         """A starter over the rig's ledger; ``fields`` override its settings."""
         fields.setdefault("in_doubt_grace", 5.0)
         fields.setdefault("options", StartOptions())
+        fields.setdefault("wall_clock", self.clock)
+        fields.setdefault("sleep", fake_sleep(self.clock))
         return Starter(
             client=client or self.client,
             reader=self.reader,
             ledger=self.ledger,
             limiter=self.limiter,
             policy=self.policy,
-            wall_clock=self.clock,
-            sleep=fake_sleep(self.clock),
             **fields,
         )
 
@@ -142,14 +145,25 @@ class Rig:
         return job.status
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 @asynccontextmanager
-async def rig(**sim_fields: Any) -> AsyncIterator[Rig]:
-    """A rig whose simulator has these config fields (on the fake clock, QUICK times)."""
+async def rig(*, middleware: Middleware | None = None, **sim_fields: Any) -> AsyncIterator[Rig]:
+    """A rig whose simulator has these config fields (on the fake clock, QUICK times).
+
+    ``middleware`` (an aiohttp middleware) goes in front of the simulator: a gateway that
+    misbehaves in ways the simulator's own faults do not.
+    """
     clock = FakeClock(EPOCH)
     fields = {**QUICK, **sim_fields}
     fields.setdefault("project_id", PROJECT)
     fields.setdefault("tokens", frozenset({TOKEN}))
-    sim = await start_simulator(SimulatorConfig(wall_clock=clock, **fields))
+    app = create_app(SimulatorConfig(wall_clock=clock, **fields))
+    if middleware is not None:
+        app.middlewares.insert(0, middleware)
+    runner, url = await serve_app(app, "127.0.0.1", 0, shutdown_timeout=2.0)
+    sim = RunningSimulator(runner, url)
     try:
         async with aiohttp.ClientSession() as http:
             yield Rig(sim, http, clock, MemoryStartLedger(clock=clock))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
@@ -129,7 +131,8 @@ async def test_status_page_of_the_second_hundred_and_an_invalid_filter() -> None
 
 @pytest.mark.parametrize("fault", ["drop_after_run", "error_504_after_run"])
 async def test_a_run_whose_answer_is_lost_is_in_doubt_and_took_effect(fault: str) -> None:
-    async with rig(**{fault: 1.0}) as r:
+    faults: dict[str, Any] = {fault: 1.0}
+    async with rig(**faults) as r:
         [job] = await r.create(1)
         answer = await r.client.run_jobs([job.job_id])
         assert answer.kind is BatchKind.IN_DOUBT

@@ -92,7 +92,11 @@ async def test_a_job_that_runs_then_fails_is_failed() -> None:
 
 
 async def test_a_restart_seen_through_the_exception_restarts_the_clock() -> None:
-    fields = {"start_seconds": (1.0, 1.0), "fail_after_run": 1.0, "fail_after_seconds": (2, 2)}
+    fields: dict[str, Any] = {
+        "start_seconds": (1, 1),
+        "fail_after_run": 1,
+        "fail_after_seconds": (2, 2),
+    }
     async with rig(**fields) as r:
         t0 = r.clock.now
         [job] = await started(r, 1, restart_when_exception=True)
@@ -105,7 +109,11 @@ async def test_a_restart_seen_through_the_exception_restarts_the_clock() -> None
 
 
 async def test_a_restart_between_two_rounds_is_caught_by_restart_times() -> None:
-    fields = {"start_seconds": (0.5, 0.5), "fail_after_run": 1.0, "fail_after_seconds": (1, 1)}
+    fields: dict[str, Any] = {
+        "start_seconds": (0.5, 0.5),
+        "fail_after_run": 1,
+        "fail_after_seconds": (1, 1),
+    }
     async with rig(**fields) as r:
         t0 = r.clock.now
         [job] = await started(r, 1, restart_when_exception=True)
@@ -119,7 +127,11 @@ async def test_a_restart_between_two_rounds_is_caught_by_restart_times() -> None
 
 
 async def test_a_job_that_restarts_on_exception_but_stays_down_times_out_with_the_reason() -> None:
-    fields = {"start_seconds": (1.0, 1.0), "fail_after_run": 1.0, "fail_after_seconds": (2, 2)}
+    fields: dict[str, Any] = {
+        "start_seconds": (1, 1),
+        "fail_after_run": 1,
+        "fail_after_seconds": (2, 2),
+    }
     async with rig(**fields) as r:
         [job] = await started(r, 1)  # no restart_when_exception in its body: it stays down
         waiter = r.waiter(healthy_for=30, wait_timeout=60, poll_max=10)
