@@ -171,13 +171,20 @@ class Starter:
         self._stopping.set()
 
     async def start(self, jobs: Sequence[StartJob]) -> list[StartResult]:
-        """Start those of ``jobs`` the rules say to start; one result per job, in order."""
-        call = _Call()
+        """Start those of ``jobs`` the rules say to start; one result per job, in order.
+
+        A job given twice is handled once (and has one result, given twice).
+        """
+        call, given = _Call(), jobs
+        firsts: dict[int, StartJob] = {}
+        for job in given:
+            firsts.setdefault(job.job_id, job)
+        jobs = list(firsts.values())
         await self._decide(jobs, call)
         async with asyncio.TaskGroup() as group:
             for _ in range(min(self._concurrency, len(call.queue))):
                 group.create_task(self._worker(call))
-        return [call.results[job.job_id] for job in jobs]
+        return [call.results[job.job_id] for job in given]
 
     # --- deciding -------------------------------------------------------------------------
 
@@ -410,7 +417,9 @@ class Starter:
                 await self._outcomes(
                     call, [pending], StartState.START_FAILED, elements[index].message
                 )
-        elif refused and len(messages) == 1:
+        elif not refused:
+            return  # every job started, whatever the elements said (someone else's start)
+        elif len(messages) == 1:
             await self._outcomes(call, refused, StartState.START_FAILED, messages.pop())
         else:
             # The answer's order does not match the jobs: hear each one's own answer, once

@@ -9,6 +9,10 @@ page per hundred running jobs); a job not found there has moved on, and is looke
 next status of the life cycle, then in an unfiltered listing, or by its detail when that
 takes fewer calls. Every call goes through the shared ``SafeCaller`` (limiter and retry).
 
+Jobs never seen yet (no creation time to stop at) are listed newest first until all are
+seen, unless they are fewer than the pages the project's jobs fill: then each is asked for
+by its detail, which never costs more.
+
 A listing can shift while it is paged (jobs created, or leaving a filtered status): a job may
 then be missed, never misread, and a missed job is looked for again by the next step.
 """
@@ -62,6 +66,7 @@ class StatusReader:
         self._caller = caller
         self.clock = clock  # sightings are stamped with it; the waiter keeps time by it too
         self._positions: dict[int, int] = {}  # offset a job had in the last unfiltered listing
+        self._total: int | None = None  # jobs in the project, as the last unfiltered page said
         self.list_calls = 0
         self.detail_calls = 0
 
@@ -72,7 +77,11 @@ class StatusReader:
         """
         seen: Seen = {}
         unknown = {i for i, last in wanted.items() if last is None or last.create_time is None}
-        if unknown:
+        if unknown and self._total is not None and len(unknown) <= _pages(self._total):
+            # Fewer jobs than the pages a listing might need to reach them: ask each.
+            for job_id in sorted(unknown):
+                seen[job_id] = await self._detail(job_id)
+        elif unknown:
             await self._sweep(None, unknown, wanted, seen)
         groups: dict[str, set[int]] = {}
         for job_id, last in wanted.items():
@@ -98,7 +107,7 @@ class StatusReader:
         A job not in the last unfiltered listing is taken for one made since (the newest).
         """
         deepest = max((self._positions.get(i, 0) for i in job_ids), default=0)
-        return deepest // LIST_PAGE_SIZE + 1
+        return _pages(deepest + 1)
 
     async def _sweep(
         self,
@@ -114,6 +123,8 @@ class StatusReader:
             asked = self.clock()
             page = await self._page(status, offset)
             answered = self.clock()
+            if status is None:
+                self._total = page.total_count
             for index, job in enumerate(page.jobs):
                 if status is None:
                     self._positions[job.job_id] = offset + index
@@ -145,6 +156,11 @@ class StatusReader:
                 return None
             raise
         return Sighting(job, asked, self.clock())
+
+
+def _pages(jobs: int) -> int:
+    """List pages that hold this many jobs (at least one)."""
+    return max(1, -(-jobs // LIST_PAGE_SIZE))
 
 
 def _life_cycle_rank(status: str) -> tuple[int, str]:

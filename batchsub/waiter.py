@@ -173,6 +173,7 @@ class Waiter:
         self._last_cost = 0  # calls the last round took
         self._pull_in = True  # False after a failed round: back off, whatever is due
         self.rounds = 0
+        self.looked_at = 0  # jobs asked about, over every round: what detail calls would cost
 
     @property
     def running(self) -> int:
@@ -195,7 +196,8 @@ class Waiter:
     async def wait(self, job_ids: Iterable[int] | None = None) -> dict[int, Verdict]:
         """The verdicts of these jobs (every tracked job by default), once all have one.
 
-        Raises ``FatalApiError`` if polling stopped on a fatal answer.
+        Raises what stopped the polling: ``FatalApiError`` (a refused credential), or a
+        ``LedgerError`` from recording what it saw.
         """
         ids = list(self._futures) if job_ids is None else list(job_ids)
         unknown = [i for i in ids if i not in self._futures]
@@ -218,14 +220,15 @@ class Waiter:
             while self._watches:
                 await self._sleep(self._delay())
                 await self._round()
-        except FatalApiError as exc:
-            for job_id in list(self._watches):
+        except asyncio.CancelledError:
+            for job_id in self._watches:
+                self._futures[job_id].cancel()
+            self._watches.clear()
+            raise
+        except Exception as exc:  # a fatal answer, or the ledger failed: every wait says so
+            for job_id in self._watches:
                 self._futures[job_id].set_exception(exc)
             self._watches.clear()
-        except asyncio.CancelledError:
-            for job_id in list(self._watches):
-                self._futures[job_id].cancel()
-            raise
 
     def _delay(self) -> float:
         """Seconds until the next round (see the module docstring)."""
@@ -247,6 +250,7 @@ class Waiter:
     async def _round(self) -> None:
         self.rounds += 1
         wanted = {job_id: watch.last for job_id, watch in self._watches.items()}
+        self.looked_at += len(wanted)
         calls = self._reader.list_calls + self._reader.detail_calls
         self._pull_in = True
         try:

@@ -344,3 +344,11 @@ async def test_a_stop_sends_nothing_more() -> None:
         assert kinds(results) == {StartKind.UNRESOLVED: 30}
         assert r.sim.store.calls["run"] == 0
         assert r.ledger.rows(PROJECT) == {}  # never begun: no record
+
+
+async def test_a_job_given_twice_is_started_once() -> None:
+    async with rig() as r:
+        [job] = await r.create(1)
+        results = await r.starter().start([job, job, StartJob(job.job_id, job.name)])
+        assert [res.kind for res in results] == [StartKind.STARTED] * 3
+        assert r.runs() == {job.name: (1, 0)} and r.sim.store.calls["run"] == 1

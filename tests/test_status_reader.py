@@ -27,13 +27,16 @@ async def test_unknown_jobs_are_read_newest_first_until_all_are_seen() -> None:
         newest = await r.reader.read(dict.fromkeys(ids[-50:]))
         assert set(statuses(newest).values()) == {"job_init"} and len(newest) == 50
         assert r.reader.list_calls == 1
-        oldest = await r.reader.read(dict.fromkeys(ids[:1]))
-        assert statuses(oldest) == {ids[0]: "job_init"}
-        assert r.reader.list_calls == 1 + 4  # every page down to the oldest job
         every = await r.reader.read(dict.fromkeys(ids))
-        assert len(every) == 350 and r.reader.list_calls == 5 + 4
+        assert len(every) == 350 and r.reader.list_calls == 1 + 4  # down to the oldest job
         assert r.reader.detail_calls == 0
         assert r.sim.store.calls["list"] == r.reader.list_calls
+        # Now the project is known to fill 4 pages: 4 jobs or fewer are asked for one by one.
+        oldest = await r.reader.read(dict.fromkeys(ids[:4]))
+        assert statuses(oldest) == dict.fromkeys(ids[:4], "job_init")
+        assert (r.reader.list_calls, r.reader.detail_calls) == (5, 4)
+        five = await r.reader.read(dict.fromkeys(ids[-5:]))
+        assert len(five) == 5 and (r.reader.list_calls, r.reader.detail_calls) == (6, 4)
 
 
 async def test_a_straggler_costs_one_filtered_page_not_a_page_per_hundred_jobs() -> None:

@@ -91,39 +91,32 @@ async def test_a_job_that_runs_then_fails_is_failed() -> None:
         assert verdict.running_at is not None  # it did run first
 
 
-async def test_a_restart_seen_through_the_exception_restarts_the_clock() -> None:
+@pytest.mark.parametrize(
+    ("start", "fail_after", "poll", "back"),
+    [
+        # running at t0+1, job_running_exception at t0+3 (seen), running again at t0+4
+        (1.0, 2.0, 1.0, 4.0),
+        # running at t0+0.5, exception at t0+1.5, running again at t0+2; rounds every 1.2 s
+        # see it running at t0+1.2 and at t0+2.4, never in the exception: restart_times moved
+        (0.5, 1.0, 1.2, 2.4),
+    ],
+)
+async def test_a_restart_through_the_exception_restarts_the_clock(
+    start: float, fail_after: float, poll: float, back: float
+) -> None:
     fields: dict[str, Any] = {
-        "start_seconds": (1, 1),
-        "fail_after_run": 1,
-        "fail_after_seconds": (2, 2),
+        "start_seconds": (start, start),
+        "fail_after_run": 1.0,
+        "fail_after_seconds": (fail_after, fail_after),
     }
     async with rig(**fields) as r:
         t0 = r.clock.now
         [job] = await started(r, 1, restart_when_exception=True)
-        # running at t0+1, job_running_exception at t0+3, running again at t0+4.
-        waiter = r.waiter(healthy_for=5, poll_min=1, poll_max=1)
+        waiter = r.waiter(healthy_for=5, poll_min=poll, poll_max=poll)
         waiter.track([Watched(job, "job-0000", restarts=True)])
         verdict = (await waiter.wait())[job]
         assert verdict.health is Health.HEALTHY
-        assert r.clock.now >= t0 + 4 + 5  # not t0 + 1 + 5: the clock restarted
-
-
-async def test_a_restart_between_two_rounds_is_caught_by_restart_times() -> None:
-    fields: dict[str, Any] = {
-        "start_seconds": (0.5, 0.5),
-        "fail_after_run": 1,
-        "fail_after_seconds": (1, 1),
-    }
-    async with rig(**fields) as r:
-        t0 = r.clock.now
-        [job] = await started(r, 1, restart_when_exception=True)
-        # running at t0+0.5, exception at t0+1.5, running again at t0+2.0; rounds every 1.2 s
-        # see it running at t0+1.2 and at t0+2.4, never in the exception.
-        waiter = r.waiter(healthy_for=5, poll_min=1.2, poll_max=1.2)
-        waiter.track([Watched(job, "job-0000", restarts=True)])
-        verdict = (await waiter.wait())[job]
-        assert verdict.health is Health.HEALTHY
-        assert r.clock.now >= t0 + 2.4 + 5  # not t0 + 1.2 + 5
+        assert r.clock.now >= t0 + back + 5  # not 5 s after it first ran: the clock restarted
 
 
 async def test_a_job_that_restarts_on_exception_but_stays_down_times_out_with_the_reason() -> None:
