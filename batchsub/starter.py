@@ -18,11 +18,12 @@ element's position alone:
   allowed is undocumented) and later calls are no larger; a single job refused has failed;
 - DLI.16001: a job is gone; the statuses say which, and which of the others started.
 
-Jobs are sent ``batch_size`` (default 100) ids per call, which bench/start_modes.py measured
-against one id per call (``bench/results.md``, section "Starting jobs"): per 100 jobs one run
-call instead of 100, so at a server rate limit R a start costs 1/(100 R) seconds per job in
-place of 1/R, and a lost answer costs one status read for the whole call either way. Run and
-stop are not retried by ``SafeCaller``: their retries are decided here, from the statuses.
+Jobs are sent ``batch_size`` (default 100) ids per call, chosen over one id per call by
+``bench/start_modes.py`` (``bench/results.md`` section 6): a hundredth of the run calls, so
+a hundredth of the rate budget and of the wall time under a rate limit, and a lost answer
+costs one grace and one status read for the whole call instead of for each job; neither way
+ever ran a job twice. Run and stop are not retried by ``SafeCaller``: their retries are
+decided here, from the statuses.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 CONCURRENCY = 32
 MiB_GOAL = 128
+KEPT = "<!-- Written by the scripts each section names; bench.py keeps all below. -->"
 
 
 @dataclass(frozen=True)
@@ -596,9 +597,15 @@ does.
 {machine}
 
 """ + "\n".join(_ordered(bench.sections))
-    args.output.write_text(page)
+    args.output.write_text(page + _kept(args.output))
     print(f"wrote {args.output} in {elapsed:.0f} s")
     return 0
+
+
+def _kept(page: Path) -> str:
+    """What other scripts wrote below the ``KEPT`` line of the page, to be kept as it is."""
+    old = page.read_text() if page.exists() else ""
+    return "\n" + old[old.index(KEPT) :] if KEPT in old else ""
 
 
 def _ordered(sections: list[str]) -> list[str]:
