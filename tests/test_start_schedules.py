@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from batchsub.start_ledger import StartState
@@ -83,7 +83,12 @@ async def crashed_run(r: Rig, jobs: list[StartJob], schedule: Schedule, crash_at
     try:
         await task
     except asyncio.CancelledError:
-        pass
+        in_doubt = [
+            row for row in r.ledger.rows(PROJECT).values() if row.state is StartState.STARTING
+        ]
+        event("a crash left starts in doubt" if in_doubt else "a crash left nothing in doubt")
+    else:
+        event("a starter finished before its crash point")
     finally:
         r.ledger._on_write = None
     await asyncio.sleep(0.02)  # the restart: a request the dead process sent lands meanwhile
@@ -106,6 +111,8 @@ async def check(schedule: Schedule) -> None:
             await crashed_run(r, inputs, schedule, crash_at)
             inputs = await r.again(jobs)
         results = await r.starter(batch_size=schedule.batch_size).start(inputs)
+        if any(res.attempts > 1 for res in results):
+            event("a start was sent again (its run had not happened)")
         check_starts(r, jobs, results)
         await check_waits(r, jobs, results)
 
