@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -23,7 +24,7 @@ import orjson
 from yarl import URL
 
 from batchsub.auth import JSON_CONTENT_TYPE
-from batchsub.errors import ConfigError, FatalApiError, RetryableError
+from batchsub.errors import ApiError, ConfigError, FatalApiError, RetryableError
 from batchsub.jobs import ErrorInfo
 from batchsub.masking import mask_url
 from batchsub.protocols import Auth
@@ -302,6 +303,150 @@ class DliClient:
         self.reachability.lost(problem)
         return problem
 
+    # --- the job life cycle: run, stop, detail, list pages with statuses -----------------
+    # Run and stop are not idempotent in effect, so they are not retried here: like creates,
+    # they return a classified answer and the starter decides. Detail and status pages raise
+    # ApiError subclasses and go through calls.SafeCaller, as the list call does.
+
+    async def run_jobs(
+        self, job_ids: Sequence[int], *, resume_savepoint: bool = False
+    ) -> BatchAnswer:
+        """``POST .../streaming/jobs/run`` for these ids; never raises for an API failure."""
+        body = {"job_ids": list(job_ids), "resume_savepoint": resume_savepoint}
+        return await self._post_batch("run", self._list_url / "run", body, len(job_ids))
+
+    async def stop_jobs(
+        self, job_ids: Sequence[int], *, trigger_savepoint: bool = False
+    ) -> BatchAnswer:
+        """``POST .../streaming/jobs/stop`` for these ids; never raises for an API failure."""
+        body = {"job_ids": list(job_ids), "trigger_savepoint": trigger_savepoint}
+        return await self._post_batch("stop", self._list_url / "stop", body, len(job_ids))
+
+    async def job_detail(self, job_id: int) -> JobStatus:
+        """The status part of ``GET .../streaming/jobs/{job_id}``; raises ApiError subclasses.
+
+        A job that does not exist raises ``ApiError`` with code ``JOB_GONE`` (DLI.16001).
+        """
+        status, raw, retry_after = await self._get("detail", self._list_url / str(job_id))
+        payload = _decode(raw)
+        if status == 200 and isinstance(payload, dict):
+            found = _job_status(payload.get("job_detail"))
+            if found is not None and _truthy(payload.get("is_success", True)):
+                return found
+        raise _call_error(f"job {job_id} detail", status, payload, raw, retry_after)
+
+    async def status_page(
+        self, *, status: str | None, offset: int, newest_first: bool = True
+    ) -> StatusPage:
+        """One page of Flink Jar jobs with their statuses, optionally of one DLI status only.
+
+        Newest first by default: the jobs a rollout waits for are the ones it made last.
+        """
+        query: dict[str, str] = {
+            "job_type": "flink_jar_job",
+            "limit": str(LIST_PAGE_SIZE),
+            "offset": str(offset),
+            "order": "desc" if newest_first else "asc",
+        }
+        if status is not None:
+            query["status"] = status
+        code, raw, retry_after = await self._get("list", self._list_url.with_query(query))
+        payload = _decode(raw)
+        if code == 200 and isinstance(payload, dict) and _truthy(payload.get("is_success", True)):
+            job_list = payload.get("job_list")
+            if isinstance(job_list, dict):
+                listed = job_list.get("jobs") or []
+                jobs = [j for j in map(_job_status, listed) if j is not None]
+                total = job_list.get("total_count")
+                return StatusPage(total if _is_int(total) else len(jobs), jobs)
+        raise _call_error("list jobs", code, payload, raw, retry_after)
+
+    @_one_at_a_time_until_proven
+    async def _get(self, call: str, url: URL) -> tuple[int, bytes, float | None]:
+        """GET ``url``: (HTTP status, body, Retry-After); transport failures as ApiError.
+
+        The same guards as every request: nothing leaves after a refusal, no redirect is
+        followed, a connection that cannot be made says so.
+        """
+        if (refused := self.refusal) is not None:  # not sent
+            raise FatalApiError(f"{call}: {refused}", code=refused.code, status=refused.http_status)
+        headers = self._auth.headers("GET", url, b"")
+        started = time.perf_counter()
+        status: int | None = None
+        try:
+            async with self._session.get(
+                url, headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as resp:
+                status = resp.status
+                raw = await resp.read()
+                self.reachability.answered()
+                self._answer_seen(call, status, raw, resp.headers)
+                return status, raw, parse_retry_after(resp.headers.get("Retry-After"))
+        except aiohttp.ClientSSLError as exc:
+            raise FatalApiError(
+                f"TLS failure talking to {self._endpoint}: {exc}; use --ca-file"
+            ) from None
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise RetryableError(self._cannot_connect(exc), code=CONNECT_FAILED) from None
+        except TimeoutError:
+            raise RetryableError(f"{call}: no answer before the timeout") from None
+        except aiohttp.ClientError as exc:
+            raise RetryableError(f"{call}: {type(exc).__name__}: {exc}") from None
+        finally:
+            if self._on_answer is not None:
+                self._on_answer(call, time.perf_counter() - started, status)
+
+    def _answer_seen(self, call: str, status: int, raw: bytes, headers: Mapping[str, str]) -> None:
+        """What a life-cycle answer says of the credential; a redirect is fatal, not followed."""
+        if 300 <= status < 400:
+            raise FatalApiError(f"{call}: {_redirected(status, headers)}", status=status)
+        if status in (401, 403):
+            refused = _error_info(status, _decode(raw), raw)
+            if status == 401:
+                refused = self._explained(headers, refused)
+            self._credential_shown(status, False, refused)
+        elif status < 500 and status != 429:
+            self._credential_shown(status, True, None)
+
+    @_one_at_a_time_until_proven
+    async def _post_batch(
+        self, call: str, url: URL, payload: dict[str, object], count: int
+    ) -> BatchAnswer:
+        if (refused := self.refusal) is not None:  # not sent
+            return BatchAnswer(BatchKind.FATAL, error=refused)
+        body = orjson.dumps(payload)
+        headers = dict(self._auth.headers("POST", url, body))
+        headers.setdefault("Content-Type", JSON_CONTENT_TYPE)
+        started = time.perf_counter()
+        status: int | None = None
+        try:
+            async with self._session.post(
+                url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as resp:
+                status = resp.status
+                raw = await resp.read()
+                self.reachability.answered()
+                try:
+                    self._answer_seen(call, status, raw, resp.headers)
+                except FatalApiError as exc:  # a redirect: known not to have reached DLI
+                    return BatchAnswer(BatchKind.FATAL, error=ErrorInfo(str(exc)))
+                return classify_batch(resp.status, raw, resp.headers, count)
+        except aiohttp.ClientSSLError as exc:
+            error = ErrorInfo(f"TLS failure talking to {self._endpoint}: {exc}; use --ca-file")
+            return BatchAnswer(BatchKind.FATAL, error=error)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # The connection was never made, so the request never left.
+            return BatchAnswer(BatchKind.RETRY_SAFE, error=ErrorInfo(self._cannot_connect(exc)))
+        except TimeoutError:
+            error = ErrorInfo("no answer before the timeout")
+            return BatchAnswer(BatchKind.IN_DOUBT, error=error, timed_out=True)
+        except aiohttp.ClientError as exc:
+            error = ErrorInfo(f"answer lost: {type(exc).__name__}: {exc}")
+            return BatchAnswer(BatchKind.IN_DOUBT, error=error)
+        finally:
+            if self._on_answer is not None:
+                self._on_answer(call, time.perf_counter() - started, status)
+
 
 def classify_create(status: int, raw: bytes, headers: Mapping[str, str]) -> CreateAnswer:
     """Classify a create answer by HTTP status and DLI error code (see dli-api-notes.md)."""
@@ -474,3 +619,151 @@ async def close_session(session: aiohttp.ClientSession) -> None:
 
 def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --- the job life cycle: answers of run and stop, statuses of detail and list pages --------
+
+JOB_GONE = "DLI.16001"  # the job id does not exist (any more): the provider drops the job
+_GONE_ID_RE = re.compile(r"\b(\d+)\b")
+
+
+class BatchKind(StrEnum):
+    """What one run or stop answer means for the jobs of the call."""
+
+    ANSWERED = "answered"  # one element per job id: each says whether DLI took that job
+    RETRY_SAFE = "retry_safe"  # nothing was done (429, no connection): send it again
+    IN_DOUBT = "in_doubt"  # some or all may be done: confirm each job from its status
+    REFUSED = "refused"  # the call as a whole was refused (a 400): nothing was done
+    GONE = "gone"  # 400 DLI.16001: a job of the call does not exist
+    FATAL = "fatal"  # stop the run: every further request would fail the same way
+
+
+@dataclass(frozen=True, slots=True)
+class BatchElement:
+    """One element of a run or stop answer: ``{is_success, message}``, with no job id."""
+
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchAnswer:
+    """The classified answer to one run or stop call."""
+
+    kind: BatchKind
+    elements: tuple[BatchElement, ...] = ()  # ANSWERED only: as many as job ids were sent
+    error: ErrorInfo | None = None
+    retry_after: float | None = None
+    throttled: bool = False
+    timed_out: bool = False
+    gone_id: int | None = None  # GONE: the id its message names, when it names one
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    """A job's status as a list page or its detail shows it."""
+
+    job_id: int
+    name: str
+    status: str
+    status_desc: str = ""
+    create_time: int | None = None  # epoch ms; pages are ordered by it
+    start_time: int | None = None  # epoch ms it last entered job_running, when given
+    restart_times: int | None = None  # returns to running after an exception, when given
+
+
+@dataclass(frozen=True, slots=True)
+class StatusPage:
+    """One page of the list call, with each job's status."""
+
+    total_count: int
+    jobs: list[JobStatus]
+
+
+def classify_batch(status: int, raw: bytes, headers: Mapping[str, str], count: int) -> BatchAnswer:
+    """Classify a run or stop answer for a call of ``count`` job ids (dli-lifecycle-api.md).
+
+    The array has no job ids, and its order only "probably follows job_ids": an answer of
+    another length cannot be matched to the jobs and is in doubt.
+    """
+    payload = _decode(raw)
+    if status == 200:
+        return _classify_batch_ok(payload, raw, count)
+    error = _error_info(status, payload, raw)
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    if status == 429:
+        return BatchAnswer(
+            BatchKind.RETRY_SAFE, error=error, retry_after=retry_after, throttled=True
+        )
+    if status in (401, 403):
+        return BatchAnswer(BatchKind.FATAL, error=error)
+    if status == 404:
+        message = f"HTTP 404 from the jobs URL: wrong --endpoint or --project-id? ({error})"
+        return BatchAnswer(BatchKind.FATAL, error=ErrorInfo(message))
+    if status >= 500 or error.code in _SERVER_SIDE_CODES:
+        return BatchAnswer(BatchKind.IN_DOUBT, error=error, retry_after=retry_after)
+    if error.code == JOB_GONE:
+        named = _GONE_ID_RE.search(error.message)
+        return BatchAnswer(
+            BatchKind.GONE, error=error, gone_id=int(named[1]) if named is not None else None
+        )
+    return BatchAnswer(BatchKind.REFUSED, error=error)
+
+
+def _classify_batch_ok(payload: Any, raw: bytes, count: int) -> BatchAnswer:
+    if isinstance(payload, dict) and count == 1 and "is_success" in payload:
+        payload = [payload]  # one object for one job: the 2022 pages show that shape
+    if isinstance(payload, list) and all(isinstance(item, dict) for item in payload):
+        if len(payload) == count:
+            elements = tuple(
+                BatchElement(_truthy(item.get("is_success")), str(item.get("message") or ""))
+                for item in payload
+            )
+            return BatchAnswer(BatchKind.ANSWERED, elements=elements)
+        message = f"HTTP 200 with {len(payload)} elements for {count} job ids"
+        return BatchAnswer(BatchKind.IN_DOUBT, error=ErrorInfo(message, http_status=200))
+    if isinstance(payload, dict) and not _truthy(payload.get("is_success")):
+        error = _error_info(200, payload, raw)
+        if error.code in _SERVER_SIDE_CODES:
+            return BatchAnswer(BatchKind.IN_DOUBT, error=error)
+        if error.code is not None or error.message:
+            return BatchAnswer(BatchKind.REFUSED, error=error)
+    # A 200 we cannot match to the jobs may still mean some of them were started.
+    error = ErrorInfo("HTTP 200 with a body that is not one element per job", http_status=200)
+    return BatchAnswer(BatchKind.IN_DOUBT, error=error)
+
+
+def _job_status(item: object) -> JobStatus | None:
+    """A list page's job or a ``job_detail`` as a JobStatus; None without id, name, status."""
+    if not isinstance(item, dict):
+        return None
+    job_id, name, status = item.get("job_id"), item.get("name"), item.get("status")
+    if not (_is_int(job_id) and isinstance(name, str) and isinstance(status, str)):
+        return None
+    desc = item.get("status_desc")
+    create_time, start_time = item.get("create_time"), item.get("start_time")
+    restarts = item.get("restart_times")
+    return JobStatus(
+        job_id=job_id,
+        name=name,
+        status=status,
+        status_desc=desc if isinstance(desc, str) else "",
+        create_time=create_time if _is_int(create_time) else None,
+        start_time=start_time if _is_int(start_time) else None,
+        restart_times=restarts if _is_int(restarts) else None,
+    )
+
+
+def _call_error(
+    what: str, status: int, payload: Any, raw: bytes, retry_after: float | None
+) -> ApiError:
+    """The error for an unusable answer to an idempotent call (detail, list with statuses)."""
+    error = _error_info(status, payload, raw)
+    if status == 200:
+        return RetryableError(f"{what}: HTTP 200 with an unreadable body", status=200)
+    message = f"{what}: {error}"
+    if status == 429 or status >= 500 or error.code in _SERVER_SIDE_CODES:
+        return RetryableError(message, code=error.code, status=status, defer=retry_after)
+    if status in (401, 403):
+        return FatalApiError(message, code=error.code, status=status)
+    return ApiError(message, code=error.code, status=status)

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from big_manifests import kept_section, write_section
 from machine import describe, load_average
 from manifests import write_manifests
 from procs import (
@@ -39,6 +38,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 CONCURRENCY = 32
 MiB_GOAL = 128
+KEPT = "<!-- Written by the scripts each section names; bench.py keeps all below. -->"
 
 
 @dataclass(frozen=True)
@@ -597,12 +597,15 @@ does.
 {machine}
 
 """ + "\n".join(_ordered(bench.sections))
-    kept = kept_section(args.output)  # the section bench/big_manifests.py writes
-    args.output.write_text(page)
-    if kept:
-        write_section(kept, args.output)
+    args.output.write_text(page + _kept(args.output))
     print(f"wrote {args.output} in {elapsed:.0f} s")
     return 0
+
+
+def _kept(page: Path) -> str:
+    """What other scripts wrote below the ``KEPT`` line of the page, to be kept as it is."""
+    old = page.read_text() if page.exists() else ""
+    return "\n" + old[old.index(KEPT) :] if KEPT in old else ""
 
 
 def _ordered(sections: list[str]) -> list[str]:

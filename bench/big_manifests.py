@@ -189,7 +189,7 @@ def page(
     names = list(versions)
     lines = [
         MARK_START,
-        "## Hostile manifest sizes (issue 14, `python bench/big_manifests.py`)",
+        "## 9. Hostile manifest sizes (issue 14, `python bench/big_manifests.py`)",
         "",
         f"1. One 800 KB manifest with {BAD_ITEMS:,} integers in `dependency_jars` (each one a"
         " problem) beside one good manifest: wall time of each command (killed after"
