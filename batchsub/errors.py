@@ -5,6 +5,7 @@ BatchsubError
  +-- ManifestError        a manifest file or job cannot be used (names the file and field)
  +-- LedgerError          the ledger cannot be opened, locked or written
  |    +-- LedgerLockedError   another batchsub process holds the ledger
+ |    +-- LedgerRefusedError  the ledger refuses one job's values (not an outage: fail that job)
  +-- ApiError             the API answered with an error or could not be reached
       +-- FatalApiError       stop the whole run (401/403: a wrong credential or project)
       +-- RetryableError      try again later; ``defer`` says how long at least
@@ -34,6 +35,14 @@ class LedgerError(BatchsubError):
 
 class LedgerLockedError(LedgerError):
     """Another batchsub process is using this ledger."""
+
+
+class LedgerRefusedError(LedgerError):
+    """The ledger refuses a value of one job (a data error): that job fails, the others go on.
+
+    Retrying cannot help, unlike an outage; the job is failed (or dead-lettered) with this
+    message as its reason.
+    """
 
 
 class ApiError(BatchsubError):

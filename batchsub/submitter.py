@@ -19,7 +19,7 @@ from typing import TypeVar
 import structlog
 
 from batchsub.client import AnswerKind, CreateAnswer, DliClient
-from batchsub.errors import ApiError, FatalApiError
+from batchsub.errors import ApiError, FatalApiError, LedgerRefusedError
 from batchsub.jobs import (
     IN_DOUBT_STATES,
     ErrorInfo,
@@ -199,7 +199,7 @@ class Submitter:
 
     async def _dispatch(self, batch: list[ManifestItem], source: Source) -> None:
         names = [item.name for item in batch if isinstance(item, JobSpec)]
-        records = await self._ledger.get_many(self._project, names) if names else {}
+        records, refused = await self._look_up(names)
         for item in batch:
             if isinstance(item, InvalidManifest):
                 self._log.warning("job.invalid", source=item.source, error=item.error)
@@ -219,6 +219,9 @@ class Submitter:
                 )
                 await self._finish(source, item, result)
                 continue
+            if item.name in refused:
+                await self._finish(source, item, self._refused(item, refused[item.name]))
+                continue
             record = records.get(item.name)
             settled = _settled_result(item, record)
             if settled is None and not item.validated and (problem := validate_spec(item)):
@@ -232,6 +235,33 @@ class Submitter:
             assert self._group is not None
             self._group.create_task(self._run_job(_Job(item, record), source))
 
+    async def _look_up(
+        self, names: list[str]
+    ) -> tuple[dict[str, LedgerRecord], dict[str, LedgerRefusedError]]:
+        """The ledger's records of ``names``, and the names it refuses to look up, with why."""
+        if not names:
+            return {}, {}
+        try:
+            return await self._ledger.get_many(self._project, names), {}
+        except LedgerRefusedError as exc:
+            if len(names) == 1:
+                return {}, {names[0]: exc}
+        # One name the ledger cannot hold must not fail the others: each is looked up alone.
+        records: dict[str, LedgerRecord] = {}
+        refused: dict[str, LedgerRefusedError] = {}
+        for name in dict.fromkeys(names):
+            try:
+                records.update(await self._ledger.get_many(self._project, [name]))
+            except LedgerRefusedError as exc:
+                refused[name] = exc
+        return records, refused
+
+    def _refused(self, spec: JobSpec, exc: LedgerRefusedError) -> JobResult:
+        """A job the ledger refuses to hold: failed, with why, and never sent."""
+        error = f"not sent: the ledger refuses this job: {exc}"
+        self._log.warning("job.refused_by_ledger", job=spec.name, error=str(exc))
+        return JobResult(spec.source, spec.name, Outcome.FAILED, error=error)
+
     async def _run_job(self, job: _Job, source: Source) -> None:
         spec = job.spec
         structlog.contextvars.bind_contextvars(job=spec.name, source=spec.source)
@@ -239,6 +269,8 @@ class Submitter:
             result = await self._one_at_a_time(job)
         except RunStopped as exc:
             result = JobResult(spec.source, spec.name, Outcome.UNRESOLVED, error=str(exc))
+        except LedgerRefusedError as exc:
+            result = self._refused(spec, exc)
         finally:
             self._job_slots.release()
         await self._finish(source, spec, result)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from batchsub.errors import LedgerError
+from batchsub.errors import LedgerError, LedgerRefusedError
 from batchsub.jobs import ErrorInfo, LedgerRecord, LedgerState
 from batchsub.ledgers.postgres import SCHEMA_VERSION, PostgresLedger, mask_dsn
 from batchsub.protocols import Ledger
@@ -387,12 +388,39 @@ async def test_unusable_dsn_raises_ledger_error_without_the_password(
     with pytest.raises(LedgerError) as caught:
         await ledger.open()
     message = str(caught.value)
+    assert type(caught.value) is LedgerError  # an outage, not a refusal of some job
     assert "s3cret" not in message
     assert shown in message
     assert cause in message
     assert "\n" not in message
     with pytest.raises(LedgerError, match="is not open"):
         await ledger.get_many(P, ["a"])
+
+
+async def test_values_postgres_refuses_are_refusals_not_outages(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger()
+    for spec in (
+        job_spec("nul\x00name", body=b"{}"),
+        job_spec("sur\ud800", body=b"{}"),
+        job_spec("long", source="x" * 200 + secrets.token_hex(1500)),  # an index row > 2704 B
+    ):
+        with pytest.raises(LedgerRefusedError, match="write failed: "):
+            await ledger.begin_attempt(P, spec)
+    with pytest.raises(LedgerRefusedError, match="out of int64 range"):
+        await ledger.record(P, job_spec("a"), LedgerState.CREATED, job_id=2**70)
+    with pytest.raises(LedgerRefusedError, match=r"read failed: .*0x00"):
+        await ledger.get_many(P, ["ok", "nul\x00name"])
+    assert await ledger.begin_attempt(P, job_spec("ok")) == 1  # the ledger is fine otherwise
+
+
+async def test_text_from_outside_is_stored_escaped(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger()
+    spec = job_spec("a", source="amqp:q#\x00\ud800")
+    await ledger.begin_attempt(P, spec)
+    await ledger.record(P, spec, LedgerState.FAILED, error=ErrorInfo("bad\x00 \ud800", "C\x01"))
+    rec = await get(ledger, "a")
+    assert rec.source == "amqp:q#\\x00\\ud800"
+    assert rec.error == ErrorInfo("bad\\x00 \\ud800", "C\\x01")
 
 
 async def test_a_lease_held_by_a_dead_process_of_this_host_ends_at_once(

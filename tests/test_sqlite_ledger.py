@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from batchsub.errors import LedgerError, LedgerLockedError
+from batchsub.errors import LedgerError, LedgerLockedError, LedgerRefusedError
 from batchsub.jobs import ErrorInfo, LedgerRecord, LedgerState
 from batchsub.ledgers import SqliteLedger
 from batchsub.ledgers.sqlite import _MIGRATIONS, _SETTLED_SQL, SCHEMA_VERSION
@@ -276,6 +276,39 @@ async def test_write_error_reaches_callers_and_writer_survives(
         other.close()
     assert await ledger.begin_attempt(P, job_spec("a")) == 1  # the failed attempt left no trace
     assert list(await ledger.get_many(P, ["a", "b"])) == ["a"]
+
+
+async def test_a_write_refused_for_its_values_fails_alone_in_its_group_commit(
+    open_ledger: OpenLedger,
+) -> None:
+    ledger = await open_ledger()
+    writes: list[asyncio.Future[Any]] = [
+        ledger.begin_attempt(P, job_spec(f"j{i}")) for i in range(4)
+    ]
+    writes.insert(2, ledger.record(P, job_spec("big"), LedgerState.CREATED, job_id=2**70))
+    writes.append(ledger.record(P, job_spec("ok"), LedgerState.CREATED, job_id=7))
+    results = await asyncio.gather(*writes, return_exceptions=True)
+
+    refused = results.pop(2)
+    assert isinstance(refused, LedgerRefusedError)
+    assert "too large" in str(refused)
+    assert not any(isinstance(r, BaseException) for r in results), results
+    assert sorted(await ledger.get_many(P, ["j0", "j1", "j2", "j3", "big", "ok"])) == [
+        "j0", "j1", "j2", "j3", "ok",
+    ]  # fmt: skip
+    # A failure of the database itself still fails the whole batch as an outage.
+    assert not isinstance(LedgerError("x"), LedgerRefusedError)
+
+
+async def test_text_from_outside_is_stored_escaped(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger()
+    spec = job_spec("a", source="dir/caf\udce9.json")  # a file name that is not UTF-8
+    await ledger.begin_attempt(P, spec)
+    await ledger.record(P, spec, LedgerState.FAILED, error=ErrorInfo("bad\x00 \ud800", "C\x01"))
+    await ledger.remember_files(P, [("dir/caf\udce9.json", "fp", ["a"])])  # not remembered
+    rec = (await ledger.get_many(P, ["a"]))["a"]
+    assert rec.source == "dir/caf\\udce9.json"
+    assert rec.error == ErrorInfo("bad\\x00 \\ud800", "C\\x01")
 
 
 async def test_second_ledger_on_the_same_file_is_refused_until_close(

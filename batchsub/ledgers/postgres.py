@@ -9,7 +9,10 @@ never claimed again and no later state replaces it. Every call commits before it
 
 Leases are compared with the workers' own clocks: hosts must keep them in sync (NTP) to much
 better than ``lease_seconds``. asyncpg and socket errors become ``LedgerError`` here, naming
-the DSN with its password masked.
+the DSN with its password masked; a data error of one job's values (SQLSTATE classes 22, 23
+and 54: a NUL byte, a value out of range, an index row too large) is a
+``LedgerRefusedError``, which fails that job alone. Text from outside (sources, API error
+messages) is stored with its control characters escaped, so it cannot be refused.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from urllib.parse import parse_qsl, urlsplit
 import asyncpg
 import structlog
 
-from batchsub.errors import LedgerError
+from batchsub.errors import LedgerError, LedgerRefusedError
 from batchsub.jobs import IN_DOUBT_STATES, ErrorInfo, JobSpec, LedgerRecord, LedgerState
+from batchsub.text import printable
 
 log = structlog.get_logger(__name__)
 
@@ -117,6 +121,10 @@ _OPEN_ERRORS: tuple[type[BaseException], ...] = (
 )  # ValueError: a malformed DSN
 
 _CHUNK = 1000  # names per ``= ANY($2)``: keeps each statement and its answer small
+# SQLSTATE classes of a statement refused for the values it was given, not for an outage:
+# data exception, integrity constraint violation, program limit exceeded.
+_REFUSED_CLASSES = frozenset({"22", "23", "54"})
+_MESSAGE_CHARS = 2000  # an error message longer than this is cut when stored
 
 _PASSWORD_PARAM = re.compile(r"(?i)(password=)[^&\s]*")
 
@@ -284,7 +292,7 @@ class PostgresLedger:
                 _BEGIN_SQL,
                 project_id,
                 job.name,
-                job.source,
+                printable(job.source),
                 job.body_hash,
                 job.body,
                 now,
@@ -325,10 +333,10 @@ class PostgresLedger:
             job.name,
             str(state),
             job_id,
-            error.code if error else None,
-            error.message if error else None,
+            printable(error.code, _MESSAGE_CHARS) if error and error.code else None,
+            printable(error.message, _MESSAGE_CHARS) if error else None,
             error.http_status if error else None,
-            job.source,
+            printable(job.source),
             job.body_hash,
             job.body,
             adopted,
@@ -427,11 +435,21 @@ class PostgresLedger:
             raise self._error("write failed", exc) from exc
 
     def _error(self, what: str, exc: BaseException) -> LedgerError:
-        """One line naming the masked DSN; the password is scrubbed should the cause echo it."""
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        """One line naming the masked DSN; the password is scrubbed should the cause echo it.
+
+        A refusal of the values given (``_REFUSED_CLASSES``) is a ``LedgerRefusedError``.
+        """
+        message = printable(" ".join(str(exc).split()) or type(exc).__name__, _MESSAGE_CHARS)
         for password in _passwords(self._dsn):
             message = message.replace(password, "***")
-        return LedgerError(f"ledger {self.dsn}: {what}: {message}")
+        sqlstate = getattr(exc, "sqlstate", None)
+        refused = (
+            isinstance(exc, asyncpg.PostgresError)
+            and isinstance(sqlstate, str)
+            and sqlstate[:2] in _REFUSED_CLASSES
+        )
+        kind = LedgerRefusedError if refused else LedgerError
+        return kind(f"ledger {self.dsn}: {what}: {message}")
 
 
 def _to_record(row: asyncpg.Record) -> LedgerRecord:

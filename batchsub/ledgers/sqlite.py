@@ -3,7 +3,11 @@
 Writes are durable when they return, yet cheap at thousands per second: callers queue their
 write with a future, and one writer task commits everything queued in one transaction (group
 commit) before resolving the futures. Reads share the connection and never see a transaction
-in progress. aiosqlite and sqlite3 errors become ``LedgerError`` here, naming the file.
+in progress. aiosqlite and sqlite3 errors become ``LedgerError`` here, naming the file. When
+a group commit fails for the values of one write (a number SQLite cannot hold, say), each
+write is run again alone: only the one that fails alone fails, as ``LedgerRefusedError``.
+Text from outside (sources, API error messages) is stored with control characters and lone
+surrogates escaped, so it cannot fail a commit.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any, Literal, Self, TypeVar
 import aiosqlite
 import orjson
 
-from batchsub.errors import LedgerError
+from batchsub.errors import LedgerError, LedgerRefusedError
 from batchsub.jobs import (
     IN_DOUBT_STATES,
     ErrorInfo,
@@ -32,6 +36,7 @@ from batchsub.jobs import (
     SettledJob,
 )
 from batchsub.ledgers.lock import LedgerLock
+from batchsub.text import printable
 
 SCHEMA_VERSION = 3
 
@@ -124,6 +129,16 @@ _SETTLED_SQL = (
 
 _T = TypeVar("_T")
 _CHUNK = 500  # names per IN (...): well under SQLite's 32766 host parameters
+_MESSAGE_CHARS = 2000  # an error message longer than this is cut when stored
+# What sqlite3 raises for the values of one write (a str it cannot encode, an int over 64
+# bits, a constraint), as opposed to the database failing (OperationalError: disk, locks).
+_REFUSALS: tuple[type[BaseException], ...] = (
+    ValueError,
+    OverflowError,
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
+)
+_READ_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, *_REFUSALS)
 
 
 @dataclass(slots=True)
@@ -287,8 +302,12 @@ class SqliteLedger:
         """Record files whose every job exists (one transaction on the writer thread)."""
         if self.read_only or not files:
             return
+        # A path that is not valid Unicode (a file name in another encoding) cannot be
+        # stored: that file is simply read again next time.
         rows = [
-            (project_id, path, fp, orjson.dumps(list(names)).decode()) for path, fp, names in files
+            (project_id, path, fp, orjson.dumps(list(names)).decode())
+            for path, fp, names in files
+            if _encodable(path)
         ]
 
         def write() -> None:
@@ -323,7 +342,7 @@ class SqliteLedger:
         so no other worker can hold the job: the result is never None.
         """
         now = self._clock()
-        params = (project_id, job.name, job.source, job.body_hash, job.body, now, now)
+        params = (project_id, job.name, printable(job.source), job.body_hash, job.body, now, now)
         return self._submit("begin", (project_id, job.name), params)
 
     def record(
@@ -346,10 +365,10 @@ class SqliteLedger:
             job.name,
             str(state),
             job_id,
-            error.code if error else None,
-            error.message if error else None,
+            printable(error.code, _MESSAGE_CHARS) if error and error.code else None,
+            printable(error.message, _MESSAGE_CHARS) if error else None,
             error.http_status if error else None,
-            job.source,
+            printable(job.source),
             job.body_hash,
             job.body,
             int(adopted),
@@ -442,13 +461,14 @@ class SqliteLedger:
         return version
 
     def _error(self, what: str, exc: BaseException) -> LedgerError:
-        return LedgerError(f"ledger {self.path}: {what}: {exc}")
+        kind = LedgerRefusedError if isinstance(exc, _REFUSALS) else LedgerError
+        return kind(f"ledger {self.path}: {what}: {printable(str(exc), _MESSAGE_CHARS)}")
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         conn = self._require_open()
         try:
             return list(await conn.execute_fetchall(sql, params))
-        except sqlite3.Error as exc:
+        except _READ_ERRORS as exc:
             raise self._error("read failed", exc) from exc
 
     def _require_open(self) -> aiosqlite.Connection:
@@ -486,10 +506,18 @@ class SqliteLedger:
                 return
 
     async def _commit_batch(self, batch: list[_Write]) -> None:
-        """Run ``batch`` in one transaction, then resolve its futures (or fail them all)."""
+        """Run ``batch`` in one transaction, then resolve its futures (or fail them all).
+
+        A batch refused for the values of some write is run again one write at a time, so
+        that only the writes that fail alone fail.
+        """
         try:
             attempts = await self._in_writer(self._transaction, None, batch)
         except Exception as exc:  # the writer must survive to serve later writes
+            if isinstance(exc, _REFUSALS) and len(batch) > 1:
+                for write in batch:
+                    await self._commit_batch([write])
+                return
             for write in batch:
                 if not write.future.done():
                     write.future.set_exception(self._error("write failed", exc))
@@ -540,6 +568,14 @@ def _attempts(conn: sqlite3.Connection, keys: list[tuple[str, str]]) -> dict[tup
             )
             counts.update(((project_id, row[0]), row[1]) for row in rows)
     return counts
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _chunked(names: Sequence[str]) -> Iterator[tuple[Sequence[str], str]]:

@@ -19,6 +19,11 @@ The ledger makes a redelivered or twice-published job harmless; within one consu
 whose name is already in flight is held back until that one settles, since two concurrent
 creates of one name would both be sent. Messages not settled when the source is closed
 are requeued by ``close()`` (and would be by the broker when the connection closes).
+
+No message can stop a consumer, whatever its body or headers: a body that is not a valid
+manifest is dead-lettered with the parser's reason, a job the ledger refuses to hold fails
+(dead-lettered) alone, and the ``x-batchsub-source`` header is stored and shown with its
+control characters escaped, cut to 512 characters.
 """
 
 from __future__ import annotations
@@ -42,8 +47,16 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelPreconditionFailed
 from yarl import URL
 
 from batchsub.errors import ConfigError
-from batchsub.jobs import BROKEN_OUTCOMES, EXISTING_OUTCOMES, JobResult, ManifestItem, Outcome
+from batchsub.jobs import (
+    BROKEN_OUTCOMES,
+    EXISTING_OUTCOMES,
+    InvalidManifest,
+    JobResult,
+    ManifestItem,
+    Outcome,
+)
 from batchsub.manifest import parse_manifest_bytes
+from batchsub.text import printable
 
 log = structlog.get_logger("batchsub.amqp")
 
@@ -55,6 +68,7 @@ DEAD_SUFFIX = ".dead"
 CONNECT_TIMEOUT = 10.0  # seconds for the first connection; later losses reconnect forever
 CONFIRM_TIMEOUT = 30.0  # seconds for a publisher confirm (a broker under an alarm blocks)
 _MAX_HEADER_CHARS = 4000
+_MAX_SOURCE_CHARS = 512
 _MAX_QUEUE_NAME = 255 - len(DEAD_SUFFIX)  # AMQP short string, with room for ".dead"
 
 # What an AMQP call can raise when the broker or the connection fails.
@@ -144,6 +158,8 @@ class _Delivery:
 
 
 REQUEUE_DELAY = 1.0  # seconds an unresolved message waits before it is requeued
+# The outcome a dead-lettered message is filed under: the first of these among its jobs.
+_WORST_FIRST = (Outcome.INVALID, Outcome.DRIFTED, Outcome.FAILED)
 
 
 class AmqpSource:
@@ -240,8 +256,14 @@ class AmqpSource:
         source = header_text(headers, SOURCE_HEADER)
         if source is None:
             source = f"amqp:{self.name}#{message.message_id or message.delivery_tag}"
+        source = printable(source, _MAX_SOURCE_CHARS)  # any bytes a publisher put there
         suffix = header_text(headers, SUFFIX_HEADER) or ".json"
-        items = parse_manifest_bytes(message.body, source[:512], suffix=suffix)
+        try:
+            items = parse_manifest_bytes(message.body, source, suffix=suffix)
+        except Exception as exc:  # a bug of ours must not make one message stop the worker
+            log.error("amqp.parse_failed", queue=self.name, source=source, error=repr(exc))
+            reason = printable(f"{source}: cannot be parsed: {exc!r}", _MAX_HEADER_CHARS)
+            items = [InvalidManifest(source, reason)]
         delivery.unsettled = len(items)
         for item in items:
             self._items[id(item)] = (item, delivery)
@@ -265,12 +287,8 @@ class AmqpSource:
     async def _dead_letter(self, delivery: _Delivery) -> bool:
         """Publish a copy of the message with the reason to NAME.dead; True once confirmed."""
         message = delivery.message
-        reason = "; ".join(delivery.errors)
-        if len(reason) > _MAX_HEADER_CHARS:
-            reason = reason[: _MAX_HEADER_CHARS - 3] + "..."
-        worst = next(
-            o for o in (Outcome.INVALID, Outcome.DRIFTED, Outcome.FAILED) if o in delivery.outcomes
-        )
+        reason = printable("; ".join(delivery.errors), _MAX_HEADER_CHARS)
+        worst = next(o for o in _WORST_FIRST if o in delivery.outcomes)
         headers: HeadersType = {
             **(message.headers or {}),
             ERROR_HEADER: reason,
