@@ -120,7 +120,12 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
 
 
 def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(outcome.value, str(summary.get(outcome.value, 0))) for outcome in Outcome]
+    # "duplicated" only when it happened: a row that appears is one a reader notices.
+    return [
+        (outcome.value, str(summary.get(outcome.value, 0)))
+        for outcome in Outcome
+        if outcome is not Outcome.DUPLICATED or summary.get(outcome.value)
+    ]
 
 
 def _details(summary: dict[str, Any]) -> str:

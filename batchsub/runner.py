@@ -64,16 +64,23 @@ def is_shared_ledger(spec: str) -> bool:
     return spec.startswith(("postgresql://", "postgres://"))
 
 
-def open_ledger(spec: str, *, request_timeout: float = 30.0, read_only: bool = False) -> Ledger:
+def open_ledger(
+    spec: str,
+    *,
+    request_timeout: float = 30.0,
+    read_only: bool = False,
+    lease: float | None = None,
+) -> Ledger:
     """The ledger named by ``--ledger``: a postgresql:// URL (shared) or a SQLite file path.
 
     ``read_only`` SQLite ledgers take no lock, so they can be read while a run writes.
+    ``lease``: seconds a claim lasts (default 2 x ``request_timeout`` + 10).
     """
     if is_shared_ledger(spec):
         from batchsub.ledgers.postgres import PostgresLedger
 
         # A claim must outlive the longest request its worker may still have in flight.
-        return PostgresLedger(spec, lease_seconds=request_timeout * 2 + 10)
+        return PostgresLedger(spec, lease_seconds=lease or request_timeout * 2 + 10)
     return SqliteLedger(Path(spec), read_only=read_only)
 
 
@@ -178,7 +185,9 @@ async def run_source(
     started = time.monotonic()
     async with AsyncExitStack() as stack:
         target = await stack.enter_async_context(resolve_target(settings, simulator=simulator))
-        ledger = open_ledger(settings.ledger, request_timeout=settings.timeout)
+        ledger = open_ledger(
+            settings.ledger, request_timeout=settings.timeout, lease=settings.lease_seconds
+        )
         await ledger.open()
         stack.push_async_callback(ledger.close)
         if isinstance(source, DirectorySource) and isinstance(ledger, FileIndex):
@@ -217,6 +226,7 @@ async def run_source(
             on_result=_fan_out(account, observer),
             finish_source_on_stop=not endless,
             in_doubt_grace=settings.in_doubt_grace,
+            claim_window=settings.claim_window,
         )
         if observer is not None:
             observer.on_start(limiter)

@@ -12,7 +12,7 @@ import orjson
 import pytest
 import structlog
 
-from batchsub.jobs import JobSpec
+from batchsub.jobs import Claim, JobSpec
 from batchsub.settings import Settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
 
@@ -105,3 +105,8 @@ def job_spec(name: str, source: str | None = None, body: bytes | None = None) ->
         body_hash=hashlib.sha256(data).hexdigest(),
         source=source if source is not None else f"jobs/{name}.yaml",
     )
+
+
+def attempt_of(claim: Claim | None) -> int | None:
+    """The attempt number of a ledger claim, None when the ledger refused the claim."""
+    return None if claim is None else claim.attempt

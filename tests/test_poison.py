@@ -20,7 +20,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchsub.jobs import JobResult, JobSpec, ManifestItem, Outcome
+from batchsub.jobs import JobSpec, ManifestItem, Outcome
 from batchsub.queue_commands import consume_source, prefetch_for, publish_directory
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
@@ -30,15 +30,11 @@ from batchsub.sources.amqp import ERROR_HEADER, SOURCE_HEADER, SUFFIX_HEADER, op
 from tests.amqp_support import AMQP_URL, Broker, broker_listening
 from tests.conftest import PROJECT, TOKEN, SimulatorFactory, fast_settings
 from tests.pg import fresh_database, postgres_listening
+from tests.run_support import ListSource, on_ledger
 from tests.sim_support import simulator_with
 
 needs_broker = pytest.mark.skipif(not broker_listening(), reason="RabbitMQ is not listening")
 needs_postgres = pytest.mark.skipif(not postgres_listening(), reason="PostgreSQL is not listening")
-
-
-def on_ledger(ledger: str, settings: Settings) -> Settings:
-    """``settings`` with ``--ledger`` a PostgreSQL URL or a SQLite path."""
-    return settings.model_copy(update={"ledger": ledger})
 
 
 def good_body(name: str) -> bytes:
@@ -136,21 +132,6 @@ async def _poison_queue(broker: Broker, sim: RunningSimulator, dsn: str, tmp_pat
 
 
 # --- values a ledger refuses, beyond what the model checks ----------------------------------
-
-
-class ListSource:
-    """A finite source of ready-made items (as a buggy or foreign source could yield)."""
-
-    def __init__(self, items: list[ManifestItem]) -> None:
-        self._items = items
-        self.results: dict[str | None, JobResult] = {}
-
-    async def items(self) -> AsyncIterator[ManifestItem]:
-        for item in self._items:
-            yield item
-
-    async def settle(self, item: ManifestItem, result: JobResult) -> None:
-        self.results[item.name] = result
 
 
 def unchecked(name: str, body: bytes, source: str = "") -> JobSpec:

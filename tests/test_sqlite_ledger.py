@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from batchsub.errors import LedgerError, LedgerLockedError, LedgerRefusedError
-from batchsub.jobs import ErrorInfo, LedgerRecord, LedgerState
+from batchsub.jobs import Claim, ErrorInfo, LedgerRecord, LedgerState
 from batchsub.ledgers import SqliteLedger
 from batchsub.ledgers.sqlite import _MIGRATIONS, _SETTLED_SQL, SCHEMA_VERSION
 from batchsub.protocols import Ledger
-from tests.conftest import FakeClock, job_spec
+from tests.conftest import FakeClock, attempt_of, job_spec
 
 P = "project-1"
 
@@ -54,10 +54,10 @@ def test_sqlite_ledger_is_a_ledger(tmp_path: Path) -> None:
 async def test_begin_attempt_increments_and_survives_reopen(open_ledger: OpenLedger) -> None:
     clock = FakeClock(1_000.0)
     ledger = await open_ledger(clock=clock)
-    assert await ledger.begin_attempt(P, job_spec("a")) == 1
+    assert attempt_of(await ledger.begin_attempt(P, job_spec("a"))) == 1
     clock.now = 1_005.0
     changed = job_spec("a", source="jobs/renamed.yaml", body=b'{"name":"a","queue_name":"q2"}')
-    assert await ledger.begin_attempt(P, changed) == 2
+    assert attempt_of(await ledger.begin_attempt(P, changed)) == 2
     await ledger.close()
 
     reopened = await open_ledger()
@@ -70,7 +70,7 @@ async def test_begin_attempt_increments_and_survives_reopen(open_ledger: OpenLed
     )
     assert rec.spec() == changed  # source, body and hash follow the latest attempt
     assert (rec.created_at, rec.updated_at) == (1_000.0, 1_005.0)
-    assert await reopened.begin_attempt(P, changed) == 3
+    assert attempt_of(await reopened.begin_attempt(P, changed)) == 3
 
 
 async def test_record_inserts_an_unknown_job_then_get_many(open_ledger: OpenLedger) -> None:
@@ -185,7 +185,7 @@ async def test_concurrent_writes_share_commits_and_are_durable(
     before = ledger.commits
     names = [f"job-{i:03d}" for i in range(200)]
     attempts = await asyncio.gather(*(ledger.begin_attempt(P, job_spec(n)) for n in names))
-    assert attempts == [1] * 200
+    assert [attempt_of(claim) for claim in attempts] == [1] * 200
     assert 1 <= ledger.commits - before < 200
     await ledger.close()
 
@@ -207,7 +207,7 @@ async def test_same_job_twice_in_one_batch_gets_distinct_attempts(
         ledger.begin_attempt(P, job_spec("a")),
         ledger.record(P, job_spec("a"), LedgerState.CREATED, job_id=9),
     )
-    assert list(results) == [1, 1, 2, None]
+    assert list(results) == [Claim(1), Claim(1), Claim(2), None]
     assert ledger.commits - before == 1
     rec = (await ledger.get_many(P, ["a"]))["a"]
     assert (rec.attempts, rec.state, rec.job_id) == (2, LedgerState.CREATED, 9)
@@ -226,7 +226,7 @@ async def test_close_flushes_queued_writes_and_is_idempotent(
     ledger = await open_ledger()
     futures = [ledger.begin_attempt(P, job_spec(f"j{i}")) for i in range(50)]  # queued now
     await ledger.close()
-    assert [f.result() for f in futures] == [1] * 50
+    assert [attempt_of(f.result()) for f in futures] == [1] * 50
     await ledger.close()
     with pytest.raises(LedgerError, match="is not open"):
         await ledger.begin_attempt(P, job_spec("late"))
@@ -274,7 +274,8 @@ async def test_write_error_reaches_callers_and_writer_survives(
         other.execute("ROLLBACK")
     finally:
         other.close()
-    assert await ledger.begin_attempt(P, job_spec("a")) == 1  # the failed attempt left no trace
+    # the failed attempt left no trace
+    assert attempt_of(await ledger.begin_attempt(P, job_spec("a"))) == 1
     assert list(await ledger.get_many(P, ["a", "b"])) == ["a"]
 
 
@@ -328,7 +329,7 @@ async def test_second_ledger_on_the_same_file_is_refused_until_close(
     await first.close()
     await second.open()
     try:
-        assert await second.begin_attempt(P, job_spec("a")) == 1
+        assert attempt_of(await second.begin_attempt(P, job_spec("a"))) == 1
     finally:
         await second.close()
 
@@ -361,7 +362,7 @@ async def test_lock_of_a_killed_process_is_free(open_ledger: OpenLedger, tmp_pat
     assert holder.returncode == -9
 
     ledger = await open_ledger(path)
-    assert await ledger.begin_attempt(P, job_spec("a")) == 1
+    assert attempt_of(await ledger.begin_attempt(P, job_spec("a"))) == 1
 
 
 async def test_corrupt_file_raises_ledger_error_naming_the_path(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ import orjson
 from batchsub.errors import LedgerError, LedgerRefusedError
 from batchsub.jobs import (
     IN_DOUBT_STATES,
+    Claim,
     ErrorInfo,
     JobSpec,
     LedgerRecord,
@@ -117,7 +118,9 @@ ON CONFLICT (project_id, name) DO UPDATE SET
     error_code = excluded.error_code, error_message = excluded.error_message,
     http_status = excluded.http_status, adopted = excluded.adopted,
     updated_at = excluded.updated_at
-WHERE jobs.state <> 'created' OR excluded.state = 'created'
+WHERE jobs.state <> 'created'
+   OR (excluded.state = 'created' AND (jobs.job_id IS NULL OR excluded.job_id IS NULL
+       OR jobs.job_id = excluded.job_id))
 """
 
 # "+state" keeps the names looked up by the primary key: on the jobs_by_state index SQLite
@@ -148,7 +151,7 @@ class _Write:
     kind: Literal["begin", "record"]
     key: tuple[str, str]
     params: tuple[Any, ...]
-    future: asyncio.Future[Any]  # the attempt number for "begin", None for "record"
+    future: asyncio.Future[Any]  # the Claim for "begin", the job_id kept or None for "record"
 
 
 class SqliteLedger:
@@ -334,16 +337,23 @@ class SqliteLedger:
             found.update((rec.name, rec) for rec in map(_to_record, rows))
         return found
 
-    def begin_attempt(self, project_id: str, job: JobSpec) -> asyncio.Future[int | None]:
-        """Commit state ``submitting`` with attempts + 1; the future gives the attempt number.
+    def begin_attempt(self, project_id: str, job: JobSpec) -> asyncio.Future[Claim | None]:
+        """Commit state ``submitting`` with attempts + 1; the future gives the claim.
 
         The write is queued by the call itself (it commits even if nobody awaits it), and the
         future resolves once it is committed. One process owns the file (see ``LedgerLock``),
-        so no other worker can hold the job: the result is never None.
+        so no other worker can hold the job: the result is never None, and the claim never
+        expires (its deadline is infinite: the hot path pays no fencing).
         """
         now = self._clock()
         params = (project_id, job.name, printable(job.source), job.body_hash, job.body, now, now)
         return self._submit("begin", (project_id, job.name), params)
+
+    def renew(self, project_id: str, job: JobSpec, claim: Claim) -> asyncio.Future[Claim | None]:
+        """The claim as it is: no other process can take a job of this file over."""
+        future: asyncio.Future[Claim | None] = asyncio.get_running_loop().create_future()
+        future.set_result(claim)
+        return future
 
     def record(
         self,
@@ -354,10 +364,14 @@ class SqliteLedger:
         job_id: int | None = None,
         error: ErrorInfo | None = None,
         adopted: bool = False,
-    ) -> asyncio.Future[None]:
+        attempt: int | None = None,
+    ) -> asyncio.Future[int | None]:
         """Commit a state; keeps a known job_id when given None, inserts an unknown job.
 
-        Queued by the call, like ``begin_attempt``; the future resolves once committed.
+        Queued by the call, like ``begin_attempt``; the future resolves once committed. A
+        ``created`` row keeps the first job_id recorded: a ``created`` write carrying another
+        is skipped and the future gives the one kept. ``attempt`` is not needed: one process
+        writes the file, so no claim of it is ever taken over.
         """
         now = self._clock()
         params = (
@@ -527,12 +541,12 @@ class SqliteLedger:
             if not write.future.done():
                 write.future.set_result(result)
 
-    def _transaction(self, batch: list[_Write]) -> list[int | None]:
-        """Run ``batch`` in one transaction, on the writer thread; the attempt counts back."""
+    def _transaction(self, batch: list[_Write]) -> list[Claim | int | None]:
+        """Run ``batch`` in one transaction, on the writer thread; each write's result back."""
         conn = self._write_conn
         if conn is None:
             raise LedgerError(f"ledger {self.path} is not open")
-        results: list[int | None] = []
+        results: list[Claim | int | None] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             for segment in _segments(batch):
@@ -540,10 +554,16 @@ class SqliteLedger:
                 records = [w for w in segment if w.kind == "record"]
                 if begins:
                     conn.executemany(_BEGIN_SQL, [w.params for w in begins])
+                kept: dict[tuple[str, str], int] = {}
                 if records:
-                    conn.executemany(_RECORD_SQL, [w.params for w in records])
+                    changed = conn.executemany(_RECORD_SQL, [w.params for w in records]).rowcount
+                    if changed != len(records):  # some skipped: a created one over another id?
+                        kept = _kept_ids(conn, records)
                 counts = _attempts(conn, [w.key for w in begins])
-                results.extend(counts[w.key] if w.kind == "begin" else None for w in segment)
+                results.extend(
+                    Claim(counts[w.key]) if w.kind == "begin" else kept.get(w.key)
+                    for w in segment
+                )
             conn.execute("COMMIT")
         except BaseException:
             try:
@@ -552,6 +572,22 @@ class SqliteLedger:
                 pass  # SQLite may have rolled back already (e.g. on a full disk)
             raise
         return results
+
+
+def _kept_ids(conn: sqlite3.Connection, records: list[_Write]) -> dict[tuple[str, str], int]:
+    """For ``created`` writes that carried a job_id other than the row's: the job_id kept."""
+    kept: dict[tuple[str, str], int] = {}
+    for write in records:
+        state, job_id = write.params[2], write.params[3]
+        if state != "created" or job_id is None:
+            continue
+        row = conn.execute(
+            "SELECT job_id FROM jobs WHERE project_id = ? AND name = ? AND state = 'created'",
+            write.key,
+        ).fetchone()
+        if row is not None and row[0] is not None and row[0] != job_id:
+            kept[write.key] = row[0]
+    return kept
 
 
 def _attempts(conn: sqlite3.Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:

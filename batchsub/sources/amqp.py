@@ -7,10 +7,10 @@ One message holds one manifest (JSON; YAML when its ``x-batchsub-suffix`` header
 so it may give several ManifestItems; it is settled once all of them are:
 
 - every job created or already created: ack;
-- some job invalid, failed or drifted: a copy goes to ``NAME.dead`` with the reason in the
-  ``x-batchsub-error`` header, published persistent with a publisher confirm, THEN the
-  original is acked. Rejecting to the dead-letter exchange would keep the original headers
-  but RabbitMQ cannot add one, and the reason is what a person needs to fix the manifest.
+- some job invalid, failed, drifted or duplicated: a copy goes to ``NAME.dead`` with the
+  reason in the ``x-batchsub-error`` header, published persistent with a publisher
+  confirm, THEN the original is acked. Rejecting to the dead-letter exchange would keep the
+  original headers but RabbitMQ cannot add one, and the reason is what a person needs.
   A crash between confirm and ack leaves two copies in ``NAME.dead``, never none;
 - some job unresolved (a transient failure that outlasted the retries, the run stopping,
   a job claimed by another worker): nack with requeue, to be tried again.
@@ -159,7 +159,7 @@ class _Delivery:
 
 REQUEUE_DELAY = 1.0  # seconds an unresolved message waits before it is requeued
 # The outcome a dead-lettered message is filed under: the first of these among its jobs.
-_WORST_FIRST = (Outcome.INVALID, Outcome.DRIFTED, Outcome.FAILED)
+_WORST_FIRST = (Outcome.INVALID, Outcome.DRIFTED, Outcome.DUPLICATED, Outcome.FAILED)
 
 
 class AmqpSource:
