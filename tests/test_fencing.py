@@ -70,6 +70,21 @@ def test_the_lease_is_a_setting_that_must_cover_one_request() -> None:
         load_settings({"lease": 20.0})
 
 
+def test_a_lease_too_short_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batchsub.cli import main
+
+    assert main(["run", str(tmp_path), "--simulator", "--lease", "20", "--timeout", "30"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "batchsub: error: invalid setting: lease: 20 s cannot cover one request: a claim must"
+        " outlast timeout (30) + in_doubt_grace (5) + 1 s = 36 s; raise --lease or lower --timeout"
+    ]
+    assert main(["config", "show", "--lease", "20", "--timeout", "10"]) == 0
+    assert "lease = 20.0" in capsys.readouterr().out
+
+
 class Clocks:
     """A wall clock (leases, shared by every ledger) and a monotonic one (claim deadlines)."""
 
@@ -263,51 +278,54 @@ async def test_a_sqlite_claim_never_expires(tmp_path: Path) -> None:
 
 
 @needs_postgres
-async def test_a_claim_that_expires_while_paced_is_taken_over_and_sent_once(
+async def test_claims_that_expire_while_paced_are_taken_over_and_each_job_sent_once(
     simulator: SimulatorFactory, tmp_path: Path
 ) -> None:
-    # One request a second: the fifth job's turn comes at 4.1 s, its 2 s claim long gone.
-    sim = await simulator(duplicate_names="accept")
+    # One request a second, every job claimed at once: the jobs whose turn comes after 2 s
+    # outlive their 2 s claims. Another worker takes over whatever is not created by then.
+    sim = await simulator(duplicate_names="accept")  # a second create would make a second job
     specs = [job_spec(f"job-{i}") for i in range(5)]
     async with fresh_database() as dsn:
-        slow = on_ledger(
+        paced = on_ledger(
             dsn,
             fast_settings(sim.url, tmp_path, rate=1, concurrency=8, timeout=0.5, lease=2.0),
         )
-        fast = on_ledger(dsn, fast_settings(sim.url, tmp_path, timeout=0.5))
+        rival_settings = on_ledger(dsn, fast_settings(sim.url, tmp_path, timeout=0.5))
         first = ListSource(list(specs))
-        slow_run = asyncio.create_task(run_source(slow, first, RunAccount()))
-        conn = await asyncpg_connect(dsn)
-        try:
-            async with asyncio.timeout(10):
-                while not await expired(conn, "job-4"):
-                    await asyncio.sleep(0.05)
-            # Another worker (here a second run on the ledger) gets job-4 and creates it.
-            rival = ListSource([specs[4]])
-            assert await run_source(fast, rival, RunAccount()) == 0
-            assert not slow_run.done(), "the paced run ended before job-4's turn"
-            code = await asyncio.wait_for(slow_run, 20)
-        finally:
-            await conn.close()
+        with capture_logs() as logs:
+            paced_run = asyncio.create_task(run_source(paced, first, RunAccount()))
+            conn = await asyncpg.connect(dsn)
+            try:
+                async with asyncio.timeout(10):
+                    while not (waiting := await expired_claims(conn)):
+                        await asyncio.sleep(0.05)
+                left = {job.name for job in sim.store.jobs}
+                rival = ListSource([spec for spec in specs if spec.name in waiting - left])
+                await run_source(rival_settings, rival, RunAccount())
+                code = await asyncio.wait_for(paced_run, 20)
+            finally:
+                await conn.close()
 
-    assert rival.results["job-4"].outcome is Outcome.CREATED
+    taken = {name for name, r in rival.results.items() if r.outcome is Outcome.CREATED}
+    assert taken, "the other worker took no job over"
     assert sim.store.duplicates() == {}
     assert sorted(j.name for j in sim.store.jobs) == [s.name for s in specs]
-    assert sim.store.requests_by_name["job-4"] == 1  # the paced run never sent it
-    assert first.results["job-4"].outcome is Outcome.UNRESOLVED
-    assert code == 1  # unresolved: a rerun settles it (already created) without sending
+    assert set(sim.store.requests_by_name.values()) == {1}  # no job was ever sent twice
+    for name in taken:  # the paced run woke to a claim taken over, and sent nothing
+        assert first.results[name].outcome in (Outcome.UNRESOLVED, Outcome.ALREADY_CREATED)
+    assert "taken over" in [e.get("reason") for e in logs if e["event"] == "job.claim_lost"]
+    assert code == 1  # unresolved ones: a rerun settles them (already created) without sending
 
 
-async def asyncpg_connect(dsn: str) -> asyncpg.Connection[Any]:
-    return await asyncpg.connect(dsn)
-
-
-async def expired(conn: asyncpg.Connection[Any], name: str) -> bool:
-    """True once ``name``'s claim has run out (by the wall clock the ledgers use)."""
+async def expired_claims(conn: asyncpg.Connection[Any]) -> set[str]:
+    """Names whose claim has run out, by the wall clock the ledgers use."""
     if await conn.fetchval("SELECT to_regclass('batchsub_jobs')") is None:
-        return False  # the run has not made its schema yet
-    lease = await conn.fetchval("SELECT lease_until FROM batchsub_jobs WHERE name = $1", name)
-    return lease is not None and lease < time.time()
+        return set()  # the run has not made its schema yet
+    rows = await conn.fetch(
+        "SELECT name FROM batchsub_jobs WHERE state = 'submitting' AND lease_until < $1",
+        time.time(),
+    )
+    return {row["name"] for row in rows}
 
 
 # --- a stale worker's late "created" never replaces nor hides the other job ---------------------

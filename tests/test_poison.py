@@ -37,6 +37,20 @@ needs_broker = pytest.mark.skipif(not broker_listening(), reason="RabbitMQ is no
 needs_postgres = pytest.mark.skipif(not postgres_listening(), reason="PostgreSQL is not listening")
 
 
+class NotUtf8(str):
+    """A header value that pamqp sends as a long string of these bytes, UTF-8 or not."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> NotUtf8:
+        text = super().__new__(cls, raw.decode("latin-1"))
+        text.raw = raw
+        return text
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self.raw
+
+
 def good_body(name: str) -> bytes:
     return orjson.dumps({"name": name, "queue_name": "testQueue", "cu_number": 2})
 
@@ -69,8 +83,12 @@ async def _poison_queue(broker: Broker, sim: RunningSimulator, dsn: str, tmp_pat
         (b'name: "lone\\ud800"', {SUFFIX_HEADER: ".yaml"}, "found invalid Unicode character"),
         (b'{"name": "caf\xe9"}', {}, "not UTF-8 text (byte 0xe9 at offset 13)"),
         (b'{"name": "desc", "desc": "\\u001b[31m"}', {}, "desc: must not contain control char"),
+        # A long-string header that is not UTF-8 arrives as bytes, and must go out again;
+        # a header key that is not UTF-8 would make pamqp drop the connection, every time.
+        (b"{not json", {"x-odd": NotUtf8(b"\xff\xfe"), NotUtf8(b"k\xff"): 1},
+         "invalid JSON at line 1, column 2"),
     ]  # fmt: skip
-    good = [f"good-{i}" for i in range(6)]
+    good = [f"good-{i}" for i in range(len(bad) + 1)]
     (tmp_path / "first").mkdir()
     (tmp_path / "first" / "good-0.json").write_bytes(good_body(good[0]))
     await publish_directory(AMQP_URL, queue, tmp_path / "first")  # declares the queues too
@@ -82,7 +100,9 @@ async def _poison_queue(broker: Broker, sim: RunningSimulator, dsn: str, tmp_pat
     await broker.publish(queue, good_body("odd-headers"), {SOURCE_HEADER: 7, SUFFIX_HEADER: 1.5})
     invalid_utf8 = bytearray(b"\xff\x00\xfe")
     await broker.publish(queue, good_body("bytes-source"), {SOURCE_HEADER: invalid_utf8})
-    messages = 1 + 2 + 2 * len(bad) + 3
+    await broker.publish(queue, good_body("str-source"), {SOURCE_HEADER: NotUtf8(b"a\xffb")})
+    await broker.publish(queue, good_body("odd-key"), {NotUtf8(b"\xfe"): "x"})
+    messages = 1 + 2 + 2 * len(bad) + 5
 
     settings = on_ledger(
         dsn, fast_settings(sim.url, tmp_path, concurrency=4, amqp_url=AMQP_URL, queue=queue)
@@ -102,9 +122,10 @@ async def _poison_queue(broker: Broker, sim: RunningSimulator, dsn: str, tmp_pat
 
     assert code == 0
     created = sorted(job.name for job in sim.store.jobs)
-    assert created == sorted([*good, "huge-source", "odd-headers", "bytes-source"])
+    extra = ["huge-source", "odd-headers", "bytes-source", "str-source", "odd-key"]
+    assert created == sorted([*good, *extra])
     assert sim.store.duplicates() == {}
-    assert (source.acked, source.dead_lettered, source.requeued) == (9, 2 + len(bad), 0)
+    assert (source.acked, source.dead_lettered, source.requeued) == (len(good) + 5, 2 + len(bad), 0)
     assert await broker.depth(queue) == 0
     dead = await broker.drain(f"{queue}.dead")
     reasons = {str(m.headers[SOURCE_HEADER]): str(m.headers[ERROR_HEADER]) for m in dead}
@@ -128,6 +149,10 @@ async def _poison_queue(broker: Broker, sim: RunningSimulator, dsn: str, tmp_pat
     assert stored["huge-source"].startswith("xxx")
     assert stored["huge-source"].endswith("...")
     assert stored["bytes-source"] == "\ufffd\\x00\ufffd"
+    assert stored["str-source"] == "a\ufffdb"
+    odd = next(m for m in dead if m.headers[SOURCE_HEADER] == f"bad-{len(bad)}")
+    assert odd.headers["x-odd"] == bytearray(b"\xff\xfe")  # the same bytes, sent again
+    assert odd.headers["k\ufffd"] == 1
     assert stored["odd-headers"].startswith(f"amqp:{queue}#")
 
 

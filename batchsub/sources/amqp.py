@@ -23,7 +23,9 @@ are requeued by ``close()`` (and would be by the broker when the connection clos
 No message can stop a consumer, whatever its body or headers: a body that is not a valid
 manifest is dead-lettered with the parser's reason, a job the ledger refuses to hold fails
 (dead-lettered) alone, and the ``x-batchsub-source`` header is stored and shown with its
-control characters escaped, cut to 512 characters.
+control characters escaped, cut to 512 characters. Header keys and properties that are
+not UTF-8 are read with replacement characters (``amqp_headers``) rather than drop the
+connection on every redelivery.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import aio_pika
 import structlog
@@ -56,9 +59,11 @@ from batchsub.jobs import (
     Outcome,
 )
 from batchsub.manifest import parse_manifest_bytes
+from batchsub.sources import amqp_headers
 from batchsub.text import printable
 
 log = structlog.get_logger("batchsub.amqp")
+amqp_headers.install()  # a header key that is not UTF-8 must not drop the connection
 
 SOURCE_HEADER = "x-batchsub-source"
 SUFFIX_HEADER = "x-batchsub-suffix"
@@ -136,6 +141,21 @@ async def declare_queues(channel: AbstractChannel, queue: str) -> AbstractQueue:
         )
     except ChannelPreconditionFailed as exc:
         raise ConfigError(f"queue {queue!r} exists with other settings: {_reason(exc)}") from None
+
+
+def _resendable(value: Any) -> Any:
+    """Headers as received, in types they can be sent again in.
+
+    A long string that is not UTF-8 arrives as ``bytes`` (pamqp's fallback), which pamqp
+    cannot encode; as a byte array it can, with the same bytes.
+    """
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, dict):
+        return {key: _resendable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_resendable(item) for item in value]
+    return value
 
 
 def header_text(headers: HeadersType, key: str) -> str | None:
@@ -290,7 +310,7 @@ class AmqpSource:
         reason = printable("; ".join(delivery.errors), _MAX_HEADER_CHARS)
         worst = next(o for o in _WORST_FIRST if o in delivery.outcomes)
         headers: HeadersType = {
-            **(message.headers or {}),
+            **_resendable(message.headers or {}),
             ERROR_HEADER: reason,
             OUTCOME_HEADER: worst.value,
         }
