@@ -31,6 +31,10 @@ from stats import median, table
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+_HEADER = (
+    "ledger", "base jobs/s", "head jobs/s", "head / base", "rounds",
+    "base CPU ms/job", "head CPU ms/job",
+)  # fmt: skip
 
 
 @contextmanager
@@ -68,8 +72,11 @@ async def _admin(sql: str) -> None:
         await conn.close()
 
 
-def one_run(work: Path, manifests: Path, jobs: int, kind: str, pythonpath: Path | None) -> float:
-    """jobs/s of one whole ``batchsub run`` process (its wall time, start-up included)."""
+def one_run(
+    work: Path, manifests: Path, jobs: int, kind: str, pythonpath: Path | None
+) -> tuple[float, float]:
+    """jobs/s of one whole ``batchsub run`` process (its wall time, start-up included), and
+    its CPU (user + system, parser child included) in ms per job."""
     extra = {"PYTHONPATH": str(pythonpath)} if pythonpath else {}
     with Simulator(work) as sim, ledger_for(kind, work) as ledger:
         report = work / f"report-{time.monotonic_ns()}.json"
@@ -83,26 +90,30 @@ def one_run(work: Path, manifests: Path, jobs: int, kind: str, pythonpath: Path 
         created = json.loads(report.read_bytes())["summary"]["created"]
         if created != jobs or sim.total_jobs() != jobs:
             raise RuntimeError(f"created {created} of {jobs}")
-    return jobs / run.wall_s
+    return jobs / run.wall_s, (run.user_s + run.sys_s) * 1000 / jobs
 
 
 def compare(
     work: Path, manifests: Path, jobs: int, kind: str, base: Path, rounds: int
 ) -> list[str]:
-    """One row of the page: both sides' median jobs/s on ``kind`` and the paired ratios."""
-    results: dict[str, list[float]] = {"base": [], "head": []}
+    """One row of the page: both sides' medians on ``kind`` and the paired ratios."""
+    rates: dict[str, list[float]] = {"base": [], "head": []}
+    cpu: dict[str, list[float]] = {"base": [], "head": []}
     for index in range(rounds):
         for side in ("base", "head") if index % 2 == 0 else ("head", "base"):
-            rate = one_run(work, manifests, jobs, kind, base if side == "base" else None)
-            results[side].append(rate)
-            print(f"  {kind} round {index + 1} {side}: {rate:.0f} jobs/s", flush=True)
-    ratios = [h / b for h, b in zip(results["head"], results["base"], strict=True)]
+            rate, ms = one_run(work, manifests, jobs, kind, base if side == "base" else None)
+            rates[side].append(rate)
+            cpu[side].append(ms)
+            print(f"  {kind} round {index + 1} {side}: {rate:.0f} jobs/s, {ms:.3f} ms CPU/job")
+    ratios = [h / b for h, b in zip(rates["head"], rates["base"], strict=True)]
     return [
         kind,
-        f"{median(results['base']):.0f}",
-        f"{median(results['head']):.0f}",
+        f"{median(rates['base']):.0f}",
+        f"{median(rates['head']):.0f}",
         f"{100 * median(ratios):.0f}%",
         " / ".join(f"{100 * r:.0f}%" for r in ratios),
+        f"{median(cpu['base']):.3f}",
+        f"{median(cpu['head']):.3f}",
     ]
 
 
@@ -119,6 +130,7 @@ def main() -> int:
     head = subprocess.run(git, check=True, capture_output=True, text=True).stdout.strip()
     started = time.perf_counter()
     busy = os.getloadavg()
+    machine = table(["", ""], describe(REPO))
     with (
         tempfile.TemporaryDirectory(prefix="batchsub-compare-") as tmp,
         exported(args.base) as base,
@@ -136,13 +148,14 @@ def main() -> int:
 Written by `python bench/compare.py --base {args.base} --jobs {args.jobs} --rounds {args.rounds}`
 ({elapsed / 60:.1f} minutes). Each run: a whole `batchsub run` process, {args.jobs} manifests,
 `--rate 0`, concurrency 32, AK/SK, a fresh ledger and simulator process; the two sides
-alternate which goes first. The ratio is head / base, paired by round, median over rounds.
+alternate which goes first. The ratio is head / base, paired by round, median over rounds;
+CPU is the client process's (user + system, its parser child included), median per job.
 Load average at start {busy[0]:.2f} / {busy[1]:.2f} / {busy[2]:.2f}, at the end
 {load_average()}: other work on the machine makes single rounds noisy.
 
-{table(["", ""], describe(REPO))}
+{machine}
 
-{table(["ledger", "base jobs/s", "head jobs/s", "head / base", "rounds"], rows)}
+{table(_HEADER, rows)}
 """
     args.output.write_text(page)
     print(page)
