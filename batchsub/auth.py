@@ -16,6 +16,8 @@ from batchsub import signer
 __all__ = ["JSON_CONTENT_TYPE", "AkSkAuth", "TokenAuth"]
 
 JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
+SIGNATURE_VALIDITY = 15 * 60  # seconds an X-Sdk-Date may be from the server's clock
+CLOCK_SKEW_HINT = 5 * 60  # a 401 says the clocks differ from this many seconds on
 
 
 def _utc_now() -> datetime:
@@ -40,6 +42,10 @@ class TokenAuth:
     def describe(self) -> str:
         """Where the credential came from, without the token."""
         return f"token from {self._origin}"
+
+    def refusal_hint(self, server_time: datetime) -> str | None:
+        """A token does not depend on the clock: nothing to add."""
+        return None
 
     def __repr__(self) -> str:
         return "TokenAuth(token=<hidden>)"
@@ -88,6 +94,16 @@ class AkSkAuth:
             headers=to_sign,
             body=body,
             now=self._clock(),
+        )
+
+    def refusal_hint(self, server_time: datetime) -> str | None:
+        """The clocks, when they differ enough that a signature may be taken for too old."""
+        skew = abs((server_time - self._clock()).total_seconds())
+        if skew <= CLOCK_SKEW_HINT:
+            return None
+        return (
+            f"the server's clock differs from this machine's by {round(skew / 60)} min; "
+            f"AK/SK signatures are valid for {SIGNATURE_VALIDITY // 60} min: check NTP"
         )
 
     def describe(self) -> str:

@@ -23,6 +23,7 @@ _SEND_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--endpoint", {"help": "DLI endpoint URL (default: https://dli.{region}.myhuaweicloud.com)"}),
     ("--region", {"help": "Huawei Cloud region, e.g. cn-north-4, to derive the endpoint"}),
     ("--project-id", {"help": "project ID (default: $HUAWEICLOUD_SDK_PROJECT_ID)"}),
+    ("--iam-endpoint", {"help": "IAM URL of a password login (default: https://iam.{region}...)"}),
     ("--ledger", {"help": "ledger: a SQLite file path (default: ./batchsub.db)"}),
     ("--rate", {"type": float, "help": "requests per second, 0 for no limit (default: 10)"}),
     ("--concurrency", {"type": int, "help": "requests in flight at most (default: 8)"}),
@@ -68,6 +69,8 @@ _COMMAND_MODULES: dict[str, str] = {
     "publish": "batchsub.queue_commands",
     "consume": "batchsub.queue_commands",
     "simulator": "batchsub.simulator.command",
+    "healthcheck": "batchsub.healthcheck",
+    "auth": "batchsub.auth_check",
 }
 _BUILT_IN = frozenset({"run"})
 

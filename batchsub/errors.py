@@ -3,15 +3,18 @@
 BatchsubError
  +-- ConfigError          a setting is missing or wrong; the CLI exits 2 with one line
  +-- ManifestError        a manifest file or job cannot be used (names the file and field)
- +-- LedgerError          the ledger cannot be opened, locked or written
+ +-- LedgerError          the ledger cannot be opened, locked or written (stop: a setting or a bug)
  |    +-- LedgerLockedError   another batchsub process holds the ledger
  |    +-- LedgerRefusedError  the ledger refuses one job's values (not an outage: fail that job)
+ |    +-- LedgerUnavailable   unreachable or unwritable for now (connection refused or reset,
+ |                            timed out, restarting, disk full): wait and retry the same call
  +-- ApiError             the API answered with an error or could not be reached
       +-- FatalApiError       stop the whole run (401/403: a wrong credential or project)
       +-- RetryableError      try again later; ``defer`` says how long at least
 
-aiohttp errors are turned into ApiError in ``batchsub.client`` and aiosqlite errors into
-LedgerError in ``batchsub.ledgers``; nothing else catches library exceptions.
+aiohttp errors are turned into ApiError in ``batchsub.client``, and sqlite3/aiosqlite and
+asyncpg errors into the LedgerError classes in ``batchsub.ledgers``; nothing else catches
+library exceptions.
 """
 
 from __future__ import annotations
@@ -43,6 +46,23 @@ class LedgerRefusedError(LedgerError):
     Retrying cannot help, unlike an outage; the job is failed (or dead-lettered) with this
     message as its reason.
     """
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger cannot be reached or written now; the same statement may succeed later.
+
+    ``ledger`` names it (a file, or a DSN with its password masked), ``reason`` says what
+    failed, ``condition`` how to say it ("unreachable", "unwritable") after a long outage;
+    ``message`` replaces the default "ledger NAME: REASON".
+    """
+
+    def __init__(
+        self, ledger: str, reason: str, *, condition: str = "unreachable", message: str = ""
+    ) -> None:
+        super().__init__(message or f"ledger {ledger}: {reason}")
+        self.ledger = ledger
+        self.reason = reason
+        self.condition = condition
 
 
 class ApiError(BatchsubError):

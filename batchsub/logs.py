@@ -6,11 +6,13 @@ import contextvars
 import logging
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 import structlog
+
+from batchsub.masking import scrub
 
 if TYPE_CHECKING:
     from batchsub.settings import Settings
@@ -75,21 +77,35 @@ class _StreamLogger:
 
 
 class _StdlibBridge(logging.Handler):
-    """Library warnings (aio-pika reconnects, asyncio) as structlog events, in the same format."""
+    """Library warnings (aio-pika reconnects, asyncio) as structlog events, in the same format.
+
+    A library may echo a URL it was given: the settings' secrets are scrubbed from its text.
+    """
+
+    def __init__(self, hidden: Sequence[str] = ()) -> None:
+        super().__init__()
+        self._hidden = hidden
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            structlog.get_logger(record.name).log(
-                record.levelno, record.getMessage(), logger=record.name
-            )
+            message = scrub(record.getMessage(), self._hidden)
+            structlog.get_logger(record.name).log(record.levelno, message, logger=record.name)
         except Exception:  # a log line must never break the run
             self.handleError(record)
 
 
 def configure_logging(
-    fmt: str, level: str, *, interactive: bool, stream: TextIO | None = None
+    fmt: str,
+    level: str,
+    *,
+    interactive: bool,
+    stream: TextIO | None = None,
+    hidden: Sequence[str] = (),
 ) -> None:
-    """Configure structlog once per process; ``fmt`` is auto, json or console."""
+    """Configure structlog once per process; ``fmt`` is auto, json or console.
+
+    ``hidden``: secrets to scrub from what libraries log (``Settings.secret_values``).
+    """
     use_json = fmt == "json" or (fmt == "auto" and not interactive)
     processors: list[structlog.typing.Processor] = (
         [_JsonLine()]
@@ -108,7 +124,7 @@ def configure_logging(
         cache_logger_on_first_use=True,
     )
     root = logging.getLogger()
-    root.handlers = [_StdlibBridge()]
+    root.handlers = [_StdlibBridge(hidden)]
     root.setLevel(max(logging.WARNING, _LEVELS[level]))
 
 
@@ -120,5 +136,7 @@ def configure_command_logging(settings: Settings, *, quiet: bool = False) -> boo
     """
     interactive = sys.stderr.isatty()
     level = settings.log_level or ("warning" if interactive or quiet else "info")
-    configure_logging(settings.log_format, level, interactive=interactive)
+    configure_logging(
+        settings.log_format, level, interactive=interactive, hidden=settings.secret_values()
+    )
     return interactive

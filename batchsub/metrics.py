@@ -1,19 +1,23 @@
-"""Prometheus metrics and a health check for the daemons (``batchsub watch``), over HTTP.
+"""Prometheus metrics and a health check for the daemons (``watch``, ``consume``), over HTTP.
 
 ``Metrics`` is a RunObserver: the run reports each job's result and each HTTP answer to it.
 Each instance has its own CollectorRegistry (never the global one), so several can coexist.
 ``start_metrics_server`` serves ``GET /metrics`` (Prometheus text format) and ``GET /healthz``
-(200 "ok" while the run goes on, 503 "stopping" after) from the run's own event loop.
+(200 "ok" while the run goes on; 503 "ledger unavailable: REASON" while the ledger cannot be
+reached, or "API unreachable: REASON" while the API cannot be reached or its job list read,
+200 again once they answer; 503 "stopping" at the end) from the run's own event loop.
 
 Metrics: ``batchsub_jobs_total{outcome}``, ``batchsub_request_seconds{call="create"|"list"}``,
 ``batchsub_rate`` (the limiter's rate in use, req/s; 0 = unlimited),
-``batchsub_throttled_total`` (429 answers) and ``batchsub_files_waiting`` (manifests in the drop
-folder not yet claimed, plus those in processing/).
+``batchsub_throttled_total`` (429 answers), ``batchsub_ledger_up`` (0 during a ledger outage)
+and ``batchsub_files_waiting`` (manifests in the drop folder not yet claimed, plus those in
+processing/).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 from aiohttp import web
@@ -37,6 +41,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.healthy = True
+        self.ledger_problem: str | None = None  # why the ledger cannot be reached, if so
+        self.api_problem: str | None = None  # the API cannot be reached or read: not healthy
         self.jobs = Counter(
             "batchsub_jobs", "Jobs by final outcome.", ["outcome"], registry=self.registry
         )
@@ -52,6 +58,12 @@ class Metrics:
         self.throttled = Counter(
             "batchsub_throttled", "429 answers from the API.", registry=self.registry
         )
+        self.ledger_up = Gauge(
+            "batchsub_ledger_up",
+            "1 while the ledger answers, 0 during an outage.",
+            registry=self.registry,
+        )
+        self.ledger_up.set(1)
         self.files_waiting = Gauge(
             "batchsub_files_waiting",
             "Manifests in the drop folder not yet claimed, plus those being processed.",
@@ -81,6 +93,15 @@ class Metrics:
         if status == _THROTTLED:
             self.throttled.inc()
 
+    def on_ledger(self, problem: str | None) -> None:
+        """The ledger became unavailable (why), or answers again (None): /healthz says so."""
+        self.ledger_problem = problem
+        self.ledger_up.set(0 if problem else 1)
+
+    def on_api_state(self, problem: str | None) -> None:
+        """Say so in ``/healthz`` while the API cannot be reached (the daemon keeps trying)."""
+        self.api_problem = problem
+
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
@@ -102,9 +123,13 @@ def create_metrics_app(metrics: Metrics) -> web.Application:
     """The aiohttp app: ``/metrics`` and ``/healthz``."""
 
     async def healthz(_: web.Request) -> web.Response:
-        if metrics.healthy:
-            return web.Response(text="ok")
-        return web.Response(status=503, text="stopping")
+        if not metrics.healthy:
+            return web.Response(status=503, text="stopping")
+        if metrics.ledger_problem is not None:
+            return web.Response(status=503, text=f"ledger unavailable: {metrics.ledger_problem}")
+        if metrics.api_problem is not None:
+            return web.Response(status=503, text=f"API unreachable: {metrics.api_problem}")
+        return web.Response(text="ok")
 
     async def scrape(_: web.Request) -> web.Response:
         response = web.Response(body=metrics.render())
@@ -127,3 +152,18 @@ async def start_metrics_server(metrics: Metrics, host: str, port: int) -> Metric
         ) from None
     log.info("metrics.serving", url=url)
     return MetricsServer(runner, url)
+
+
+@contextlib.asynccontextmanager
+async def serving(metrics: Metrics, host: str, port: int | None) -> AsyncIterator[str | None]:
+    """Serve ``metrics`` on host:port while the block runs (its URL; None without a port).
+
+    /healthz answers 503 "stopping" once the block is left, until the server is closed.
+    """
+    server = await start_metrics_server(metrics, host, port) if port is not None else None
+    try:
+        yield server.url if server else None
+    finally:
+        metrics.healthy = False
+        if server is not None:
+            await server.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import dataclasses
 import heapq
@@ -44,15 +45,21 @@ from batchsub.jobs import (
 from batchsub.limiter import RateLimiter
 from batchsub.logs import configure_command_logging
 from batchsub.manifest import diff_fields
+from batchsub.masking import mask_url
 from batchsub.protocols import Auth, Ledger
+from batchsub.reachability import Reachability
 from batchsub.reconcile import Reconciler
 from batchsub.report import RunAccount
 from batchsub.runner import (
     NO_PROJECT,
-    build_auth,
+    Target,
+    credential_in_use,
+    dli_client,
     is_shared_ledger,
     open_ledger,
+    opened_auth,
     project_id_for,
+    refused_credential,
     retry_policy,
     run_source,
 )
@@ -386,37 +393,57 @@ async def _plan_batch(
     return rows
 
 
-async def list_remote_jobs(settings: Settings, project_id: str) -> dict[str, int]:
-    """Name -> lowest job_id of every Flink Jar job of the project: list calls only.
+@dataclasses.dataclass(frozen=True, slots=True)
+class RemoteApi:
+    """What a command needs for list calls: where, with which credential, and how to call."""
 
-    Unlike the run's reconciler, which carries on without adoption when listing is not
-    possible, a plan must say so: every failure here is a one-line ConfigError with the fix.
+    target: Target
+    client: DliClient
+    caller: SafeCaller
+
+
+@contextlib.asynccontextmanager
+async def remote_api(settings: Settings, project_id: str) -> AsyncIterator[RemoteApi]:
+    """A client and a retrying caller for list calls (any number of them).
+
+    A list that cannot be read is never taken for an empty one: every failure here, after a
+    few tries, is a one-line ConfigError with the fix.
     """
     endpoint = settings.resolved_endpoint()
-    auth = build_auth(settings, project_id)
-    session = make_session(
-        settings.concurrency, str(settings.ca_file) if settings.ca_file else None
-    )
-    try:
-        client = DliClient(session, endpoint, project_id, auth, timeout=settings.timeout)
-        policy = dataclasses.replace(
-            retry_policy(settings), max_attempts=min(REMOTE_LIST_ATTEMPTS, settings.max_attempts)
+    async with opened_auth(settings, project_id) as auth:
+        target = Target(endpoint, project_id, auth)
+        session = make_session(
+            settings.concurrency, str(settings.ca_file) if settings.ca_file else None
         )
-        caller = SafeCaller(RateLimiter(settings.rate), policy)
-        return await Reconciler(client, caller).list_jobs()
-    except ApiError as exc:
-        raise ConfigError(_remote_failure(exc, endpoint, auth)) from None
-    finally:
-        await close_session(session)
+        try:
+            client = dli_client(
+                session,
+                target,
+                timeout=settings.timeout,
+                connect_timeout=settings.connect_timeout,
+                reachability=Reachability(quiet=True),  # the error line says it
+            )
+            policy = dataclasses.replace(
+                retry_policy(settings),
+                max_attempts=min(REMOTE_LIST_ATTEMPTS, settings.max_attempts),
+            )
+            yield RemoteApi(target, client, SafeCaller(RateLimiter(settings.rate), policy))
+        except ApiError as exc:
+            raise ConfigError(_remote_failure(exc, mask_url(endpoint), auth)) from None
+        finally:
+            await close_session(session)
+
+
+async def list_remote_jobs(settings: Settings, project_id: str) -> dict[str, int]:
+    """Name -> lowest job_id of every Flink Jar job of the project: list calls only."""
+    async with remote_api(settings, project_id) as api:
+        return await Reconciler(api.client, api.caller).list_jobs()
 
 
 def _remote_failure(exc: ApiError, endpoint: str, auth: Auth) -> str:
     """The one line for a failed list call, naming the fix."""
     if exc.status in (401, 403):
-        return (
-            f"the API refused the credential {auth.describe()} ({exc}); check "
-            "HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK or BATCHSUB_AUTH_TOKEN and --project-id"
-        )
+        return refused_credential(auth, exc)
     if isinstance(exc, FatalApiError):  # TLS: the message already names --ca-file
         return str(exc)
     if exc.status == 404:
@@ -474,7 +501,7 @@ class _PlanJson:
         self.counts: Counter[Action] = Counter()
         self._head = {
             "project_id": project_id,
-            "ledger": settings.ledger,
+            "ledger": mask_url(settings.ledger),
             "remote_checked": remote is not None,
         }
         self._first = True
@@ -552,7 +579,8 @@ def _print_plan_footer(
         if remote is not None
         else "remote not checked (--check-remote lists it)"
     )
-    console.print(f"project {project_id} · ledger {settings.ledger} · {checked}", markup=False)
+    shown = mask_url(settings.ledger)
+    console.print(f"project {project_id} · ledger {shown} · {checked}", markup=False)
     console.print(
         f"Plan: {counts[Action.CREATE]} to create, {counts[Action.ADOPT]} to adopt, "
         f"{counts[Action.RETRY]} to retry, {counts[Action.RECONCILE]} to reconcile, "
@@ -632,7 +660,7 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     console = _console()
     where = f" (project {args.project_id})" if args.project_id else ""
-    counts = Table(title=f"ledger {settings.ledger}{where}", header_style="bold")
+    counts = Table(title=f"ledger {mask_url(settings.ledger)}{where}", header_style="bold")
     counts.add_column("state")
     counts.add_column("jobs", justify="right")
     for state, count in status.counts.items():
@@ -790,7 +818,8 @@ async def retry_failed(
     source = LedgerFailedSource(existing_ledger(settings.ledger), project_id)
     count = await source.load()  # opened and closed again before run_source opens it
     if count == 0:
-        announce(f"nothing to retry: ledger {settings.ledger} has no failed jobs in {project_id}")
+        shown = mask_url(settings.ledger)
+        announce(f"nothing to retry: ledger {shown} has no failed jobs in {project_id}")
         account.write_report(account.summary(exit_code=0))
         return 0
     announce(f"sending again {count} failed jobs of project {project_id}")
@@ -825,8 +854,13 @@ def config_show_command(settings: Settings, args: argparse.Namespace) -> int:
     """``batchsub config show``: the merged settings (flags > env > file), secrets masked."""
     config_file = config_file_in_use(args.config)
     shown = settings.masked()
+    credential = credential_in_use(settings)
     if args.json:
-        out = {"config_file": str(config_file) if config_file else None, "settings": shown}
+        out = {
+            "config_file": str(config_file) if config_file else None,
+            "credential": credential,
+            "settings": shown,
+        }
         print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
         return 0
     origin = str(config_file) if config_file else f"none ({DEFAULT_CONFIG_FILE} not found)"
@@ -835,9 +869,10 @@ def config_show_command(settings: Settings, args: argparse.Namespace) -> int:
         "# precedence: flags > BATCHSUB_* environment > config file > defaults",
     ]
     try:
-        lines.append(f"# endpoint in use: {settings.resolved_endpoint()}")
-    except ConfigError:
-        lines.append("# endpoint in use: none (set endpoint or region)")
+        lines.append(f"# endpoint in use: {mask_url(settings.resolved_endpoint())}")
+    except ConfigError as exc:
+        lines.append(f"# endpoint in use: none ({exc})")
+    lines.append(f"# credential in use: {credential}")
     for key, value in shown.items():
         lines.append(f"# {key} = (not set)" if value is None else f"{key} = {_toml_value(value)}")
     print("\n".join(lines))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from yarl import URL
@@ -129,6 +130,10 @@ class Auth(Protocol):
         """Which credential this is, for error messages, with no secret in it."""
         ...
 
+    def refusal_hint(self, server_time: datetime) -> str | None:
+        """Why a 401 may have come, given the time the server's answer gave, or None."""
+        ...
+
 
 class RateView(Protocol):
     """What an observer may read of the shared limiter."""
@@ -157,4 +162,12 @@ class RunObserver(Protocol):
 
     def on_answer(self, call: str, seconds: float, status: int | None) -> None:
         """One HTTP request done: ``call`` is "create" or "list"; status None if no answer."""
+        ...
+
+    def on_ledger(self, problem: str | None) -> None:
+        """The ledger became unavailable (``problem`` says why), or answers again (None)."""
+        ...
+
+    def on_api_state(self, problem: str | None) -> None:
+        """The API became unreachable (or its job list unreadable), or None: it answers again."""
         ...

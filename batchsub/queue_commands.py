@@ -36,6 +36,8 @@ from batchsub.cli import add_send_flags
 from batchsub.errors import ConfigError
 from batchsub.jobs import InvalidManifest, JobSpec
 from batchsub.logs import configure_command_logging
+from batchsub.masking import mask_url
+from batchsub.metrics import Metrics, serving
 from batchsub.report import RunAccount
 from batchsub.runner import daemon_exit_code, run_source
 from batchsub.settings import Settings
@@ -49,7 +51,6 @@ from batchsub.sources.amqp import (
     connect,
     declare_queues,
     open_amqp_source,
-    redact_url,
 )
 from batchsub.sources.directory import DirectorySource, iter_manifest_paths
 
@@ -87,6 +88,12 @@ def add_parser(commands: Any) -> None:
         "--simulator", action="store_true", help="start the built-in DLI simulator and send to it"
     )
     consume.add_argument("--progress", choices=["auto", "on", "off"])
+    consume.add_argument(
+        "--metrics-port", type=int, help="serve /metrics and /healthz on this port"
+    )
+    consume.add_argument(
+        "--metrics-host", help="address the metrics port listens on (default: 127.0.0.1)"
+    )
     consume.set_defaults(handler=_consume_command)
 
 
@@ -162,7 +169,7 @@ async def publish_directory(
         await sender.flush()
     finally:
         await connection.close()
-    log.info("publish.done", queue=queue, url=redact_url(url), **asdict(counts))
+    log.info("publish.done", queue=queue, url=mask_url(url), **asdict(counts))
     return counts
 
 
@@ -234,11 +241,20 @@ async def consume_source(
 
     Returns 0 once stopped (SIGTERM, SIGINT, ``source.stop()``), 2 if a setting or a refused
     credential stopped it: outcomes of single messages are the dead-letter queue's business.
+    With ``metrics_port`` set, serves /metrics and /healthz meanwhile (probes for workers).
     """
     account = RunAccount(report)
-    code = await run_source(
-        settings, source, account, simulator=simulator, progress=progress, endless=True
-    )
+    metrics = Metrics()
+    async with serving(metrics, settings.metrics_host, settings.metrics_port):
+        code = await run_source(
+            settings,
+            source,
+            account,
+            simulator=simulator,
+            progress=progress,
+            endless=True,
+            observer=metrics,
+        )
     return daemon_exit_code(code)
 
 

@@ -12,6 +12,9 @@ usually). Catching up sees no deletions, so every ``relist_after`` the whole lis
 again: a job made by hand and deleted since is then no longer adopted. An endpoint whose list
 gives no creation times gets only those full listings.
 
+The server's list is never assumed empty: a listing that fails (after the caller's retries),
+whatever the answer was, fails every lookup waiting for it, and the next one lists again.
+
 A name the list shows more than once (a duplicate made by hand, or by a worker that lost its
 claim) is adopted as its oldest job, and every job_id seen for it is kept (``ids_of``) so that
 the submitter reports all of them; a full listing forgets those deleted since.
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import time
 from collections.abc import Callable
 
@@ -29,7 +31,7 @@ import structlog
 
 from batchsub.calls import SafeCaller
 from batchsub.client import LIST_PAGE_SIZE, DliClient, JobPage, RemoteJob
-from batchsub.errors import ApiError, FatalApiError, RetryableError
+from batchsub.errors import ApiError
 
 log = structlog.get_logger("batchsub.reconcile")
 
@@ -57,6 +59,8 @@ class Reconciler:
         self._caller = caller
         self._snapshot: dict[str, int] | None = None
         self._snapshot_lock = asyncio.Lock()
+        self._listings = 0  # listings (or catch-ups) finished, ended by a failure or not
+        self._failure: ApiError | None = None  # how the last one failed
         self._refresh_after = refresh_after
         self._clock = clock
         self._relist_after = relist_after
@@ -89,29 +93,35 @@ class Reconciler:
         """Name -> job_id of every Flink Jar job: listed once, then caught up when stale."""
         if self._snapshot is not None and not self._stale():  # every job asks: no lock
             return self._snapshot
+        listings = self._listings
         async with self._snapshot_lock:
-            if self._snapshot is None:
-                self._snapshot_at = self._listed_at = self._clock()
-                try:
-                    jobs = await self._list_all(name=None)
-                except (FatalApiError, RetryableError):
-                    raise
-                except ApiError as exc:
-                    # The endpoint does not list jobs (a gateway or stand-in without the list
-                    # call). Creating stays safe through the ledger; adoption is off.
-                    log.warning(
-                        "remote.cannot_list",
-                        error=str(exc),
-                        effect="jobs made outside batchsub are not detected",
-                    )
-                    self._refresh_after = math.inf
-                    jobs = []
-                self._snapshot = self._ids(jobs, every_job=True)
-                self._track_newest(jobs)
-                log.info("remote.listed", jobs=len(self._snapshot), list_calls=self.list_calls)
-            elif self._stale():
-                await self._catch_up(self._snapshot)
+            if self._listings != listings and self._failure is not None:
+                # The listing this caller waited for failed (after its own retries): share
+                # its failure rather than list again, once per waiting job. (A fresh traceback
+                # each time: hundreds of waiters would otherwise stack theirs on one object.)
+                raise self._failure.with_traceback(None)
+            try:
+                await self._list_or_catch_up()
+            except ApiError as exc:
+                # The server's list is never assumed empty: nothing is created meanwhile.
+                self._failure = exc
+                raise
+            else:
+                self._failure = None
+            finally:
+                self._listings += 1
+            assert self._snapshot is not None
             return self._snapshot
+
+    async def _list_or_catch_up(self) -> None:
+        if self._snapshot is None:
+            self._snapshot_at = self._listed_at = self._clock()
+            jobs = await self._list_all(name=None)
+            self._snapshot = self._ids(jobs, every_job=True)
+            self._track_newest(jobs)
+            log.info("remote.listed", jobs=len(self._snapshot), list_calls=self.list_calls)
+        elif self._stale():
+            await self._catch_up(self._snapshot)
 
     def _track_newest(self, jobs: list[RemoteJob]) -> None:
         """Remember the newest creation time listed; without any, stop catching up."""

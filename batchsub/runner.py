@@ -17,18 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import structlog
 
 from batchsub.auth import AkSkAuth, TokenAuth
-from batchsub.calls import SafeCaller
-from batchsub.client import DliClient, make_session
+from batchsub.calls import GIVE_UP_AFTER, SafeCaller
+from batchsub.client import CONNECT_TIMEOUT, DliClient, make_session
 from batchsub.console import ProgressDisplay, print_summary
-from batchsub.errors import ConfigError
+from batchsub.errors import ConfigError, FatalApiError, RetryableError
+from batchsub.iam import IamDliClient, IamTokenAuth, auth_from_settings
 from batchsub.jobs import JobResult
 from batchsub.ledgers import SqliteLedger
+from batchsub.ledgers.outage import Outage
 from batchsub.limiter import RateLimiter, RetryBudget
 from batchsub.logs import configure_command_logging
+from batchsub.masking import mask_url
 from batchsub.protocols import Auth, FileIndex, Ledger, RunObserver, Source
+from batchsub.reachability import Reachability
 from batchsub.reconcile import Reconciler
 from batchsub.report import EXIT_FATAL, RunAccount
 from batchsub.retry import RetryPolicy
@@ -44,9 +49,13 @@ NO_PROJECT = "no project id: pass --project-id or set HUAWEICLOUD_SDK_PROJECT_ID
 
 
 def build_auth(settings: Settings, project_id: str) -> Auth:
-    """The credential to use: a BATCHSUB_AUTH_TOKEN wins, else AK/SK."""
+    """The credential to use: a ready token (BATCHSUB_AUTH_TOKEN), else an IAM password, else
+    AK/SK. The most specific wins: a token was made for this, and BATCHSUB_IAM_* are
+    batchsub's own, where HUAWEICLOUD_SDK_AK/SK may be set for every tool of the machine."""
     if settings.auth_token is not None and settings.auth_token.get_secret_value():
         return TokenAuth(settings.auth_token.get_secret_value())
+    if settings.iam_user or settings.iam_domain or settings.iam_password:
+        return auth_from_settings(settings, project_id)
     ak = settings.ak.get_secret_value() if settings.ak else ""
     sk = settings.sk.get_secret_value() if settings.sk else ""
     if ak and sk:
@@ -55,7 +64,67 @@ def build_auth(settings: Settings, project_id: str) -> Auth:
         missing = "HUAWEICLOUD_SDK_SK" if ak else "HUAWEICLOUD_SDK_AK"
         raise ConfigError(f"incomplete AK/SK credential: {missing} is not set")
     raise ConfigError(
-        "no credentials: set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, or BATCHSUB_AUTH_TOKEN"
+        "no credentials: set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, or BATCHSUB_AUTH_TOKEN, "
+        "or BATCHSUB_IAM_USER, BATCHSUB_IAM_DOMAIN and BATCHSUB_IAM_PASSWORD"
+    )
+
+
+def _credential_given(settings: Settings) -> bool:
+    secrets = (settings.auth_token, settings.ak, settings.sk, settings.iam_password)
+    return any(secrets) or bool(settings.iam_user or settings.iam_domain)
+
+
+def credential_in_use(settings: Settings) -> str:
+    """Which credential a command of these settings would use (``config show``), no secret."""
+    try:
+        return build_auth(settings, settings.project_id or "(no project id)").describe()
+    except ConfigError as exc:
+        return f"none: {exc}"
+
+
+@contextlib.asynccontextmanager
+async def opened_auth(settings: Settings, project_id: str) -> AsyncIterator[Auth]:
+    """``build_auth``, with an IAM login done first: a refused password is a ConfigError.
+
+    IAM out of reach is not: the first request tries again, as for any outage.
+    """
+    auth = build_auth(settings, project_id)
+    if not isinstance(auth, IamTokenAuth):
+        yield auth
+        return
+    try:
+        await auth.token()
+    except FatalApiError as exc:
+        await auth.close()
+        raise ConfigError(str(exc)) from None
+    except RetryableError as exc:
+        log.info("iam.unreachable", error=str(exc), effect="the first request tries again")
+    try:
+        yield auth
+    finally:
+        await auth.close()
+
+
+def dli_client(
+    session: aiohttp.ClientSession,
+    target: Target,
+    *,
+    timeout: float,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    on_answer: Callable[[str, float, int | None], None] | None = None,
+    reachability: Reachability | None = None,
+) -> DliClient:
+    """The API client of ``target``; one that renews its token for an IAM password login."""
+    kind = IamDliClient if isinstance(target.auth, IamTokenAuth) else DliClient
+    return kind(
+        session,
+        target.endpoint,
+        target.project_id,
+        target.auth,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        on_answer=on_answer,
+        reachability=reachability,
     )
 
 
@@ -70,18 +139,28 @@ def open_ledger(
     request_timeout: float = 30.0,
     read_only: bool = False,
     lease: float | None = None,
+    timeout: float = 10.0,
+    outage: Outage | None = None,
 ) -> Ledger:
     """The ledger named by ``--ledger``: a postgresql:// URL (shared) or a SQLite file path.
 
     ``read_only`` SQLite ledgers take no lock, so they can be read while a run writes.
-    ``lease``: seconds a claim lasts (default 2 x ``request_timeout`` + 10).
+    ``lease``: seconds a claim lasts (default 2 x ``request_timeout`` + 10). ``timeout``
+    bounds each PostgreSQL connection attempt and statement; ``outage`` says how long a call
+    waits through an outage (by default it fails at once).
     """
     if is_shared_ledger(spec):
         from batchsub.ledgers.postgres import PostgresLedger
 
         # A claim must outlive the longest request its worker may still have in flight.
-        return PostgresLedger(spec, lease_seconds=lease or request_timeout * 2 + 10)
-    return SqliteLedger(Path(spec), read_only=read_only)
+        return PostgresLedger(
+            spec,
+            lease_seconds=lease or request_timeout * 2 + 10,
+            connect_timeout=timeout,
+            command_timeout=timeout,
+            outage=outage,
+        )
+    return SqliteLedger(Path(spec), read_only=read_only, outage=outage)
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -117,22 +196,28 @@ async def resolve_target(settings: Settings, *, simulator: bool) -> AsyncIterato
     """The endpoint, project and credential; with ``simulator``, a built-in simulator too."""
     project_id = project_id_for(settings, simulator=simulator)
     if not simulator:
-        yield Target(settings.resolved_endpoint(), project_id, build_auth(settings, project_id))
+        endpoint = settings.resolved_endpoint()
+        async with opened_auth(settings, project_id) as auth:
+            yield Target(endpoint, project_id, auth)
         return
     from batchsub.simulator import start_simulator
     from batchsub.simulator.config import demo_token, simulator_config
 
     config = simulator_config(settings, project_id=project_id)
-    if any((settings.auth_token, settings.ak, settings.sk)):
-        auth: Auth = build_auth(settings, project_id)
-    else:
-        # No credential set: the demo needs none, so simulator and client share a fresh token.
-        token = demo_token()
-        config.tokens = frozenset({token})
-        auth = TokenAuth(token, origin="the built-in simulator (a throwaway demo token)")
+    # No credential set: the demo needs none, so simulator and client share a fresh token.
+    demo = None if _credential_given(settings) else demo_token()
+    if demo is not None:
+        config.tokens = frozenset({demo})
     sim = await start_simulator(config)
     try:
-        yield Target(sim.url, project_id, auth)
+        if demo is not None:
+            origin = "the built-in simulator (a throwaway demo token)"
+            yield Target(sim.url, project_id, TokenAuth(demo, origin=origin))
+        else:
+            # The simulator serves IAM logins too: a password login goes to it.
+            local = settings.model_copy(update={"iam_endpoint": sim.url})
+            async with opened_auth(local, project_id) as auth:
+                yield Target(sim.url, project_id, auth)
     finally:
         await sim.close()
 
@@ -185,8 +270,19 @@ async def run_source(
     started = time.monotonic()
     async with AsyncExitStack() as stack:
         target = await stack.enter_async_context(resolve_target(settings, simulator=simulator))
+        # A daemon waits through a ledger outage, at start-up too; a one-shot run does not
+        # start without its ledger, and gives up on it after ledger_outage_limit.
+        outage = Outage(
+            limit=None if endless else settings.ledger_outage_limit,
+            startup_limit=None if endless else 0.0,
+            on_change=observer.on_ledger if observer else None,
+        )
         ledger = open_ledger(
-            settings.ledger, request_timeout=settings.timeout, lease=settings.lease_seconds
+            settings.ledger,
+            request_timeout=settings.timeout,
+            timeout=settings.ledger_timeout,
+            outage=outage,
+            lease=settings.lease_seconds,
         )
         await ledger.open()
         stack.push_async_callback(ledger.close)
@@ -198,17 +294,17 @@ async def run_source(
         stack.push_async_callback(session.close)
         limiter = RateLimiter(settings.rate)
         policy = retry_policy(settings)
-        client = DliClient(
+        client = dli_client(
             session,
-            target.endpoint,
-            target.project_id,
-            target.auth,
+            target,
             timeout=settings.timeout,
+            connect_timeout=settings.connect_timeout,
             on_answer=observer.on_answer if observer else None,
+            reachability=Reachability(observer.on_api_state if observer else None),
         )
         # A one-shot run with nobody listening at the endpoint says so in seconds; a daemon
         # keeps trying through an outage, as long as the retry policy allows.
-        caller = SafeCaller(limiter, policy, connect_attempts=None if endless else 4)
+        caller = SafeCaller(limiter, policy, give_up_after=None if endless else GIVE_UP_AFTER)
         reconciler = Reconciler(
             client,
             caller,
@@ -227,15 +323,16 @@ async def run_source(
             finish_source_on_stop=not endless,
             in_doubt_grace=settings.in_doubt_grace,
             claim_window=settings.claim_window,
+            outage=outage,
         )
         if observer is not None:
             observer.on_start(limiter)
         log.info(
             "run.started",
-            endpoint=target.endpoint,
+            endpoint=mask_url(target.endpoint),
             project_id=target.project_id,
             auth=target.auth.describe(),
-            ledger=settings.ledger,
+            ledger=mask_url(settings.ledger),
             rate=settings.rate,
             concurrency=settings.concurrency,
         )
@@ -276,11 +373,17 @@ def _fan_out(account: RunAccount, observer: RunObserver | None) -> Callable[[Job
 def _fatal_message(error: Any, auth: Auth) -> str:
     status = getattr(error, "http_status", None)
     if status in (401, 403):
-        return (
-            f"the API refused the credential {auth.describe()} ({error}); "
-            "check HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK or BATCHSUB_AUTH_TOKEN and --project-id"
-        )
+        return refused_credential(auth, error)
     return str(error)
+
+
+def refused_credential(auth: Auth, error: object) -> str:
+    """The one line for a 401/403 of the API: which credential, and what to check."""
+    if isinstance(auth, IamTokenAuth):
+        fix = "check that IAM user's permissions for DLI in that project, and --project-id"
+    else:
+        fix = "check HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK or BATCHSUB_AUTH_TOKEN and --project-id"
+    return f"the API refused the credential {auth.describe()} ({error}); {fix}"
 
 
 async def _run_until_done(

@@ -29,6 +29,8 @@ from pydantic_settings import (
 )
 
 from batchsub.errors import ConfigError
+from batchsub.masking import mask_url, url_passwords
+from batchsub.regions import domain_of, endpoint_for
 
 DEFAULT_CONFIG_FILE = Path("config/batchsub.toml")
 CLOCK_SLACK = 1.0  # seconds of a claim kept for clock skew between hosts and scheduling
@@ -47,6 +49,9 @@ class Settings(BaseSettings):
     # Where to send: an explicit endpoint wins over the one derived from the region.
     endpoint: str | None = None
     region: str | None = None
+    # A region the built-in list (batchsub/regions.py) does not know yet is refused, to catch
+    # a typo at once; true derives its endpoint anyway (dli.{region}.myhuaweicloud.com).
+    allow_unknown_region: bool = False
     project_id: str | None = Field(
         None, validation_alias=AliasChoices("BATCHSUB_PROJECT_ID", "HUAWEICLOUD_SDK_PROJECT_ID")
     )
@@ -60,14 +65,31 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("BATCHSUB_SK", "HUAWEICLOUD_SDK_SK")
     )
     auth_token: SecretStr | None = None
+    # Or an IAM user's password, which batchsub trades for a token (renewed before it
+    # expires). The user and its account (domain) may sit in the config file; the password
+    # only in the environment or in a file (a mounted Secret, read again at each login).
+    iam_user: str | None = None
+    iam_domain: str | None = None
+    iam_password: SecretStr | None = None
+    iam_password_file: Path | None = None
+    iam_endpoint: str | None = None  # default https://iam.{region}.myhuaweicloud.com
 
     # Ledger: a SQLite file path (a postgresql:// URL comes later).
     ledger: str = "batchsub.db"
+    # Seconds each PostgreSQL connection attempt, pool acquire and statement may take: a
+    # partition ends in a retry, never in a silent hang.
+    ledger_timeout: float = Field(10.0, gt=0.0)
+    # ``run`` and ``retry``: seconds the ledger may stay unreachable (or its disk full) before
+    # the run ends with exit 2. ``watch`` and ``consume`` wait for as long as it takes.
+    ledger_outage_limit: float = Field(60.0, ge=0.0)
 
     # Pool, pacing and retries.
     concurrency: int = Field(8, ge=1, le=1024)
     rate: float = Field(10.0, ge=0.0)
     timeout: float = Field(30.0, gt=0.0)
+    # Seconds a TCP connection to the API may take: an address that never answers (a wrong
+    # region's, a firewall that drops) fails in seconds rather than after the whole timeout.
+    connect_timeout: float = Field(5.0, gt=0.0)
     max_attempts: int = Field(10, ge=1)
     job_deadline: float = Field(900.0, gt=0.0)
     retry_after_cap: float = Field(120.0, gt=0.0)
@@ -98,6 +120,9 @@ class Settings(BaseSettings):
     rescan_interval: float = Field(30.0, gt=0.0)  # safety-net rescan besides inotify
     poll: bool = False  # poll instead of inotify (network filesystems)
     metrics_port: int | None = Field(None, ge=0, le=65535)  # /healthz and Prometheus metrics
+    # Loopback unless told otherwise: the metrics say what the daemon does. The image sets
+    # 0.0.0.0 (BATCHSUB_METRICS_HOST), where the container's network is the boundary.
+    metrics_host: str = "127.0.0.1"
 
     # The queue consumer (``batchsub consume``) and publisher.
     amqp_url: SecretStr | None = None  # amqp://user:password@host/vhost: the password is secret
@@ -151,7 +176,7 @@ class Settings(BaseSettings):
     def _loop_in_any_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("endpoint")
+    @field_validator("endpoint", "iam_endpoint")
     @classmethod
     def _endpoint_is_http(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -170,7 +195,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = _config_file.get()
         if config_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            sources.append(_ConfigFile(settings_cls, config_file))
         return tuple(sources)
 
     def resolved_endpoint(self) -> str:
@@ -178,10 +203,20 @@ class Settings(BaseSettings):
         if self.endpoint:
             return self.endpoint
         if self.region:
-            domain = "myhuaweicloud.eu" if self.region == "eu-west-101" else "myhuaweicloud.com"
-            return f"https://dli.{self.region}.{domain}"
+            return endpoint_for(self.region, allow_unknown=self.allow_unknown_region)
         raise ConfigError(
             "no endpoint: pass --endpoint URL or --region NAME (or set BATCHSUB_ENDPOINT)"
+        )
+
+    def resolved_iam_endpoint(self) -> str:
+        """Where IAM tokens come from: explicit, or the region's IAM endpoint."""
+        if self.iam_endpoint:
+            return self.iam_endpoint
+        if self.region:
+            return f"https://iam.{self.region}.{domain_of(self.region)}"
+        raise ConfigError(
+            "no IAM endpoint: pass --iam-endpoint URL or --region NAME "
+            "(or set BATCHSUB_IAM_ENDPOINT)"
         )
 
     def masked(self) -> dict[str, Any]:
@@ -190,12 +225,47 @@ class Settings(BaseSettings):
         for name in type(self).model_fields:
             value = getattr(self, name)
             if isinstance(value, SecretStr):
-                shown[name] = "********" if value.get_secret_value() else ""
+                secret = value.get_secret_value()
+                # A URL keeps its host and user in sight (amqp://bob:***@broker/).
+                shown[name] = mask_url(secret) if "://" in secret else "********" * bool(secret)
+            elif isinstance(value, str):
+                shown[name] = mask_url(value)  # the ledger may be postgresql://bob:pw@db/x
             elif isinstance(value, Path):
                 shown[name] = str(value)
             else:
                 shown[name] = value
         return shown
+
+    def secret_values(self) -> list[str]:
+        """Every secret the settings hold (keys, tokens, URL passwords), to scrub from text."""
+        found: list[str] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+                found.append(value)
+            if isinstance(value, str):
+                found += url_passwords(value)
+        return [secret for secret in found if secret]
+
+
+# Secrets a config file must not hold: a file is copied, committed and mounted everywhere.
+_NOT_IN_A_FILE = {"iam_password": "set BATCHSUB_IAM_PASSWORD or BATCHSUB_IAM_PASSWORD_FILE"}
+
+
+class _ConfigFile(TomlConfigSettingsSource):
+    """The TOML config file; a setting that must come from elsewhere is refused by name."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls, toml_file=path)
+        self._path = path
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        for name, fix in _NOT_IN_A_FILE.items():
+            if name in values:
+                raise ConfigError(f"config file {self._path}: {name}: not allowed in a file; {fix}")
+        return values
 
 
 def config_file_in_use(explicit: Path | None) -> Path | None:

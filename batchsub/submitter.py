@@ -12,6 +12,11 @@ request's timeout and margins) on the monotonic clock, else it is renewed, and a
 is no longer ours is never used. A claim numbered other than the ledger's count + 1 means
 another worker claimed the job meanwhile: it is looked up before it is sent. Two job ids
 seen for one name (a late answer, or the server's list) make the job ``duplicated``.
+
+A ledger outage is waited out inside the ledger (``batchsub.ledgers.outage``): meanwhile no
+job is claimed and the source is not read further, and outcomes wait in memory until they
+can be written. A ledger call that fails for good (past a one-shot run's outage limit, or a
+ledger error that is not an outage) stops a one-shot run; a daemon's job ends unresolved.
 """
 
 from __future__ import annotations
@@ -26,8 +31,14 @@ from typing import TypeVar
 
 import structlog
 
-from batchsub.client import AnswerKind, CreateAnswer, DliClient
-from batchsub.errors import ApiError, FatalApiError, LedgerRefusedError
+from batchsub.client import UNREADABLE, AnswerKind, CreateAnswer, DliClient
+from batchsub.errors import (
+    ApiError,
+    FatalApiError,
+    LedgerError,
+    LedgerRefusedError,
+    LedgerUnavailable,
+)
 from batchsub.jobs import (
     IN_DOUBT_STATES,
     Claim,
@@ -41,6 +52,7 @@ from batchsub.jobs import (
     Outcome,
     SettledJob,
 )
+from batchsub.ledgers.outage import Outage
 from batchsub.limiter import RateLimiter, RetryBudget
 from batchsub.manifest import diff_fields, validate_spec
 from batchsub.protocols import Ledger, Source
@@ -82,6 +94,7 @@ class Submitter:
         in_doubt_grace: float = 5.0,
         claim_window: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
+        outage: Outage | None = None,
     ) -> None:
         # Bound now (logging is configured by then): a call skips structlog's lazy proxy,
         # a fifth of the cost of the log line every job writes.
@@ -108,6 +121,7 @@ class Submitter:
         # monotonic clock the ledger's claim deadlines use (not the loop's cached time).
         self._claim_window = claim_window
         self._monotonic = monotonic
+        self._outage = outage  # the ledger's: the source waits while the ledger is down
         # Requests in flight are bounded by ``concurrency``; jobs in progress (most of them
         # asleep in a backoff or a grace period) by a larger number, which bounds memory.
         self._requests = asyncio.Semaphore(concurrency)
@@ -132,6 +146,8 @@ class Submitter:
         # rather than wait for one. A finite source is read to its end for the report.
         if not self._finish_source_on_stop and self._reader is not None:
             self._reader.cancel()
+        if self._outage is not None:
+            self._outage.stop_waiting()  # jobs waiting to be claimed end now, as not sent
 
     @property
     def stopped(self) -> bool:
@@ -140,7 +156,10 @@ class Submitter:
 
     async def run(self, source: Source) -> None:
         """Process every item of ``source``; returns when each has a result."""
-        await self._recover_in_doubt()
+        try:
+            await self._recover_in_doubt()
+        except LedgerError as exc:
+            self._ledger_failed(exc)
         async with asyncio.TaskGroup() as group:
             self._group = group
             await self._feed(source)
@@ -156,12 +175,10 @@ class Submitter:
         youngest = max(record.updated_at for record in doubtful)
         await self._pause(youngest + self._in_doubt_grace - time.time())
         try:
-            remote = await self._reconciler.snapshot()
-        except ApiError as exc:
+            remote = await self._remote_snapshot()
+        except RunStopped as exc:
             # The jobs stay in doubt: each is looked up by name before it is sent.
             self._log.warning("recover.cannot_list", error=str(exc), in_doubt=len(doubtful))
-            if isinstance(exc, FatalApiError):
-                self._fail_run(_error_of(exc))
             return
         adopted = 0
         writes = []
@@ -213,12 +230,19 @@ class Submitter:
                 if self._stopping.is_set() and not self._finish_source_on_stop:
                     break
                 await buffer.put(item)
+                if self._outage is not None and self._outage.problem is not None:
+                    # Take no more files or messages while no job could be claimed.
+                    await self._outage.ready()
         finally:
             await buffer.put(None)
 
     async def _dispatch(self, batch: list[ManifestItem], source: Source) -> None:
         names = [item.name for item in batch if isinstance(item, JobSpec)]
-        records, refused = await self._look_up(names)
+        lost: str | None = None
+        try:
+            records, refused = await self._look_up(names)
+        except LedgerError as exc:
+            records, refused, lost = {}, {}, self._ledger_failed(exc)
         for item in batch:
             if isinstance(item, InvalidManifest):
                 self._log.warning("job.invalid", source=item.source, error=item.error)
@@ -237,6 +261,11 @@ class Submitter:
                     adopted=item.adopted,
                 )
                 await self._finish(source, item, result)
+                continue
+            if lost is not None:
+                await self._finish(
+                    source, item, JobResult(item.source, item.name, Outcome.UNRESOLVED, error=lost)
+                )
                 continue
             if item.name in refused:
                 await self._finish(source, item, self._refused(item, refused[item.name]))
@@ -297,6 +326,9 @@ class Submitter:
             result = JobResult(spec.source, spec.name, Outcome.UNRESOLVED, error=str(exc))
         except LedgerRefusedError as exc:
             result = self._refused(spec, exc)
+        except LedgerError as exc:
+            error = self._ledger_failed(exc)
+            result = JobResult(spec.source, spec.name, Outcome.UNRESOLVED, error=error)
         finally:
             self._job_slots.release()
         await self._finish(source, spec, result)
@@ -515,7 +547,15 @@ class Submitter:
         kind = answer.kind
         if kind is AnswerKind.CREATED:
             assert answer.job_id is not None
-            kept = await self._write(spec, LedgerState.CREATED, job_id=answer.job_id)
+            try:
+                kept = await self._write(spec, LedgerState.CREATED, job_id=answer.job_id)
+            except LedgerError as exc:
+                # It exists, and the report says so. Its row stays ``submitting``: the next
+                # run (or worker) looks it up by name and adopts it, never sends it again.
+                note = f"created as job {answer.job_id}, not recorded: {self._ledger_failed(exc)}"
+                return JobResult(
+                    spec.source, spec.name, Outcome.UNRESOLVED, job_id=answer.job_id, error=note
+                )
             self._budget.refund()
             self._limiter.on_success()
             if kept is not None:  # another worker recorded another job of this name first
@@ -526,8 +566,8 @@ class Submitter:
             )
         error = answer.error or ErrorInfo("no error message")
         if kind is AnswerKind.FATAL:
+            self._fail_run(error)  # first: no other request may leave while this one is written
             await self._write(spec, LedgerState.RETRYING, error=error, attempt=attempt)
-            self._fail_run(error)
             return JobResult(
                 spec.source,
                 spec.name,
@@ -621,11 +661,13 @@ class Submitter:
             raise RunStopped(f"not sent: {exc}") from None
         except ApiError as exc:
             # Only a transient failure that outlasted every retry gets here: the API is
-            # unreachable. A one-shot run stops (every other job would wait as long); a
-            # daemon leaves this job unresolved, to be tried again, and stays up.
+            # unreachable, or its job list unreadable (never taken for an empty one). A
+            # one-shot run stops (every other job would wait as long); a daemon leaves this
+            # job unresolved, to be tried again, and stays up.
+            reason = str(exc) if exc.code == UNREADABLE else f"cannot reach the API: {exc}"
             if self._finish_source_on_stop:
-                self._fail_run(ErrorInfo(f"cannot reach the API: {exc}", exc.code, exc.status))
-            raise RunStopped(f"not sent: cannot reach the API: {exc}") from None
+                self._fail_run(ErrorInfo(reason))  # the reason names any code and status
+            raise RunStopped(f"not sent: {reason}") from None
 
     async def _begin(self, spec: JobSpec) -> Claim | None:
         return await _durably(self._ledger.begin_attempt(self._project, spec))
@@ -666,6 +708,18 @@ class Submitter:
             raise RunStopped(f"not sent: run stopped after {self.fatal}")
         if self._stopping.is_set():
             raise RunStopped("not sent: run interrupted")
+
+    def _ledger_failed(self, exc: LedgerError) -> str:
+        """A ledger call failed for good: the job's error. A one-shot run stops on it.
+
+        An outage reaches here only past a one-shot run's limit, or when the run is stopping;
+        a daemon stays up whatever the ledger says, and the job is tried again later.
+        """
+        daemon_outage = isinstance(exc, LedgerUnavailable) and not self._finish_source_on_stop
+        refused = isinstance(exc, LedgerRefusedError)  # one job's values: the others go on
+        if not daemon_outage and not refused and not self.stopped:
+            self._fail_run(ErrorInfo(str(exc)))
+        return str(exc)
 
     def _fail_run(self, error: ErrorInfo) -> None:
         if self.fatal is None:

@@ -22,15 +22,13 @@ import structlog
 from batchsub import eventloop
 from batchsub.cli import add_send_flags
 from batchsub.logs import configure_logging
-from batchsub.metrics import Metrics, start_metrics_server
+from batchsub.metrics import Metrics, serving
 from batchsub.report import RunAccount
 from batchsub.runner import daemon_exit_code, run_source
 from batchsub.settings import Settings
 from batchsub.sources.dropfolder import DropFolderSource
 
 log = structlog.get_logger("batchsub.watch")
-
-METRICS_HOST = "0.0.0.0"  # reachable from outside a container; tests pass 127.0.0.1
 
 
 def add_parser(commands: Any) -> None:
@@ -58,6 +56,9 @@ def add_parser(commands: Any) -> None:
     )
     watch.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on this port")
     watch.add_argument(
+        "--metrics-host", help="address the metrics port listens on (default: 127.0.0.1)"
+    )
+    watch.add_argument(
         "--drain-timeout",
         type=float,
         help="seconds in-flight requests get to finish after SIGTERM (default: 30)",
@@ -72,7 +73,12 @@ def add_parser(commands: Any) -> None:
 def main(settings: Settings, args: argparse.Namespace) -> int:
     """Entry point of ``batchsub watch``; returns the exit code."""
     fmt = "console" if settings.log_format == "console" else "json"
-    configure_logging(fmt, settings.log_level or "info", interactive=sys.stderr.isatty())
+    configure_logging(
+        fmt,
+        settings.log_level or "info",
+        interactive=sys.stderr.isatty(),
+        hidden=settings.secret_values(),
+    )
     source = source_for(settings, args.directory)
     return eventloop.run(
         watch(settings, source, report=args.report, simulator=bool(args.simulator)),
@@ -99,33 +105,27 @@ async def watch(
     report: Path | None = None,
     simulator: bool = False,
     metrics: Metrics | None = None,
-    metrics_host: str = METRICS_HOST,
 ) -> int:
     """Run the daemon until a signal (or ``source.stop()``); 0, or 2 if the run failed."""
     account = RunAccount(report)
     metrics = metrics or Metrics()
     metrics.track_files(source.files_waiting)
-    server = None
-    if settings.metrics_port is not None:
-        server = await start_metrics_server(metrics, metrics_host, settings.metrics_port)
-    log.info(
-        "watch.started",
-        directory=str(source.directory),
-        settle_time=settings.settle_time,
-        rescan_interval=settings.rescan_interval,
-        poll=settings.poll,
-        drain_timeout=settings.drain_timeout,
-        metrics=server.url if server else None,
-    )
-    try:
-        code = await run_source(
-            settings, source, account, simulator=simulator, endless=True, observer=metrics
+    async with serving(metrics, settings.metrics_host, settings.metrics_port) as url:
+        log.info(
+            "watch.started",
+            directory=str(source.directory),
+            settle_time=settings.settle_time,
+            rescan_interval=settings.rescan_interval,
+            poll=settings.poll,
+            drain_timeout=settings.drain_timeout,
+            metrics=url,
         )
-    finally:
-        metrics.healthy = False
-        await source.close()
-        if server is not None:
-            await server.close()
+        try:
+            code = await run_source(
+                settings, source, account, simulator=simulator, endless=True, observer=metrics
+            )
+        finally:
+            await source.close()
     log.info("watch.stopped", directory=str(source.directory), files_left=source.files_waiting())
     # A failed file is filed under failed/ with its reason: not a failure of the daemon.
     return daemon_exit_code(code)

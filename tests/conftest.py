@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 import structlog
@@ -15,6 +16,8 @@ import structlog
 from batchsub.jobs import Claim, JobSpec
 from batchsub.settings import Settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from tests.faults import ensure_postgres_running, small_filesystem
+from tests.sim_support import Dli
 
 PROJECT = "proj-test"
 TOKEN = "test-token-0123456789"
@@ -33,6 +36,24 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     # A command run in process configures structlog for the whole process; later tests
     # (capture_logs among them) need the defaults back.
     structlog.reset_defaults()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_left_running() -> Iterator[None]:
+    # A test that stopped PostgreSQL starts it again itself; this is the safety net, since
+    # every other test (and other people's test runs) share the server.
+    yield
+    ensure_postgres_running()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a 16 MiB tmpfs of the test's own (skipped where none can be mounted)."""
+    directory = tmp_path / "disk"
+    with small_filesystem(directory, "16m") as problem:
+        if problem is not None:
+            pytest.skip(problem)
+        yield directory
 
 
 SimulatorFactory = Callable[..., Any]
@@ -105,6 +126,20 @@ def job_spec(name: str, source: str | None = None, body: bytes | None = None) ->
         body_hash=hashlib.sha256(data).hexdigest(),
         source=source if source is not None else f"jobs/{name}.yaml",
     )
+
+
+DliFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def dli(simulator: SimulatorFactory) -> AsyncIterator[DliFactory]:
+    """Start a simulator with the given config fields; DLI calls to it for PROJECT."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+
+        async def make(**fields: Any) -> Dli:
+            return Dli(http, await simulator(**fields), PROJECT, TOKEN)
+
+        yield make
 
 
 def attempt_of(claim: Claim | None) -> int | None:

@@ -270,7 +270,7 @@ async def test_an_unreachable_broker_is_one_line_without_the_password() -> None:
     with pytest.raises(ConfigError) as caught:
         await connect("amqp://user:s3cret-pw@127.0.0.1:1/vhost")
     message = str(caught.value)
-    assert message.startswith("cannot connect to RabbitMQ at amqp://user@127.0.0.1:1/vhost: ")
+    assert message.startswith("cannot connect to RabbitMQ at amqp://user:***@127.0.0.1:1/vhost: ")
     assert "s3cret" not in message
     assert "\n" not in message
 

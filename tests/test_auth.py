@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
@@ -12,7 +12,10 @@ from yarl import URL
 
 from batchsub import signer
 from batchsub.auth import JSON_CONTENT_TYPE, AkSkAuth, TokenAuth
+from batchsub.client import AnswerKind, DliClient
+from batchsub.errors import FatalApiError
 from batchsub.protocols import Auth
+from tests.conftest import SimulatorFactory
 
 AK = "AKIDSECRETPART0123"
 SK = "the-secret-key-do-not-leak"
@@ -184,3 +187,48 @@ def test_token_auth() -> None:
     assert token not in repr(auth) and token not in str(auth)
     with pytest.raises(ValueError):
         TokenAuth("")
+
+
+def clock_off(minutes: int) -> Callable[[], datetime]:
+    return lambda: datetime.now(UTC) + timedelta(minutes=minutes)
+
+
+@pytest.mark.parametrize(("skew_min", "hinted"), [(17, True), (-17, True), (6, True), (4, False)])
+async def test_a_401_says_when_the_clocks_differ(
+    simulator: SimulatorFactory, skew_min: int, hinted: bool
+) -> None:
+    sim = await simulator(tokens=frozenset(), aksk={AK: SK}, project_id=None)
+    # Past 15 min the signature is refused for its date; within them, for a wrong SK.
+    auth = AkSkAuth(
+        AK, SK if abs(skew_min) > 15 else "a-wrong-sk", PROJECT, clock=clock_off(skew_min)
+    )
+    async with aiohttp.ClientSession() as session:
+        client = DliClient(session, sim.url, PROJECT, auth)
+        with pytest.raises(FatalApiError) as listing:
+            await client.list_page(name=None, offset=0)
+        answer = await client.create(b'{"name": "x"}')  # not sent: the refusal is repeated
+    hint = (
+        f"the server's clock differs from this machine's by {abs(skew_min)} min; "
+        "AK/SK signatures are valid for 15 min: check NTP"
+    )
+    assert (hint in str(listing.value)) is hinted
+    assert answer.kind is AnswerKind.FATAL and answer.error is not None
+    assert (hint in str(answer.error)) is hinted
+    assert len(sim.store.arrivals) == 1
+
+
+async def test_a_refused_create_names_the_clock_too(simulator: SimulatorFactory) -> None:
+    sim = await simulator(tokens=frozenset(), aksk={AK: SK}, project_id=None)
+    async with aiohttp.ClientSession() as session:
+        client = DliClient(
+            session, sim.url, PROJECT, AkSkAuth(AK, SK, PROJECT, clock=clock_off(-20))
+        )
+        answer = await client.create(b'{"name": "x"}')
+    assert answer.kind is AnswerKind.FATAL and answer.error is not None
+    assert answer.error.http_status == 401
+    assert "differs from this machine's by 20 min" in answer.error.message
+    assert str(answer.error).count("HTTP 401") == 1
+
+
+def test_a_token_has_no_clock_to_blame() -> None:
+    assert TokenAuth("t").refusal_hint(datetime(2000, 1, 1, tzinfo=UTC)) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, TOKEN, SimulatorFactory, write_manifests
+from tests.http_support import unanswered_port
 
 pytestmark = pytest.mark.slow
 
@@ -99,6 +101,11 @@ def test_invalid_manifests_exit_1_and_name_file_and_field(tmp_path: Path) -> Non
             "/nonexistent-dir/x.db",
         ),
         (["--config", "missing.toml", "run", "{m}", "--simulator"], {}, "missing.toml"),
+        (
+            ["run", "{m}", "--region", "cn-nort-4", "--project-id", "p"],
+            {"BATCHSUB_AUTH_TOKEN": "t"},
+            "unknown region 'cn-nort-4' (did you mean cn-north-4?)",
+        ),
     ],
 )
 def test_usage_and_config_errors_exit_2_with_one_line(
@@ -126,22 +133,44 @@ def test_bad_config_file_value_names_the_setting(tmp_path: Path) -> None:
     assert "rate" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_unreachable_endpoint_fails_fast_with_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("where", "concurrency", "expected"),
+    [
+        ("nobody-listening", 8, "cannot connect to http://127.0.0.1:"),
+        ("nobody-listening", 64, "cannot connect to http://127.0.0.1:"),
+        ("dns-failure", 64, "cannot connect to https://dli.no-such-region.invalid"),
+        ("syn-dropped", 64, "no answer to connect within 5 s"),
+    ],
+)
+def test_an_unreachable_endpoint_is_given_up_within_15_s_with_one_line(
+    tmp_path: Path, where: str, concurrency: int, expected: str
+) -> None:
     folder = tmp_path / "m"
-    write_manifests(folder, 3)
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    started = time.monotonic()
-    result = batchsub(
-        "run", folder, "--endpoint", f"http://127.0.0.1:{port}", "--project-id", "p",
-        "--ledger", tmp_path / "l.db", env={"BATCHSUB_AUTH_TOKEN": "t"},
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert time.monotonic() - started < 30
+    write_manifests(folder, 200)
+    with contextlib.ExitStack() as stack:
+        if where == "dns-failure":  # as a wrong --region would (allowed, to get past the list)
+            endpoint = "https://dli.no-such-region.invalid"
+        elif where == "syn-dropped":
+            endpoint = f"http://127.0.0.1:{stack.enter_context(unanswered_port())}"
+        else:
+            with socket.socket() as sock:  # a port nobody listens on
+                sock.bind(("127.0.0.1", 0))
+                endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        started = time.monotonic()
+        result = batchsub(
+            "run", folder, "--endpoint", endpoint, "--project-id", "p",
+            "--concurrency", str(concurrency), "--ledger", tmp_path / "l.db",
+            "--report", tmp_path / "r.json", env={"BATCHSUB_AUTH_TOKEN": "t"},
+        )  # fmt: skip
+        took = time.monotonic() - started
+    assert result.returncode == 2, result.stderr
+    assert took < 15
     errors = [line for line in result.stderr.splitlines() if line.startswith("batchsub: error:")]
     assert len(errors) == 1 and "cannot reach the API" in errors[0], result.stderr
+    assert expected in errors[0]
     assert "Traceback" not in result.stderr
+    summary = json.loads((tmp_path / "r.json").read_text())["summary"]
+    assert summary["unresolved"] == 200 and summary["list_calls"] <= 4
 
 
 async def test_refused_project_or_credential_names_the_fix(

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from batchsub.auth import TokenAuth
-from batchsub.client import AnswerKind, DliClient, classify_create
+from batchsub.client import (
+    CONNECT_FAILED,
+    UNREADABLE,
+    AnswerKind,
+    DliClient,
+    JobPage,
+    classify_create,
+)
 from batchsub.errors import ApiError, FatalApiError, RetryableError
 from tests.conftest import PROJECT, TOKEN, SimulatorFactory
+from tests.http_support import serving, unanswered_port
 
 
 def body(**payload: object) -> bytes:
@@ -136,3 +146,108 @@ async def test_list_pages_and_errors(simulator: SimulatorFactory) -> None:
                 name=None, offset=0
             )
         assert wrong_project.value.status == 404
+
+
+async def nothing(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"is_success": True, "job": {"job_id": 666}})
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_redirect_is_never_followed_and_names_its_location(status: int) -> None:
+    async with serving(nothing) as (elsewhere, received):
+        target = f"{elsewhere}/v1.0/{PROJECT}/streaming/flink-jobs?token=x"
+
+        async def redirect(request: web.Request) -> web.StreamResponse:
+            return web.Response(status=status, headers={"Location": target})
+
+        async with serving(redirect) as (url, _), aiohttp.ClientSession() as session:
+            client = DliClient(session, url, PROJECT, TokenAuth(TOKEN))
+            answer = await client.create(b'{"name": "x"}')
+            with pytest.raises(FatalApiError) as listing:
+                await client.list_page(name=None, offset=0)
+    assert answer.kind is AnswerKind.FATAL
+    assert answer.error is not None and target in answer.error.message
+    assert f"HTTP {status}" in answer.error.message
+    assert target in str(listing.value) and "not followed" in str(listing.value)
+    assert received.requests == []  # the token never went to the other host
+
+
+def answer(status: int, body: bytes | str, content_type: str) -> web.Response:
+    data = body.encode() if isinstance(body, str) else body
+    return web.Response(status=status, body=data, headers={"Content-Type": content_type})
+
+
+JSON = "application/json"
+_PAGE = orjson.dumps(
+    {"is_success": "true", "job_list": {"total_count": 1, "jobs": [{"job_id": 1, "name": "a"}]}}
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type", "described"),
+    [
+        (200, "<html><body>Please log in</body></html>", "text/html; charset=utf-8",
+         "HTTP 200 with an HTML body (text/html; charset=utf-8)"),
+        (200, _PAGE[:40], JSON,
+         "HTTP 200 with a body that is not JSON (application/json, 40 bytes)"),
+        (200, "", JSON, "HTTP 200 with an empty body"),
+        (200, "[]", JSON, "HTTP 200 with JSON that is not an object"),
+        (200, '{"jobs": []}', JSON, "HTTP 200 with JSON that is not a job list"),
+        (200, '{"job_list": {"total_count": 3}}', JSON, "no job_list.jobs list"),
+        (200, '{"job_list": {"total_count": 1, "jobs": [{"id": 1, "name": "a"}]}}', JSON,
+         "HTTP 200 with a job that has no integer job_id"),
+        (200, '{"is_success": false, "error_code": "DLI.0005", "error_msg": "busy"}', JSON,
+         "HTTP 200 with is_success False (DLI.0005 HTTP 200: busy)"),
+        (400, '{"error_code": "DLI.0001", "error_msg": "bad query"}', JSON,
+         "DLI.0001 HTTP 400: bad query"),
+        (404, "<html>Not Found</html>", "text/html", "HTTP 404 with an HTML body (text/html)"),
+        (404, '{"error_code": "APIG.0101", "error_msg": "no such API"}', JSON,
+         "APIG.0101 HTTP 404"),
+    ],
+)  # fmt: skip
+async def test_a_list_answer_that_cannot_be_read_is_transient_never_empty(
+    status: int, body: str | bytes, content_type: str, described: str
+) -> None:
+    async def odd(request: web.Request) -> web.StreamResponse:
+        return answer(status, body, content_type)
+
+    async with serving(odd) as (url, _), aiohttp.ClientSession() as session:
+        client = DliClient(session, url, PROJECT, TokenAuth(TOKEN))
+        with pytest.raises(RetryableError) as caught:
+            await client.list_page(name=None, offset=0)
+    assert caught.value.code == UNREADABLE
+    assert str(caught.value).startswith("the job list cannot be read: ")
+    assert described in str(caught.value)
+    assert client.reachability.problem == str(caught.value)
+
+
+async def test_an_empty_project_and_a_full_page_are_read() -> None:
+    pages = iter([b'{"is_success": "true", "job_list": {"total_count": 0}}', _PAGE])
+
+    async def listing(request: web.Request) -> web.StreamResponse:
+        return answer(200, next(pages), JSON)
+
+    async with serving(listing) as (url, _), aiohttp.ClientSession() as session:
+        client = DliClient(session, url, PROJECT, TokenAuth(TOKEN))
+        assert await client.list_page(name=None, offset=0) == JobPage(0, [])
+        page = await client.list_page(name=None, offset=0)
+    assert page.total_count == 1 and [job.name for job in page.jobs] == ["a"]
+
+
+async def test_an_address_that_never_answers_is_not_sent_to_within_the_connect_timeout() -> None:
+    with unanswered_port() as port:
+        async with aiohttp.ClientSession() as session:
+            client = DliClient(
+                session, f"http://127.0.0.1:{port}", PROJECT, TokenAuth(TOKEN),
+                timeout=30, connect_timeout=0.5,
+            )  # fmt: skip
+            started = time.monotonic()
+            answer = await client.create(b'{"name": "x"}')
+            with pytest.raises(RetryableError) as listing:
+                await client.list_page(name=None, offset=0)
+            took = time.monotonic() - started
+    assert answer.kind is AnswerKind.RETRY_SAFE  # the connection was never made: not sent
+    assert answer.error is not None and "no answer to connect within 0.5 s" in answer.error.message
+    assert listing.value.code == CONNECT_FAILED
+    assert took < 5
+    assert client.reachability.problem is not None

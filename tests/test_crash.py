@@ -47,19 +47,27 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def batchsub(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    """Start ``python -m batchsub ARGS`` with its output in ``log`` (a pipe could fill up)."""
+def batchsub(
+    *args: str, log: Path, env: dict[str, str] | None = None, stdout: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m batchsub ARGS`` with its output in ``log`` (a pipe could fill up).
+
+    ``env`` adds to the child's environment; ``stdout``: a file for stdout apart from stderr.
+    """
     out: IO[bytes] = log.open("wb")
+    summary: IO[bytes] | None = stdout.open("wb") if stdout is not None else None
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "batchsub", *args],
             stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=child_env(),
+            stdout=summary or out,
+            stderr=out if summary else subprocess.STDOUT,
+            env={**child_env(), **(env or {})},
         )
     finally:
         out.close()
+        if summary is not None:
+            summary.close()
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:

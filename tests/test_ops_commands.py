@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from batchsub.cli import main
 from batchsub.jobs import LedgerState
@@ -29,6 +30,7 @@ from batchsub.simulator import RunningSimulator
 from batchsub.sources.directory import DirectorySource
 from batchsub.sources.ledger_source import LedgerFailedSource
 from tests.conftest import PROJECT, TOKEN, SimulatorFactory, fast_settings, write_manifests
+from tests.http_support import proxying
 
 MISSING_QUEUE = "missingQueue"
 
@@ -181,6 +183,25 @@ async def test_plan_check_remote_marks_jobs_made_elsewhere_as_adopt(
     code, out, err = await cli_subprocess(*common, "--project-id", "other-project", env=env)
     assert code == 2 and out == ""
     one_error_line(err, "the API refused the credential token from BATCHSUB_AUTH_TOKEN")
+
+
+async def test_plan_check_remote_on_a_list_it_cannot_read_says_so_and_adopts_nothing(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator()
+    write_manifests(Path("m"), 1)
+
+    def proxy_page(request: web.Request) -> web.StreamResponse | None:
+        return web.Response(text="<html>proxy</html>", content_type="text/html")
+
+    async with proxying(sim.url, proxy_page) as (url, seen):
+        code, out, err = await cli_subprocess(
+            "plan", "m", "--check-remote", "--endpoint", url, "--project-id", PROJECT,
+            env={"BATCHSUB_AUTH_TOKEN": TOKEN, "BATCHSUB_BACKOFF_BASE": "0.01"},
+        )  # fmt: skip
+    assert code == 2 and out == ""
+    one_error_line(err, "the job list cannot be read: HTTP 200 with an HTML body (text/html")
+    assert 1 < len(seen.requests) <= 3  # tried again, as any transient failure
 
 
 def test_plan_without_project_id_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from batchsub.errors import LedgerError, LedgerRefusedError
 from batchsub.jobs import ErrorInfo, LedgerRecord, LedgerState
-from batchsub.ledgers.postgres import SCHEMA_VERSION, PostgresLedger, mask_dsn
+from batchsub.ledgers.postgres import SCHEMA_VERSION, PostgresLedger
 from batchsub.protocols import Ledger
 from tests.conftest import FakeClock, attempt_of, job_spec
 from tests.pg import HOST, PORT, fresh_database, postgres_listening
@@ -68,14 +68,10 @@ def test_postgres_ledger_is_a_ledger() -> None:
     assert isinstance(ledger, PostgresLedger)
 
 
-def test_mask_dsn_hides_every_password() -> None:
-    assert mask_dsn("postgresql://bob:s3cr%40t@db:5432/x") == "postgresql://bob:***@db:5432/x"
-    assert mask_dsn("postgres://db/x?user=bob&password=s3cret&ssl=1") == (
-        "postgres://db/x?user=bob&password=***&ssl=1"
-    )
-    assert mask_dsn("host=db password=s3cret user=bob") == "host=db password=*** user=bob"
-    assert mask_dsn("postgresql://bob@db/x") == "postgresql://bob@db/x"
-    assert "s3cret" not in repr(PostgresLedger("postgresql://bob:s3cret@db/x"))
+def test_the_dsn_shown_hides_the_password() -> None:
+    ledger = PostgresLedger("postgresql://bob:s3cret@db/x")
+    assert ledger.dsn == "postgresql://bob:***@db/x"
+    assert "s3cret" not in repr(ledger)
 
 
 async def test_begin_attempt_increments_and_survives_reopen(open_ledger: OpenLedger) -> None:
@@ -390,7 +386,7 @@ async def test_unusable_dsn_raises_ledger_error_without_the_password(
     with pytest.raises(LedgerError) as caught:
         await ledger.open()
     message = str(caught.value)
-    assert type(caught.value) is LedgerError  # an outage, not a refusal of some job
+    assert not isinstance(caught.value, LedgerRefusedError)  # not a refusal of some job
     assert "s3cret" not in message
     assert shown in message
     assert cause in message

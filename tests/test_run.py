@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings
 from batchsub.sources.directory import DirectorySource
 from tests.conftest import PROJECT, REPO, SimulatorFactory, fast_settings, write_manifests
+from tests.http_support import Override, dli_list_or, is_list_call, proxying, serving
 
 AK, SK = "AKTEST0000000000", "sk-secret-do-not-log-0123456789"
 
@@ -253,3 +257,101 @@ async def test_no_secret_reaches_ledger_or_report(
     ):
         assert SK.encode() not in blob
         assert secret_token.encode() not in blob
+
+
+async def test_a_redirected_create_stops_the_run_and_the_token_stays_home(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_manifests(tmp_path / "m", 20)
+    async with serving(answer_created) as (elsewhere, received):
+        target = f"{elsewhere}/v1.0/{PROJECT}/streaming/flink-jobs"
+
+        async def redirect(request: web.Request) -> web.StreamResponse:
+            return web.Response(status=307, headers={"Location": target})
+
+        async with serving(dli_list_or(redirect)) as (url, seen):
+            settings = settings_for(url, tmp_path, concurrency=4)
+            code, _ = await run_dir(settings, tmp_path / "m", tmp_path / "r.json")
+    assert code == 2
+    assert received.requests == [] and not received.saw_header("X-Auth-Token")
+    summary = read_report(tmp_path / "r.json")["summary"]
+    assert target in summary["fatal"] and "redirect" in summary["fatal"]
+    assert summary["unresolved"] == 20 and summary["created"] == 0
+    assert sum(method == "POST" for method, _, _ in seen.requests) <= 4  # those in flight
+    errors = [line for line in capsys.readouterr().err.splitlines() if "batchsub: error:" in line]
+    assert len(errors) == 1 and target in errors[0]
+
+
+async def answer_created(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"is_success": True, "job": {"job_id": 666}})
+
+
+def html_page(request: web.Request) -> web.Response:
+    return web.Response(text="<html>Sign in to the proxy</html>", content_type="text/html")
+
+
+def bad_request(request: web.Request) -> web.Response:
+    return web.json_response({"error_code": "DLI.0001", "error_msg": "odd"}, status=400)
+
+
+def first_lists(count: int, odd: Callable[[web.Request], web.Response]) -> Override:
+    """The first ``count`` list calls answered by ``odd``; every other request forwarded."""
+    seen = [0]
+
+    def override(request: web.Request) -> web.StreamResponse | None:
+        if not is_list_call(request) or seen[0] >= count:
+            return None
+        seen[0] += 1
+        return odd(request)
+
+    return override
+
+
+@pytest.mark.parametrize("odd", [html_page, bad_request])
+async def test_an_unreadable_list_is_retried_and_existing_jobs_are_still_adopted(
+    simulator: SimulatorFactory, tmp_path: Path, odd: Callable[[web.Request], web.Response]
+) -> None:
+    # The API accepts a second job of a name: only the listing keeps batchsub from making one.
+    sim = await simulator(duplicate_names="accept")
+    names = write_manifests(tmp_path / "m", 10)
+    for name in names[:4]:
+        sim.store.add(name, {"name": name}, 0, PROJECT)
+    async with proxying(sim.url, first_lists(2, odd)) as (url, _):
+        code, account = await run_dir(settings_for(url, tmp_path), tmp_path / "m")
+    assert code == 0, account.first_errors
+    assert sim.store.duplicates() == {}
+    assert len(sim.store.jobs) == 10
+    assert account.adopted == 4
+
+
+@pytest.mark.parametrize(
+    ("odd", "reason"),
+    [
+        (html_page, "the job list cannot be read: HTTP 200 with an HTML body (text/html"),
+        (bad_request, "the job list cannot be read: DLI.0001 HTTP 400: odd"),
+    ],
+)
+async def test_a_list_that_never_reads_creates_nothing_and_says_why(
+    simulator: SimulatorFactory,
+    tmp_path: Path,
+    odd: Callable[[web.Request], web.Response],
+    reason: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sim = await simulator(duplicate_names="accept")
+    write_manifests(tmp_path / "m", 300)
+    started = time.monotonic()
+    async with proxying(sim.url, first_lists(10**6, odd)) as (url, seen):
+        settings = settings_for(url, tmp_path, concurrency=64, backoff_base=0.5, backoff_max=30)
+        code, _ = await run_dir(settings, tmp_path / "m", tmp_path / "r.json")
+    assert time.monotonic() - started < 15
+    assert code == 2
+    assert sim.store.create_requests == 0
+    assert len(seen.requests) <= 4  # one listing shared by every job, tried 4 times
+    report = read_report(tmp_path / "r.json")
+    assert reason in report["summary"]["fatal"]
+    assert {row["outcome"] for row in report["jobs"]} == {"unresolved"}
+    assert all(row["error"].startswith("not sent: ") for row in report["jobs"])
+    assert all(reason in row["error"] for row in report["jobs"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "batchsub: error:" in line]
+    assert len(errors) == 1 and reason in errors[0]

@@ -17,13 +17,18 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
 
+from batchsub.http_server import serve_app
+from batchsub.metrics import Metrics, create_metrics_app
 from batchsub.settings import Settings, load_settings
-from batchsub.simulator import RunningSimulator
+from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from batchsub.simulator.store import SimJob
 from batchsub.sources.dropfolder import DropFolderSource
 from batchsub.watch import add_parser, main, watch
 from tests.conftest import PROJECT, REPO, TOKEN, SimulatorFactory
+from tests.http_support import is_list_call, proxying
 from tests.test_dropfolder import drop, eventually, job, names_in
 from tests.test_run import settings_for
 
@@ -98,14 +103,16 @@ async def drop_after_a_server_change(
     tmp_path: Path,
     change: Callable[[], object],
     name: str,
+    *,
+    url: str | None = None,
     **overrides: Any,
 ) -> list[dict[str, Any]]:
     """Run the daemon: drop first.json (it lists the server's jobs then), ``change`` the server,
-    let that listing age 0.4 s, drop NAME.json; the report rows of NAME."""
+    let that listing age 0.4 s, drop NAME.json; the report rows of NAME. ``url``: a proxy."""
     inbox = tmp_path / "inbox"
     source = DropFolderSource(inbox, settle_time=0.1, rescan_interval=0.5)
     source.prepare()
-    settings = settings_for(sim.url, tmp_path, **overrides)
+    settings = settings_for(url or sim.url, tmp_path, **overrides)
     task = asyncio.create_task(watch(settings, source, report=tmp_path / "report.json"))
     try:
         drop(inbox, "first.json", job("first"))
@@ -320,3 +327,142 @@ async def test_a_refused_credential_stops_the_daemon_with_exit_2(
     assert code == 2
     assert names_in(inbox) == ["a.json"]  # given back, to be sent once the credential is fixed
     assert sim.store.jobs == []
+
+
+class ListOutage:
+    """A proxy override: while ``on``, every list call gets a proxy's HTML page."""
+
+    def __init__(self) -> None:
+        self.on = False
+
+    def __call__(self, request: web.Request) -> web.StreamResponse | None:
+        if self.on and is_list_call(request):
+            return web.Response(text="<html>Gateway maintenance</html>", content_type="text/html")
+        return None
+
+
+async def test_while_the_job_list_cannot_be_read_the_daemon_creates_nothing_then_adopts(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    # The API accepts a second job of a name: only the listing keeps batchsub from making one.
+    sim = await simulator(duplicate_names="accept")
+    made = sim.store.add("by-hand", {}, int(time.time() * 1000) - 1000, PROJECT)
+    outage = ListOutage()
+    outage.on = True
+    inbox = tmp_path / "inbox"
+    source = DropFolderSource(inbox, settle_time=0.0, rescan_interval=0.3)
+    source.prepare()
+    metrics = Metrics()
+    async with proxying(sim.url, outage) as (url, _):
+        settings = settings_for(url, tmp_path, max_attempts=3)
+        with capture_logs() as logs:
+            task = asyncio.create_task(
+                watch(settings, source, metrics=metrics, report=tmp_path / "r.json")
+            )
+            try:
+                drop(inbox, "by-hand.json", job("by-hand"))
+                drop(inbox, "new.json", job("new"))
+                await eventually(lambda: metrics.api_problem is not None)
+                await asyncio.sleep(1.0)  # listings keep failing: files go back and again
+                assert sim.store.create_requests == 0 and not task.done()
+                assert names_in(inbox / "done") == []
+                outage.on = False
+                await eventually(lambda: len(names_in(inbox / "done")) == 2, timeout=10)
+                assert metrics.api_problem is None
+            finally:
+                source.stop()
+                code = await asyncio.wait_for(task, 10)
+    assert code == 0
+    assert sim.store.duplicates() == {}
+    assert sorted(j.name for j in sim.store.jobs) == ["by-hand", "new"]
+    events = [entry["event"] for entry in logs]
+    assert events.count("api.unreachable") == 1 and events.count("api.reachable") == 1
+    assert "remote.cannot_list" not in events
+    rows = json.loads((tmp_path / "r.json").read_text())["jobs"]
+    waited = [row for row in rows if row["outcome"] == "unresolved"]
+    assert waited and all(
+        "not sent: the job list cannot be read: HTTP 200 with an HTML body" in row["error"]
+        for row in waited
+    )
+    final = {row["name"]: row for row in rows if row["outcome"] != "unresolved"}
+    assert (final["by-hand"]["outcome"], final["by-hand"]["job_id"]) == (
+        "already_created",
+        made.job_id,
+    )
+
+
+async def test_while_a_catch_up_cannot_be_read_a_job_made_by_hand_is_not_duplicated(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(duplicate_names="accept")
+    outage = ListOutage()
+    made: list[SimJob] = []
+
+    def made_by_hand_during_an_outage() -> None:
+        made.append(sim.store.add("by-hand", {}, int(time.time() * 1000), PROJECT))
+        outage.on = True
+        asyncio.get_running_loop().call_later(1.5, setattr, outage, "on", False)
+
+    async with proxying(sim.url, outage) as (url, _):
+        rows = await drop_after_a_server_change(
+            sim,
+            tmp_path,
+            made_by_hand_during_an_outage,
+            "by-hand",
+            url=url,
+            snapshot_refresh=0.3,  # the listing is stale when by-hand.json comes: caught up
+            max_attempts=2,
+        )
+    assert sim.store.duplicates() == {}
+    assert [(row["outcome"], row["job_id"]) for row in rows][-1] == (
+        "already_created",
+        made[0].job_id,
+    )
+    assert any(row["outcome"] == "unresolved" for row in rows)  # it waited for the list
+
+
+async def test_the_daemon_waits_through_an_api_outage_logs_it_once_and_says_so_in_healthz(
+    tmp_path: Path,
+) -> None:
+    port = free_port()  # nobody listens there until the "API" comes up
+    inbox = tmp_path / "inbox"
+    source = DropFolderSource(inbox, settle_time=0.0, rescan_interval=0.3)
+    source.prepare()
+    settings = settings_for(f"http://127.0.0.1:{port}", tmp_path)
+    metrics = Metrics()
+    runner, metrics_url = await serve_app(
+        create_metrics_app(metrics), "127.0.0.1", 0, shutdown_timeout=0.5
+    )
+    healthz = f"{metrics_url}/healthz"
+    with capture_logs() as logs:
+        task = asyncio.create_task(watch(settings, source, metrics=metrics))
+        sim = None
+        try:
+            drop(inbox, "a.json", job("a"))
+            async with aiohttp.ClientSession() as http:
+
+                async def health() -> tuple[int, str]:
+                    async with http.get(healthz) as response:
+                        return response.status, await response.text()
+
+                await eventually(lambda: any(e["event"] == "api.unreachable" for e in logs))
+                await asyncio.sleep(1.0)  # several listings fail meanwhile
+                assert not task.done()
+                status, text = await health()
+                assert status == 503 and text.startswith("API unreachable: cannot connect to")
+                config = SimulatorConfig(project_id=PROJECT, tokens=frozenset({TOKEN}))
+                sim = await start_simulator(config, port=port)
+                await eventually(lambda: names_in(inbox / "done") == ["a.json"], timeout=10)
+                assert await health() == (200, "ok")
+        finally:
+            source.stop()
+            code = await asyncio.wait_for(task, 10)
+            await runner.cleanup()
+            if sim is not None:
+                await sim.close()
+    assert code == 0
+    assert sim is not None and [j.name for j in sim.store.jobs] == ["a"]
+    events = [entry["event"] for entry in logs]
+    assert events.count("api.unreachable") == 1 and events.count("api.reachable") == 1
+    noisy = [e for e in logs if e["log_level"] in ("warning", "error")]
+    assert len(noisy) <= 3, noisy

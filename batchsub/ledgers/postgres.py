@@ -18,32 +18,42 @@ recorded and gives back that one when it carried another: two jobs of one name e
 
 Leases are compared with the workers' own clocks: hosts must keep them in sync (NTP) to much
 better than ``lease_seconds``. asyncpg and socket errors become ``LedgerError`` here, naming
-the DSN with its password masked; a data error of one job's values (SQLSTATE classes 22, 23
-and 54: a NUL byte, a value out of range, an index row too large) is a
-``LedgerRefusedError``, which fails that job alone. Text from outside (sources, API error
-messages) is stored with its control characters escaped, so it cannot be refused.
+the DSN with its password masked: ``LedgerUnavailable`` when the server cannot be reached now
+(waited out through ``Outage``), ``LedgerRefusedError`` when it refuses a statement's values
+(SQLSTATE classes 22, 23 and 54: a NUL byte, a value out of range, an index row too large),
+which fails that job alone. Text from outside (sources, API error messages) is stored with
+its control characters escaped, so it cannot be refused.
+
+Every connection attempt, pool acquire and statement is bounded by a timeout; a connection
+that timed out or broke is terminated, never handed out again, and the pool's other
+connections are replaced too (after a restart they are all dead).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-import re
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any, Self
-from urllib.parse import parse_qsl, urlsplit
+from typing import Any, Self, TypeAlias, TypeVar
 
 import asyncpg
 import structlog
 
-from batchsub.errors import LedgerError, LedgerRefusedError
+from batchsub.errors import LedgerError, LedgerRefusedError, LedgerUnavailable
 from batchsub.jobs import IN_DOUBT_STATES, Claim, ErrorInfo, JobSpec, LedgerRecord, LedgerState
+from batchsub.ledgers.outage import Outage
+from batchsub.masking import mask_url, scrub, url_passwords
 from batchsub.text import printable
 
 log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
+_Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"  # generic in stubs
 
 SCHEMA_VERSION = 1
 
@@ -144,40 +154,27 @@ _OPEN_ERRORS: tuple[type[BaseException], ...] = (
     *_DB_ERRORS,
 )  # ValueError: a malformed DSN
 
-_CHUNK = 1000  # names per ``= ANY($2)``: keeps each statement and its answer small
+# The server cannot be reached now, or cannot answer yet: the same statement may work later.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable, a host name that does not resolve now
+    TimeoutError,  # a connection attempt, acquire or statement past its timeout
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.InsufficientResourcesError,  # class 53: disk full, out of memory, too many clients
+    asyncpg.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.AdminShutdownError,  # 57P01: a fast shutdown or restart ended the session
+    asyncpg.CrashShutdownError,  # 57P02
+    asyncpg.QueryCanceledError,  # 57014: a statement cancelled on timeout
+    asyncpg.ReadOnlySQLTransactionError,  # 25006: a standby, during a failover
+    asyncpg.PostgresSystemError,  # class 58: an I/O error on the server
+    asyncpg.InterfaceError,  # the connection closed under a statement or is unusable after one
+    asyncpg.InternalClientError,
+)
 # SQLSTATE classes of a statement refused for the values it was given, not for an outage:
 # data exception, integrity constraint violation, program limit exceeded.
 _REFUSED_CLASSES = frozenset({"22", "23", "54"})
+
+_CHUNK = 1000  # names per ``= ANY($2)``: keeps each statement and its answer small
 _MESSAGE_CHARS = 2000  # an error message longer than this is cut when stored
-
-_PASSWORD_PARAM = re.compile(r"(?i)(password=)[^&\s]*")
-
-
-def mask_dsn(dsn: str) -> str:
-    """``dsn`` with its password (in the user part or a ``password=`` parameter) as ``***``."""
-    masked = _PASSWORD_PARAM.sub(r"\1***", dsn)
-    try:
-        parts = urlsplit(masked)
-        password = parts.password
-    except ValueError:
-        return masked
-    if password is None:
-        return masked
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
-
-
-def _passwords(dsn: str) -> list[str]:
-    """Every password written in ``dsn``, to scrub from messages that might echo it."""
-    found = [m.group(0).partition("=")[2] for m in _PASSWORD_PARAM.finditer(dsn)]
-    try:
-        parts = urlsplit(dsn)
-        found.append(parts.password or "")
-        found.extend(v for k, v in parse_qsl(parts.query) if k.lower() == "password")
-    except ValueError:
-        pass
-    return [p for p in found if p]
 
 
 def default_owner() -> str:
@@ -220,7 +217,8 @@ class PostgresLedger:
     ``owner`` names this worker in the rows it holds; a claim lasts ``lease_seconds`` after
     ``begin_attempt`` unless ``record`` releases it sooner. ``clock`` gives epoch seconds for
     timestamps and leases (tests share a fake one between ledgers); ``monotonic`` the clock
-    of the claims' deadlines, which this process alone compares.
+    of the claims' deadlines, which this process alone compares. ``outage`` decides how long
+    a call waits for an unreachable server (by default: not at all).
     """
 
     def __init__(
@@ -233,9 +231,11 @@ class PostgresLedger:
         monotonic: Callable[[], float] = time.monotonic,
         pool_size: int = 10,
         connect_timeout: float = 10.0,
+        command_timeout: float = 10.0,
         page_size: int = 500,
+        outage: Outage | None = None,
     ) -> None:
-        self.dsn = mask_dsn(dsn)  # safe to print
+        self.dsn = mask_url(dsn)  # safe to print
         self.owner = owner if owner is not None else default_owner()
         self._dsn = dsn
         self._lease = lease_seconds
@@ -243,7 +243,10 @@ class PostgresLedger:
         self._monotonic = monotonic
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout
+        self._timeout = command_timeout  # each acquire and statement
         self._page_size = page_size
+        # Without one given, an unreachable server fails each call at once (no waiting).
+        self._outage = outage or Outage()
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
 
     def __repr__(self) -> str:
@@ -262,38 +265,58 @@ class PostgresLedger:
         await self.close()
 
     async def open(self) -> None:
-        """Connect the pool and create or migrate the schema (one worker at a time)."""
+        """Connect the pool and create or migrate the schema (one worker at a time).
+
+        An unreachable server is waited for as long as the outage's ``startup_limit`` says.
+        """
         if self._pool is not None:
             return
+        self._outage.reopen()
+        self._pool = await self._outage.run(self._connect, new_work=False, startup=True)
+
+    async def _connect(self) -> asyncpg.Pool[asyncpg.Record]:
         try:
+            # min_size 0: connections are made as statements need them. With a floor, the pool
+            # reconnects by itself in the background after an outage, logging tracebacks.
             pool = await asyncpg.create_pool(
                 self._dsn,
-                min_size=1,
+                min_size=0,
                 max_size=self._pool_size,
                 timeout=self._connect_timeout,
+                command_timeout=self._timeout,
                 server_settings={"application_name": "batchsub"},
             )
         except _OPEN_ERRORS as exc:
             raise self._error("cannot connect", exc) from exc
         try:
-            await self._migrate(pool)
+            await self._migrate(pool)  # its first connection is made here
         except BaseException as exc:
             pool.terminate()
-            if isinstance(exc, _DB_ERRORS):
-                raise self._error("cannot create the schema", exc) from exc
+            if isinstance(exc, _OPEN_ERRORS):
+                what = "cannot connect" if _is_unavailable(exc) else "cannot create the schema"
+                raise self._error(what, exc) from exc
             raise
-        self._pool = pool
+        return pool
 
     async def close(self) -> None:
-        """Close the pool; calling it again does nothing. Every write is already committed."""
+        """Close the pool; calling it again does nothing. Every write is already committed.
+
+        Calls still waiting through an outage give up. A server that does not answer the
+        goodbye in time gets its connections dropped, which loses nothing.
+        """
         pool, self._pool = self._pool, None
+        self._outage.close()
         if pool is None:
             return
         try:
-            await pool.close()
+            async with asyncio.timeout(self._timeout):
+                await pool.close()
         except _DB_ERRORS as exc:
             pool.terminate()
-            raise self._error("cannot close", exc) from exc
+            error = self._error("cannot close", exc)
+            if not isinstance(error, LedgerUnavailable):
+                raise error from exc
+            log.warning("ledger.close_failed", ledger=self.dsn, error=error.reason)
 
     async def get_many(self, project_id: str, names: Sequence[str]) -> dict[str, LedgerRecord]:
         """The records of those names that exist, one query per 1000 names."""
@@ -317,41 +340,50 @@ class PostgresLedger:
         re-reads the record to learn which. A lease ends at ``record`` or on expiry.
         """
         for _ in range(2):
-            started = self._monotonic()  # before the statement: a slow answer only shortens it
-            now = float(self._clock())
-            value = await self._fetchval(
-                _BEGIN_SQL,
-                project_id,
-                job.name,
-                printable(job.source),
-                job.body_hash,
-                job.body,
-                now,
-                self.owner,
-                now + self._lease,
-            )
+            tries = 0
+            started = 0.0
+
+            def claim(conn: _Connection) -> Awaitable[Any]:
+                nonlocal tries, started
+                tries += 1
+                # Before the statement: a slow answer only shortens the claim's deadline.
+                started = self._monotonic()
+                now = float(self._clock())
+                return conn.fetchval(
+                    _BEGIN_SQL,
+                    *(project_id, job.name, printable(job.source), job.body_hash, job.body),
+                    *(now, self.owner, now + self._lease),
+                )
+
+            value = await self._statement("write failed", claim)
             if value is not None:
                 return Claim(int(value), started + self._lease)
             holder = await self._fetchval(_OWNER_SQL, project_id, job.name)
-            if not isinstance(holder, str) or not owner_is_dead_here(holder):
+            if holder == self.owner and tries > 1:
+                # A try whose answer was lost (a timeout, a reset) committed our claim all
+                # the same. Nothing was sent under it: a request leaves only after this returns.
+                log.info("ledger.claim_answer_lost", name=job.name, owner=holder)
+            elif not isinstance(holder, str) or not owner_is_dead_here(holder):
                 return None
-            # A worker on this host was killed holding the job: end its lease now.
-            log.info("ledger.lease_of_dead_worker", name=job.name, owner=holder)
+            else:
+                # A worker on this host was killed holding the job: end its lease now.
+                log.info("ledger.lease_of_dead_worker", name=job.name, owner=holder)
             await self._fetchval(_EXPIRE_SQL, project_id, job.name, holder)
         return None
 
     async def renew(self, project_id: str, job: JobSpec, claim: Claim) -> Claim | None:
         """Extend our claim on ``job`` to a full lease from now; None if it is no longer ours."""
-        started = self._monotonic()
-        value = await self._fetchval(
-            _RENEW_SQL,
-            project_id,
-            job.name,
-            self.owner,
-            claim.attempt,
-            float(self._clock()) + self._lease,
-        )
-        if value is None:
+        started = 0.0
+
+        def extend(conn: _Connection) -> Awaitable[Any]:
+            nonlocal started
+            started = self._monotonic()  # per try, as in ``begin_attempt``
+            lease_until = float(self._clock()) + self._lease
+            return conn.fetchval(
+                _RENEW_SQL, project_id, job.name, self.owner, claim.attempt, lease_until
+            )
+
+        if await self._statement("write failed", extend) is None:
             return None
         return Claim(claim.attempt, started + self._lease)
 
@@ -376,6 +408,7 @@ class PostgresLedger:
         one recorded is kept and given back.
         """
         now = float(self._clock())
+        # An outcome is waited for through an outage, even when the run stops: the API gave it.
         applied = await self._fetchval(
             _RECORD_SQL,
             project_id,
@@ -392,6 +425,7 @@ class PostgresLedger:
             now,
             self.owner,
             attempt,
+            new_work=False,
         )
         if applied is not None:
             return None
@@ -476,35 +510,74 @@ class PostgresLedger:
         return self._pool
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        pool = self._require_pool()
-        try:
-            return await pool.fetch(sql, *args)
-        except _DB_ERRORS as exc:
-            raise self._error("read failed", exc) from exc
+        rows: list[asyncpg.Record] = await self._statement(
+            "read failed", lambda conn: conn.fetch(sql, *args)
+        )
+        return rows
 
-    async def _fetchval(self, sql: str, *args: Any) -> Any:
+    async def _fetchval(self, sql: str, *args: Any, new_work: bool = True) -> Any:
+        return await self._statement(
+            "write failed", lambda conn: conn.fetchval(sql, *args), new_work=new_work
+        )
+
+    async def _statement(
+        self,
+        what: str,
+        statement: Callable[[_Connection], Awaitable[_T]],
+        *,
+        new_work: bool = True,
+    ) -> _T:
+        """Run ``statement`` on a pooled connection, waiting through an outage (``Outage``)."""
+        return await self._outage.run(lambda: self._once(what, statement), new_work=new_work)
+
+    async def _once(self, what: str, statement: Callable[[_Connection], Awaitable[_T]]) -> _T:
         pool = self._require_pool()
         try:
-            return await pool.fetchval(sql, *args)
+            async with pool.acquire(timeout=self._timeout) as conn:
+                try:
+                    return await statement(conn)
+                except _DB_ERRORS as exc:
+                    if _is_unavailable(exc):
+                        # Timed out or broken: its state is unknown, so it is never reused.
+                        # (One the server closed is back in the pool already, closed.)
+                        with contextlib.suppress(asyncpg.InterfaceError):
+                            conn.terminate()
+                    raise
         except _DB_ERRORS as exc:
-            raise self._error("write failed", exc) from exc
+            error = self._error(what, exc)
+            if isinstance(error, LedgerUnavailable):
+                await pool.expire_connections()  # a restart killed the idle ones too
+            raise error from exc
 
     def _error(self, what: str, exc: BaseException) -> LedgerError:
-        """One line naming the masked DSN; the password is scrubbed should the cause echo it.
+        """One line naming the masked DSN; the password is scrubbed should the cause echo it."""
+        if isinstance(exc, TimeoutError):
+            message = f"timed out after {self._timeout:g} s"
+        else:
+            message = " ".join(str(exc).split()) or type(exc).__name__
+        message = printable(scrub(message, url_passwords(self._dsn)), _MESSAGE_CHARS)
+        if _is_refused(exc):
+            return LedgerRefusedError(f"ledger {self.dsn}: {what}: {message}")
+        if _is_unavailable(exc):
+            return LedgerUnavailable(self.dsn, f"{what}: {message}")
+        return LedgerError(f"ledger {self.dsn}: {what}: {message}")
 
-        A refusal of the values given (``_REFUSED_CLASSES``) is a ``LedgerRefusedError``.
-        """
-        message = printable(" ".join(str(exc).split()) or type(exc).__name__, _MESSAGE_CHARS)
-        for password in _passwords(self._dsn):
-            message = message.replace(password, "***")
-        sqlstate = getattr(exc, "sqlstate", None)
-        refused = (
-            isinstance(exc, asyncpg.PostgresError)
-            and isinstance(sqlstate, str)
-            and sqlstate[:2] in _REFUSED_CLASSES
-        )
-        kind = LedgerRefusedError if refused else LedgerError
-        return kind(f"ledger {self.dsn}: {what}: {message}")
+
+def _is_refused(exc: BaseException) -> bool:
+    """True when the server refuses the values of the statement (``_REFUSED_CLASSES``)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return (
+        isinstance(exc, asyncpg.PostgresError)
+        and isinstance(sqlstate, str)
+        and sqlstate[:2] in _REFUSED_CLASSES
+    )
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    """True for a failure of the connection or the server, not of the statement."""
+    if _is_refused(exc) or isinstance(exc, ValueError):
+        return False  # a bad value, or a malformed DSN or option: waiting will not help
+    return isinstance(exc, _UNAVAILABLE)
 
 
 def _to_record(row: asyncpg.Record) -> LedgerRecord:

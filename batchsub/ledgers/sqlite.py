@@ -8,6 +8,10 @@ a group commit fails for the values of one write (a number SQLite cannot hold, s
 write is run again alone: only the one that fails alone fails, as ``LedgerRefusedError``.
 Text from outside (sources, API error messages) is stored with control characters and lone
 surrogates escaped, so it cannot fail a commit.
+
+A full disk (or a file system gone read-only, an I/O error) is ``LedgerUnavailable``: the
+writer keeps the failed batch and tries it again through the ``Outage`` (backoff, logged once
+each way), while later writes queue behind it and reads wait; their callers just wait longer.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from typing import Any, Literal, Self, TypeVar
 
 import aiosqlite
 import orjson
+import structlog
 
-from batchsub.errors import LedgerError, LedgerRefusedError
+from batchsub.errors import LedgerError, LedgerRefusedError, LedgerUnavailable, os_reason
 from batchsub.jobs import (
     IN_DOUBT_STATES,
     Claim,
@@ -37,7 +42,10 @@ from batchsub.jobs import (
     SettledJob,
 )
 from batchsub.ledgers.lock import LedgerLock
+from batchsub.ledgers.outage import Outage
 from batchsub.text import printable
+
+log = structlog.get_logger("batchsub.ledger")
 
 SCHEMA_VERSION = 3
 
@@ -143,6 +151,19 @@ _REFUSALS: tuple[type[BaseException], ...] = (
 )
 _READ_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, *_REFUSALS)
 
+# Primary result codes of a file system that cannot take a write now; the statement is fine.
+_UNAVAILABLE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_FULL,  # disk full
+        sqlite3.SQLITE_IOERR,  # an I/O error (EIO)
+        sqlite3.SQLITE_READONLY,  # the file system went read-only
+        sqlite3.SQLITE_BUSY,  # locked past the busy timeout
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+
 
 @dataclass(slots=True)
 class _Write:
@@ -158,6 +179,7 @@ class SqliteLedger:
     """A ``Ledger`` in one SQLite file (WAL), locked to one process, with group commit.
 
     ``commits`` counts committed write transactions, to show that concurrent writes share them.
+    ``outage`` decides how long writes wait for a full disk to take them (by default: not).
     """
 
     def __init__(
@@ -169,6 +191,7 @@ class SqliteLedger:
         max_batch: int = 1000,
         page_size: int = 500,
         read_only: bool = False,
+        outage: Outage | None = None,
     ) -> None:
         self.path = Path(path)
         # Read-only: no lock and no writer, so status/report/plan can look at a ledger while
@@ -190,6 +213,8 @@ class SqliteLedger:
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        # Without one given, a full disk fails each write at once (no waiting).
+        self._outage = outage or Outage()
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -210,6 +235,13 @@ class SqliteLedger:
         if self.read_only:
             self._conn = await self._connect()
             return
+        self._outage.reopen()
+        await self._outage.run(self._open_for_writing, new_work=False, startup=True)
+        self._closing = False
+        self._queue = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_loop(), name=f"ledger-writer {self.path}")
+
+    async def _open_for_writing(self) -> None:
         self._lock.acquire()
         try:
             self._conn = await self._connect()
@@ -220,15 +252,17 @@ class SqliteLedger:
         except BaseException:
             await self._release_connections()
             raise
-        self._closing = False
-        self._queue = asyncio.Queue()
-        self._writer = asyncio.create_task(self._write_loop(), name=f"ledger-writer {self.path}")
 
     async def close(self) -> None:
-        """Commit every queued write, stop the writer, close the file and release the lock."""
+        """Commit every queued write, stop the writer, close the file and release the lock.
+
+        During an outage, queued writes get one last try; those that fail raise to their
+        callers (their jobs stay in doubt in the ledger, reconciled by the next run).
+        """
         if self._conn is None:
             return
         self._closing = True
+        self._outage.close()
         try:
             if self._writer is not None:
                 self._queue.put_nowait(None)
@@ -247,7 +281,11 @@ class SqliteLedger:
             if conn is not None:
                 await conn.close()
         except sqlite3.Error as exc:
-            raise self._error("cannot close", exc) from exc
+            error = self._error("cannot close", exc)
+            if not isinstance(error, LedgerUnavailable):
+                raise error from exc
+            # Every write has committed or failed to its caller: nothing is lost here.
+            log.warning("ledger.close_failed", ledger=str(self.path), error=error.reason)
         finally:
             if executor is not None:
                 executor.shutdown(wait=False)
@@ -475,10 +513,16 @@ class SqliteLedger:
         return version
 
     def _error(self, what: str, exc: BaseException) -> LedgerError:
+        if _is_unavailable(exc):
+            condition = "unwritable" if what == "write failed" else "unavailable"
+            reason = os_reason(exc) if isinstance(exc, OSError) else str(exc)
+            return LedgerUnavailable(str(self.path), f"{what}: {reason}", condition=condition)
         kind = LedgerRefusedError if isinstance(exc, _REFUSALS) else LedgerError
         return kind(f"ledger {self.path}: {what}: {printable(str(exc), _MESSAGE_CHARS)}")
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        # Reads work on a full disk, but they start new work: they wait while writes cannot.
+        await self._outage.ready()
         conn = self._require_open()
         try:
             return list(await conn.execute_fetchall(sql, params))
@@ -520,26 +564,50 @@ class SqliteLedger:
                 return
 
     async def _commit_batch(self, batch: list[_Write]) -> None:
-        """Run ``batch`` in one transaction, then resolve its futures (or fail them all).
+        """Run ``batch`` in one transaction, then resolve its futures (or fail them).
 
-        A batch refused for the values of some write is run again one write at a time, so
-        that only the writes that fail alone fail.
+        A full disk keeps the batch for another try after a backoff, as long as the outage
+        allows. A batch refused for the values of some write is run again one write at a
+        time, so that only the writes that fail alone fail; every other failure fails the
+        whole batch at once.
         """
-        try:
-            attempts = await self._in_writer(self._transaction, None, batch)
-        except Exception as exc:  # the writer must survive to serve later writes
-            if isinstance(exc, _REFUSALS) and len(batch) > 1:
-                for write in batch:
-                    await self._commit_batch([write])
-                return
-            for write in batch:
+        while batch:
+            try:
+                attempts = await self._in_writer(self._transaction, None, batch)
+            except Exception as exc:  # the writer must survive to serve later writes
+                if isinstance(exc, _REFUSALS) and len(batch) > 1:
+                    for write in batch:
+                        await self._commit_batch([write])
+                    return
+                batch = await self._after_failure(batch, self._error("write failed", exc))
+                continue
+            self._outage.recovered()
+            self.commits += 1
+            for write, result in zip(batch, attempts, strict=True):
                 if not write.future.done():
-                    write.future.set_exception(self._error("write failed", exc))
+                    write.future.set_result(result)
             return
-        self.commits += 1
-        for write, result in zip(batch, attempts, strict=True):
-            if not write.future.done():
-                write.future.set_result(result)
+
+    async def _after_failure(self, batch: list[_Write], error: LedgerError) -> list[_Write]:
+        """The writes of a failed batch to try again, after a backoff; the others fail now."""
+        retry = False
+        if isinstance(error, LedgerUnavailable) and not self._closing:
+            try:
+                self._outage.failed(error)
+            except LedgerError as final:  # past the outage limit (or not to wait at all)
+                error = final
+            else:
+                retry = True
+                await self._outage.pause(self._outage.delay(), new_work=False)
+        again: list[_Write] = []
+        for write in batch:
+            # A claim stops waiting when the run stops; an outcome waits until the ledger closes.
+            refusal = self._outage.refusal(new_work=write.kind == "begin") if retry else error
+            if refusal is None:
+                again.append(write)
+            elif not write.future.done():
+                write.future.set_exception(refusal)
+        return again
 
     def _transaction(self, batch: list[_Write]) -> list[Claim | int | None]:
         """Run ``batch`` in one transaction, on the writer thread; each write's result back."""
@@ -588,6 +656,14 @@ def _kept_ids(conn: sqlite3.Connection, records: list[_Write]) -> dict[tuple[str
         if row is not None and row[0] is not None and row[0] != job_id:
             kept[write.key] = row[0]
     return kept
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    """True when the file system cannot take the write now (full, read-only, failing)."""
+    if isinstance(exc, OSError):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _UNAVAILABLE_CODES
 
 
 def _attempts(conn: sqlite3.Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:

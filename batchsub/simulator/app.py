@@ -7,31 +7,50 @@ Choices where the real service is undocumented or where the brief left the pick 
   (401 ``APIG.0301``), rate limited (429 ``APIG.0308``), then its project checked: a project id
   other than ``config.project_id`` (or than the ``X-Project-Id`` header) answers 403
   ``APIG.0302``, as the gateway does for a credential used outside its project.
-- ``name`` in the list query matches exactly; ``order`` defaults to ``desc``; one job table is
-  shared by every project id the simulator accepts.
-- ``DELETE .../streaming/jobs/{job_id}`` deletes a job (a job made and removed by hand); its id
-  is never given again.
+- Every call is scoped to the path's project id: each project has its own jobs (ids are unique
+  across projects, as DLI's are), and another project's job id is an unknown id.
+- ``name`` in the list query matches exactly; ``order`` defaults to ``desc``; ``status`` must be
+  a DLI status.
+- ``DELETE .../streaming/jobs/{job_id}`` deletes a job in any state; its id is never given
+  again. With ``deleted_jobs="listed"`` the list still shows it ("the job records will not be
+  deleted"); the other calls do not know it.
+- ``GET /_simulator/stats`` is not DLI: calls by kind and per-job counts for tests and
+  benchmarks, with no auth, throttle or latency, never counted.
+- The life cycle (run, stop, status moving by time) is in ``lifecycle``, the batch calls in
+  ``batch``, the update in ``update``, the detail's dialect in ``dialect``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
 from batchsub.manifest import FlinkJarJob, describe_validation_error
+from batchsub.simulator import batch, iam, update
 from batchsub.simulator.auth import authenticate
 from batchsub.simulator.config import SimulatorConfig
+from batchsub.simulator.dialect import detail, job_config
 from batchsub.simulator.faults import BEFORE_CREATE, Fault, FaultPicker, RateWindow
+from batchsub.simulator.lifecycle import LIFECYCLE, STATUSES, Lifecycle
 from batchsub.simulator.store import JOB_TYPE, JobStore, SimJob
+from batchsub.simulator.wire import (
+    error_response,
+    job_or_error,
+    json_object,
+    json_response,
+    lose_answer,
+    name_taken,
+    unknown_queue,
+)
 
 PREFIX = "/v1.0/{project_id}/streaming"
+PRIVATE = "/_simulator/"  # not DLI: introspection for tests and benchmarks
 MAX_BODY = 12 * 1024 * 1024  # the gateway's limit (APIG.0201 above it)
 MAX_LIMIT = 100
 CREATED_MESSAGE = "A Flink job is created successfully."
@@ -54,27 +73,26 @@ STORE = web.AppKey("store", JobStore)
 _STATE = web.AppKey("state", _State)
 
 
-def json_response(status: int, payload: Any) -> web.Response:
-    """A JSON answer serialised with orjson."""
-    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
-
-
-def error_response(status: int, code: str, message: str) -> web.Response:
-    """An error in DLI's shape: ``{"error_code": ..., "error_msg": ...}``."""
-    return json_response(status, {"error_code": code, "error_msg": message})
-
-
 def create_app(config: SimulatorConfig) -> web.Application:
     """A fresh simulator app with its own empty store, reachable as ``app[STORE]``."""
-    store = JobStore()
+    store = JobStore(clock=config.wall_clock)
     window = RateWindow(config.rate_limit, config.clock) if config.rate_limit > 0 else None
     app = web.Application(middlewares=[_gate], client_max_size=MAX_BODY)
     app[STORE] = store
     app[_STATE] = _State(config, store, FaultPicker(config), window)
-    app.router.add_post(PREFIX + "/flink-jobs", _create_job)
-    app.router.add_get(PREFIX + "/jobs", _list_jobs)
-    app.router.add_get(PREFIX + "/jobs/{job_id}", _show_job)
-    app.router.add_delete(PREFIX + "/jobs/{job_id}", _delete_job)
+    app[LIFECYCLE] = Lifecycle(config, store)
+    # A route's name is its kind in store.calls.
+    routes = app.router
+    routes.add_post(PREFIX + "/flink-jobs", _create_job, name="create")
+    routes.add_get(PREFIX + "/jobs", _list_jobs, name="list")
+    routes.add_get(PREFIX + "/jobs/{job_id}", _show_job, name="detail")
+    routes.add_delete(PREFIX + "/jobs/{job_id}", _delete_job, name="delete")
+    routes.add_post(PREFIX + "/jobs/run", batch.run_jobs, name="run")
+    routes.add_post(PREFIX + "/jobs/stop", batch.stop_jobs, name="stop")
+    routes.add_post(PREFIX + "/jobs/delete", batch.delete_jobs, name="batch_delete")
+    routes.add_put(PREFIX + "/flink-jobs/{job_id}", update.update_job, name="update")
+    routes.add_get(PRIVATE + "stats", _show_stats)
+    iam.setup(app, config)  # POST /v3/auth/tokens, as the IAM endpoint
     app.on_shutdown.append(_wake_sleepers)
     return app
 
@@ -88,15 +106,21 @@ async def _wake_sleepers(app: web.Application) -> None:
 async def _gate(request: web.Request, handler: _Handler) -> web.StreamResponse:
     state = request.app[_STATE]
     arrived = time.monotonic()
-    state.store.arrivals.append((state.config.clock(), request.path))
+    private = request.path.startswith(PRIVATE)
+    if not private:
+        state.store.arrivals.append((state.config.clock(), request.path))
+        kind = request.match_info.route.name
+        if kind is not None:
+            state.store.calls[kind] += 1
     try:
         route_error = request.match_info.http_exception
         if route_error is not None:
             raise route_error
-        response = await _admit(request, state) or await handler(request)
+        admitted = None if private else await _admit(request, state)
+        response = admitted or await handler(request)
     except web.HTTPException as exc:
         response = _http_error(exc)
-    if state.config.latency > 0:
+    if state.config.latency > 0 and not private:
         # Counted from the request's arrival: the answer leaves `latency` after it came in,
         # whatever the handling took (as long as it took less).
         await asyncio.sleep(state.config.latency - (time.monotonic() - arrived))
@@ -116,9 +140,13 @@ def _http_error(exc: web.HTTPException) -> web.Response:
 async def _admit(request: web.Request, state: _State) -> web.Response | None:
     """The gateway's checks in order: credential, throttle, project. None lets it through."""
     config = state.config
+    if request.path == iam.PATH:
+        return None  # IAM checks the password itself
     if config.auth_enabled:
         body = await request.read() if request.can_read_body else b""
         reason = authenticate(config, request, body)
+        if reason == iam.TOKEN_MUST_BE_UPDATED:
+            return error_response(401, "APIG.0307", reason)
         if reason is not None:
             return error_response(
                 401, "APIG.0301", f"Incorrect IAM authentication information: {reason}"
@@ -146,12 +174,9 @@ async def _create_job(request: web.Request) -> web.StreamResponse:
     state = request.app[_STATE]
     store = state.store
     store.create_requests += 1
-    try:
-        obj = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return error_response(400, "DLI.0001", "The request body is not valid JSON")
-    if not isinstance(obj, dict):
-        return error_response(400, "DLI.0001", "The request body must be a JSON object")
+    obj = await json_object(request)
+    if isinstance(obj, web.Response):
+        return obj
     if isinstance(obj.get("name"), str):
         store.requests_by_name[obj["name"]] += 1
     try:
@@ -167,28 +192,25 @@ async def _create_valid(
     request: web.Request, state: _State, obj: dict[str, Any]
 ) -> web.StreamResponse:
     config, store = state.config, state.store
+    project = request.match_info["project_id"]
     name: str = obj["name"]
-    queue = obj.get("queue_name")
-    if config.known_queues is not None and queue is not None and queue not in config.known_queues:
-        return error_response(400, "DLI.0002", f"The queue {queue} does not exist")
+    clash = unknown_queue(config, obj.get("queue_name"))
+    if clash is not None:
+        return clash
     fault = state.picker.pick()
     if fault is not None:
         store.faults[fault.value] += 1
     if fault in BEFORE_CREATE:
         return _fault_before_create(state, fault)
-    existing = store.named(name)
-    if existing and config.duplicate_names == "reject":
-        return error_response(
-            400,
-            "DLI.0006",
-            f"Flink job name {name} already exists (job_id {existing[0].job_id})",
-        )
-    if config.max_jobs is not None and len(store.jobs) >= config.max_jobs:
+    clash = name_taken(config, store, project, name, None)
+    if clash is not None:
+        return clash
+    if config.max_jobs is not None and len(store.project_jobs(project)) >= config.max_jobs:
         return error_response(
             400, "DLI.1028", f"Quota insufficient: at most {config.max_jobs} Flink jobs"
         )
     create_time = int(config.wall_clock() * 1000)
-    job = store.add(name, obj, create_time, request.match_info["project_id"])
+    job = store.add(name, obj, create_time, project)
     return await _answer_created(request, state, job, fault)
 
 
@@ -204,11 +226,9 @@ def _fault_before_create(state: _State, fault: Fault | None) -> web.Response:
 async def _answer_created(
     request: web.Request, state: _State, job: SimJob, fault: Fault | None
 ) -> web.StreamResponse:
-    if fault is Fault.DROP_AFTER_CREATE:
-        _drop_connection(request)
-        raise asyncio.CancelledError  # aiohttp drops a cancelled handler without answering
-    if fault is Fault.ERROR_504_AFTER_CREATE:
-        return error_response(504, "APIG.0203", "Backend timeout")
+    lost = lose_answer(request, fault)
+    if lost is not None:
+        return lost
     if fault is Fault.DLI0999_AFTER_CREATE:
         return error_response(400, "DLI.0999", "server-side error")
     if fault is Fault.SLOW_AFTER_CREATE:
@@ -225,12 +245,6 @@ async def _answer_created(
             "job": {"job_id": job.job_id, "status_name": job.status, "status_desc": ""},
         },
     )
-
-
-def _drop_connection(request: web.Request) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.close()
 
 
 class _ListQuery:
@@ -254,6 +268,8 @@ class _ListQuery:
         if self.name is not None and len(self.name) > 57:
             self.error = "name can contain at most 57 characters"
         self.status = q.get("status")
+        if self.status is not None and self.status not in STATUSES:
+            self.error = "status must be a DLI job status, such as job_running"
         self.queue = q.get("queue_name")
         job_type = q.get("job_type")
         self.tags = _parse_tags(q.get("tags"))
@@ -293,17 +309,20 @@ def _parse_tags(raw: str | None) -> set[tuple[str | None, str | None]]:
 
 
 async def _list_jobs(request: web.Request) -> web.StreamResponse:
-    store = request.app[STORE]
+    config = request.app[_STATE].config
     query = _ListQuery(request)
     if query.error is not None:
         return error_response(400, "DLI.0001", f"Invalid query parameter: {query.error}")
-    pool = store.named(query.name) if query.name is not None else store.jobs
-    found = [job for job in pool if not job.deleted and query.matches(job)]
+    found = _listed(request.app[STORE], request.match_info["project_id"], query, config)
     if query.order == "desc":
         found.reverse()
     page = found[query.offset : query.offset + query.limit]
-    jobs = [job.summary(detail=query.detail) for job in page]
-    if not request.app[_STATE].config.list_create_time:  # as an endpoint without the field
+    jobs = [job.summary() for job in page]
+    if query.detail:
+        for job, listed in zip(page, jobs, strict=True):
+            listed["job_config"] = job_config(job.body)
+            listed["tags"] = job.body.get("tags", [])
+    if not config.list_create_time:  # as an endpoint without the field
         for listed in jobs:
             del listed["create_time"]
     return json_response(
@@ -316,30 +335,32 @@ async def _list_jobs(request: web.Request) -> web.StreamResponse:
     )
 
 
-def _job_or_error(
-    request: web.Request, find: Callable[[int], SimJob | None]
-) -> SimJob | web.Response:
-    """The job the path names (looked up, or deleted, by ``find``), or the API's error answer."""
-    raw = request.match_info["job_id"]
-    try:
-        job_id = int(raw)
-    except ValueError:
-        return error_response(400, "DLI.0001", "job_id must be an integer")
-    job = find(job_id)
-    if job is None:
-        return error_response(400, "DLI.16001", f"The Flink job {job_id} does not exist")
-    return job
+def _listed(
+    store: JobStore, project: str, query: _ListQuery, config: SimulatorConfig
+) -> list[SimJob]:
+    """The project's jobs the query selects, oldest first."""
+    if config.deleted_jobs == "listed":  # deleted jobs too, so no by-name index
+        pool: Sequence[SimJob] = store.project_jobs(project)
+        if query.name is not None:
+            pool = [job for job in pool if job.name == query.name]
+        return [job for job in pool if query.matches(job)]
+    if query.name is not None:
+        pool = store.named(query.name, project)
+    else:
+        pool = store.project_jobs(project)
+    return [job for job in pool if not job.deleted and query.matches(job)]
 
 
 async def _delete_job(request: web.Request) -> web.StreamResponse:
-    job = _job_or_error(request, request.app[STORE].delete)
+    job = job_or_error(request, request.app[STORE])
     if isinstance(job, web.Response):
         return job
-    return json_response(200, {"is_success": "true", "message": "The job is deleted."})
+    element = request.app[LIFECYCLE].delete(job)
+    return json_response(200, element)
 
 
 async def _show_job(request: web.Request) -> web.StreamResponse:
-    job = _job_or_error(request, request.app[STORE].get)
+    job = job_or_error(request, request.app[STORE])
     if isinstance(job, web.Response):
         return job
     return json_response(
@@ -347,6 +368,11 @@ async def _show_job(request: web.Request) -> web.StreamResponse:
         {
             "is_success": "true",
             "message": "Querying of the job details succeeds.",
-            "job_detail": job.summary(detail=True),
+            "job_detail": detail(job),
         },
     )
+
+
+async def _show_stats(request: web.Request) -> web.StreamResponse:
+    """``GET /_simulator/stats[?project_id=P]``: ``JobStore.stats`` as JSON (not DLI)."""
+    return json_response(200, request.app[STORE].stats(request.query.get("project_id")))

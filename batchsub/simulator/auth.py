@@ -8,6 +8,7 @@ from aiohttp import web
 
 from batchsub import signer
 from batchsub.simulator.config import SimulatorConfig
+from batchsub.simulator.iam import IAM, TOKEN_MUST_BE_UPDATED
 
 MAX_SKEW = 15 * 60.0  # seconds between X-Sdk-Date and the server clock
 
@@ -22,6 +23,9 @@ def authenticate(config: SimulatorConfig, request: web.Request, body: bytes) -> 
     authorization = headers.get("Authorization")
     if token is not None and token in config.tokens:
         return None
+    issued = request.app[IAM].check(token) if token is not None and IAM in request.app else None
+    if issued is not None:
+        return None if issued else TOKEN_MUST_BE_UPDATED
     if authorization is None:
         if token is not None:
             return "the X-Auth-Token is invalid or expired"

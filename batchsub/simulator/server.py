@@ -11,6 +11,7 @@ from aiohttp import web
 from batchsub.http_server import serve_app
 from batchsub.simulator.app import STORE, create_app
 from batchsub.simulator.config import SimulatorConfig
+from batchsub.simulator.iam import IAM, IamState
 from batchsub.simulator.store import JobStore
 
 log = structlog.get_logger(__name__)
@@ -25,6 +26,7 @@ class RunningSimulator:
         self._runner = runner
         self.url = url
         self.store: JobStore = runner.app[STORE]
+        self.iam: IamState = runner.app[IAM]  # token requests, issued tokens
 
     async def close(self) -> None:
         """Stop listening, end slow answers, close connections."""

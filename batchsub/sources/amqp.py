@@ -59,6 +59,7 @@ from batchsub.jobs import (
     Outcome,
 )
 from batchsub.manifest import parse_manifest_bytes
+from batchsub.masking import mask_url, scrub, url_passwords
 from batchsub.sources import amqp_headers
 from batchsub.text import printable
 
@@ -80,15 +81,6 @@ _MAX_QUEUE_NAME = 255 - len(DEAD_SUFFIX)  # AMQP short string, with room for ".d
 AMQP_FAILURES: tuple[type[BaseException], ...] = (*CONNECTION_EXCEPTIONS, TimeoutError)
 
 
-def redact_url(url: str) -> str:
-    """The URL with its password removed, for messages and logs."""
-    try:
-        parsed = URL(url)
-    except ValueError:
-        return "(unparsable AMQP URL)"
-    return str(parsed.with_password(None)) if parsed.password is not None else str(parsed)
-
-
 def dead_queue_name(queue: str) -> str:
     """The dead-letter queue of ``queue``."""
     return queue + DEAD_SUFFIX
@@ -105,8 +97,11 @@ def check_queue_name(queue: str) -> str:
 
 async def connect(url: str) -> AbstractRobustConnection:
     """A robust connection (reconnects by itself); ConfigError naming the URL if unreachable."""
-    shown = redact_url(url)
-    scheme = URL(url).scheme if shown != "(unparsable AMQP URL)" else ""
+    shown = mask_url(url)
+    try:
+        scheme = URL(url).scheme
+    except ValueError:
+        scheme = ""
     if scheme not in ("amqp", "amqps"):
         raise ConfigError(f"AMQP URL {shown} must start with amqp:// or amqps://")
     try:
@@ -116,7 +111,7 @@ async def connect(url: str) -> AbstractRobustConnection:
             f"RabbitMQ at {shown} refused the login: check the user and password"
         ) from None
     except AMQP_FAILURES as exc:
-        reason = _reason(exc).replace(URL(url).password or "\0", "***")
+        reason = scrub(_reason(exc), url_passwords(url))
         raise ConfigError(f"cannot connect to RabbitMQ at {shown}: {reason}") from None
 
 
@@ -366,7 +361,7 @@ async def open_amqp_source(url: str, queue: str, *, prefetch: int) -> AsyncItera
         channel = await connection.channel(on_return_raises=True)
         await channel.set_qos(prefetch_count=prefetch)
         declared = await declare_queues(channel, queue)
-        log.info("amqp.connected", url=redact_url(url), queue=queue, prefetch=prefetch)
+        log.info("amqp.connected", url=mask_url(url), queue=queue, prefetch=prefetch)
         source = AmqpSource(channel, declared)
         try:
             yield source

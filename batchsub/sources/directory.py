@@ -9,12 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+import structlog
 
-from batchsub.errors import ConfigError, ManifestError, os_reason
+from batchsub.errors import ConfigError, LedgerError, ManifestError, os_reason
 from batchsub.jobs import EXISTING_OUTCOMES, InvalidManifest, JobResult, ManifestItem, SettledJob
 from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
 from batchsub.protocols import FileIndex
 from batchsub.sources.parser_pool import ParserPool
+
+log = structlog.get_logger("batchsub.directory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,12 +198,19 @@ class DirectorySource:
     async def _known(self, fingerprints: dict[str, str]) -> dict[str, list[SettledJob]]:
         if not fingerprints or self._index is None:
             return {}
-        return await self._index.settled_files(self._project, fingerprints)
+        try:
+            return await self._index.settled_files(self._project, fingerprints)
+        except LedgerError as exc:  # the index only saves reading: read the files instead
+            log.warning("index.unavailable", error=str(exc))
+            return {}
 
     async def _flush(self, *, final: bool) -> None:
         if self._index is not None and self._done and (final or len(self._done) >= _INDEX_CHUNK):
             done, self._done = self._done, []
-            await self._index.remember_files(self._project, done)
+            try:
+                await self._index.remember_files(self._project, done)
+            except LedgerError as exc:  # not remembered: the next run reads them again
+                log.warning("index.not_written", files=len(done), error=str(exc))
 
 
 @dataclass(slots=True)

@@ -1,0 +1,54 @@
+"""``batchsub auth check``: verify the configured credential with one harmless call.
+
+The call is the list call with ``limit=1``: it creates nothing, reads one job at most, and is
+refused exactly as a create would be for a wrong credential or project. The credential is the
+one a run would use (token, else IAM password, else AK/SK); the line printed names it.
+Exit 0 when the API accepted it, 2 when it did not or could not be asked (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from batchsub.cli import add_send_flags
+from batchsub.logs import configure_command_logging
+from batchsub.ops_commands import remote_api
+from batchsub.runner import project_id_for
+from batchsub.settings import Settings
+
+
+def add_parser(commands: Any) -> None:
+    """Register ``auth check`` with the CLI."""
+    auth: argparse.ArgumentParser = commands.add_parser("auth", help="check the credential")
+    actions = auth.add_subparsers(dest="auth_command", required=True, metavar="ACTION")
+    check = actions.add_parser(
+        "check", help="verify the configured credential with one list call (limit 1)"
+    )
+    add_send_flags(check)
+    check.set_defaults(handler=check_command)
+
+
+def check_command(settings: Settings, args: argparse.Namespace) -> int:
+    """Entry point of ``batchsub auth check``: 0 accepted, 2 refused or unreachable."""
+    project_id = project_id_for(settings, simulator=False)
+    configure_command_logging(settings, quiet=True)
+    print(asyncio.run(verify(settings, project_id)))
+    return 0
+
+
+async def verify(settings: Settings, project_id: str) -> str:
+    """One list call of ``limit=1`` with the credential in use; the line saying it worked.
+
+    Raises ConfigError (one line naming the credential and the fix) when it did not.
+    """
+    async with remote_api(settings, project_id) as api:
+        page = await api.caller.call(
+            "auth check", lambda: api.client.list_page(name=None, offset=0, limit=1)
+        )
+        target = api.target
+        return (
+            f"credential OK: {target.auth.describe()} may call project {project_id} at "
+            f"{target.endpoint} ({page.total_count} Flink Jar jobs there)"
+        )
