@@ -307,6 +307,7 @@ async def test_text_from_outside_is_stored_escaped(open_ledger: OpenLedger) -> N
     await ledger.begin_attempt(P, spec)
     await ledger.record(P, spec, LedgerState.FAILED, error=ErrorInfo("bad\x00 \ud800", "C\x01"))
     await ledger.remember_files(P, [("dir/caf\udce9.json", "fp", ["a"])])  # not remembered
+    assert await ledger.settled_files(P, {"dir/caf\udce9.json": "fp"}) == {}  # nor looked up
     rec = (await ledger.get_many(P, ["a"]))["a"]
     assert rec.source == "dir/caf\\udce9.json"
     assert rec.error == ErrorInfo("bad\\x00 \\ud800", "C\\x01")

@@ -314,7 +314,7 @@ class SqliteLedger:
         self, project_id: str, fingerprints: Mapping[str, str]
     ) -> dict[str, list[SettledJob]]:
         """Unchanged files whose every job is created: their jobs, without reading them."""
-        paths = list(fingerprints)
+        paths = [path for path in fingerprints if _encodable(path)]  # others are never stored
         remembered: dict[str, list[str]] = {}
         for chunk, marks in _chunked(paths):
             rows = await self._read(
