@@ -37,6 +37,14 @@ _SEND_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
             "help": "seconds to wait after a lost answer before looking the job up (default: 5)",
         },
     ),
+    (
+        "--lease",
+        {
+            "type": float,
+            "help": "seconds a worker's claim on a job lasts in a PostgreSQL ledger"
+            " (default: 2 x timeout + 10)",
+        },
+    ),
     ("--ca-file", {"type": Path, "help": "PEM file of a private CA for TLS"}),
     (
         "--log-format",

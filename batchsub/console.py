@@ -124,7 +124,12 @@ def print_summary(
 
 
 def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(outcome.value, str(summary.get(outcome.value, 0))) for outcome in Outcome]
+    # "duplicated" only when it happened: a row that appears is one a reader notices.
+    return [
+        (outcome.value, str(summary.get(outcome.value, 0)))
+        for outcome in Outcome
+        if outcome is not Outcome.DUPLICATED or summary.get(outcome.value)
+    ]
 
 
 def _details(summary: dict[str, Any]) -> str:

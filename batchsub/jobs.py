@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -15,6 +16,7 @@ class Outcome(StrEnum):
     FAILED = "failed"
     UNRESOLVED = "unresolved"
     DRIFTED = "drifted"
+    DUPLICATED = "duplicated"  # two jobs of this name exist: the report names both job ids
 
 
 class LedgerState(StrEnum):
@@ -29,8 +31,11 @@ class LedgerState(StrEnum):
 
 IN_DOUBT_STATES = frozenset({LedgerState.SUBMITTING, LedgerState.UNKNOWN})
 EXISTING_OUTCOMES = frozenset({Outcome.CREATED, Outcome.ALREADY_CREATED})  # the job exists
-# Not created, and sending the same manifest again will not change that: a person must look.
-BROKEN_OUTCOMES = frozenset({Outcome.INVALID, Outcome.FAILED, Outcome.DRIFTED})
+# Sending the same manifest again will not change these: a person must look. Not created
+# (invalid, failed, drifted), or created twice (duplicated: one of the two must go).
+BROKEN_OUTCOMES = frozenset(
+    {Outcome.INVALID, Outcome.FAILED, Outcome.DRIFTED, Outcome.DUPLICATED}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +109,23 @@ class LedgerRecord:
         return JobSpec(name=self.name, body=self.body, body_hash=self.body_hash, source=self.source)
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A job held for sending by this worker: its attempt number, and until when it is held.
+
+    ``deadline`` is on ``time.monotonic()``, reckoned from before the claim was asked for, so
+    a slow answer only shortens it; ``math.inf`` for a ledger with one writer (SQLite), whose
+    claims never expire. A create may leave only while its claim ``covers`` the request.
+    """
+
+    attempt: int
+    deadline: float = math.inf
+
+    def covers(self, now: float, seconds: float) -> bool:
+        """True when the claim still holds ``seconds`` after ``now`` (monotonic time)."""
+        return now + seconds < self.deadline
+
+
 @dataclass(slots=True)
 class JobResult:
     """The final word on one job in one run: a row of the report."""
@@ -116,3 +138,5 @@ class JobResult:
     attempts: int = 0
     adopted: bool = False
     drift: list[str] = field(default_factory=list)
+    # DUPLICATED: the other jobs of this name (``job_id`` is the one the ledger keeps).
+    duplicate_job_ids: list[int] = field(default_factory=list)

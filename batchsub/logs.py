@@ -13,7 +13,7 @@ import orjson
 import structlog
 
 from batchsub.masking import scrub
-from batchsub.text import printable, safe_value
+from batchsub.text import safe_value, utf8
 
 if TYPE_CHECKING:
     from batchsub.settings import Settings
@@ -78,7 +78,7 @@ class _SafeConsole:
             line = self._render(logger, method_name, dict(event_dict))
         except Exception:  # a repr() that raises, a huge int: render the values made safe
             line = self._render(logger, method_name, safe_value(dict(event_dict)))
-        return printable(line)
+        return utf8(line)
 
     def _render(self, logger: Any, method_name: str, event_dict: Any) -> str:
         for processor in self._processors:

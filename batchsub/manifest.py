@@ -18,16 +18,23 @@ import re
 import stat
 from collections.abc import Callable, Hashable, Iterable
 from functools import cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
 from annotated_types import MaxLen, MinLen
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from batchsub.errors import ManifestError, os_reason
 from batchsub.jobs import InvalidManifest, JobSpec, ManifestItem
-from batchsub.text import clip, printable
+from batchsub.text import clip, describe_char, printable, quoted
 
 if TYPE_CHECKING:
     import yaml
@@ -43,6 +50,36 @@ _MAX_PROBLEM_CHARS = 300  # one problem's text at most: a field path is clipped,
 
 _INT32_MAX = 2**31 - 1  # the API's "Integer" is a Java int
 _NOT_NULL = "not_null"
+
+# Not in any string: control characters other than tab, LF and CR (free text such as ``desc``
+# may hold line breaks), and lone surrogates (a JSON "\ud800" escape: no UTF-8 encoding
+# exists for one). PostgreSQL refuses NUL, and neither ledger can store a surrogate.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _char_error(rule: str, text: str, index: int) -> PydanticCustomError:
+    """``rule (U+0000 at position 3: a control character)``; positions count from 1."""
+    code, _, kind = describe_char(text[index]).partition(", ")
+    return PydanticCustomError(
+        "character",
+        "{rule} ({code} at position {position}: {kind})",
+        {"rule": rule, "code": code, "position": index + 1, "kind": kind},
+    )
+
+
+_TEXT_RULE = "must not contain control characters other than tab and line breaks"
+_NAME_RULE = "must contain printable characters only"
+
+
+def _no_control_characters(value: str) -> str:
+    bad = _CONTROL.search(value)
+    if bad is not None:
+        raise _char_error(_TEXT_RULE, value, bad.start())
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_control_characters)]
+"""A string field of the request body: what the API and both ledgers can hold."""
 
 
 class _Strict(BaseModel):
@@ -66,7 +103,7 @@ class ResourceSpec(_Strict):
     """CPU and memory of the job manager or of each task manager (resource_config v2)."""
 
     cpu: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    memory: str | None = Field(default=None, min_length=1)
+    memory: Text | None = Field(default=None, min_length=1)
 
 
 class ResourceConfig(_Strict):
@@ -81,8 +118,8 @@ class ResourceConfig(_Strict):
 class Tag(_Strict):
     """One job tag; both key and value are required."""
 
-    key: str = Field(min_length=1, max_length=128)
-    value: str = Field(max_length=43)
+    key: Text = Field(min_length=1, max_length=128)
+    value: Text = Field(max_length=43)
 
 
 def _count() -> Any:
@@ -93,41 +130,45 @@ def _count() -> Any:
 class FlinkJarJob(_Strict):
     """The body of the DLI "create a Flink Jar job" request, used to validate manifests.
 
-    Lengths and ranges follow the API reference and the official SDK; the name charset is not
-    restricted beyond its length because the API page states only that.
+    Lengths and ranges follow the API reference and the official SDK. The name must be
+    printable (no control, invisible, separator or surrogate characters: DLI's console could
+    not show or type it, and PostgreSQL refuses NUL), but its charset is not narrowed to the
+    console's letters, digits, ``-`` and ``_``: the create API page states only the length,
+    and a name the API refuses gets its own clear answer (failed, with DLI's message). No
+    other string may hold a control character but tab, LF and CR (see ``Text``).
     """
 
     name: str = Field(min_length=1, max_length=57)
-    desc: str | None = Field(default=None, max_length=512)
-    queue_name: str | None = Field(default=None, max_length=128)
+    desc: Text | None = Field(default=None, max_length=512)
+    queue_name: Text | None = Field(default=None, max_length=128)
     cu_number: int | None = _count()
     manager_cu_number: int | None = _count()
     parallel_number: int | None = _count()
     log_enabled: bool | None = None
-    obs_bucket: str | None = None
-    smn_topic: str | None = None
-    main_class: str | None = None
-    entrypoint_args: str | None = None
+    obs_bucket: Text | None = None
+    smn_topic: Text | None = None
+    main_class: Text | None = None
+    entrypoint_args: Text | None = None
     restart_when_exception: bool | None = None
-    entrypoint: str | None = None
-    dependency_jars: list[str] | None = None
-    dependency_files: list[str] | None = None
+    entrypoint: Text | None = None
+    dependency_jars: list[Text] | None = None
+    dependency_files: list[Text] | None = None
     tm_cus: int | None = _count()
     tm_slot_num: int | None = _count()
     resume_checkpoint: bool | None = None
     resume_max_num: int | None = Field(default=None, le=_INT32_MAX)
-    checkpoint_path: str | None = None
+    checkpoint_path: Text | None = None
     tags: list[Tag] | None = None
-    runtime_config: str | None = None
+    runtime_config: Text | None = None
     # Fields of the official SDK's CreateFlinkJarJobRequestBody beyond the create page.
     checkpoint_enabled: bool | None = None
     checkpoint_mode: int | None = None
     checkpoint_interval: int | None = Field(default=None, ge=1, le=3600)
     feature: Literal["basic", "custom"] | None = None
-    flink_version: str | None = None
-    image: str | None = None
-    flink_log_config: str | None = None
-    execution_agency_urn: str | None = None
+    flink_version: Text | None = None
+    image: Text | None = None
+    flink_log_config: Text | None = None
+    execution_agency_urn: Text | None = None
     resource_config_version: Literal["v1", "v2"] | None = None
     resource_config: ResourceConfig | None = None
 
@@ -136,6 +177,9 @@ class FlinkJarJob(_Strict):
     def _name_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise PydanticCustomError("blank", "must not be blank")
+        if not value.isprintable():
+            index = next(i for i, char in enumerate(value) if not char.isprintable())
+            raise _char_error(_NAME_RULE, value, index)
         return value
 
     @field_validator("resume_max_num")
@@ -200,7 +244,7 @@ def _show(value: object) -> str:
         return str(value) if len(str(value)) <= 40 else f"a number of {len(str(value))} digits"
     if isinstance(value, str):
         text = value if len(value) <= 40 else value[:37] + "..."
-        return orjson.dumps(text).decode()
+        return quoted(text)
     if isinstance(value, dt.date):  # a YAML timestamp; datetime is a subclass of date
         return f"a date ({value.isoformat()}; quote it to make it a string)"
     if isinstance(value, list):
@@ -247,7 +291,9 @@ def _error_message(err: Any) -> str:
         return f"{where}: unknown field (not in the DLI create API)"
     if kind in _EXPECTED:
         return f"{where}: expected {_EXPECTED[kind]}, got {_show(value)}"
-    if kind in ("string_too_short", "string_too_long"):
+    if kind in ("string_too_short", "string_too_long") or (
+        kind in ("too_short", "too_long") and isinstance(value, str)  # checked after ``Text``
+    ):
         last = next((p for p in reversed(loc) if isinstance(p, str)), "")
         return f"{where}: {_length_message(last, value)}"
     if kind == "greater_than_equal":
@@ -260,8 +306,20 @@ def _error_message(err: Any) -> str:
         return f"{where}: must be {ctx['expected'].replace(chr(39), chr(34))} (got {_show(value)})"
     if kind == "finite_number":
         return f"{where}: must be a finite number (got {_show(value)})"
+    if kind == "string_unicode" and isinstance(value, str):  # a lone surrogate
+        return _surrogate_message(loc, value)
     msg: str = err["msg"]
     return f"{where}: {msg[:1].lower()}{msg[1:]}"
+
+
+def _surrogate_message(loc: tuple[int | str, ...], value: str) -> str:
+    """A string pydantic could not read (it holds a lone surrogate), as the rule it breaks."""
+    bad = _CONTROL.search(value)
+    index = bad.start() if bad is not None else 0
+    if not loc:  # pydantic stops at a key it cannot read, and gives no location
+        return f"key {_show(value)}: {_char_error(_TEXT_RULE, value, index)}"
+    rule = _NAME_RULE if loc == ("name",) else _TEXT_RULE
+    return f"{_where(loc)}: {_char_error(rule, value, index)}"
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -343,7 +401,8 @@ def _validate(obj: dict[str, Any], source: str, name: str | None) -> InvalidMani
     try:
         FlinkJarJob.model_validate(obj)
     except ValidationError as exc:
-        return InvalidManifest(source, f"{source}: {describe_validation_error(exc)}", name)
+        shown = None if name is None else printable(name)  # the report and logs show it
+        return InvalidManifest(source, f"{source}: {describe_validation_error(exc)}", shown)
     return None
 
 
@@ -476,9 +535,36 @@ def _load_yaml(text: str) -> object:
     import yaml
 
     try:
-        return yaml.load(text, Loader=_yaml_loader())
+        doc = yaml.load(text, Loader=_yaml_loader())
     except yaml.YAMLError as exc:
         raise _YamlSyntaxError(exc) from exc
+    if _expands_beyond(doc, MAX_MANIFEST_BYTES):
+        raise ValueError("its aliases expand it to more than 1 MiB")
+    return doc
+
+
+def _expands_beyond(doc: object, limit: int) -> bool:
+    """True when ``doc`` spelt out (each alias copied, as the JSON body would be) passes ``limit``.
+
+    YAML aliases share one object, so a small file can stand for gigabytes of JSON (a
+    "billion laughs"): validating or serialising it would take the worker's memory. The
+    walk stops as soon as the budget is spent, so it costs at most ``limit`` steps.
+    """
+    budget = limit
+    stack = [doc]
+    while stack:
+        value = stack.pop()
+        budget -= 1
+        if isinstance(value, str):
+            budget -= len(value)
+        elif isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        if budget < 0:
+            return True
+    return False
 
 
 def _syntax_error(source: str, fmt: str, exc: Exception) -> str:

@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 from yarl import URL
 
 from batchsub.jobs import (
+    Claim,
     ErrorInfo,
     JobResult,
     JobSpec,
@@ -50,11 +51,20 @@ class Ledger(Protocol):
         """The records of those names that exist (one round trip, for batches of names)."""
         ...
 
-    def begin_attempt(self, project_id: str, job: JobSpec) -> Awaitable[int | None]:
+    def begin_attempt(self, project_id: str, job: JobSpec) -> Awaitable[Claim | None]:
         """Record the intent to send ``job`` (state submitting, attempts + 1), durably.
 
-        Awaits the attempt number, or None when another live worker holds the job. A
-        coroutine or a future: a backend may queue the write at the call and return a future.
+        Awaits the claim (the attempt number, and the monotonic deadline of the hold), or
+        None when another live worker holds the job or it is created. A coroutine or a
+        future: a backend may queue the write at the call and return a future.
+        """
+        ...
+
+    def renew(self, project_id: str, job: JobSpec, claim: Claim) -> Awaitable[Claim | None]:
+        """Extend ``claim`` from now, only while it is still this worker's; None if it is not.
+
+        A claim is still ours when nobody claimed the job since (its attempt number is
+        unchanged) and no outcome released it.
         """
         ...
 
@@ -67,8 +77,15 @@ class Ledger(Protocol):
         job_id: int | None = None,
         error: ErrorInfo | None = None,
         adopted: bool = False,
-    ) -> Awaitable[None]:
-        """Record a state (insert the row if absent), durably, releasing any claim."""
+        attempt: int | None = None,
+    ) -> Awaitable[int | None]:
+        """Record a state (insert the row if absent), durably, releasing any claim.
+
+        ``attempt``: the claim this outcome comes from; the write is skipped when another
+        worker claimed the job since. ``created`` is a fact and always lands, but never
+        replaces a job_id recorded first: when it carries another, the call gives back the
+        job_id kept (two jobs of that name exist). None otherwise.
+        """
         ...
 
     async def in_doubt(self, project_id: str) -> list[LedgerRecord]:

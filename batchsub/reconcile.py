@@ -14,6 +14,10 @@ gives no creation times gets only those full listings.
 
 The server's list is never assumed empty: a listing that fails (after the caller's retries),
 whatever the answer was, fails every lookup waiting for it, and the next one lists again.
+
+A name the list shows more than once (a duplicate made by hand, or by a worker that lost its
+claim) is adopted as its oldest job, and every job_id seen for it is kept (``ids_of``) so that
+the submitter reports all of them; a full listing forgets those deleted since.
 """
 
 from __future__ import annotations
@@ -67,7 +71,23 @@ class Reconciler:
         self._batch_window = batch_window
         self._waiting: dict[str, list[asyncio.Future[int | None]]] = {}
         self._batch: asyncio.Task[None] | None = None
+        self._several: dict[str, set[int]] = {}  # names listed with more than one job_id
         self.list_calls = 0
+
+    def ids_of(self, name: str) -> list[int]:
+        """Every job_id the listings showed for ``name``, when they showed more than one."""
+        return sorted(self._several.get(name, ()))
+
+    def _ids(self, jobs: list[RemoteJob], *, every_job: bool = False) -> dict[str, int]:
+        """Name -> oldest job_id, noting names with several; ``every_job``: a full listing."""
+        found = _lowest_ids(jobs)
+        if every_job:
+            self._several = {}
+        if len(found) < len(jobs):
+            for job in jobs:
+                if job.job_id != found[job.name]:
+                    self._several.setdefault(job.name, {found[job.name]}).add(job.job_id)
+        return found
 
     async def snapshot(self) -> dict[str, int]:
         """Name -> job_id of every Flink Jar job: listed once, then caught up when stale."""
@@ -97,7 +117,7 @@ class Reconciler:
         if self._snapshot is None:
             self._snapshot_at = self._listed_at = self._clock()
             jobs = await self._list_all(name=None)
-            self._snapshot = _lowest_ids(jobs)
+            self._snapshot = self._ids(jobs, every_job=True)
             self._track_newest(jobs)
             log.info("remote.listed", jobs=len(self._snapshot), list_calls=self.list_calls)
         elif self._stale():
@@ -129,7 +149,7 @@ class Reconciler:
         if started - self._listed_at >= self._relist_after or self._newest_ms is None:
             # Also when no job had a creation time yet: an empty project takes one call.
             jobs = await self._list_all(name=None)
-            fresh = _lowest_ids(jobs)
+            fresh = self._ids(jobs, every_job=True)
             gone = snapshot.keys() - fresh.keys()
             added = len(fresh.keys() - snapshot.keys())
             snapshot.clear()
@@ -140,7 +160,7 @@ class Reconciler:
         else:
             jobs = await self._newer_than(self._newest_ms - CATCH_UP_OVERLAP_MS)
             added = 0
-            for name, job_id in _lowest_ids(jobs).items():
+            for name, job_id in self._ids(jobs).items():
                 if snapshot.get(name, job_id + 1) > job_id:
                     added += name not in snapshot
                     snapshot[name] = job_id
@@ -158,7 +178,7 @@ class Reconciler:
 
     async def list_jobs(self) -> dict[str, int]:
         """Name -> oldest job_id of every Flink Jar job now (paged); raises any ApiError."""
-        return _lowest_ids(await self._list_all(name=None))
+        return self._ids(await self._list_all(name=None), every_job=True)
 
     async def find(self, name: str) -> int | None:
         """The job_id of the job named exactly ``name`` now, or None (a fresh listing).
@@ -203,11 +223,11 @@ class Reconciler:
                     jobs += await self._list_all(name=None, offset=len(first.jobs))
                 log.info("remote.batch_lookup", names=len(names), list_calls=pages)
                 wanted = set(names)
-                return _lowest_ids([job for job in jobs if job.name in wanted])
+                return self._ids([job for job in jobs if job.name in wanted])
         found: dict[str, int] = {}
         for name in names:
             jobs = [job for job in await self._list_all(name=name) if job.name == name]
-            found.update(_lowest_ids(jobs))
+            found.update(self._ids(jobs))
             if len(jobs) > 1:
                 log.warning("remote.duplicate_name", name=name, job_id=found[name])
         return found

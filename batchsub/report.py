@@ -3,14 +3,18 @@
 Report schema (``--report PATH``)::
 
     {"summary": {"total": N, "created": N, "already_created": N, "invalid": N, "failed": N,
-                 "unresolved": N, "drifted": N, "adopted": N, "creates_sent": N,
-                 "list_calls": N, "throttled": N, "rate": R, "duration_s": S, "exit_code": 0|1|2,
+                 "unresolved": N, "drifted": N, "duplicated": N, "adopted": N,
+                 "creates_sent": N, "list_calls": N, "throttled": N, "rate": R, "duration_s": S,
+                 "exit_code": 0|1|2,
                  "first_errors": [{"source": ..., "name": ..., "outcome": ..., "error": ...}]},
      "jobs": [{"source": "path" | "path#index", "name": str | null,
                "outcome": "created" | "already_created" | "invalid" | "failed" | "unresolved"
-                          | "drifted",
+                          | "drifted" | "duplicated",
                "job_id": int | null, "error": str | null, "attempts": int, "adopted": bool,
-               "drift": [field, ...]}]}
+               "drift": [field, ...], "duplicate_job_ids": [job_id, ...]}]}
+
+``duplicated``: two jobs (or more) of that name exist on the server; ``job_id`` is the one
+the ledger keeps, ``duplicate_job_ids`` the others. It makes the exit code 1.
 
 Rows are written to a temporary file as they come, so memory stays flat over any number of
 jobs, and the report appears atomically when the run ends (``batchsub.files.open_output``:
@@ -154,4 +158,5 @@ def job_row(result: JobResult) -> dict[str, Any]:
         "attempts": result.attempts,
         "adopted": result.adopted,
         "drift": result.drift,
+        "duplicate_job_ids": result.duplicate_job_ids,
     }

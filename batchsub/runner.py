@@ -138,14 +138,16 @@ def open_ledger(
     *,
     request_timeout: float = 30.0,
     read_only: bool = False,
+    lease: float | None = None,
     timeout: float = 10.0,
     outage: Outage | None = None,
 ) -> Ledger:
     """The ledger named by ``--ledger``: a postgresql:// URL (shared) or a SQLite file path.
 
     ``read_only`` SQLite ledgers take no lock, so they can be read while a run writes.
-    ``timeout`` bounds each PostgreSQL connection attempt and statement; ``outage`` says how
-    long a call waits through an outage (by default it fails at once).
+    ``lease``: seconds a claim lasts (default 2 x ``request_timeout`` + 10). ``timeout``
+    bounds each PostgreSQL connection attempt and statement; ``outage`` says how long a call
+    waits through an outage (by default it fails at once).
     """
     if is_shared_ledger(spec):
         from batchsub.ledgers.postgres import PostgresLedger
@@ -153,7 +155,7 @@ def open_ledger(
         # A claim must outlive the longest request its worker may still have in flight.
         return PostgresLedger(
             spec,
-            lease_seconds=request_timeout * 2 + 10,
+            lease_seconds=lease or request_timeout * 2 + 10,
             connect_timeout=timeout,
             command_timeout=timeout,
             outage=outage,
@@ -280,6 +282,7 @@ async def run_source(
             request_timeout=settings.timeout,
             timeout=settings.ledger_timeout,
             outage=outage,
+            lease=settings.lease_seconds,
         )
         await ledger.open()
         stack.push_async_callback(ledger.close)
@@ -319,6 +322,7 @@ async def run_source(
             on_result=_fan_out(account, observer),
             finish_source_on_stop=not endless,
             in_doubt_grace=settings.in_doubt_grace,
+            claim_window=settings.claim_window,
             outage=outage,
         )
         if observer is not None:

@@ -12,7 +12,15 @@ import contextvars
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,6 +33,7 @@ from batchsub.masking import mask_url, url_passwords
 from batchsub.regions import domain_of, endpoint_for
 
 DEFAULT_CONFIG_FILE = Path("config/batchsub.toml")
+CLOCK_SLACK = 1.0  # seconds of a claim kept for clock skew between hosts and scheduling
 _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "batchsub_config_file", default=None
 )
@@ -90,6 +99,9 @@ class Settings(BaseSettings):
     # After a lost answer, wait this long before looking the job up: the server may still be
     # creating it, and a lookup that misses it would lead to a duplicate.
     in_doubt_grace: float = Field(5.0, ge=0.0)
+    # A shared (PostgreSQL) ledger: seconds a worker's claim on a job lasts (None: 2 x timeout
+    # + 10). A create leaves only while its claim still covers ``claim_window``.
+    lease: float | None = Field(None, gt=0.0)
     # The server's job list is read once, then caught up (newest first) when older than this,
     # so that jobs made by hand while a daemon runs are adopted, not duplicated.
     snapshot_refresh: float = Field(60.0, gt=0.0)
@@ -125,6 +137,39 @@ class Settings(BaseSettings):
     # None: info, or warning on a terminal where the progress bar shows the rest.
     log_level: Literal["debug", "info", "warning", "error"] | None = None
     progress: Literal["auto", "on", "off"] = "auto"
+
+    @property
+    def claim_window(self) -> float:
+        """Seconds a claim must still hold when its create leaves.
+
+        The request's timeout; the in-doubt grace, since the server may finish a create
+        after the client gave up, and a worker taking the job over must find it; and
+        ``CLOCK_SLACK`` for clock skew between hosts (leases are compared across them).
+        """
+        return self.timeout + self.in_doubt_grace + CLOCK_SLACK
+
+    @property
+    def lease_seconds(self) -> float:
+        """The claim lease: ``lease``, else 2 x timeout + 10 (longer if the window needs it)."""
+        if self.lease is not None:
+            return self.lease
+        return max(self.timeout * 2 + 10, self.claim_window + 10)
+
+    @field_validator("lease")
+    @classmethod
+    def _lease_covers_a_request(cls, value: float | None, info: ValidationInfo) -> float | None:
+        timeout, grace = info.data.get("timeout"), info.data.get("in_doubt_grace")
+        if value is None or timeout is None or grace is None:
+            return value
+        window = timeout + grace + CLOCK_SLACK
+        if value <= window:
+            raise PydanticCustomError(
+                "lease",
+                f"{value:g} s cannot cover one request: a claim must outlast timeout"
+                f" ({timeout:g}) + in_doubt_grace ({grace:g}) + {CLOCK_SLACK:g} s = {window:g} s;"
+                " raise --lease or lower --timeout",
+            )
+        return value
 
     @field_validator("event_loop", mode="before")
     @classmethod

@@ -1,9 +1,17 @@
 """The pool: takes jobs from a Source and creates each exactly once, under failure.
 
-Per job: look it up in the ledger; commit the intent (``submitting``) before the request
-leaves; send under the shared rate limiter; classify the answer; commit the outcome. A job
-whose answer was lost is ``unknown`` and is reconciled (looked up by name) before it is ever
+Per job: look it up in the ledger; claim it (commit the intent, ``submitting``); send under
+the shared rate limiter; classify the answer; commit the outcome. A job whose answer was lost
+is ``unknown`` and is reconciled (looked up by name, under a fresh claim) before it is ever
 sent again. Ledger writes are shielded from cancellation, as arq's ``finish_job`` is.
+
+Fencing: the claim is taken before the job waits for a request slot and its pacing turn (a
+commit's latency inside the slot would idle it), and proven live again as the last step
+before the request is written (``_still_ours``): it must outlast ``claim_window`` (the
+request's timeout and margins) on the monotonic clock, else it is renewed, and a claim that
+is no longer ours is never used. A claim numbered other than the ledger's count + 1 means
+another worker claimed the job meanwhile: it is looked up before it is sent. Two job ids
+seen for one name (a late answer, or the server's list) make the job ``duplicated``.
 
 A ledger outage is waited out inside the ledger (``batchsub.ledgers.outage``): meanwhile no
 job is claimed and the source is not read further, and outcomes wait in memory until they
@@ -24,9 +32,16 @@ from typing import TypeVar
 import structlog
 
 from batchsub.client import UNREADABLE, AnswerKind, CreateAnswer, DliClient
-from batchsub.errors import ApiError, FatalApiError, LedgerError, LedgerUnavailable
+from batchsub.errors import (
+    ApiError,
+    FatalApiError,
+    LedgerError,
+    LedgerRefusedError,
+    LedgerUnavailable,
+)
 from batchsub.jobs import (
     IN_DOUBT_STATES,
+    Claim,
     ErrorInfo,
     InvalidManifest,
     JobResult,
@@ -77,6 +92,8 @@ class Submitter:
         rng: random.Random | None = None,
         finish_source_on_stop: bool = True,
         in_doubt_grace: float = 5.0,
+        claim_window: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
         outage: Outage | None = None,
     ) -> None:
         # Bound now (logging is configured by then): a call skips structlog's lazy proxy,
@@ -100,6 +117,10 @@ class Submitter:
         self._reader: asyncio.Task[None] | None = None
         self.creates_sent = 0
         self._in_doubt_grace = in_doubt_grace
+        # Seconds a claim must still hold when its create leaves (``_still_ours``), on the
+        # monotonic clock the ledger's claim deadlines use (not the loop's cached time).
+        self._claim_window = claim_window
+        self._monotonic = monotonic
         self._outage = outage  # the ledger's: the source waits while the ledger is down
         # Requests in flight are bounded by ``concurrency``; jobs in progress (most of them
         # asleep in a backoff or a grace period) by a larger number, which bounds memory.
@@ -170,7 +191,11 @@ class Submitter:
                 )
                 self._log.info("job.adopted", name=record.name, job_id=job_id, source=record.source)
             else:
-                writes.append(self._write(record.spec(), LedgerState.RETRYING, error=record.error))
+                # Not there, and (unless a worker claimed it since we read it) not in flight.
+                retry = self._write(
+                    record.spec(), LedgerState.RETRYING, error=record.error, attempt=record.attempts
+                )
+                writes.append(retry)
         await asyncio.gather(*writes)  # queued together: one group commit, not one each
         self._log.info("recover.done", adopted=adopted, to_send=len(doubtful) - adopted)
 
@@ -215,9 +240,9 @@ class Submitter:
         names = [item.name for item in batch if isinstance(item, JobSpec)]
         lost: str | None = None
         try:
-            records = await self._ledger.get_many(self._project, names) if names else {}
+            records, refused = await self._look_up(names)
         except LedgerError as exc:
-            records, lost = {}, self._ledger_failed(exc)
+            records, refused, lost = {}, {}, self._ledger_failed(exc)
         for item in batch:
             if isinstance(item, InvalidManifest):
                 self._log.warning("job.invalid", source=item.source, error=item.error)
@@ -242,8 +267,18 @@ class Submitter:
                     source, item, JobResult(item.source, item.name, Outcome.UNRESOLVED, error=lost)
                 )
                 continue
+            if item.name in refused:
+                await self._finish(source, item, self._refused(item, refused[item.name]))
+                continue
             record = records.get(item.name)
             settled = _settled_result(item, record)
+            if (
+                settled is not None
+                and settled.outcome is Outcome.ALREADY_CREATED
+                and (several := self._reconciler.ids_of(item.name))
+            ):  # recorded once, but the server's list shows more than one of that name
+                kept = several[0] if settled.job_id is None else settled.job_id
+                settled = self._duplicated(item, kept, {kept, *several}, 0)
             if settled is None and not item.validated and (problem := validate_spec(item)):
                 # Never send what the model rejects, whatever the source checked.
                 self._log.warning("job.invalid", source=item.source, error=problem.error)
@@ -255,6 +290,33 @@ class Submitter:
             assert self._group is not None
             self._group.create_task(self._run_job(_Job(item, record), source))
 
+    async def _look_up(
+        self, names: list[str]
+    ) -> tuple[dict[str, LedgerRecord], dict[str, LedgerRefusedError]]:
+        """The ledger's records of ``names``, and the names it refuses to look up, with why."""
+        if not names:
+            return {}, {}
+        try:
+            return await self._ledger.get_many(self._project, names), {}
+        except LedgerRefusedError as exc:
+            if len(names) == 1:
+                return {}, {names[0]: exc}
+        # One name the ledger cannot hold must not fail the others: each is looked up alone.
+        records: dict[str, LedgerRecord] = {}
+        refused: dict[str, LedgerRefusedError] = {}
+        for name in dict.fromkeys(names):
+            try:
+                records.update(await self._ledger.get_many(self._project, [name]))
+            except LedgerRefusedError as exc:
+                refused[name] = exc
+        return records, refused
+
+    def _refused(self, spec: JobSpec, exc: LedgerRefusedError) -> JobResult:
+        """A job the ledger refuses to hold: failed, with why, and never sent."""
+        error = f"not sent: the ledger refuses this job: {exc}"
+        self._log.warning("job.refused_by_ledger", job=spec.name, error=str(exc))
+        return JobResult(spec.source, spec.name, Outcome.FAILED, error=error)
+
     async def _run_job(self, job: _Job, source: Source) -> None:
         spec = job.spec
         structlog.contextvars.bind_contextvars(job=spec.name, source=spec.source)
@@ -262,6 +324,8 @@ class Submitter:
             result = await self._one_at_a_time(job)
         except RunStopped as exc:
             result = JobResult(spec.source, spec.name, Outcome.UNRESOLVED, error=str(exc))
+        except LedgerRefusedError as exc:
+            result = self._refused(spec, exc)
         except LedgerError as exc:
             error = self._ledger_failed(exc)
             result = JobResult(spec.source, spec.name, Outcome.UNRESOLVED, error=error)
@@ -308,7 +372,8 @@ class Submitter:
         if known_id is not None:
             # It exists on the server already: adopt it, never create a second one.
             return await self._adopt(spec, known_id, ours=in_doubt)
-        return await self._attempts(spec, in_doubt=in_doubt)
+        attempts = job.record.attempts if job.record is not None else 0
+        return await self._attempts(spec, in_doubt=in_doubt, known=attempts)
 
     async def _adopt(
         self, spec: JobSpec, job_id: int, *, ours: bool, attempts: int = 0
@@ -318,14 +383,43 @@ class Submitter:
         ``ours``: a request of ours may have made it; else it existed before (a job made by
         hand, or one behind a duplicate-name answer).
         """
-        await self._write(spec, LedgerState.CREATED, job_id=job_id, adopted=True)
+        kept = await self._write(spec, LedgerState.CREATED, job_id=job_id, adopted=True)
+        if kept is None:
+            kept = job_id  # recorded as given
+        ids = {job_id, kept, *self._reconciler.ids_of(spec.name)}
+        if len(ids) > 1:
+            return self._duplicated(spec, kept, ids, attempts)
         self._log.info("job.adopted", job_id=job_id)
         outcome = Outcome.CREATED if ours else Outcome.ALREADY_CREATED
         return JobResult(
             spec.source, spec.name, outcome, job_id=job_id, attempts=attempts, adopted=True
         )
 
-    async def _attempts(self, spec: JobSpec, *, in_doubt: bool) -> JobResult:
+    def _duplicated(self, spec: JobSpec, kept: int, ids: set[int], attempts: int) -> JobResult:
+        """Two jobs (or more) of one name exist: name them all, never hide one."""
+        others = sorted(ids - {kept})
+        self._log.error("job.duplicate", job=spec.name, job_id=kept, duplicate_job_ids=others)
+        also = ", ".join(str(i) for i in others)
+        error = (
+            f"{len(ids)} jobs named {spec.name!r} exist: job_id {kept} (recorded in the ledger)"
+            f" and {also}; delete the extra one in DLI"
+        )
+        return JobResult(
+            spec.source,
+            spec.name,
+            Outcome.DUPLICATED,
+            job_id=kept,
+            error=error,
+            attempts=attempts,
+            duplicate_job_ids=others,
+        )
+
+    async def _attempts(self, spec: JobSpec, *, in_doubt: bool, known: int) -> JobResult:
+        """Claim, (look up,) send and record until the job has an outcome.
+
+        ``known``: the attempt count the ledger showed; a claim numbered otherwise means
+        another worker claimed the job meanwhile, and may have sent it.
+        """
         loop = asyncio.get_running_loop()
         started = loop.time()
         failures = 0
@@ -333,28 +427,36 @@ class Submitter:
         last: CreateAnswer | None = None
         maybe_ours = in_doubt  # an earlier request of ours may have created it
         while True:
-            if in_doubt:
-                adopted = await self._adopt_if_exists(spec, attempts, ours=maybe_ours)
-                if adopted is not None:
-                    return adopted
-                if last is not None and last.kind is AnswerKind.DUPLICATE:
-                    return await self._phantom_duplicate(spec, last, attempts)
-                in_doubt = False
             self._check_running()
             # The intent is committed before the request slot is taken: a commit's latency
-            # inside the slot would cost every request that much of the pool.
-            attempt = await self._begin(spec)
-            if attempt is None:
+            # inside the slot would cost every request that much of the pool. The claim is
+            # proven live again just before the request leaves (``_send``).
+            claim = await self._begin(spec)
+            if claim is None:
                 return JobResult(
                     spec.source,
                     spec.name,
                     Outcome.UNRESOLVED,
                     error="claimed by another batchsub worker",
                 )
+            in_doubt = in_doubt or claim.attempt != known + 1
+            known = claim.attempt
+            if in_doubt:
+                # Looked up under our claim: nobody else can send it between lookup and send.
+                adopted = await self._adopt_if_exists(spec, attempts, ours=maybe_ours, claim=claim)
+                if adopted is not None:
+                    return adopted
+                if last is not None and last.kind is AnswerKind.DUPLICATE:
+                    return await self._phantom_duplicate(spec, last, attempts, claim)
+                in_doubt = False
+            sent = await self._send(spec, claim)
+            if sent is None:
+                in_doubt = True  # another worker may have taken the job over, and sent it
+                continue
+            answer, sent_at = sent
             attempts += 1
-            answer, sent_at = await self._send(spec)
             last = answer
-            done = await self._record_answer(spec, answer, attempt, sent_at)
+            done = await self._record_answer(spec, answer, claim.attempt, sent_at)
             if done is not None:
                 return done
             in_doubt = answer.kind in (AnswerKind.IN_DOUBT, AnswerKind.DUPLICATE)
@@ -372,11 +474,11 @@ class Submitter:
             elapsed = loop.time() - started
             if not self._policy.should_retry(failures, elapsed, delay):
                 return await self._give_up(
-                    spec, last, in_doubt=in_doubt, attempts=attempts, ours=maybe_ours
+                    spec, last, in_doubt=in_doubt, attempts=attempts, ours=maybe_ours, known=known
                 )
             self._log.info(
                 "job.retry",
-                attempt=attempt,
+                attempt=claim.attempt,
                 delay=round(delay, 3),
                 error=str(answer.error),
                 kind=answer.kind.value,
@@ -384,8 +486,11 @@ class Submitter:
             if delay:
                 await self._pause(delay)
 
-    async def _send(self, spec: JobSpec) -> tuple[CreateAnswer, float]:
-        """One create request under the request slots and the pacing; (answer, sent at)."""
+    async def _send(self, spec: JobSpec, claim: Claim) -> tuple[CreateAnswer, float] | None:
+        """One create request under the request slots and the pacing; (answer, sent at).
+
+        None, with nothing sent, when the claim cannot be proven live at the last moment.
+        """
         async with self._requests:
             # Checked before and after the pacing wait: at a low rate, jobs queued for a
             # slot would otherwise each wait their turn before noticing a stop.
@@ -393,11 +498,33 @@ class Submitter:
                 await self._limiter.acquire()
             if self.stopped:
                 # Never sent: say so, so that the next run needs no lookup for it.
-                await self._write(spec, LedgerState.RETRYING)
+                await self._write(spec, LedgerState.RETRYING, attempt=claim.attempt)
                 self._check_running()
+            if not await self._still_ours(spec, claim):
+                return None
             self.creates_sent += 1
             sent_at = asyncio.get_running_loop().time()
             return await self._client.create(spec.body), sent_at
+
+    async def _still_ours(self, spec: JobSpec, claim: Claim) -> bool:
+        """Fencing: may a create leave now under ``claim``? The last step before it is sent.
+
+        The claim must outlast the request (its timeout, and the margin of ``claim_window``)
+        on the monotonic clock; a worker frozen, or kept waiting for a slot or its pacing
+        turn, past that point renews it first, and sends nothing if it is not ours any more.
+        """
+        if claim.covers(self._monotonic(), self._claim_window):
+            return True
+        renewed = await _durably(self._ledger.renew(self._project, spec, claim))
+        if renewed is not None and renewed.covers(self._monotonic(), self._claim_window):
+            self._log.info("job.claim_renewed", attempt=claim.attempt)
+            return True
+        self._log.warning(
+            "job.claim_lost",
+            attempt=claim.attempt,
+            reason="taken over" if renewed is None else "the ledger answered too late",
+        )
+        return False
 
     def _backoff(self, failures: int, answer: CreateAnswer) -> float:
         delay = self._policy.delay(failures, retry_after=answer.retry_after, rng=self._rng)
@@ -416,10 +543,12 @@ class Submitter:
     async def _record_answer(
         self, spec: JobSpec, answer: CreateAnswer, attempt: int, sent_at: float
     ) -> JobResult | None:
+        """Commit what the answer says, fenced by the claim it was sent under (``attempt``)."""
         kind = answer.kind
         if kind is AnswerKind.CREATED:
+            assert answer.job_id is not None
             try:
-                await self._write(spec, LedgerState.CREATED, job_id=answer.job_id)
+                kept = await self._write(spec, LedgerState.CREATED, job_id=answer.job_id)
             except LedgerError as exc:
                 # It exists, and the report says so. Its row stays ``submitting``: the next
                 # run (or worker) looks it up by name and adopts it, never sends it again.
@@ -429,6 +558,8 @@ class Submitter:
                 )
             self._budget.refund()
             self._limiter.on_success()
+            if kept is not None:  # another worker recorded another job of this name first
+                return self._duplicated(spec, kept, {kept, answer.job_id}, attempt)
             self._log.info("job.created", job_id=answer.job_id, attempt=attempt)
             return JobResult(
                 spec.source, spec.name, Outcome.CREATED, job_id=answer.job_id, attempts=attempt
@@ -436,7 +567,7 @@ class Submitter:
         error = answer.error or ErrorInfo("no error message")
         if kind is AnswerKind.FATAL:
             self._fail_run(error)  # first: no other request may leave while this one is written
-            await self._write(spec, LedgerState.RETRYING, error=error)
+            await self._write(spec, LedgerState.RETRYING, error=error, attempt=attempt)
             return JobResult(
                 spec.source,
                 spec.name,
@@ -445,7 +576,7 @@ class Submitter:
                 attempts=attempt,
             )
         if kind is AnswerKind.PERMANENT:
-            await self._write(spec, LedgerState.FAILED, error=error)
+            await self._write(spec, LedgerState.FAILED, error=error, attempt=attempt)
             self._log.warning("job.failed", attempt=attempt, error=str(error))
             return JobResult(
                 spec.source, spec.name, Outcome.FAILED, error=str(error), attempts=attempt
@@ -454,18 +585,22 @@ class Submitter:
             self._limiter.on_throttled(error.message, answer.retry_after, sent_at=sent_at)
             self._log.info("rate.throttled", rate=round(self._limiter.rate, 2), error=str(error))
         state = LedgerState.RETRYING if kind is AnswerKind.RETRY_SAFE else LedgerState.UNKNOWN
-        await self._write(spec, state, error=error)
+        await self._write(spec, state, error=error, attempt=attempt)
         return None
 
     async def _adopt_if_exists(
-        self, spec: JobSpec, attempts: int, *, ours: bool
+        self, spec: JobSpec, attempts: int, *, ours: bool, claim: Claim | None = None
     ) -> JobResult | None:
+        """Look the job up by name; adopt it if it exists. Under ``claim`` if one is held:
+        a failed lookup then releases it, leaving the job in doubt."""
         try:
             job_id = await self._reconciler.find(spec.name)
-        except FatalApiError as exc:
-            self._fail_run(_error_of(exc))
-            raise RunStopped(f"answer lost and the job could not be looked up: {exc}") from None
         except ApiError as exc:
+            if claim is not None:
+                error = ErrorInfo(f"could not be looked up: {exc}", exc.code, exc.status)
+                await self._write(spec, LedgerState.UNKNOWN, error=error, attempt=claim.attempt)
+            if isinstance(exc, FatalApiError):
+                self._fail_run(_error_of(exc))
             raise RunStopped(f"answer lost and the job could not be looked up: {exc}") from None
         if job_id is None:
             self._log.info("job.not_found", attempts=attempts)
@@ -473,7 +608,7 @@ class Submitter:
         return await self._adopt(spec, job_id, ours=ours, attempts=attempts)
 
     async def _phantom_duplicate(
-        self, spec: JobSpec, last: CreateAnswer, attempts: int
+        self, spec: JobSpec, last: CreateAnswer, attempts: int, claim: Claim
     ) -> JobResult:
         # Sending again would only get the same answer; a person has to look.
         error = ErrorInfo(
@@ -482,14 +617,21 @@ class Submitter:
             code=last.error.code if last.error else None,
             http_status=last.error.http_status if last.error else None,
         )
-        await self._write(spec, LedgerState.FAILED, error=error)
+        await self._write(spec, LedgerState.FAILED, error=error, attempt=claim.attempt)
         self._log.warning("job.failed", error=str(error))
         return JobResult(
             spec.source, spec.name, Outcome.FAILED, error=str(error), attempts=attempts
         )
 
     async def _give_up(
-        self, spec: JobSpec, last: CreateAnswer | None, *, in_doubt: bool, attempts: int, ours: bool
+        self,
+        spec: JobSpec,
+        last: CreateAnswer | None,
+        *,
+        in_doubt: bool,
+        attempts: int,
+        ours: bool,
+        known: int,
     ) -> JobResult:
         error = str(last.error) if last and last.error else "unknown error"
         if in_doubt:
@@ -497,8 +639,11 @@ class Submitter:
             adopted = await self._adopt_if_exists(spec, attempts, ours=ours)
             if adopted is not None:
                 return adopted
-            # Looked up and not there: it is known not to exist, safe to send next run.
-            await self._write(spec, LedgerState.RETRYING, error=last.error if last else None)
+            # Looked up and not there: it is known not to exist, safe to send next run
+            # (unless another worker claimed it since: ``known`` fences the write).
+            await self._write(
+                spec, LedgerState.RETRYING, error=last.error if last else None, attempt=known
+            )
         self._log.warning("job.gave_up", attempts=attempts, error=error)
         return JobResult(
             spec.source,
@@ -524,7 +669,7 @@ class Submitter:
                 self._fail_run(ErrorInfo(reason))  # the reason names any code and status
             raise RunStopped(f"not sent: {reason}") from None
 
-    async def _begin(self, spec: JobSpec) -> int | None:
+    async def _begin(self, spec: JobSpec) -> Claim | None:
         return await _durably(self._ledger.begin_attempt(self._project, spec))
 
     async def _write(
@@ -535,12 +680,20 @@ class Submitter:
         job_id: int | None = None,
         error: ErrorInfo | None = None,
         adopted: bool = False,
-    ) -> None:
+        attempt: int | None = None,
+    ) -> int | None:
+        """Commit a state; for ``created``, the job_id kept instead of ``job_id``, if any."""
         # Shielded: an outcome the API already gave must reach the ledger even if we are
         # being cancelled; the cancellation is re-raised after the write.
-        await _durably(
+        return await _durably(
             self._ledger.record(
-                self._project, spec, state, job_id=job_id, error=error, adopted=adopted
+                self._project,
+                spec,
+                state,
+                job_id=job_id,
+                error=error,
+                adopted=adopted,
+                attempt=attempt,
             )
         )
 
@@ -563,7 +716,8 @@ class Submitter:
         a daemon stays up whatever the ledger says, and the job is tried again later.
         """
         daemon_outage = isinstance(exc, LedgerUnavailable) and not self._finish_source_on_stop
-        if not daemon_outage and not self.stopped:
+        refused = isinstance(exc, LedgerRefusedError)  # one job's values: the others go on
+        if not daemon_outage and not refused and not self.stopped:
             self._fail_run(ErrorInfo(str(exc)))
         return str(exc)
 

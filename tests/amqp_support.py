@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection, HeadersType
 
 from batchsub.sources.amqp import dead_queue_name
 
@@ -61,6 +61,14 @@ class Broker:
             count = declared.declaration_result.message_count
             assert count is not None
             return count
+
+    async def publish(self, queue: str, body: bytes, headers: HeadersType | None = None) -> None:
+        """Publish one persistent message as any client could: whatever bytes and headers."""
+        async with self._connection.channel() as channel:
+            message = aio_pika.Message(
+                body, headers=headers or {}, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+            )
+            await channel.default_exchange.publish(message, routing_key=queue)
 
     async def drain(self, queue: str) -> list[Received]:
         """Take and ack every ready message of ``queue``."""

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import structlog
 
-from batchsub.jobs import JobSpec
+from batchsub.jobs import Claim, JobSpec
 from batchsub.settings import Settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.faults import ensure_postgres_running, small_filesystem
@@ -140,3 +140,8 @@ async def dli(simulator: SimulatorFactory) -> AsyncIterator[DliFactory]:
             return Dli(http, await simulator(**fields), PROJECT, TOKEN)
 
         yield make
+
+
+def attempt_of(claim: Claim | None) -> int | None:
+    """The attempt number of a ledger claim, None when the ledger refused the claim."""
+    return None if claim is None else claim.attempt

@@ -1,13 +1,34 @@
-"""DLI calls against a test simulator over real HTTP, for the simulator's own tests."""
+"""DLI calls against a test simulator over real HTTP, for the simulator's own tests; and the
+simulator with a fault of a test's own (``simulator_with``: a middleware before its handlers).
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
 
-from batchsub.simulator import RunningSimulator
+from batchsub.http_server import serve_app
+from batchsub.simulator import RunningSimulator, SimulatorConfig, create_app
+
+Middleware = Any  # aiohttp's middleware type is private
+
+
+@contextlib.asynccontextmanager
+async def simulator_with(
+    config: SimulatorConfig, middleware: Middleware
+) -> AsyncIterator[RunningSimulator]:
+    """The simulator of ``config`` on a loopback port, every request passing ``middleware``."""
+    app = create_app(config)
+    app.middlewares.append(middleware)
+    runner, url = await serve_app(app, "127.0.0.1", 0, shutdown_timeout=2.0)
+    try:
+        yield RunningSimulator(runner, url)
+    finally:
+        await runner.cleanup()
 
 STREAMING = "/v1.0/{project}/streaming"
 

@@ -122,12 +122,12 @@ def wait_for(what: str, condition: Callable[[], bool], timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def simulator_process(log: Path) -> Iterator[str]:
-    """``batchsub simulator`` on a free port, answering; its endpoint URL."""
+def simulator_process(log: Path, *extra: str) -> Iterator[str]:
+    """``batchsub simulator`` on a free port (``extra`` flags), answering; its endpoint URL."""
     port = free_port()
     proc = batchsub(
         "simulator", "--port", str(port), "--project-id", PROJECT, "--latency", str(LATENCY),
-        log=log,
+        *extra, log=log,
     )  # fmt: skip
     endpoint = f"http://127.0.0.1:{port}"
 

@@ -31,11 +31,11 @@ from batchsub.simulator import (
     Fault,
     RunningSimulator,
     SimulatorConfig,
-    create_app,
     start_simulator,
 )
 from batchsub.sources.directory import DirectorySource
 from tests.conftest import PROJECT, TOKEN, fast_settings, write_manifests
+from tests.sim_support import simulator_with
 
 AFTER_CREATE = (
     Fault.DROP_AFTER_CREATE,
@@ -314,7 +314,6 @@ async def slow_first_create(
 
     As a gateway queue or a busy backend does: the job is made after the client gave up.
     """
-    app = create_app(config)
     seen: set[bytes] = set()
 
     @web.middleware
@@ -327,15 +326,8 @@ async def slow_first_create(
         response: web.StreamResponse = await handler(request)
         return response
 
-    app.middlewares.append(hold_first)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
-        yield RunningSimulator(runner, f"http://{host}:{port}")
-    finally:
-        await runner.cleanup()
+    async with simulator_with(config, hold_first) as sim:
+        yield sim
 
 
 async def test_create_still_running_after_the_timeout_is_not_duplicated(tmp_path: Path) -> None:

@@ -203,9 +203,172 @@ def test_an_int_is_a_valid_float() -> None:
 
 
 def test_name_charset_is_not_restricted_beyond_length() -> None:
-    item = job_from_object({"name": "Zürich job #1 (v2)"}, "m.json")
-    assert isinstance(item, JobSpec)
-    assert item.name == "Zürich job #1 (v2)"
+    # The console allows letters, digits, - and _ only; the create API states only the length.
+    for name in ("Zürich job #1 (v2)", "etl.orders.v2", "订单-清洗", "a b"):
+        item = job_from_object({"name": name}, "m.json")
+        assert isinstance(item, JobSpec), item
+        assert item.name == name
+
+
+# --- what no string may hold: control characters, lone surrogates ---------------------------
+
+# What a string field may hold: anything but lone surrogates and control characters, except
+# tab and line breaks; a name holds printable characters only.
+_chars = st.characters(exclude_categories=("Cs", "Cc"), include_characters="\t\n\r")
+_name_chars = st.characters().filter(str.isprintable)
+
+# Every code point of the class: C0 but tab, LF and CR; DEL; C1; the surrogates.
+FORBIDDEN = [
+    chr(c)
+    for c in (*range(0x20), *range(0x7F, 0xA0), *range(0xD800, 0xE000))
+    if c not in (9, 10, 13)
+]
+TEXT_RULE = "must not contain control characters other than tab and line breaks"
+NAME_RULE = "must contain printable characters only"
+# Where a string sits in a body: (the object with "@" where the string goes, the field shown).
+TEXT_FIELDS = (
+    "desc", "queue_name", "obs_bucket", "smn_topic", "main_class", "entrypoint_args",
+    "entrypoint", "checkpoint_path", "runtime_config", "flink_version", "image",
+    "flink_log_config", "execution_agency_urn",
+)  # fmt: skip
+STRING_FIELDS: list[tuple[dict[str, Any], str]] = [
+    *(({name: "@"}, name) for name in TEXT_FIELDS),
+    ({"dependency_jars": ["ok", "@"]}, "dependency_jars[1]"),
+    ({"dependency_files": ["@"]}, "dependency_files[0]"),
+    ({"tags": [{"key": "k", "value": "v"}, {"key": "@", "value": "v"}]}, "tags[1].key"),
+    ({"tags": [{"key": "k", "value": "@"}]}, "tags[0].value"),
+    ({"resource_config": {"taskmanager_resource_spec": {"memory": "@"}}},
+     "resource_config.taskmanager_resource_spec.memory"),
+]  # fmt: skip
+
+
+def _put(template: object, text: str) -> Any:
+    """``template`` with its "@" string replaced by ``text``."""
+    if template == "@":
+        return text
+    if isinstance(template, dict):
+        return {key: _put(value, text) for key, value in template.items()}
+    if isinstance(template, list):
+        return [_put(value, text) for value in template]
+    return template
+
+
+def test_every_string_field_is_checked() -> None:
+    # Every other field of the model is a number, a boolean, a literal, a list or an object.
+    others = {k for k, v in FlinkJarJob.model_fields.items() if "str" in str(v.annotation)}
+    assert others == {"name", *TEXT_FIELDS, "dependency_jars", "dependency_files"}
+    for template, where in STRING_FIELDS:
+        obj = {"name": "job", **_put(template, "ab\x00")}
+        assert obj_error(obj) == (
+            f"m.json: {where}: {TEXT_RULE} (U+0000 at position 3: a control character)"
+        )
+
+
+def test_every_control_character_and_surrogate_is_refused_in_text_and_in_names() -> None:
+    for char in FORBIDDEN:
+        code = f"U+{ord(char):04X} at position 2"
+        cases = (({"name": "j", "desc": f"a{char}b"}, "desc"), ({"name": f"a{char}"}, "name"))
+        for obj, where in cases:
+            message = obj_error(obj)
+            assert message.startswith(f"m.json: {where}: must "), message
+            assert code in message, message
+            message.encode()  # a report, a log line and an AMQP header can carry it
+
+
+def test_tab_and_line_breaks_are_allowed_in_text_but_not_in_names() -> None:
+    assert isinstance(job_from_object({"name": "j", "desc": "a\tb\r\nc"}, "m.json"), JobSpec)
+    for char, kind in (
+        ("\t", "a control character"),
+        ("\n", "a control character"),
+        ("\u200b", "an invisible format character"),
+        ("\u202e", "an invisible format character"),
+        ("\u00a0", "a space other than the ASCII space"),
+        ("\u2028", "a line separator"),
+        ("\u2029", "a paragraph separator"),
+        ("\ue000", "a private-use character"),
+    ):
+        assert obj_error({"name": f"ab{char}"}) == (
+            f"m.json: name: {NAME_RULE} (U+{ord(char):04X} at position 3: {kind})"
+        )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(_chars, max_size=40),
+    st.sampled_from(FORBIDDEN),
+    st.integers(min_value=0, max_value=40),
+    st.sampled_from(STRING_FIELDS),
+)
+def test_the_first_bad_character_is_named_with_its_position(
+    text: str, bad: str, at: int, field: tuple[dict[str, Any], str]
+) -> None:
+    at = min(at, len(text))
+    template, where = field
+    value = text[:at] + bad + text[at:]
+    item = job_from_object({"name": "job", **_put(template, value)}, "m.json")
+    assert isinstance(item, InvalidManifest)
+    assert f"{where}: {TEXT_RULE}" in item.error
+    assert f"(U+{ord(bad):04X} at position {at + 1}: " in item.error
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=57))
+def test_a_name_is_valid_exactly_when_printable_and_not_blank(name: str) -> None:
+    item = job_from_object({"name": name}, "m.json")
+    assert isinstance(item, JobSpec) == (name.isprintable() and name.strip() != "")
+    if isinstance(item, InvalidManifest):
+        item.error.encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "suffix", "message"),
+    [
+        (b'{"name": "a\\u0000b"}', ".json", f"name: {NAME_RULE} (U+0000 at position 2"),
+        (b'{"name": "j", "desc": "\x7f"}', ".json", f"desc: {TEXT_RULE} (U+007F at position 1"),
+        (b'{"name": "j", "desc": "\xc2\x85"}', ".json", f"desc: {TEXT_RULE} (U+0085 at position 1"),
+        (b'{"name": "a\\ud800"}', ".json", "invalid JSON at line 1, column 12: no low surrogate"),
+        (b'{"name": "a\\udc00"}', ".json", "invalid JSON at line 1, column 12: invalid high surr"),
+        (b'{"name": "a\x00"}', ".json", "binary file, not a JSON or YAML manifest"),
+        (b'{"name": "caf\xe9"}', ".json", "not UTF-8 text (byte 0xe9 at offset 13)"),
+        (b'name: "a\\x00b"', ".yaml", f"name: {NAME_RULE} (U+0000 at position 2"),
+        (b'tags: [{key: "\\e"}]', ".yaml", f"tags[0].key: {TEXT_RULE} (U+001B at position 1"),
+        (b'name: "a\\ud800"', ".yaml", "invalid YAML at line 1, column 11: found invalid Unicode"),
+        (b'name: "a\xed\xa0\x80"', ".yaml", "not UTF-8 text (byte 0xed at offset 8)"),
+    ],
+)  # fmt: skip
+def test_what_parsers_decode_is_checked_too(data: bytes, suffix: str, message: str) -> None:
+    source = f"m{suffix}"
+    found = error(data, suffix, source)
+    assert found.startswith(f"{source}: ")
+    assert f" {message}" in found
+
+
+def test_an_unknown_key_with_a_surrogate_is_named_safely() -> None:
+    message = obj_error({"name": "j", "\ud800x": 1})
+    assert message == (
+        f'm.json: key "\\ud800x": {TEXT_RULE}'
+        " (U+D800 at position 1: a lone surrogate, not valid Unicode text)"
+    )
+    assert obj_error({"name": "j", "cu_number": "\udc80"}) == (
+        'm.json: cu_number: expected an integer, got "\\udc80"'
+    )
+
+
+def test_yaml_aliases_that_expand_beyond_the_size_limit_are_refused() -> None:
+    # "Billion laughs": nine levels of nine aliases stand for 387 million strings.
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for level, prev in zip("bcdefghi", "abcdefgh", strict=True):
+        lines.append(f"{level}: &{level} [{', '.join([f'*{prev}'] * 9)}]")
+    lines.append("name: bomb\ndependency_files: *i")
+    assert error("\n".join(lines).encode(), ".yaml", "m.yaml") == (
+        "m.yaml: invalid YAML: its aliases expand it to more than 1 MiB"
+    )
+    big = "x" * 200_000  # one long string repeated by 100,000 aliases
+    data = f'd: &s "{big}"\nname: j\ndependency_jars: [{", ".join(["*s"] * 100_000)}]'
+    assert error(data.encode(), ".yaml", "m.yaml").endswith("expand it to more than 1 MiB")
+    merged = b"- &base {name: a, queue_name: q}\n- {<<: *base, name: b}\n"
+    items = parse_manifest_bytes(merged, "m.yaml", suffix=".yaml")
+    assert [item.name for item in items] == ["a", "b"]
 
 
 def test_job_from_object_rejects_non_objects() -> None:
@@ -428,18 +591,18 @@ def test_diff_fields() -> None:
 
 # --- property: any valid job is sent exactly as written -------------------------------------
 
-_text = st.text(max_size=30)
+_text = st.text(_chars, max_size=30)
 _count = st.integers(min_value=1, max_value=2**31 - 1)
 _resource_spec = st.fixed_dictionaries(
     {},
     optional={
         "cpu": st.one_of(_count, st.floats(min_value=0.1, max_value=64)),
-        "memory": st.text(min_size=1, max_size=8),
+        "memory": st.text(_chars, min_size=1, max_size=8),
     },
 )
 _OPTIONAL_FIELDS: dict[str, st.SearchStrategy[Any]] = {
-    "desc": st.text(max_size=512),
-    "queue_name": st.text(max_size=128),
+    "desc": st.text(_chars, max_size=512),
+    "queue_name": st.text(_chars, max_size=128),
     "cu_number": _count,
     "manager_cu_number": _count,
     "parallel_number": _count,
@@ -459,7 +622,10 @@ _OPTIONAL_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "checkpoint_path": _text,
     "tags": st.lists(
         st.fixed_dictionaries(
-            {"key": st.text(min_size=1, max_size=128), "value": st.text(max_size=43)}
+            {
+                "key": st.text(_chars, min_size=1, max_size=128),
+                "value": st.text(_chars, max_size=43),
+            }
         ),
         max_size=3,
     ),
@@ -488,7 +654,7 @@ _OPTIONAL_FIELDS: dict[str, st.SearchStrategy[Any]] = {
 @st.composite
 def valid_jobs(draw: st.DrawFn) -> dict[str, Any]:
     """A valid job with its fields in a random order."""
-    name = draw(st.text(min_size=1, max_size=57).filter(lambda s: s.strip() != ""))
+    name = draw(st.text(_name_chars, min_size=1, max_size=57).filter(lambda s: s.strip() != ""))
     fields = draw(st.fixed_dictionaries({"name": st.just(name)}, optional=_OPTIONAL_FIELDS))
     order = draw(st.permutations(list(fields)))
     return {key: fields[key] for key in order}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -14,11 +15,11 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from batchsub.errors import LedgerError
+from batchsub.errors import LedgerError, LedgerRefusedError
 from batchsub.jobs import ErrorInfo, LedgerRecord, LedgerState
 from batchsub.ledgers.postgres import SCHEMA_VERSION, PostgresLedger
 from batchsub.protocols import Ledger
-from tests.conftest import FakeClock, job_spec
+from tests.conftest import FakeClock, attempt_of, job_spec
 from tests.pg import HOST, PORT, fresh_database, postgres_listening
 
 pytestmark = pytest.mark.skipif(
@@ -76,11 +77,11 @@ def test_the_dsn_shown_hides_the_password() -> None:
 async def test_begin_attempt_increments_and_survives_reopen(open_ledger: OpenLedger) -> None:
     clock = FakeClock(1_000.0)
     ledger = await open_ledger(clock=clock, owner="w1")
-    assert await ledger.begin_attempt(P, job_spec("a")) == 1
+    assert attempt_of(await ledger.begin_attempt(P, job_spec("a"))) == 1
     await ledger.record(P, job_spec("a"), LedgerState.RETRYING)
     clock.now = 1_005.0
     changed = job_spec("a", source="jobs/renamed.yaml", body=b'{"name":"a","queue_name":"q2"}')
-    assert await ledger.begin_attempt(P, changed) == 2
+    assert attempt_of(await ledger.begin_attempt(P, changed)) == 2
     await ledger.close()
 
     reopened = await open_ledger(clock=clock, owner="w1")
@@ -94,7 +95,7 @@ async def test_begin_attempt_increments_and_survives_reopen(open_ledger: OpenLed
     assert rec.spec() == changed  # source, body and hash follow the latest attempt
     assert (rec.created_at, rec.updated_at) == (1_000.0, 1_005.0)
     await reopened.record(P, changed, LedgerState.UNKNOWN)  # its own claim: released
-    assert await reopened.begin_attempt(P, changed) == 3
+    assert attempt_of(await reopened.begin_attempt(P, changed)) == 3
 
 
 async def test_each_call_is_committed_when_it_returns(open_ledger: OpenLedger, dsn: str) -> None:
@@ -243,12 +244,12 @@ async def test_a_live_lease_keeps_other_workers_out_until_it_expires(
     first = await open_ledger(clock=clock, lease_seconds=10.0, owner="first")
     second = await open_ledger(clock=clock, lease_seconds=10.0, owner="second")
     spec = job_spec("a")
-    assert await first.begin_attempt(P, spec) == 1
+    assert attempt_of(await first.begin_attempt(P, spec)) == 1
     assert await second.begin_attempt(P, spec) is None
     clock.now = 1_010.0  # the lease runs to 1010 inclusive
     assert await second.begin_attempt(P, spec) is None
     clock.now = 1_010.5  # the first worker died mid-request: the second takes over
-    assert await second.begin_attempt(P, spec) == 2
+    assert attempt_of(await second.begin_attempt(P, spec)) == 2
     assert await first.begin_attempt(P, spec) is None
 
     # The first worker's late answer must not undo the second's claim...
@@ -274,15 +275,16 @@ async def test_recording_an_outcome_releases_the_lease_at_once(open_ledger: Open
     second = await open_ledger(clock=clock, lease_seconds=60.0, owner="second")
     await first.begin_attempt(P, job_spec("a"))
     await first.record(P, job_spec("a"), LedgerState.RETRYING, error=ErrorInfo("busy"))
-    assert await second.begin_attempt(P, job_spec("a")) == 2
+    assert attempt_of(await second.begin_attempt(P, job_spec("a"))) == 2
     await second.record(P, job_spec("a"), LedgerState.FAILED, error=ErrorInfo("no queue"))
-    assert await first.begin_attempt(P, job_spec("a")) == 3  # a failed job may be sent again
+    # a failed job may be sent again
+    assert attempt_of(await first.begin_attempt(P, job_spec("a"))) == 3
 
 
 async def test_the_same_job_twice_in_one_worker_is_claimed_once(open_ledger: OpenLedger) -> None:
     ledger = await open_ledger()
     results = await asyncio.gather(*(ledger.begin_attempt(P, job_spec("a")) for _ in range(8)))
-    assert sorted(results, key=str) == [1, *[None] * 7]
+    assert sorted(map(attempt_of, results), key=str) == [1, *[None] * 7]
 
 
 async def test_concurrent_workers_claim_each_job_exactly_once(open_ledger: OpenLedger) -> None:
@@ -302,7 +304,8 @@ async def test_concurrent_workers_claim_each_job_exactly_once(open_ledger: OpenL
     )
     winners: dict[str, list[str]] = {spec.name: [] for spec in specs}
     for ledger, order, got in zip(ledgers, orders, results, strict=True):
-        for spec, attempt in zip(order, got, strict=True):
+        for spec, claim in zip(order, got, strict=True):
+            attempt = attempt_of(claim)
             assert attempt in (1, None)
             if attempt is not None:
                 winners[spec.name].append(ledger.owner)
@@ -316,7 +319,7 @@ async def test_workers_opening_together_create_the_schema_once(dsn: str) -> None
     try:
         await asyncio.gather(*(ledger.open() for ledger in ledgers))
         for i, ledger in enumerate(ledgers):
-            assert await ledger.begin_attempt(P, job_spec(f"j{i}")) == 1
+            assert attempt_of(await ledger.begin_attempt(P, job_spec(f"j{i}"))) == 1
     finally:
         for ledger in ledgers:
             await ledger.close()
@@ -350,7 +353,7 @@ async def test_a_newer_schema_is_refused(dsn: str) -> None:
 async def test_close_is_idempotent_and_later_calls_fail(dsn: str) -> None:
     ledger = PostgresLedger(dsn)
     async with ledger:
-        assert await ledger.begin_attempt(P, job_spec("a")) == 1
+        assert attempt_of(await ledger.begin_attempt(P, job_spec("a"))) == 1
     await ledger.close()
     with pytest.raises(LedgerError, match="is not open"):
         await ledger.begin_attempt(P, job_spec("b"))
@@ -383,12 +386,40 @@ async def test_unusable_dsn_raises_ledger_error_without_the_password(
     with pytest.raises(LedgerError) as caught:
         await ledger.open()
     message = str(caught.value)
+    assert not isinstance(caught.value, LedgerRefusedError)  # not a refusal of some job
     assert "s3cret" not in message
     assert shown in message
     assert cause in message
     assert "\n" not in message
     with pytest.raises(LedgerError, match="is not open"):
         await ledger.get_many(P, ["a"])
+
+
+async def test_values_postgres_refuses_are_refusals_not_outages(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger()
+    for spec in (
+        job_spec("nul\x00name", body=b"{}"),
+        job_spec("sur\ud800", body=b"{}"),
+        job_spec("long", source="x" * 200 + secrets.token_hex(1500)),  # an index row > 2704 B
+    ):
+        with pytest.raises(LedgerRefusedError, match="write failed: "):
+            await ledger.begin_attempt(P, spec)
+    with pytest.raises(LedgerRefusedError, match="out of int64 range"):
+        await ledger.record(P, job_spec("a"), LedgerState.CREATED, job_id=2**70)
+    with pytest.raises(LedgerRefusedError, match=r"read failed: .*0x00"):
+        await ledger.get_many(P, ["ok", "nul\x00name"])
+    # the ledger is fine otherwise
+    assert attempt_of(await ledger.begin_attempt(P, job_spec("ok"))) == 1
+
+
+async def test_text_from_outside_is_stored_escaped(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger()
+    spec = job_spec("a", source="amqp:q#\x00\ud800")
+    await ledger.begin_attempt(P, spec)
+    await ledger.record(P, spec, LedgerState.FAILED, error=ErrorInfo("bad\x00 \ud800", "C\x01"))
+    rec = await get(ledger, "a")
+    assert rec.source == "amqp:q#\\x00\\ud800"
+    assert rec.error == ErrorInfo("bad\\x00 \\ud800", "C\\x01")
 
 
 async def test_a_lease_held_by_a_dead_process_of_this_host_ends_at_once(
@@ -404,7 +435,7 @@ async def test_a_lease_held_by_a_dead_process_of_this_host_ends_at_once(
     elsewhere = await open_ledger(owner=f"not-{here}:{gone.pid}:x", lease_seconds=600.0)
     taker = await open_ledger(lease_seconds=600.0)
     for holder, name in ((dead, "a"), (alive, "b"), (elsewhere, "c")):
-        assert await holder.begin_attempt(P, job_spec(name)) == 1
-    assert await taker.begin_attempt(P, job_spec("a")) == 2
+        assert attempt_of(await holder.begin_attempt(P, job_spec(name))) == 1
+    assert attempt_of(await taker.begin_attempt(P, job_spec("a"))) == 2
     assert await taker.begin_attempt(P, job_spec("b")) is None
     assert await taker.begin_attempt(P, job_spec("c")) is None

@@ -15,7 +15,7 @@ from batchsub.errors import LedgerError, LedgerRefusedError, LedgerUnavailable
 from batchsub.jobs import LedgerState
 from batchsub.ledgers.outage import Outage
 from batchsub.ledgers.postgres import PostgresLedger
-from tests.conftest import job_spec
+from tests.conftest import attempt_of, job_spec
 from tests.faults import Proxy, via
 from tests.pg import HOST, PORT, fresh_database, postgres_listening
 
@@ -93,7 +93,7 @@ async def test_a_claim_whose_answer_was_lost_is_still_ours(proxy: Proxy, dsn: st
     # One connection, its claim statement prepared before the freeze: the next claim is one
     # round trip on it, which reaches the server and commits.
     async with ledger_via(proxy, dsn, Outage(limit=None, **FAST), pool_size=1) as ledger:
-        assert await ledger.begin_attempt(P, job_spec("warm-up")) == 1
+        assert attempt_of(await ledger.begin_attempt(P, job_spec("warm-up"))) == 1
         proxy.freeze(answers_only=True)  # the claim reaches the server; its answer does not
         claim = asyncio.create_task(ledger.begin_attempt(P, job_spec("a")))
         await asyncio.sleep(TIMEOUT * 2)
@@ -109,7 +109,7 @@ async def test_a_claim_whose_answer_was_lost_is_still_ours(proxy: Proxy, dsn: st
 async def test_a_reset_link_and_a_refused_one_are_waited_out(proxy: Proxy, dsn: str) -> None:
     outage = Outage(limit=None, **FAST)
     async with ledger_via(proxy, dsn, outage) as ledger:
-        assert await ledger.begin_attempt(P, job_spec("a")) == 1
+        assert attempt_of(await ledger.begin_attempt(P, job_spec("a"))) == 1
         proxy.refuse()
         proxy.cut()  # every pooled connection is dead now, as after a server restart
         outcome = asyncio.create_task(
@@ -136,7 +136,7 @@ async def test_a_daemon_waits_for_an_unreachable_server_at_start(proxy: Proxy, d
         proxy.accept()
         await asyncio.wait_for(opening, 3)
     try:
-        assert await ledger.begin_attempt(P, job_spec("a")) == 1
+        assert attempt_of(await ledger.begin_attempt(P, job_spec("a"))) == 1
     finally:
         await ledger.close()
     assert len(events(logs, "ledger.unavailable")) == 1
@@ -167,7 +167,9 @@ async def test_errors_are_told_apart(dsn: str) -> None:
     async with PostgresLedger(dsn) as ledger:
         with pytest.raises(LedgerRefusedError, match="0x00"):
             await ledger.begin_attempt(P, job_spec("bad\x00name"))
-        assert await ledger.begin_attempt(P, job_spec("good")) == 1  # the ledger is fine
+        assert (
+            attempt_of(await ledger.begin_attempt(P, job_spec("good"))) == 1
+        )  # the ledger is fine
 
 
 async def test_close_during_an_outage_does_not_hang(proxy: Proxy, dsn: str) -> None:

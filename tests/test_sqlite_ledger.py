@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 import structlog
 
-from batchsub.errors import LedgerError, LedgerLockedError
-from batchsub.jobs import ErrorInfo, LedgerRecord, LedgerState
+from batchsub.errors import LedgerError, LedgerLockedError, LedgerRefusedError
+from batchsub.jobs import Claim, ErrorInfo, LedgerRecord, LedgerState
 from batchsub.ledgers import SqliteLedger
 from batchsub.ledgers.sqlite import _MIGRATIONS, _SETTLED_SQL, SCHEMA_VERSION
 from batchsub.protocols import Ledger
-from tests.conftest import FakeClock, job_spec
+from tests.conftest import FakeClock, attempt_of, job_spec
 from tests.fs_support import bind_mount
 
 P = "project-1"
@@ -56,10 +56,10 @@ def test_sqlite_ledger_is_a_ledger(tmp_path: Path) -> None:
 async def test_begin_attempt_increments_and_survives_reopen(open_ledger: OpenLedger) -> None:
     clock = FakeClock(1_000.0)
     ledger = await open_ledger(clock=clock)
-    assert await ledger.begin_attempt(P, job_spec("a")) == 1
+    assert attempt_of(await ledger.begin_attempt(P, job_spec("a"))) == 1
     clock.now = 1_005.0
     changed = job_spec("a", source="jobs/renamed.yaml", body=b'{"name":"a","queue_name":"q2"}')
-    assert await ledger.begin_attempt(P, changed) == 2
+    assert attempt_of(await ledger.begin_attempt(P, changed)) == 2
     await ledger.close()
 
     reopened = await open_ledger()
@@ -72,7 +72,7 @@ async def test_begin_attempt_increments_and_survives_reopen(open_ledger: OpenLed
     )
     assert rec.spec() == changed  # source, body and hash follow the latest attempt
     assert (rec.created_at, rec.updated_at) == (1_000.0, 1_005.0)
-    assert await reopened.begin_attempt(P, changed) == 3
+    assert attempt_of(await reopened.begin_attempt(P, changed)) == 3
 
 
 async def test_record_inserts_an_unknown_job_then_get_many(open_ledger: OpenLedger) -> None:
@@ -187,7 +187,7 @@ async def test_concurrent_writes_share_commits_and_are_durable(
     before = ledger.commits
     names = [f"job-{i:03d}" for i in range(200)]
     attempts = await asyncio.gather(*(ledger.begin_attempt(P, job_spec(n)) for n in names))
-    assert attempts == [1] * 200
+    assert [attempt_of(claim) for claim in attempts] == [1] * 200
     assert 1 <= ledger.commits - before < 200
     await ledger.close()
 
@@ -209,7 +209,7 @@ async def test_same_job_twice_in_one_batch_gets_distinct_attempts(
         ledger.begin_attempt(P, job_spec("a")),
         ledger.record(P, job_spec("a"), LedgerState.CREATED, job_id=9),
     )
-    assert list(results) == [1, 1, 2, None]
+    assert list(results) == [Claim(1), Claim(1), Claim(2), None]
     assert ledger.commits - before == 1
     rec = (await ledger.get_many(P, ["a"]))["a"]
     assert (rec.attempts, rec.state, rec.job_id) == (2, LedgerState.CREATED, 9)
@@ -228,7 +228,7 @@ async def test_close_flushes_queued_writes_and_is_idempotent(
     ledger = await open_ledger()
     futures = [ledger.begin_attempt(P, job_spec(f"j{i}")) for i in range(50)]  # queued now
     await ledger.close()
-    assert [f.result() for f in futures] == [1] * 50
+    assert [attempt_of(f.result()) for f in futures] == [1] * 50
     await ledger.close()
     with pytest.raises(LedgerError, match="is not open"):
         await ledger.begin_attempt(P, job_spec("late"))
@@ -276,8 +276,43 @@ async def test_write_error_reaches_callers_and_writer_survives(
         other.execute("ROLLBACK")
     finally:
         other.close()
-    assert await ledger.begin_attempt(P, job_spec("a")) == 1  # the failed attempt left no trace
+    # the failed attempt left no trace
+    assert attempt_of(await ledger.begin_attempt(P, job_spec("a"))) == 1
     assert list(await ledger.get_many(P, ["a", "b"])) == ["a"]
+
+
+async def test_a_write_refused_for_its_values_fails_alone_in_its_group_commit(
+    open_ledger: OpenLedger,
+) -> None:
+    ledger = await open_ledger()
+    writes: list[asyncio.Future[Any]] = [
+        ledger.begin_attempt(P, job_spec(f"j{i}")) for i in range(4)
+    ]
+    writes.insert(2, ledger.record(P, job_spec("big"), LedgerState.CREATED, job_id=2**70))
+    writes.append(ledger.record(P, job_spec("ok"), LedgerState.CREATED, job_id=7))
+    results = await asyncio.gather(*writes, return_exceptions=True)
+
+    refused = results.pop(2)
+    assert isinstance(refused, LedgerRefusedError)
+    assert "too large" in str(refused)
+    assert not any(isinstance(r, BaseException) for r in results), results
+    assert sorted(await ledger.get_many(P, ["j0", "j1", "j2", "j3", "big", "ok"])) == [
+        "j0", "j1", "j2", "j3", "ok",
+    ]  # fmt: skip
+    # A failure of the database itself still fails the whole batch as an outage.
+    assert not isinstance(LedgerError("x"), LedgerRefusedError)
+
+
+async def test_text_from_outside_is_stored_escaped(open_ledger: OpenLedger) -> None:
+    ledger = await open_ledger()
+    spec = job_spec("a", source="dir/caf\udce9.json")  # a file name that is not UTF-8
+    await ledger.begin_attempt(P, spec)
+    await ledger.record(P, spec, LedgerState.FAILED, error=ErrorInfo("bad\x00 \ud800", "C\x01"))
+    await ledger.remember_files(P, [("dir/caf\udce9.json", "fp", ["a"])])  # not remembered
+    assert await ledger.settled_files(P, {"dir/caf\udce9.json": "fp"}) == {}  # nor looked up
+    rec = (await ledger.get_many(P, ["a"]))["a"]
+    assert rec.source == "dir/caf\\xe9.json"  # the byte the file name had
+    assert rec.error == ErrorInfo("bad\\x00 \\ud800", "C\\x01")
 
 
 async def test_second_ledger_on_the_same_file_is_refused_until_close(
@@ -297,7 +332,7 @@ async def test_second_ledger_on_the_same_file_is_refused_until_close(
     await first.close()
     await second.open()
     try:
-        assert await second.begin_attempt(P, job_spec("a")) == 1
+        assert attempt_of(await second.begin_attempt(P, job_spec("a"))) == 1
     finally:
         await second.close()
 
@@ -329,7 +364,7 @@ async def test_lock_of_a_killed_process_is_free(open_ledger: OpenLedger, tmp_pat
     assert holder.returncode == -9
 
     ledger = await open_ledger(path)
-    assert await ledger.begin_attempt(P, job_spec("a")) == 1
+    assert attempt_of(await ledger.begin_attempt(P, job_spec("a"))) == 1
 
 
 def spellings(tmp_path: Path, path: Path) -> list[Path]:

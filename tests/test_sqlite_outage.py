@@ -13,7 +13,7 @@ from batchsub.errors import LedgerUnavailable
 from batchsub.jobs import LedgerState
 from batchsub.ledgers import SqliteLedger
 from batchsub.ledgers.outage import Outage
-from tests.conftest import job_spec
+from tests.conftest import attempt_of, job_spec
 from tests.faults import fill
 
 P = "project-1"
@@ -28,7 +28,10 @@ async def test_a_full_disk_holds_writes_until_there_is_space_again(small_disk: P
     outage = Outage(limit=None, **FAST)
     async with SqliteLedger(small_disk / "ledger.db", outage=outage) as ledger:
         for n in range(20):
-            assert await ledger.begin_attempt(P, job_spec(f"a{n}", body=body(f"a{n}"))) == 1
+            assert (
+                attempt_of(await ledger.begin_attempt(P, job_spec(f"a{n}", body=body(f"a{n}"))))
+                == 1
+            )
         filler = fill(small_disk)
         with capture_logs() as logs:
             writes = [

@@ -7,11 +7,22 @@ whose worker died is taken over once its lease runs out. A ``created`` row is fi
 never claimed again and no later state replaces it. Every call commits before it returns
 (autocommit statements, ``synchronous_commit`` as the server sets it).
 
+Fencing: the lease protects nothing once it has run out, so the claim handed back carries its
+deadline on this process's monotonic clock, counted from before the claim was sent; the
+submitter sends only while the claim covers the request (``Claim.covers``), else ``renew``s
+it. Every claim bumps ``attempts``, which serves as the fencing token of the ledger's own
+writes: ``renew`` and an outcome's ``record`` apply only while ``attempts`` is still the
+claim's, so a worker frozen past its lease never overwrites the worker that took over. A
+``created`` write always lands (the job exists, whoever says so), but keeps the first job_id
+recorded and gives back that one when it carried another: two jobs of one name exist.
+
 Leases are compared with the workers' own clocks: hosts must keep them in sync (NTP) to much
 better than ``lease_seconds``. asyncpg and socket errors become ``LedgerError`` here, naming
 the DSN with its password masked: ``LedgerUnavailable`` when the server cannot be reached now
 (waited out through ``Outage``), ``LedgerRefusedError`` when it refuses a statement's values
-(SQLSTATE classes 22, 23 and 54).
+(SQLSTATE classes 22, 23 and 54: a NUL byte, a value out of range, an index row too large),
+which fails that job alone. Text from outside (sources, API error messages) is stored with
+its control characters escaped, so it cannot be refused.
 
 Every connection attempt, pool acquire and statement is bounded by a timeout; a connection
 that timed out or broke is terminated, never handed out again, and the pool's other
@@ -34,9 +45,10 @@ import asyncpg
 import structlog
 
 from batchsub.errors import LedgerError, LedgerRefusedError, LedgerUnavailable
-from batchsub.jobs import IN_DOUBT_STATES, ErrorInfo, JobSpec, LedgerRecord, LedgerState
+from batchsub.jobs import IN_DOUBT_STATES, Claim, ErrorInfo, JobSpec, LedgerRecord, LedgerState
 from batchsub.ledgers.outage import Outage
 from batchsub.masking import mask_url, scrub, url_passwords
+from batchsub.text import printable
 
 log = structlog.get_logger(__name__)
 
@@ -99,8 +111,19 @@ WHERE j.state <> 'created' AND (j.owner IS NULL OR j.lease_until < $6)
 RETURNING attempts
 """
 
+# $1 project, $2 name, $3 owner, $4 attempt, $5 lease end. A claim of ours nobody took over
+# (attempts unchanged) may be extended even past its expiry: nobody else can have sent.
+_RENEW_SQL = """
+UPDATE batchsub_jobs SET lease_until = $5
+WHERE project_id = $1 AND name = $2 AND owner = $3 AND attempts = $4 AND state = 'submitting'
+RETURNING attempts
+"""
+
 # $1 project, $2 name, $3 state, $4 job_id, $5-$7 error, $8 source, $9 hash, $10 body,
-# $11 adopted, $12 now, $13 owner.
+# $11 adopted, $12 now, $13 owner, $14 the attempt this outcome comes from (or NULL).
+# ``created`` lands whatever the claim (a fact), unless another job_id is recorded already;
+# any other state only while nobody claimed the job since our claim ($14), or, for a write
+# made without a claim, while nobody else holds a live lease.
 _RECORD_SQL = f"""
 INSERT INTO batchsub_jobs AS j ({_COLUMNS}, owner, lease_until)
 VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $9, $10, $11, $12, $12, NULL, NULL)
@@ -109,8 +132,12 @@ ON CONFLICT (project_id, name) DO UPDATE SET
     error_code = excluded.error_code, error_message = excluded.error_message,
     http_status = excluded.http_status, adopted = excluded.adopted,
     updated_at = excluded.updated_at, owner = NULL, lease_until = NULL
-WHERE excluded.state = 'created'
-   OR (j.state <> 'created' AND (j.owner IS NULL OR j.owner = $13 OR j.lease_until < $12))
+WHERE CASE WHEN excluded.state = 'created' THEN
+        j.state <> 'created' OR j.job_id IS NULL OR excluded.job_id IS NULL
+        OR j.job_id = excluded.job_id
+    ELSE j.state <> 'created' AND CASE WHEN $14::integer IS NOT NULL THEN j.attempts = $14
+        ELSE j.owner IS NULL OR j.owner = $13 OR j.lease_until < $12 END
+    END
 RETURNING 1
 """
 
@@ -147,6 +174,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 _REFUSED_CLASSES = frozenset({"22", "23", "54"})
 
 _CHUNK = 1000  # names per ``= ANY($2)``: keeps each statement and its answer small
+_MESSAGE_CHARS = 2000  # an error message longer than this is cut when stored
 
 
 def default_owner() -> str:
@@ -174,6 +202,9 @@ def owner_is_dead_here(owner: str) -> bool:
 
 
 _OWNER_SQL = "SELECT owner FROM batchsub_jobs WHERE project_id = $1 AND name = $2"
+_KEPT_SQL = """
+SELECT job_id FROM batchsub_jobs WHERE project_id = $1 AND name = $2 AND state = 'created'
+"""
 _EXPIRE_SQL = """
 UPDATE batchsub_jobs SET lease_until = 0
 WHERE project_id = $1 AND name = $2 AND owner = $3 AND state <> 'created'
@@ -185,8 +216,9 @@ class PostgresLedger:
 
     ``owner`` names this worker in the rows it holds; a claim lasts ``lease_seconds`` after
     ``begin_attempt`` unless ``record`` releases it sooner. ``clock`` gives epoch seconds for
-    timestamps and leases (tests share a fake one between ledgers). ``outage`` decides how
-    long a call waits for an unreachable server (by default: not at all).
+    timestamps and leases (tests share a fake one between ledgers); ``monotonic`` the clock
+    of the claims' deadlines, which this process alone compares. ``outage`` decides how long
+    a call waits for an unreachable server (by default: not at all).
     """
 
     def __init__(
@@ -196,6 +228,7 @@ class PostgresLedger:
         owner: str | None = None,
         lease_seconds: float = 120.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         pool_size: int = 10,
         connect_timeout: float = 10.0,
         command_timeout: float = 10.0,
@@ -207,6 +240,7 @@ class PostgresLedger:
         self._dsn = dsn
         self._lease = lease_seconds
         self._clock = clock
+        self._monotonic = monotonic
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout
         self._timeout = command_timeout  # each acquire and statement
@@ -298,8 +332,8 @@ class PostgresLedger:
             found.update((rec.name, rec) for rec in map(_to_record, rows))
         return found
 
-    async def begin_attempt(self, project_id: str, job: JobSpec) -> int | None:
-        """Claim ``job`` (state submitting, attempts + 1, a fresh lease) and return the attempt.
+    async def begin_attempt(self, project_id: str, job: JobSpec) -> Claim | None:
+        """Claim ``job`` (state submitting, attempts + 1, a fresh lease) and return the claim.
 
         Returns None, changing nothing, when the job is ``created`` already or under a live
         lease (another worker's, or ours: the same job twice in flight here); the caller
@@ -307,20 +341,23 @@ class PostgresLedger:
         """
         for _ in range(2):
             tries = 0
+            started = 0.0
 
             def claim(conn: _Connection) -> Awaitable[Any]:
-                nonlocal tries
+                nonlocal tries, started
                 tries += 1
+                # Before the statement: a slow answer only shortens the claim's deadline.
+                started = self._monotonic()
                 now = float(self._clock())
                 return conn.fetchval(
                     _BEGIN_SQL,
-                    *(project_id, job.name, job.source, job.body_hash, job.body),
+                    *(project_id, job.name, printable(job.source), job.body_hash, job.body),
                     *(now, self.owner, now + self._lease),
                 )
 
             value = await self._statement("write failed", claim)
             if value is not None:
-                return int(value)
+                return Claim(int(value), started + self._lease)
             holder = await self._fetchval(_OWNER_SQL, project_id, job.name)
             if holder == self.owner and tries > 1:
                 # A try whose answer was lost (a timeout, a reset) committed our claim all
@@ -334,6 +371,22 @@ class PostgresLedger:
             await self._fetchval(_EXPIRE_SQL, project_id, job.name, holder)
         return None
 
+    async def renew(self, project_id: str, job: JobSpec, claim: Claim) -> Claim | None:
+        """Extend our claim on ``job`` to a full lease from now; None if it is no longer ours."""
+        started = 0.0
+
+        def extend(conn: _Connection) -> Awaitable[Any]:
+            nonlocal started
+            started = self._monotonic()  # per try, as in ``begin_attempt``
+            lease_until = float(self._clock()) + self._lease
+            return conn.fetchval(
+                _RENEW_SQL, project_id, job.name, self.owner, claim.attempt, lease_until
+            )
+
+        if await self._statement("write failed", extend) is None:
+            return None
+        return Claim(claim.attempt, started + self._lease)
+
     async def record(
         self,
         project_id: str,
@@ -343,13 +396,16 @@ class PostgresLedger:
         job_id: int | None = None,
         error: ErrorInfo | None = None,
         adopted: bool = False,
-    ) -> None:
+        attempt: int | None = None,
+    ) -> int | None:
         """Commit a state and release the lease; keeps a known job_id when given None.
 
-        The write is skipped (and logged) when another worker holds a live lease on the row,
-        or when the row is ``created`` and ``state`` is not: a late answer of a worker that
-        lost its lease must not undo the one that took over. Recording ``created`` always
-        applies: a job that exists is a fact, whoever found it.
+        The write is skipped (and logged) when the row is ``created`` and ``state`` is not,
+        or when another worker claimed the job since ``attempt`` (without ``attempt``: when
+        another worker holds a live lease on it): a late answer of a worker that lost its
+        lease must not undo the one that took over. Recording ``created`` always applies (a
+        job that exists is a fact, whoever found it), except over another job_id: the first
+        one recorded is kept and given back.
         """
         now = float(self._clock())
         # An outcome is waited for through an outage, even when the run stops: the API gave it.
@@ -359,19 +415,25 @@ class PostgresLedger:
             job.name,
             str(state),
             job_id,
-            error.code if error else None,
-            error.message if error else None,
+            printable(error.code, _MESSAGE_CHARS) if error and error.code else None,
+            printable(error.message, _MESSAGE_CHARS) if error else None,
             error.http_status if error else None,
-            job.source,
+            printable(job.source),
             job.body_hash,
             job.body,
             adopted,
             now,
             self.owner,
+            attempt,
             new_work=False,
         )
-        if applied is None:
-            log.warning("ledger.record_skipped", name=job.name, state=str(state), owner=self.owner)
+        if applied is not None:
+            return None
+        if state is LedgerState.CREATED:  # skipped: another job_id was recorded first
+            kept = await self._fetchval(_KEPT_SQL, project_id, job.name)
+            return int(kept) if kept is not None else None
+        log.warning("ledger.record_skipped", name=job.name, state=str(state), owner=self.owner)
+        return None
 
     async def in_doubt(self, project_id: str) -> list[LedgerRecord]:
         """Records in ``submitting`` or ``unknown``: a request may have created these jobs.
@@ -493,7 +555,7 @@ class PostgresLedger:
             message = f"timed out after {self._timeout:g} s"
         else:
             message = " ".join(str(exc).split()) or type(exc).__name__
-        message = scrub(message, url_passwords(self._dsn))
+        message = printable(scrub(message, url_passwords(self._dsn)), _MESSAGE_CHARS)
         if _is_refused(exc):
             return LedgerRefusedError(f"ledger {self.dsn}: {what}: {message}")
         if _is_unavailable(exc):

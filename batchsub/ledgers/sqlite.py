@@ -3,7 +3,11 @@
 Writes are durable when they return, yet cheap at thousands per second: callers queue their
 write with a future, and one writer task commits everything queued in one transaction (group
 commit) before resolving the futures. Reads share the connection and never see a transaction
-in progress. aiosqlite and sqlite3 errors become ``LedgerError`` here, naming the file.
+in progress. aiosqlite and sqlite3 errors become ``LedgerError`` here, naming the file. When
+a group commit fails for the values of one write (a number SQLite cannot hold, say), each
+write is run again alone: only the one that fails alone fails, as ``LedgerRefusedError``.
+Text from outside (sources, API error messages) is stored with control characters and lone
+surrogates escaped, so it cannot fail a commit.
 
 A full disk (or a file system gone read-only, an I/O error) is ``LedgerUnavailable``: the
 writer keeps the failed batch and tries it again through the ``Outage`` (backoff, logged once
@@ -27,9 +31,10 @@ import aiosqlite
 import orjson
 import structlog
 
-from batchsub.errors import LedgerError, LedgerUnavailable, os_reason
+from batchsub.errors import LedgerError, LedgerRefusedError, LedgerUnavailable, os_reason
 from batchsub.jobs import (
     IN_DOUBT_STATES,
+    Claim,
     ErrorInfo,
     JobSpec,
     LedgerRecord,
@@ -38,6 +43,7 @@ from batchsub.jobs import (
 )
 from batchsub.ledgers.lock import LedgerLock
 from batchsub.ledgers.outage import Outage
+from batchsub.text import printable
 
 log = structlog.get_logger("batchsub.ledger")
 
@@ -122,7 +128,9 @@ ON CONFLICT (project_id, name) DO UPDATE SET
     error_code = excluded.error_code, error_message = excluded.error_message,
     http_status = excluded.http_status, adopted = excluded.adopted,
     updated_at = excluded.updated_at
-WHERE jobs.state <> 'created' OR excluded.state = 'created'
+WHERE jobs.state <> 'created'
+   OR (excluded.state = 'created' AND (jobs.job_id IS NULL OR excluded.job_id IS NULL
+       OR jobs.job_id = excluded.job_id))
 """
 
 # "+state" keeps the names looked up by the primary key: on the jobs_by_state index SQLite
@@ -134,6 +142,16 @@ _SETTLED_SQL = (
 
 _T = TypeVar("_T")
 _CHUNK = 500  # names per IN (...): well under SQLite's 32766 host parameters
+_MESSAGE_CHARS = 2000  # an error message longer than this is cut when stored
+# What sqlite3 raises for the values of one write (a str it cannot encode, an int over 64
+# bits, a constraint), as opposed to the database failing (OperationalError: disk, locks).
+_REFUSALS: tuple[type[BaseException], ...] = (
+    ValueError,
+    OverflowError,
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
+)
+_READ_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, *_REFUSALS)
 
 # Primary result codes of a file system that cannot take a write now; the statement is fine.
 _UNAVAILABLE_CODES = frozenset(
@@ -156,7 +174,7 @@ class _Write:
     kind: Literal["begin", "record"]
     key: tuple[str, str]
     params: tuple[Any, ...]
-    future: asyncio.Future[Any]  # the attempt number for "begin", None for "record"
+    future: asyncio.Future[Any]  # the Claim for "begin", the job_id kept or None for "record"
 
 
 class SqliteLedger:
@@ -318,7 +336,7 @@ class SqliteLedger:
         self, project_id: str, fingerprints: Mapping[str, str]
     ) -> dict[str, list[SettledJob]]:
         """Unchanged files whose every job is created: their jobs, without reading them."""
-        paths = list(fingerprints)
+        paths = [path for path in fingerprints if _encodable(path)]  # others are never stored
         remembered: dict[str, list[str]] = {}
         for chunk, marks in _chunked(paths):
             rows = await self._read(
@@ -347,8 +365,12 @@ class SqliteLedger:
         """Record files whose every job exists (one transaction on the writer thread)."""
         if self.read_only or not files:
             return
+        # A path that is not valid Unicode (a file name in another encoding) cannot be
+        # stored: that file is simply read again next time.
         rows = [
-            (project_id, path, fp, orjson.dumps(list(names)).decode()) for path, fp, names in files
+            (project_id, path, fp, orjson.dumps(list(names)).decode())
+            for path, fp, names in files
+            if _encodable(path)
         ]
 
         def write() -> None:
@@ -375,16 +397,23 @@ class SqliteLedger:
             found.update((rec.name, rec) for rec in map(_to_record, rows))
         return found
 
-    def begin_attempt(self, project_id: str, job: JobSpec) -> asyncio.Future[int | None]:
-        """Commit state ``submitting`` with attempts + 1; the future gives the attempt number.
+    def begin_attempt(self, project_id: str, job: JobSpec) -> asyncio.Future[Claim | None]:
+        """Commit state ``submitting`` with attempts + 1; the future gives the claim.
 
         The write is queued by the call itself (it commits even if nobody awaits it), and the
         future resolves once it is committed. One process owns the file (see ``LedgerLock``),
-        so no other worker can hold the job: the result is never None.
+        so no other worker can hold the job: the result is never None, and the claim never
+        expires (its deadline is infinite: the hot path pays no fencing).
         """
         now = self._clock()
-        params = (project_id, job.name, job.source, job.body_hash, job.body, now, now)
+        params = (project_id, job.name, printable(job.source), job.body_hash, job.body, now, now)
         return self._submit("begin", (project_id, job.name), params)
+
+    def renew(self, project_id: str, job: JobSpec, claim: Claim) -> asyncio.Future[Claim | None]:
+        """The claim as it is: no other process can take a job of this file over."""
+        future: asyncio.Future[Claim | None] = asyncio.get_running_loop().create_future()
+        future.set_result(claim)
+        return future
 
     def record(
         self,
@@ -395,10 +424,14 @@ class SqliteLedger:
         job_id: int | None = None,
         error: ErrorInfo | None = None,
         adopted: bool = False,
-    ) -> asyncio.Future[None]:
+        attempt: int | None = None,
+    ) -> asyncio.Future[int | None]:
         """Commit a state; keeps a known job_id when given None, inserts an unknown job.
 
-        Queued by the call, like ``begin_attempt``; the future resolves once committed.
+        Queued by the call, like ``begin_attempt``; the future resolves once committed. A
+        ``created`` row keeps the first job_id recorded: a ``created`` write carrying another
+        is skipped and the future gives the one kept. ``attempt`` is not needed: one process
+        writes the file, so no claim of it is ever taken over.
         """
         now = self._clock()
         params = (
@@ -406,10 +439,10 @@ class SqliteLedger:
             job.name,
             str(state),
             job_id,
-            error.code if error else None,
-            error.message if error else None,
+            printable(error.code, _MESSAGE_CHARS) if error and error.code else None,
+            printable(error.message, _MESSAGE_CHARS) if error else None,
             error.http_status if error else None,
-            job.source,
+            printable(job.source),
             job.body_hash,
             job.body,
             int(adopted),
@@ -506,7 +539,8 @@ class SqliteLedger:
             condition = "unwritable" if what == "write failed" else "unavailable"
             reason = os_reason(exc) if isinstance(exc, OSError) else str(exc)
             return LedgerUnavailable(str(self.path), f"{what}: {reason}", condition=condition)
-        return LedgerError(f"ledger {self.path}: {what}: {exc}")
+        kind = LedgerRefusedError if isinstance(exc, _REFUSALS) else LedgerError
+        return kind(f"ledger {self.path}: {what}: {printable(str(exc), _MESSAGE_CHARS)}")
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         # Reads work on a full disk, but they start new work: they wait while writes cannot.
@@ -514,7 +548,7 @@ class SqliteLedger:
         conn = self._require_open()
         try:
             return list(await conn.execute_fetchall(sql, params))
-        except sqlite3.Error as exc:
+        except _READ_ERRORS as exc:
             raise self._error("read failed", exc) from exc
 
     def _require_open(self) -> aiosqlite.Connection:
@@ -555,12 +589,18 @@ class SqliteLedger:
         """Run ``batch`` in one transaction, then resolve its futures (or fail them).
 
         A full disk keeps the batch for another try after a backoff, as long as the outage
-        allows; every other failure fails the whole batch at once.
+        allows. A batch refused for the values of some write is run again one write at a
+        time, so that only the writes that fail alone fail; every other failure fails the
+        whole batch at once.
         """
         while batch:
             try:
                 attempts = await self._in_writer(self._transaction, None, batch)
             except Exception as exc:  # the writer must survive to serve later writes
+                if isinstance(exc, _REFUSALS) and len(batch) > 1:
+                    for write in batch:
+                        await self._commit_batch([write])
+                    return
                 batch = await self._after_failure(batch, self._error("write failed", exc))
                 continue
             self._outage.recovered()
@@ -591,12 +631,12 @@ class SqliteLedger:
                 write.future.set_exception(refusal)
         return again
 
-    def _transaction(self, batch: list[_Write]) -> list[int | None]:
-        """Run ``batch`` in one transaction, on the writer thread; the attempt counts back."""
+    def _transaction(self, batch: list[_Write]) -> list[Claim | int | None]:
+        """Run ``batch`` in one transaction, on the writer thread; each write's result back."""
         conn = self._write_conn
         if conn is None:
             raise LedgerError(f"ledger {self.path} is not open")
-        results: list[int | None] = []
+        results: list[Claim | int | None] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             for segment in _segments(batch):
@@ -604,10 +644,16 @@ class SqliteLedger:
                 records = [w for w in segment if w.kind == "record"]
                 if begins:
                     conn.executemany(_BEGIN_SQL, [w.params for w in begins])
+                kept: dict[tuple[str, str], int] = {}
                 if records:
-                    conn.executemany(_RECORD_SQL, [w.params for w in records])
+                    changed = conn.executemany(_RECORD_SQL, [w.params for w in records]).rowcount
+                    if changed != len(records):  # some skipped: a created one over another id?
+                        kept = _kept_ids(conn, records)
                 counts = _attempts(conn, [w.key for w in begins])
-                results.extend(counts[w.key] if w.kind == "begin" else None for w in segment)
+                results.extend(
+                    Claim(counts[w.key]) if w.kind == "begin" else kept.get(w.key)
+                    for w in segment
+                )
             conn.execute("COMMIT")
         except BaseException:
             try:
@@ -616,6 +662,22 @@ class SqliteLedger:
                 pass  # SQLite may have rolled back already (e.g. on a full disk)
             raise
         return results
+
+
+def _kept_ids(conn: sqlite3.Connection, records: list[_Write]) -> dict[tuple[str, str], int]:
+    """For ``created`` writes that carried a job_id other than the row's: the job_id kept."""
+    kept: dict[tuple[str, str], int] = {}
+    for write in records:
+        state, job_id = write.params[2], write.params[3]
+        if state != "created" or job_id is None:
+            continue
+        row = conn.execute(
+            "SELECT job_id FROM jobs WHERE project_id = ? AND name = ? AND state = 'created'",
+            write.key,
+        ).fetchone()
+        if row is not None and row[0] is not None and row[0] != job_id:
+            kept[write.key] = row[0]
+    return kept
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -640,6 +702,14 @@ def _attempts(conn: sqlite3.Connection, keys: list[tuple[str, str]]) -> dict[tup
             )
             counts.update(((project_id, row[0]), row[1]) for row in rows)
     return counts
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _chunked(names: Sequence[str]) -> Iterator[tuple[Sequence[str], str]]:

@@ -7,10 +7,10 @@ One message holds one manifest (JSON; YAML when its ``x-batchsub-suffix`` header
 so it may give several ManifestItems; it is settled once all of them are:
 
 - every job created or already created: ack;
-- some job invalid, failed or drifted: a copy goes to ``NAME.dead`` with the reason in the
-  ``x-batchsub-error`` header, published persistent with a publisher confirm, THEN the
-  original is acked. Rejecting to the dead-letter exchange would keep the original headers
-  but RabbitMQ cannot add one, and the reason is what a person needs to fix the manifest.
+- some job invalid, failed, drifted or duplicated: a copy goes to ``NAME.dead`` with the
+  reason in the ``x-batchsub-error`` header, published persistent with a publisher
+  confirm, THEN the original is acked. Rejecting to the dead-letter exchange would keep the
+  original headers but RabbitMQ cannot add one, and the reason is what a person needs.
   A crash between confirm and ack leaves two copies in ``NAME.dead``, never none;
 - some job unresolved (a transient failure that outlasted the retries, the run stopping,
   a job claimed by another worker): nack with requeue, to be tried again.
@@ -19,6 +19,13 @@ The ledger makes a redelivered or twice-published job harmless; within one consu
 whose name is already in flight is held back until that one settles, since two concurrent
 creates of one name would both be sent. Messages not settled when the source is closed
 are requeued by ``close()`` (and would be by the broker when the connection closes).
+
+No message can stop a consumer, whatever its body or headers: a body that is not a valid
+manifest is dead-lettered with the parser's reason, a job the ledger refuses to hold fails
+(dead-lettered) alone, and the ``x-batchsub-source`` header is stored and shown with its
+control characters escaped, cut to 512 characters. Header keys and properties that are
+not UTF-8 are read with replacement characters (``amqp_headers``) rather than drop the
+connection on every redelivery.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import aio_pika
 import structlog
@@ -42,11 +50,21 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelPreconditionFailed
 from yarl import URL
 
 from batchsub.errors import ConfigError
-from batchsub.jobs import BROKEN_OUTCOMES, EXISTING_OUTCOMES, JobResult, ManifestItem, Outcome
+from batchsub.jobs import (
+    BROKEN_OUTCOMES,
+    EXISTING_OUTCOMES,
+    InvalidManifest,
+    JobResult,
+    ManifestItem,
+    Outcome,
+)
 from batchsub.manifest import parse_manifest_bytes
 from batchsub.masking import mask_url, scrub, url_passwords
+from batchsub.sources import amqp_headers
+from batchsub.text import printable
 
 log = structlog.get_logger("batchsub.amqp")
+amqp_headers.install()  # a header key that is not UTF-8 must not drop the connection
 
 SOURCE_HEADER = "x-batchsub-source"
 SUFFIX_HEADER = "x-batchsub-suffix"
@@ -56,6 +74,7 @@ DEAD_SUFFIX = ".dead"
 CONNECT_TIMEOUT = 10.0  # seconds for the first connection; later losses reconnect forever
 CONFIRM_TIMEOUT = 30.0  # seconds for a publisher confirm (a broker under an alarm blocks)
 _MAX_HEADER_CHARS = 4000
+_MAX_SOURCE_CHARS = 512
 _MAX_QUEUE_NAME = 255 - len(DEAD_SUFFIX)  # AMQP short string, with room for ".dead"
 
 # What an AMQP call can raise when the broker or the connection fails.
@@ -119,6 +138,21 @@ async def declare_queues(channel: AbstractChannel, queue: str) -> AbstractQueue:
         raise ConfigError(f"queue {queue!r} exists with other settings: {_reason(exc)}") from None
 
 
+def _resendable(value: Any) -> Any:
+    """Headers as received, in types they can be sent again in.
+
+    A long string that is not UTF-8 arrives as ``bytes`` (pamqp's fallback), which pamqp
+    cannot encode; as a byte array it can, with the same bytes.
+    """
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, dict):
+        return {key: _resendable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_resendable(item) for item in value]
+    return value
+
+
 def header_text(headers: HeadersType, key: str) -> str | None:
     """A header as text (AMQP may carry it as bytes), or None when absent or not text."""
     value = headers.get(key)
@@ -139,6 +173,8 @@ class _Delivery:
 
 
 REQUEUE_DELAY = 1.0  # seconds an unresolved message waits before it is requeued
+# The outcome a dead-lettered message is filed under: the first of these among its jobs.
+_WORST_FIRST = (Outcome.INVALID, Outcome.DRIFTED, Outcome.DUPLICATED, Outcome.FAILED)
 
 
 class AmqpSource:
@@ -235,8 +271,14 @@ class AmqpSource:
         source = header_text(headers, SOURCE_HEADER)
         if source is None:
             source = f"amqp:{self.name}#{message.message_id or message.delivery_tag}"
+        source = printable(source, _MAX_SOURCE_CHARS)  # any bytes a publisher put there
         suffix = header_text(headers, SUFFIX_HEADER) or ".json"
-        items = parse_manifest_bytes(message.body, source[:512], suffix=suffix)
+        try:
+            items = parse_manifest_bytes(message.body, source, suffix=suffix)
+        except Exception as exc:  # a bug of ours must not make one message stop the worker
+            log.error("amqp.parse_failed", queue=self.name, source=source, error=repr(exc))
+            reason = printable(f"{source}: cannot be parsed: {exc!r}", _MAX_HEADER_CHARS)
+            items = [InvalidManifest(source, reason)]
         delivery.unsettled = len(items)
         for item in items:
             self._items[id(item)] = (item, delivery)
@@ -260,14 +302,10 @@ class AmqpSource:
     async def _dead_letter(self, delivery: _Delivery) -> bool:
         """Publish a copy of the message with the reason to NAME.dead; True once confirmed."""
         message = delivery.message
-        reason = "; ".join(delivery.errors)
-        if len(reason) > _MAX_HEADER_CHARS:
-            reason = reason[: _MAX_HEADER_CHARS - 3] + "..."
-        worst = next(
-            o for o in (Outcome.INVALID, Outcome.DRIFTED, Outcome.FAILED) if o in delivery.outcomes
-        )
+        reason = printable("; ".join(delivery.errors), _MAX_HEADER_CHARS)
+        worst = next(o for o in _WORST_FIRST if o in delivery.outcomes)
         headers: HeadersType = {
-            **(message.headers or {}),
+            **_resendable(message.headers or {}),
             ERROR_HEADER: reason,
             OUTCOME_HEADER: worst.value,
         }
