@@ -151,6 +151,26 @@ async def test_a_dropped_file_is_seen_by_events_not_only_by_rescans(
     assert item.name == "event"
 
 
+async def test_a_file_name_that_is_not_utf8_does_not_stop_the_events(tmp_path: Path) -> None:
+    # watchfiles cannot decode such a name and its watcher dies on it: without a restart the
+    # daemon would see new files only at each rescan (30 s by default).
+    inbox = tmp_path / "inbox"
+    source = DropFolderSource(inbox, settle_time=0.0, rescan_interval=60.0)
+    items = source.items()
+    try:
+        first = asyncio.ensure_future(anext(items))
+        await asyncio.sleep(0.3)  # the first scan found nothing; the next rescan is 60 s away
+        drop(inbox, os.fsdecode(b"caf\xe9.json"), job("odd"))
+        odd = await asyncio.wait_for(first, 3)
+        await asyncio.sleep(0.5)  # the odd name's events have reached the watcher
+        drop(inbox, "later.json", job("later"))
+        later = await asyncio.wait_for(anext(items), 3)
+    finally:
+        await items.aclose()
+        await source.close()
+    assert (odd.name, later.name) == ("odd", "later")
+
+
 async def test_ignored_names_are_left_alone(tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     source = fast(inbox)

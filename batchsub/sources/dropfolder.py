@@ -67,6 +67,7 @@ IGNORED_ENDINGS = (".tmp", ".part", ".swp", "~", ".error.json")
 
 _WATCH_DEBOUNCE_MS = 200  # group a burst of events into one scan, but never wait longer
 _WATCH_STOP_GRACE = 2.0  # seconds the watcher thread gets to see its stop event
+_WATCH_RESTART_MAX = 5.0  # seconds between restarts of a watcher that keeps failing
 
 
 def is_manifest_name(name: str) -> bool:
@@ -345,23 +346,40 @@ class DropFolderSource:
             self._watcher = asyncio.create_task(self._watch(), name="batchsub-dropfolder-watch")
 
     async def _watch(self) -> None:
-        """Turn filesystem events into scans; the scan decides what is ready."""
-        try:
-            async for _ in awatch(
-                self.directory,
-                watch_filter=None,
-                debounce=_WATCH_DEBOUNCE_MS,
-                stop_event=self._watch_stop,
-                force_polling=self._poll,
-                recursive=False,
-            ):
-                self._wake.set()
-        except Exception as exc:  # an inotify limit, a vanished directory: rescans go on
-            log.warning(
-                "watch.events_unavailable",
-                error=str(exc) or type(exc).__name__,
-                rescan_interval=self._rescan_interval,
-            )
+        """Turn filesystem events into scans; the scan decides what is ready.
+
+        The watcher dies on some events (watchfiles cannot decode a file name that is not
+        UTF-8; an inotify limit; the folder removed): it is started again at once, with a scan
+        for what it missed, and backs off only while it keeps failing. Rescans go on anyway.
+        """
+        failures = 0
+        while not self._watch_stop.is_set():
+            try:
+                async for _ in awatch(
+                    self.directory,
+                    watch_filter=None,
+                    debounce=_WATCH_DEBOUNCE_MS,
+                    stop_event=self._watch_stop,
+                    force_polling=self._poll,
+                    recursive=False,
+                ):
+                    failures = 0
+                    self._wake.set()
+                return  # stopped
+            except Exception as exc:
+                failures += 1
+                if failures == 1 or failures % 100 == 0:
+                    log.warning(
+                        "watch.events_unavailable",
+                        error=_first_cause(exc),
+                        effect="the watcher is started again; rescans go on meanwhile",
+                        failures=failures,
+                    )
+            self._wake.set()  # events may have been missed meanwhile
+            delay = min(_WATCH_RESTART_MAX, 0.05 * 2 ** min(failures - 1, 10))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._watch_stop.wait()
 
     async def _stop_watcher(self) -> None:
         # The watcher thread sees the stop event within a step (50 ms); cancelling instead
@@ -629,3 +647,10 @@ def _first_error(results: list[JobResult], outcomes: Iterable[Outcome]) -> str:
         if result.outcome in wanted:
             return result.error or result.outcome.value
     return "no error message"
+
+
+def _first_cause(exc: BaseException) -> str:
+    """The first real error inside (anyio wraps the watcher's in an ExceptionGroup)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return str(exc) or type(exc).__name__
