@@ -15,44 +15,9 @@ from typing import Any
 
 # First: the next import of structlog (via settings) skips rich, ~100 ms of start-up.
 from batchsub import __version__, structlog_without_rich  # noqa: F401
+from batchsub.commands._flags import add_send_flags
 from batchsub.errors import BatchsubError
 from batchsub.settings import Settings, load_settings
-
-# Flags shared by every command that sends jobs; each maps onto a Settings field.
-_SEND_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("--endpoint", {"help": "DLI endpoint URL (default: https://dli.{region}.myhuaweicloud.com)"}),
-    ("--region", {"help": "Huawei Cloud region, e.g. cn-north-4, to derive the endpoint"}),
-    ("--project-id", {"help": "project ID (default: $HUAWEICLOUD_SDK_PROJECT_ID)"}),
-    ("--iam-endpoint", {"help": "IAM URL of a password login (default: https://iam.{region}...)"}),
-    ("--ledger", {"help": "ledger: a SQLite file path (default: ./batchsub.db)"}),
-    ("--rate", {"type": float, "help": "requests per second, 0 for no limit (default: 10)"}),
-    ("--concurrency", {"type": int, "help": "requests in flight at most (default: 8)"}),
-    ("--timeout", {"type": float, "help": "seconds to wait for one answer (default: 30)"}),
-    ("--max-attempts", {"type": int, "help": "attempts per job before giving up (default: 10)"}),
-    ("--job-deadline", {"type": float, "help": "seconds one job may take in all (default: 900)"}),
-    (
-        "--in-doubt-grace",
-        {
-            "type": float,
-            "help": "seconds to wait after a lost answer before looking the job up (default: 5)",
-        },
-    ),
-    (
-        "--lease",
-        {
-            "type": float,
-            "help": "seconds a worker's claim on a job lasts in a PostgreSQL ledger"
-            " (default: 2 x timeout + 10)",
-        },
-    ),
-    ("--ca-file", {"type": Path, "help": "PEM file of a private CA for TLS"}),
-    (
-        "--log-format",
-        {"choices": ["auto", "json", "console"], "help": "log format (default: auto)"},
-    ),
-    ("--log-level", {"choices": ["debug", "info", "warning", "error"], "help": "log level"}),
-)
-
 
 # Modules that add commands of their own: each has ``add_parser(commands)``, which registers
 # its subcommands with ``handler=...`` (a ``(Settings, Namespace) -> int`` callable).
@@ -73,12 +38,6 @@ _COMMAND_MODULES: dict[str, str] = {
     "auth": "batchsub.auth_check",
 }
 _BUILT_IN = frozenset({"run"})
-
-
-def add_send_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags of every command that sends jobs (``run``, ``watch``, ``consume``)."""
-    for flag, options in _SEND_FLAGS:
-        parser.add_argument(flag, **options)
 
 
 def _modules_for(argv: Sequence[str] | None) -> list[str]:

@@ -31,8 +31,8 @@ import orjson
 
 from batchsub import eventloop
 from batchsub.calls import SafeCaller
-from batchsub.cli import add_send_flags
 from batchsub.client import DliClient, close_session, make_session
+from batchsub.commands._flags import add_send_flags
 from batchsub.errors import ApiError, ConfigError, FatalApiError, RetryableError
 from batchsub.files import STDOUT, check_output, is_stdout, open_output
 from batchsub.jobs import (

@@ -32,7 +32,7 @@ import structlog
 from aio_pika.abc import AbstractExchange
 
 from batchsub import eventloop
-from batchsub.cli import add_send_flags
+from batchsub.commands._flags import add_send_flags
 from batchsub.errors import ConfigError
 from batchsub.jobs import InvalidManifest, JobSpec
 from batchsub.logs import configure_command_logging
