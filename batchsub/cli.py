@@ -1,7 +1,8 @@
-"""The ``batchsub`` command line: argument parsing and wiring, nothing else.
+"""The ``batchsub`` command line: the parser and the dispatch to a command, nothing else.
 
-Exit codes: 0 every job exists; 1 some manifest invalid, failed or unresolved; 2 a usage or
-configuration error (one line on stderr, no traceback).
+Each command lives in its own module under ``batchsub.commands``, which says its exit codes.
+Every command shares these: 2 for a usage or configuration error (one line on stderr, no
+traceback), 130 when interrupted. Nothing imports this module but ``__main__``.
 """
 
 from __future__ import annotations
@@ -15,29 +16,28 @@ from typing import Any
 
 # First: the next import of structlog (via settings) skips rich, ~100 ms of start-up.
 from batchsub import __version__, structlog_without_rich  # noqa: F401
-from batchsub.commands._flags import add_send_flags
 from batchsub.errors import BatchsubError
 from batchsub.settings import Settings, load_settings
 
-# Modules that add commands of their own: each has ``add_parser(commands)``, which registers
-# its subcommands with ``handler=...`` (a ``(Settings, Namespace) -> int`` callable).
-# Only the module of the command being run is imported: start-up time is part of every
+# The module of each command: its ``add_parser(commands)`` registers the subcommand with
+# ``handler=...`` (a ``(Settings, Namespace) -> int`` callable). Only the module of the
+# command being run is imported: start-up time is part of every
 # run's cost, and the queue and daemon modules pull in aio-pika, watchfiles, prometheus.
 _COMMAND_MODULES: dict[str, str] = {
+    "run": "batchsub.commands.run",
     "validate": "batchsub.ops_commands",
     "plan": "batchsub.ops_commands",
     "status": "batchsub.ops_commands",
     "report": "batchsub.ops_commands",
     "retry": "batchsub.ops_commands",
     "config": "batchsub.ops_commands",
-    "watch": "batchsub.watch",
-    "publish": "batchsub.queue_commands",
-    "consume": "batchsub.queue_commands",
-    "simulator": "batchsub.simulator.command",
-    "healthcheck": "batchsub.healthcheck",
-    "auth": "batchsub.auth_check",
+    "watch": "batchsub.commands.watch",
+    "publish": "batchsub.commands.queue",
+    "consume": "batchsub.commands.queue",
+    "simulator": "batchsub.commands.simulator",
+    "healthcheck": "batchsub.commands.healthcheck",
+    "auth": "batchsub.commands.auth",
 }
-_BUILT_IN = frozenset({"run"})
 
 
 def _modules_for(argv: Sequence[str] | None) -> list[str]:
@@ -50,8 +50,6 @@ def _modules_for(argv: Sequence[str] | None) -> list[str]:
             index += 2
             continue
         if not word.startswith("-"):
-            if word in _BUILT_IN:
-                return []
             if word in _COMMAND_MODULES:
                 return [_COMMAND_MODULES[word]]
             break
@@ -71,26 +69,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="create every job of a directory of manifests")
-    run.add_argument("directory", type=Path, help="directory of .json/.yaml/.yml manifests")
-    add_send_flags(run)
-    run.add_argument("--report", type=Path, help="write a JSON report of every job to this file")
-    run.add_argument(
-        "--simulator", action="store_true", help="start the built-in DLI simulator and send to it"
-    )
-    run.add_argument(
-        "--progress", choices=["auto", "on", "off"], help="progress bar (default: auto)"
-    )
-    run.add_argument(
-        "--dry-run", action="store_true", help="show what a run would do (as `plan`); send nothing"
-    )
-    run.add_argument(
-        "--parse-workers",
-        type=int,
-        help="processes that read and parse manifests beside the sender; 0: none (default: 1)",
-    )
-    run.set_defaults(handler=_run_command)
-
     for module in _modules_for(argv):
         importlib.import_module(module).add_parser(commands)
     return parser
@@ -109,24 +87,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("batchsub: interrupted", file=sys.stderr)
         return 130
-
-
-def _run_command(settings: Settings, args: argparse.Namespace) -> int:
-    """``batchsub run DIR`` (or, with ``--dry-run``, ``batchsub plan DIR``)."""
-    if args.dry_run:
-        from batchsub.ops_commands import plan_command
-
-        plan_args = argparse.Namespace(
-            directory=args.directory, check_remote=False, json=False, all=False
-        )
-        return plan_command(settings, plan_args)
-    from batchsub import eventloop
-    from batchsub.runner import run_directory
-
-    return eventloop.run(
-        run_directory(settings, args.directory, args.report, simulator=args.simulator),
-        settings.event_loop,
-    )
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from batchsub.cli import main
+from batchsub.commands.queue import consume_source, prefetch_for, publish_directory
 from batchsub.errors import ConfigError
-from batchsub.queue_commands import consume_source, prefetch_for, publish_directory
 from batchsub.settings import Settings
 from batchsub.sources.amqp import (
     ERROR_HEADER,

@@ -16,17 +16,17 @@ from typing import Any
 
 import pytest
 
+from batchsub.commands.queue import consume_source, prefetch_for, publish_directory
+from batchsub.commands.watch import watch
 from batchsub.jobs import LedgerState
 from batchsub.ledgers import SqliteLedger
 from batchsub.ops_commands import retry_failed
-from batchsub.queue_commands import consume_source, prefetch_for, publish_directory
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings
 from batchsub.sources.amqp import open_amqp_source
 from batchsub.sources.directory import DirectorySource
 from batchsub.sources.dropfolder import DropFolderSource
-from batchsub.watch import watch
 from tests.amqp_support import AMQP_URL, Broker, broker_listening
 from tests.conftest import (
     PROJECT,

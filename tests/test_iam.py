@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from batchsub.commands.watch import watch
 from batchsub.errors import ConfigError, FatalApiError, RetryableError
 from batchsub.iam import DOCUMENTED_LIFETIME, IamLogin, IamTokenAuth, password_source
 from batchsub.jobs import JobResult, JobSpec, ManifestItem
@@ -26,7 +27,6 @@ from batchsub.settings import Settings, load_settings
 from batchsub.simulator import RunningSimulator
 from batchsub.sources.directory import DirectorySource
 from batchsub.sources.dropfolder import DropFolderSource
-from batchsub.watch import watch
 from tests.conftest import PROJECT, REPO, FakeClock, SimulatorFactory, job_spec, write_manifests
 from tests.test_dropfolder import drop, eventually, job, names_in
 from tests.test_run import settings_for

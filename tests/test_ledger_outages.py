@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchsub.queue_commands import publish_directory
+from batchsub.commands.queue import publish_directory
 from batchsub.sources.amqp import REQUEUE_DELAY
 from tests.amqp_support import AMQP_URL, Broker, broker_listening
 from tests.conftest import PROJECT, write_manifests

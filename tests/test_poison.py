@@ -20,8 +20,8 @@ import orjson
 import pytest
 from aiohttp import web
 
+from batchsub.commands.queue import consume_source, prefetch_for, publish_directory
 from batchsub.jobs import JobSpec, ManifestItem, Outcome
-from batchsub.queue_commands import consume_source, prefetch_for, publish_directory
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings

@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from batchsub.cli import build_parser
+from batchsub.commands.simulator import config_from_args
 from batchsub.settings import load_settings
 from batchsub.simulator import SimulatorConfig
-from batchsub.simulator.command import config_from_args
 from tests.conftest import PROJECT, TOKEN
 from tests.test_crash import batchsub, free_port, stop, wait_for
 

@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from batchsub.commands.watch import add_parser, main, watch
 from batchsub.http_server import serve_app
 from batchsub.logs import configure_logging
 from batchsub.metrics import Metrics, create_metrics_app
@@ -28,7 +29,6 @@ from batchsub.settings import Settings, load_settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from batchsub.simulator.store import SimJob
 from batchsub.sources.dropfolder import DropFolderSource
-from batchsub.watch import add_parser, main, watch
 from tests.conftest import PROJECT, REPO, TOKEN, SimulatorFactory
 from tests.http_support import is_list_call, proxying
 from tests.test_dropfolder import drop, eventually, job, names_in
