@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import csv
 import dataclasses
 import heapq
@@ -30,10 +29,8 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 
 from batchsub import eventloop
-from batchsub.calls import SafeCaller
-from batchsub.client import DliClient, close_session, make_session
 from batchsub.commands._flags import add_send_flags
-from batchsub.errors import ApiError, ConfigError, FatalApiError, RetryableError
+from batchsub.errors import ConfigError
 from batchsub.files import STDOUT, check_output, is_stdout, open_output
 from batchsub.jobs import (
     IN_DOUBT_STATES,
@@ -44,30 +41,24 @@ from batchsub.jobs import (
     ManifestItem,
     SettledJob,
 )
-from batchsub.limiter import RateLimiter
 from batchsub.logs import configure_command_logging
 from batchsub.manifest import diff_fields
 from batchsub.masking import mask_url
-from batchsub.protocols import Auth, Ledger
-from batchsub.reachability import Reachability
+from batchsub.protocols import Ledger
 from batchsub.reconcile import Reconciler
 from batchsub.report import RunAccount
-from batchsub.runner import (
-    NO_PROJECT,
-    Target,
-    credential_in_use,
-    dli_client,
-    is_shared_ledger,
-    open_ledger,
-    opened_auth,
-    project_id_for,
-    refused_credential,
-    retry_policy,
-    run_source,
-)
+from batchsub.runner import run_source
 from batchsub.settings import DEFAULT_CONFIG_FILE, Settings, config_file_in_use
 from batchsub.sources.directory import DirectorySource
 from batchsub.sources.ledger_source import LedgerFailedSource
+from batchsub.wiring import (
+    NO_PROJECT,
+    credential_in_use,
+    is_shared_ledger,
+    open_ledger,
+    project_id_for,
+    remote_api,
+)
 
 # rich is imported where a table is drawn: retry, report and config show never draw one.
 if TYPE_CHECKING:
@@ -76,7 +67,6 @@ if TYPE_CHECKING:
 
 TABLE_LIMIT = 500  # rows a human table shows at most; --json always has every row
 PLAN_BATCH = 256  # jobs looked up in the ledger per query
-REMOTE_LIST_ATTEMPTS = 3  # plan asks, it does not insist: an unreachable endpoint fails fast
 FAILURE_STATES = frozenset({LedgerState.FAILED, LedgerState.RETRYING, LedgerState.UNKNOWN})
 REPORT_FIELDS = (
     "project_id",
@@ -397,64 +387,10 @@ async def _plan_batch(
     return rows
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RemoteApi:
-    """What a command needs for list calls: where, with which credential, and how to call."""
-
-    target: Target
-    client: DliClient
-    caller: SafeCaller
-
-
-@contextlib.asynccontextmanager
-async def remote_api(settings: Settings, project_id: str) -> AsyncIterator[RemoteApi]:
-    """A client and a retrying caller for list calls (any number of them).
-
-    A list that cannot be read is never taken for an empty one: every failure here, after a
-    few tries, is a one-line ConfigError with the fix.
-    """
-    endpoint = settings.resolved_endpoint()
-    async with opened_auth(settings, project_id) as auth:
-        target = Target(endpoint, project_id, auth)
-        session = make_session(
-            settings.concurrency, str(settings.ca_file) if settings.ca_file else None
-        )
-        try:
-            client = dli_client(
-                session,
-                target,
-                timeout=settings.timeout,
-                connect_timeout=settings.connect_timeout,
-                reachability=Reachability(quiet=True),  # the error line says it
-            )
-            policy = dataclasses.replace(
-                retry_policy(settings),
-                max_attempts=min(REMOTE_LIST_ATTEMPTS, settings.max_attempts),
-            )
-            yield RemoteApi(target, client, SafeCaller(RateLimiter(settings.rate), policy))
-        except ApiError as exc:
-            raise ConfigError(_remote_failure(exc, mask_url(endpoint), auth)) from None
-        finally:
-            await close_session(session)
-
-
 async def list_remote_jobs(settings: Settings, project_id: str) -> dict[str, int]:
     """Name -> lowest job_id of every Flink Jar job of the project: list calls only."""
     async with remote_api(settings, project_id) as api:
         return await Reconciler(api.client, api.caller).list_jobs()
-
-
-def _remote_failure(exc: ApiError, endpoint: str, auth: Auth) -> str:
-    """The one line for a failed list call, naming the fix."""
-    if exc.status in (401, 403):
-        return refused_credential(auth, exc)
-    if isinstance(exc, FatalApiError):  # TLS: the message already names --ca-file
-        return str(exc)
-    if exc.status == 404:
-        return f"HTTP 404 listing jobs at {endpoint}: wrong --endpoint or --project-id? ({exc})"
-    if isinstance(exc, RetryableError) and exc.status is None:
-        return f"cannot reach {endpoint} ({exc}); check --endpoint/--region and the network"
-    return f"cannot list jobs at {endpoint}: {exc}"
 
 
 def plan_command(settings: Settings, args: argparse.Namespace) -> int:

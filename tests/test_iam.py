@@ -22,11 +22,12 @@ from batchsub.errors import ConfigError, FatalApiError, RetryableError
 from batchsub.iam import DOCUMENTED_LIFETIME, IamLogin, IamTokenAuth, password_source
 from batchsub.jobs import JobResult, JobSpec, ManifestItem
 from batchsub.report import RunAccount
-from batchsub.runner import build_auth, credential_in_use, run_source
+from batchsub.runner import run_source
 from batchsub.settings import Settings, load_settings
 from batchsub.simulator import RunningSimulator
 from batchsub.sources.directory import DirectorySource
 from batchsub.sources.dropfolder import DropFolderSource
+from batchsub.wiring import build_auth, credential_in_use
 from tests.conftest import PROJECT, REPO, FakeClock, SimulatorFactory, job_spec, write_manifests
 from tests.test_dropfolder import drop, eventually, job, names_in
 from tests.test_run import settings_for

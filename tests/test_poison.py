@@ -254,7 +254,7 @@ async def test_an_api_error_message_holding_nul_is_stored_escaped(
 
 
 async def _records(settings: Settings) -> dict[str, tuple[str, str | None]]:
-    from batchsub.runner import open_ledger
+    from batchsub.wiring import open_ledger
 
     ledger = open_ledger(settings.ledger, read_only=True)
     await ledger.open()
