@@ -25,12 +25,12 @@ from batchsub.settings import Settings, load_settings
 # run's cost, and the queue and daemon modules pull in aio-pika, watchfiles, prometheus.
 _COMMAND_MODULES: dict[str, str] = {
     "run": "batchsub.commands.run",
-    "validate": "batchsub.ops_commands",
-    "plan": "batchsub.ops_commands",
-    "status": "batchsub.ops_commands",
-    "report": "batchsub.ops_commands",
-    "retry": "batchsub.ops_commands",
-    "config": "batchsub.ops_commands",
+    "validate": "batchsub.commands.validate",
+    "plan": "batchsub.commands.plan",
+    "status": "batchsub.commands.status",
+    "report": "batchsub.commands.report",
+    "retry": "batchsub.commands.retry",
+    "config": "batchsub.commands.config",
     "watch": "batchsub.commands.watch",
     "publish": "batchsub.commands.queue",
     "consume": "batchsub.commands.queue",

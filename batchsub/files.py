@@ -15,6 +15,7 @@ file of this process, and our own standard output is written through ``sys.stdou
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 import sys
@@ -158,3 +159,26 @@ def _stream(named: Path, target: _Target | None) -> Iterator[IO[bytes]]:
     else:
         with atomic_file(target.path) as out:
             yield out
+
+
+@contextlib.contextmanager
+def text_output(named: Path | None, flag: str) -> Iterator[IO[str]]:
+    """UTF-8 text to ``named`` as ``open_output`` writes it, or to stdout when None."""
+    with open_output(STDOUT if named is None else named, flag) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="", write_through=True)
+        try:
+            yield text
+            text.flush()
+        finally:
+            text.detach()  # the stream is open_output's to close (stdout: never)
+
+
+@contextlib.contextmanager
+def stdout_may_close() -> Iterator[None]:
+    """A reader that stops early (``batchsub report | head``) is not an error."""
+    try:
+        yield
+    except BrokenPipeError:
+        # Python's documented idiom: point stdout at devnull so the flush at exit is silent.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())

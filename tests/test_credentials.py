@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from batchsub.commands.queue import consume_source, prefetch_for, publish_directory
+from batchsub.commands.retry import retry_failed
 from batchsub.commands.watch import watch
 from batchsub.jobs import LedgerState
 from batchsub.ledgers import SqliteLedger
-from batchsub.ops_commands import retry_failed
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings

@@ -21,9 +21,9 @@ import pytest
 from aiohttp import web
 
 from batchsub.cli import main
+from batchsub.commands.retry import retry_failed
 from batchsub.jobs import LedgerState
 from batchsub.ledgers import SqliteLedger
-from batchsub.ops_commands import retry_failed
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings

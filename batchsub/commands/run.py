@@ -43,7 +43,7 @@ def add_parser(commands: Any) -> None:
 def run_command(settings: Settings, args: argparse.Namespace) -> int:
     """``batchsub run DIR`` (or, with ``--dry-run``, ``batchsub plan DIR``)."""
     if args.dry_run:
-        from batchsub.ops_commands import plan_command
+        from batchsub.commands.plan import plan_command
 
         plan_args = argparse.Namespace(
             directory=args.directory, check_remote=False, json=False, all=False

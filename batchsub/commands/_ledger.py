@@ -1,0 +1,33 @@
+"""The ledger a reading command names: it must exist, since reading must not create one."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from batchsub.errors import ConfigError
+from batchsub.protocols import Ledger
+from batchsub.wiring import is_shared_ledger, open_ledger
+
+
+def add_ledger_flags(parser: argparse.ArgumentParser) -> None:
+    """``--ledger`` and ``--project-id`` of the commands that read a ledger."""
+    parser.add_argument("--ledger", help="ledger: a SQLite file path (default: ./batchsub.db)")
+    parser.add_argument("--project-id", help="only this project's jobs (default: every project)")
+
+
+def ledger_exists(spec: str) -> bool:
+    """A shared (PostgreSQL) ledger, or a SQLite file that is there: reading it creates nothing."""
+    return is_shared_ledger(spec) or Path(spec).is_file()
+
+
+def require_ledger(spec: str) -> None:
+    """Fail in one line unless the ledger named by ``--ledger`` exists."""
+    if not ledger_exists(spec):
+        raise ConfigError(f"ledger {spec} does not exist: pass --ledger PATH, the file a run wrote")
+
+
+def existing_ledger(spec: str) -> Ledger:
+    """The ledger named by ``--ledger``, which must exist: reading must not create an empty one."""
+    require_ledger(spec)
+    return open_ledger(spec, read_only=True)
