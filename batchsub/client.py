@@ -24,7 +24,14 @@ import orjson
 from yarl import URL
 
 from batchsub.auth import JSON_CONTENT_TYPE
-from batchsub.errors import ApiError, ConfigError, FatalApiError, RetryableError
+from batchsub.errors import (
+    CONNECT_FAILED,
+    UNREADABLE,
+    ApiError,
+    ConfigError,
+    FatalApiError,
+    RetryableError,
+)
 from batchsub.jobs import ErrorInfo
 from batchsub.masking import mask_url
 from batchsub.protocols import Auth
@@ -78,8 +85,6 @@ _ACCEPTED = frozenset({AnswerKind.CREATED, AnswerKind.PERMANENT, AnswerKind.DUPL
 _SERVER_SIDE_CODES = frozenset({"DLI.0999"})
 _EXISTS_CODES = frozenset({"DLI.0006"})
 LIST_PAGE_SIZE = 100
-CONNECT_FAILED = "CONNECT"  # RetryableError code: no connection could be made at all
-UNREADABLE = "UNREADABLE"  # RetryableError code: a list answer that is not a job list
 # Seconds a TCP connection may take: an address that never answers (a wrong region's, a
 # firewall that drops) fails in seconds, not after the whole request timeout.
 CONNECT_TIMEOUT = 5.0
@@ -306,7 +311,7 @@ class DliClient:
     # --- the job life cycle: run, stop, detail, list pages with statuses -----------------
     # Run and stop are not idempotent in effect, so they are not retried here: like creates,
     # they return a classified answer and the starter decides. Detail and status pages raise
-    # ApiError subclasses and go through calls.SafeCaller, as the list call does.
+    # ApiError subclasses and go through retry.RetryingCaller, as the list call does.
 
     async def run_jobs(
         self, job_ids: Sequence[int], *, resume_savepoint: bool = False

@@ -12,6 +12,9 @@ BatchsubError
  +-- ApiError             the API answered with an error or could not be reached
       +-- FatalApiError       stop the whole run (401/403: a wrong credential or project)
       +-- RetryableError      try again later; ``defer`` says how long at least
+                              (``code`` CONNECT_FAILED: no connection could be made;
+                              UNREADABLE: an answer that is not the API's, such as a
+                              proxy's page instead of a job list)
 
 aiohttp errors are turned into ApiError in ``batchsub.client``, and sqlite3/aiosqlite and
 asyncpg errors into the LedgerError classes in ``batchsub.ledgers``; nothing else catches
@@ -19,6 +22,9 @@ library exceptions.
 """
 
 from __future__ import annotations
+
+CONNECT_FAILED = "CONNECT"  # RetryableError code: no connection could be made at all
+UNREADABLE = "UNREADABLE"  # RetryableError code: a list answer that is not a job list
 
 
 class BatchsubError(Exception):

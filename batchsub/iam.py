@@ -27,14 +27,20 @@ import structlog
 from yarl import URL
 
 from batchsub.client import (
-    CONNECT_FAILED,
     AnswerKind,
     CreateAnswer,
     DliClient,
     JobPage,
     make_session,
 )
-from batchsub.errors import ApiError, ConfigError, FatalApiError, RetryableError, os_reason
+from batchsub.errors import (
+    CONNECT_FAILED,
+    ApiError,
+    ConfigError,
+    FatalApiError,
+    RetryableError,
+    os_reason,
+)
 from batchsub.jobs import ErrorInfo
 from batchsub.retry import parse_retry_after
 from batchsub.settings import Settings

@@ -19,19 +19,19 @@ from typing import Any
 
 import structlog
 
-from batchsub.calls import GIVE_UP_AFTER, SafeCaller
 from batchsub.client import make_session
 from batchsub.console import ProgressDisplay, print_summary
 from batchsub.errors import OutputError
 from batchsub.jobs import JobResult
 from batchsub.ledgers.outage import Outage
-from batchsub.limiter import RateLimiter, RetryBudget
+from batchsub.limiter import RateLimiter
 from batchsub.logs import configure_command_logging
 from batchsub.masking import mask_url
 from batchsub.protocols import Auth, FileIndex, RunObserver, Source
 from batchsub.reachability import Reachability
 from batchsub.reconcile import Reconciler
 from batchsub.report import EXIT_FATAL, RunAccount
+from batchsub.retry import GIVE_UP_AFTER, RetryBudget, RetryingCaller
 from batchsub.settings import Settings
 from batchsub.sources.directory import DirectorySource, iter_manifest_paths
 from batchsub.sources.parser_pool import ParserPool
@@ -128,7 +128,7 @@ async def run_source(
         )
         # A one-shot run with nobody listening at the endpoint says so in seconds; a daemon
         # keeps trying through an outage, as long as the retry policy allows.
-        caller = SafeCaller(limiter, policy, give_up_after=None if endless else GIVE_UP_AFTER)
+        caller = RetryingCaller(limiter, policy, give_up_after=None if endless else GIVE_UP_AFTER)
         reconciler = Reconciler(
             client,
             caller,

@@ -22,7 +22,7 @@ Jobs are sent ``batch_size`` (default 100) ids per call, chosen over one id per 
 ``bench/start_modes.py`` (``bench/results.md`` section 6): a hundredth of the run calls, so
 a hundredth of the rate budget and of the wall time under a rate limit, and a lost answer
 costs one grace and one status read for the whole call instead of for each job; neither way
-ever ran a job twice. Run and stop are not retried by ``SafeCaller``: their retries are
+ever ran a job twice. Run and stop are not retried by ``RetryingCaller``: their retries are
 decided here, from the statuses.
 """
 

@@ -31,8 +31,9 @@ from typing import TypeVar
 
 import structlog
 
-from batchsub.client import UNREADABLE, AnswerKind, CreateAnswer, DliClient
+from batchsub.client import AnswerKind, CreateAnswer, DliClient
 from batchsub.errors import (
+    UNREADABLE,
     ApiError,
     FatalApiError,
     LedgerError,
@@ -53,11 +54,11 @@ from batchsub.jobs import (
     SettledJob,
 )
 from batchsub.ledgers.outage import Outage
-from batchsub.limiter import RateLimiter, RetryBudget
+from batchsub.limiter import RateLimiter
 from batchsub.manifest import diff_fields, validate_spec
 from batchsub.protocols import Ledger, Source
 from batchsub.reconcile import Reconciler
-from batchsub.retry import RetryPolicy
+from batchsub.retry import RetryBudget, RetryPolicy
 
 log = structlog.get_logger("batchsub.submitter")
 

@@ -18,7 +18,6 @@ import aiohttp
 import structlog
 
 from batchsub.auth import AkSkAuth, TokenAuth
-from batchsub.calls import SafeCaller
 from batchsub.client import CONNECT_TIMEOUT, DliClient, close_session, make_session
 from batchsub.errors import ApiError, ConfigError, FatalApiError, RetryableError
 from batchsub.iam import IamDliClient, IamTokenAuth, auth_from_settings
@@ -28,7 +27,7 @@ from batchsub.limiter import RateLimiter
 from batchsub.masking import mask_url
 from batchsub.protocols import Auth, Ledger
 from batchsub.reachability import Reachability
-from batchsub.retry import RetryPolicy
+from batchsub.retry import RetryingCaller, RetryPolicy
 from batchsub.settings import Settings
 
 log = structlog.get_logger("batchsub.run")
@@ -227,7 +226,7 @@ class RemoteApi:
 
     target: Target
     client: DliClient
-    caller: SafeCaller
+    caller: RetryingCaller
 
 
 @contextlib.asynccontextmanager
@@ -255,7 +254,7 @@ async def remote_api(settings: Settings, project_id: str) -> AsyncIterator[Remot
                 retry_policy(settings),
                 max_attempts=min(REMOTE_LIST_ATTEMPTS, settings.max_attempts),
             )
-            yield RemoteApi(target, client, SafeCaller(RateLimiter(settings.rate), policy))
+            yield RemoteApi(target, client, RetryingCaller(RateLimiter(settings.rate), policy))
         except ApiError as exc:
             raise ConfigError(_remote_failure(exc, mask_url(endpoint), auth)) from None
         finally:

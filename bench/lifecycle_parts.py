@@ -22,10 +22,9 @@ import structlog
 from procs import PROJECT, TOKEN
 
 from batchsub.auth import TokenAuth
-from batchsub.calls import SafeCaller
 from batchsub.client import AnswerKind, DliClient, make_session
 from batchsub.limiter import RateLimiter
-from batchsub.retry import RetryPolicy
+from batchsub.retry import RetryingCaller, RetryPolicy
 from batchsub.start_ledger import MemoryStartLedger
 from batchsub.starter import Starter, StartJob
 from batchsub.status_reader import StatusReader
@@ -80,7 +79,7 @@ async def parts(url: str, rate: float, concurrency: int = 16) -> AsyncIterator[P
         client = DliClient(session, url, PROJECT, TokenAuth(TOKEN), timeout=10.0)
         limiter = RateLimiter(rate)
         policy = RetryPolicy(base_delay=0.2, max_delay=5.0)
-        reader = StatusReader(client, SafeCaller(limiter, policy))
+        reader = StatusReader(client, RetryingCaller(limiter, policy))
         yield Parts(url, client, limiter, policy, reader, MemoryStartLedger())
     finally:
         await session.close()

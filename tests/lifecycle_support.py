@@ -19,11 +19,10 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from batchsub.auth import TokenAuth
-from batchsub.calls import SafeCaller
 from batchsub.client import DliClient
 from batchsub.http_server import serve_app
 from batchsub.limiter import RateLimiter
-from batchsub.retry import RetryPolicy
+from batchsub.retry import RetryingCaller, RetryPolicy
 from batchsub.simulator import RunningSimulator, SimulatorConfig, create_app
 from batchsub.start_ledger import MemoryStartLedger
 from batchsub.start_rules import StartOptions
@@ -67,7 +66,7 @@ class Rig:
     def __post_init__(self) -> None:
         self.client = self.client_for(TOKEN)
         self.reader = StatusReader(
-            self.client, SafeCaller(self.limiter, self.policy), clock=self.clock
+            self.client, RetryingCaller(self.limiter, self.policy), clock=self.clock
         )
 
     def client_for(self, token: str, timeout: float = 2.0) -> DliClient:

@@ -12,14 +12,12 @@ from aiohttp import web
 
 from batchsub.auth import TokenAuth
 from batchsub.client import (
-    CONNECT_FAILED,
-    UNREADABLE,
     AnswerKind,
     DliClient,
     JobPage,
     classify_create,
 )
-from batchsub.errors import ApiError, FatalApiError, RetryableError
+from batchsub.errors import CONNECT_FAILED, UNREADABLE, ApiError, FatalApiError, RetryableError
 from tests.conftest import PROJECT, TOKEN, SimulatorFactory
 from tests.http_support import serving, unanswered_port
 

@@ -24,17 +24,16 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from batchsub.auth import TokenAuth
-from batchsub.calls import SafeCaller
 from batchsub.client import DliClient
 from batchsub.errors import ConfigError
 from batchsub.jobs import Claim, JobSpec, LedgerState, Outcome
 from batchsub.ledgers import SqliteLedger
 from batchsub.ledgers.postgres import PostgresLedger
-from batchsub.limiter import RateLimiter, RetryBudget
+from batchsub.limiter import RateLimiter
 from batchsub.protocols import Ledger
 from batchsub.reconcile import Reconciler
 from batchsub.report import RunAccount
-from batchsub.retry import RetryPolicy
+from batchsub.retry import RetryBudget, RetryingCaller, RetryPolicy
 from batchsub.runner import run_source
 from batchsub.settings import load_settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig
@@ -111,7 +110,7 @@ async def run_paced(
     source = ListSource(list(specs))
     async with aiohttp.ClientSession() as session:
         client = DliClient(session, sim_url, PROJECT, TokenAuth(TOKEN), timeout=2.0)
-        reconciler = Reconciler(client, SafeCaller(RateLimiter(0), policy), batch_window=0.01)
+        reconciler = Reconciler(client, RetryingCaller(RateLimiter(0), policy), batch_window=0.01)
         submitter = Submitter(
             client=client,
             ledger=ledger,

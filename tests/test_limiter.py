@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from batchsub.limiter import RateLimiter, RetryBudget, parse_throttle_limit
+from batchsub.limiter import RateLimiter, parse_throttle_limit
+from batchsub.retry import RetryBudget
 
 START = 1_000.0
 STATED = 0.97  # the limiter paces 3% under a limit the gateway states
