@@ -26,13 +26,8 @@ import orjson
 import structlog
 from yarl import URL
 
-from batchsub.client import (
-    AnswerKind,
-    CreateAnswer,
-    DliClient,
-    JobPage,
-    make_session,
-)
+from batchsub.answers import AnswerKind, CreateAnswer, JobPage
+from batchsub.client import DliClient, make_session
 from batchsub.errors import (
     CONNECT_FAILED,
     ApiError,

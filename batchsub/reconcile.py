@@ -29,7 +29,8 @@ from collections.abc import Callable
 
 import structlog
 
-from batchsub.client import LIST_PAGE_SIZE, DliClient, JobPage, RemoteJob
+from batchsub.answers import JobPage, RemoteJob
+from batchsub.client import LIST_PAGE_SIZE, DliClient
 from batchsub.errors import ApiError
 from batchsub.retry import RetryingCaller
 

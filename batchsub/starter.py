@@ -40,7 +40,8 @@ from typing import TypeVar
 
 import structlog
 
-from batchsub.client import BatchAnswer, BatchElement, BatchKind, DliClient
+from batchsub.answers import BatchAnswer, BatchElement, BatchKind
+from batchsub.client import DliClient
 from batchsub.errors import ApiError, FatalApiError
 from batchsub.jobs import ErrorInfo
 from batchsub.limiter import RateLimiter

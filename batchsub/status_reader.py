@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
-from batchsub.client import JOB_GONE, LIST_PAGE_SIZE, DliClient, JobStatus, StatusPage
+from batchsub.answers import JOB_GONE, JobStatus, StatusPage
+from batchsub.client import LIST_PAGE_SIZE, DliClient
 from batchsub.errors import ApiError
 from batchsub.retry import RetryingCaller
 

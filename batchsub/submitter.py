@@ -31,7 +31,8 @@ from typing import TypeVar
 
 import structlog
 
-from batchsub.client import AnswerKind, CreateAnswer, DliClient
+from batchsub.answers import AnswerKind, CreateAnswer
+from batchsub.client import DliClient
 from batchsub.errors import (
     UNREADABLE,
     ApiError,

@@ -31,7 +31,7 @@ from enum import StrEnum
 
 import structlog
 
-from batchsub.client import JobStatus
+from batchsub.answers import JobStatus
 from batchsub.errors import ApiError, FatalApiError
 from batchsub.protocols import RateView
 from batchsub.start_ledger import StartLedger, StatusSeen

@@ -21,8 +21,9 @@ import orjson
 import structlog
 from procs import PROJECT, TOKEN
 
+from batchsub.answers import AnswerKind
 from batchsub.auth import TokenAuth
-from batchsub.client import AnswerKind, DliClient, make_session
+from batchsub.client import DliClient, make_session
 from batchsub.limiter import RateLimiter
 from batchsub.retry import RetryingCaller, RetryPolicy
 from batchsub.start_ledger import MemoryStartLedger

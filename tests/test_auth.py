@@ -11,8 +11,9 @@ from aiohttp import web
 from yarl import URL
 
 from batchsub import signer
+from batchsub.answers import AnswerKind
 from batchsub.auth import JSON_CONTENT_TYPE, AkSkAuth, TokenAuth
-from batchsub.client import AnswerKind, DliClient
+from batchsub.client import DliClient
 from batchsub.errors import FatalApiError
 from batchsub.protocols import Auth
 from tests.conftest import SimulatorFactory

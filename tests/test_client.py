@@ -10,13 +10,9 @@ import orjson
 import pytest
 from aiohttp import web
 
+from batchsub.answers import AnswerKind, JobPage, classify_create
 from batchsub.auth import TokenAuth
-from batchsub.client import (
-    AnswerKind,
-    DliClient,
-    JobPage,
-    classify_create,
-)
+from batchsub.client import DliClient
 from batchsub.errors import CONNECT_FAILED, UNREADABLE, ApiError, FatalApiError, RetryableError
 from tests.conftest import PROJECT, TOKEN, SimulatorFactory
 from tests.http_support import serving, unanswered_port

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchsub.client import JobStatus
+from batchsub.answers import JobStatus
 from batchsub.start_ledger import StartRecord, StartState
 from batchsub.start_rules import StartAction, StartOptions, decide_start
 from batchsub.statuses import ACTIVE, FAILED, KNOWN, Phase, phase

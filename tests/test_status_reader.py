@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batchsub.client import JobStatus
+from batchsub.answers import JobStatus
 from batchsub.status_reader import Seen
 from tests.lifecycle_support import Rig, rig
 
