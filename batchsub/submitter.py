@@ -33,6 +33,7 @@ import structlog
 
 from batchsub.answers import AnswerKind, CreateAnswer
 from batchsub.client import DliClient
+from batchsub.create_rules import CreateAction, decide_create
 from batchsub.errors import (
     UNREADABLE,
     ApiError,
@@ -42,7 +43,6 @@ from batchsub.errors import (
     LedgerUnavailable,
 )
 from batchsub.jobs import (
-    IN_DOUBT_STATES,
     Claim,
     ErrorInfo,
     InvalidManifest,
@@ -56,7 +56,7 @@ from batchsub.jobs import (
 )
 from batchsub.ledgers.outage import Outage
 from batchsub.limiter import RateLimiter
-from batchsub.manifest import diff_fields, validate_spec
+from batchsub.manifest import validate_spec
 from batchsub.protocols import Ledger, Source
 from batchsub.reconcile import Reconciler
 from batchsub.retry import RetryBudget, RetryPolicy
@@ -273,20 +273,20 @@ class Submitter:
                 await self._finish(source, item, self._refused(item, refused[item.name]))
                 continue
             record = records.get(item.name)
-            settled = _settled_result(item, record)
+            known = _known_result(item, record)
             if (
-                settled is not None
-                and settled.outcome is Outcome.ALREADY_CREATED
+                known is not None
+                and known.outcome is Outcome.ALREADY_CREATED
                 and (several := self._reconciler.ids_of(item.name))
             ):  # recorded once, but the server's list shows more than one of that name
-                kept = several[0] if settled.job_id is None else settled.job_id
-                settled = self._duplicated(item, kept, {kept, *several}, 0)
-            if settled is None and not item.validated and (problem := validate_spec(item)):
+                kept = several[0] if known.job_id is None else known.job_id
+                known = self._duplicated(item, kept, {kept, *several}, 0)
+            if known is None and not item.validated and (problem := validate_spec(item)):
                 # Never send what the model rejects, whatever the source checked.
                 self._log.warning("job.invalid", source=item.source, error=problem.error)
-                settled = JobResult(item.source, item.name, Outcome.INVALID, error=problem.error)
-            if settled is not None:
-                await self._finish(source, item, settled)
+                known = JobResult(item.source, item.name, Outcome.INVALID, error=problem.error)
+            if known is not None:
+                await self._finish(source, item, known)
                 continue
             await self._job_slots.acquire()
             assert self._group is not None
@@ -345,9 +345,9 @@ class Submitter:
                 busy = self._in_flight[name] = asyncio.Event()
             await busy.wait()
             record = (await self._ledger.get_many(self._project, [name])).get(name)
-            settled = _settled_result(job.spec, record)
-            if settled is not None:
-                return settled
+            known = _known_result(job.spec, record)
+            if known is not None:
+                return known
             job = _Job(job.spec, record)
         self._in_flight[name] = None
         try:
@@ -365,7 +365,7 @@ class Submitter:
         spec = job.spec
         self._check_running()
         remote = await self._remote_snapshot()
-        in_doubt = job.record is not None and job.record.state in IN_DOUBT_STATES
+        in_doubt = decide_create(spec, job.record).action is CreateAction.RECONCILE
         known_id = remote.get(spec.name)
         if known_id is None and in_doubt and job.record is not None:
             # Sent by a worker that died (or a run that crashed) moments ago: its create may
@@ -747,25 +747,18 @@ async def _durably(write: Awaitable[_T]) -> _T:
     return await asyncio.shield(write)
 
 
-def _settled_result(spec: JobSpec, record: LedgerRecord | None) -> JobResult | None:
-    """The result for a job the ledger already settles (created before), else None."""
-    if record is None or record.state is not LedgerState.CREATED:
+def _known_result(spec: JobSpec, record: LedgerRecord | None) -> JobResult | None:
+    """The result of a job the ledger records as created (as it is, or drifted), else None."""
+    decision = decide_create(spec, record)
+    if record is None or decision.action not in (CreateAction.EXISTS, CreateAction.DRIFTED):
         return None
-    if record.body_hash != spec.body_hash:
-        drift = diff_fields(record.body, spec.body)
-        return JobResult(
-            spec.source,
-            spec.name,
-            Outcome.DRIFTED,
-            job_id=record.job_id,
-            error="manifest changed since the job was created: " + ", ".join(drift),
-            adopted=record.adopted,
-            drift=drift,
-        )
+    drifted = decision.action is CreateAction.DRIFTED
     return JobResult(
         spec.source,
         spec.name,
-        Outcome.ALREADY_CREATED,
+        Outcome.DRIFTED if drifted else Outcome.ALREADY_CREATED,
         job_id=record.job_id,
+        error=decision.reason,
         adopted=record.adopted,
+        drift=list(decision.drift),
     )

@@ -22,19 +22,17 @@ import orjson
 from batchsub.commands._flags import add_send_flags
 from batchsub.commands._ledger import ledger_exists
 from batchsub.commands._tables import TABLE_LIMIT, more, new_console, plural
+from batchsub.create_rules import CreateAction, decide_create
 from batchsub.errors import ConfigError
 from batchsub.files import stdout_may_close
 from batchsub.jobs import (
-    IN_DOUBT_STATES,
     InvalidManifest,
     JobSpec,
     LedgerRecord,
-    LedgerState,
     ManifestItem,
     SettledJob,
 )
 from batchsub.logs import configure_command_logging
-from batchsub.manifest import diff_fields
 from batchsub.masking import mask_url
 from batchsub.protocols import Ledger
 from batchsub.reconcile import Reconciler
@@ -111,19 +109,27 @@ def plan_job(
 ) -> PlanRow:
     """The action a run would take for ``spec``, given its ledger row and the remote names.
 
-    Mirrors the submitter: a created row settles the job (drifted if the body changed); any
-    other job found on the server by name is adopted; the rest are sent.
+    The submitter's own decision (``decide_create``): a created row ends the job (drifted if
+    the body changed); any other job found on the server by name is adopted; the rest are sent.
     """
+    decision = decide_create(spec, record)
+    action = decision.action
+    if record is not None and action is CreateAction.DRIFTED:
+        detail, drift = decision.reason or "", decision.drift
+        return PlanRow(spec.source, spec.name, Action.DRIFTED, record.job_id, detail, drift)
+    if record is not None and action is CreateAction.EXISTS:
+        detail = ""
+        if remote is not None and spec.name not in remote:
+            detail = "not found remotely (deleted?); the ledger says created, so it is not sent"
+        return PlanRow(spec.source, spec.name, Action.ALREADY_CREATED, record.job_id, detail)
     remote_id = remote.get(spec.name) if remote is not None else None
-    if record is not None and record.state is LedgerState.CREATED:
-        return _created_row(spec, record, remote)
     if remote_id is not None:
         was = f"ledger: {record.state.value}; " if record is not None else ""
         return PlanRow(spec.source, spec.name, Action.ADOPT, remote_id, was + "exists remotely")
     if record is None:
         return PlanRow(spec.source, spec.name, Action.CREATE)
     error = f": {record.error}" if record.error else ""
-    if record.state in IN_DOUBT_STATES:
+    if action is CreateAction.RECONCILE:
         if remote is not None:  # looked up already: not there, so it will be sent
             detail = f"was {record.state.value}{error}; not found remotely"
             return PlanRow(spec.source, spec.name, Action.CREATE, detail=detail)
@@ -131,17 +137,6 @@ def plan_job(
         return PlanRow(spec.source, spec.name, Action.RECONCILE, detail=detail)
     detail = f"{record.state.value} after {plural(record.attempts, 'attempt')}{error}"
     return PlanRow(spec.source, spec.name, Action.RETRY, detail=detail)
-
-
-def _created_row(spec: JobSpec, record: LedgerRecord, remote: Mapping[str, int] | None) -> PlanRow:
-    if record.body_hash != spec.body_hash:
-        drift = tuple(diff_fields(record.body, spec.body))
-        detail = "manifest changed since the job was created: " + ", ".join(drift)
-        return PlanRow(spec.source, spec.name, Action.DRIFTED, record.job_id, detail, drift)
-    detail = ""
-    if remote is not None and spec.name not in remote:
-        detail = "not found remotely (deleted?); the ledger says created, so it is not sent"
-    return PlanRow(spec.source, spec.name, Action.ALREADY_CREATED, record.job_id, detail)
 
 
 async def plan_rows(
