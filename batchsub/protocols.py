@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -35,8 +36,12 @@ class Source(Protocol):
 class Ledger(Protocol):
     """The durable record of every job's state, keyed by (project_id, name).
 
-    Every write that records a state is durable when the call returns: the submitter
-    commits ``submitting`` before a request leaves, so a crash never loses a job.
+    A write (``begin_attempt``, ``renew``, ``record``) returns a future of its result, and is
+    under way when the call returns: it is made whatever happens to its caller (cancelling
+    the future, or the task awaiting it, does not undo it), and it is durable when the future
+    is done. So an outcome the API gave reaches the ledger even while its run is cancelled,
+    and the cancellation still reaches the caller. The submitter commits ``submitting``
+    before a request leaves, so a crash never loses a job.
     """
 
     async def open(self) -> None:
@@ -51,16 +56,15 @@ class Ledger(Protocol):
         """The records of those names that exist (one round trip, for batches of names)."""
         ...
 
-    def begin_attempt(self, project_id: str, job: JobSpec) -> Awaitable[Claim | None]:
-        """Record the intent to send ``job`` (state submitting, attempts + 1), durably.
+    def begin_attempt(self, project_id: str, job: JobSpec) -> asyncio.Future[Claim | None]:
+        """Record the intent to send ``job`` (state submitting, attempts + 1).
 
-        Awaits the claim (the attempt number, and the monotonic deadline of the hold), or
-        None when another live worker holds the job or it is created. A coroutine or a
-        future: a backend may queue the write at the call and return a future.
+        The claim (the attempt number, and the monotonic deadline of the hold), or None when
+        another live worker holds the job or it is created.
         """
         ...
 
-    def renew(self, project_id: str, job: JobSpec, claim: Claim) -> Awaitable[Claim | None]:
+    def renew(self, project_id: str, job: JobSpec, claim: Claim) -> asyncio.Future[Claim | None]:
         """Extend ``claim`` from now, only while it is still this worker's; None if it is not.
 
         A claim is still ours when nobody claimed the job since (its attempt number is
@@ -78,8 +82,8 @@ class Ledger(Protocol):
         error: ErrorInfo | None = None,
         adopted: bool = False,
         attempt: int | None = None,
-    ) -> Awaitable[int | None]:
-        """Record a state (insert the row if absent), durably, releasing any claim.
+    ) -> asyncio.Future[int | None]:
+        """Record a state (insert the row if absent), releasing any claim.
 
         ``attempt``: the claim this outcome comes from; the write is skipped when another
         worker claimed the job since. ``created`` is a fact and always lands, but never

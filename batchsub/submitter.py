@@ -3,7 +3,8 @@
 Per job: look it up in the ledger; claim it (commit the intent, ``submitting``); send under
 the shared rate limiter; classify the answer; commit the outcome. A job whose answer was lost
 is ``unknown`` and is reconciled (looked up by name, under a fresh claim) before it is ever
-sent again. Ledger writes are shielded from cancellation, as arq's ``finish_job`` is.
+sent again. Ledger writes are made whatever becomes of the task that asked for them (the
+Ledger protocol), as arq shields ``finish_job``.
 
 Fencing: the claim is taken before the job waits for a request slot and its pacing turn (a
 commit's latency inside the slot would idle it), and proven live again as the last step
@@ -25,7 +26,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -517,7 +518,7 @@ class Submitter:
         """
         if claim.covers(self._monotonic(), self._claim_window):
             return True
-        renewed = await _durably(self._ledger.renew(self._project, spec, claim))
+        renewed = await self._ledger.renew(self._project, spec, claim)
         if renewed is not None and renewed.covers(self._monotonic(), self._claim_window):
             self._log.info("job.claim_renewed", attempt=claim.attempt)
             return True
@@ -672,7 +673,7 @@ class Submitter:
             raise RunStopped(f"not sent: {reason}") from None
 
     async def _begin(self, spec: JobSpec) -> Claim | None:
-        return await _durably(self._ledger.begin_attempt(self._project, spec))
+        return await self._ledger.begin_attempt(self._project, spec)
 
     async def _write(
         self,
@@ -685,18 +686,10 @@ class Submitter:
         attempt: int | None = None,
     ) -> int | None:
         """Commit a state; for ``created``, the job_id kept instead of ``job_id``, if any."""
-        # Shielded: an outcome the API already gave must reach the ledger even if we are
-        # being cancelled; the cancellation is re-raised after the write.
-        return await _durably(
-            self._ledger.record(
-                self._project,
-                spec,
-                state,
-                job_id=job_id,
-                error=error,
-                adopted=adopted,
-                attempt=attempt,
-            )
+        # An outcome the API already gave reaches the ledger even if we are being cancelled:
+        # the ledger makes the write whatever becomes of this task (the Ledger protocol).
+        return await self._ledger.record(
+            self._project, spec, state, job_id=job_id, error=error, adopted=adopted, attempt=attempt
         )
 
     async def _pause(self, delay: float) -> None:
@@ -733,18 +726,6 @@ class Submitter:
 
 def _error_of(exc: ApiError) -> ErrorInfo:
     return ErrorInfo(str(exc), exc.code, exc.status)
-
-
-async def _durably(write: Awaitable[_T]) -> _T:
-    """Await a ledger write that a cancellation of the caller must not abort.
-
-    A future is a write the ledger queued at the call (SQLite): it commits whatever happens
-    to the caller, so it is awaited as is. A coroutine (PostgreSQL) is shielded.
-    """
-    if isinstance(write, asyncio.Future):
-        queued: _T = await write
-        return queued
-    return await asyncio.shield(write)
 
 
 def _known_result(spec: JobSpec, record: LedgerRecord | None) -> JobResult | None:

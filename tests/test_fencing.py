@@ -244,8 +244,8 @@ async def test_a_claim_renewed_too_late_is_not_used(simulator: SimulatorFactory)
     clocks = Clocks()
 
     class SlowToRenew(PostgresLedger):
-        async def renew(self, project_id: str, job: JobSpec, claim: Claim) -> Claim | None:
-            renewed = await super().renew(project_id, job, claim)
+        async def _renew(self, project_id: str, job: JobSpec, claim: Claim) -> Claim | None:
+            renewed = await super()._renew(project_id, job, claim)
             clocks.mono.now += LEASE  # its answer took longer than the lease itself
             return renewed
 

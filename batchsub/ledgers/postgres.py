@@ -37,7 +37,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeAlias, TypeVar
 
@@ -332,7 +332,11 @@ class PostgresLedger:
             found.update((rec.name, rec) for rec in map(_to_record, rows))
         return found
 
-    async def begin_attempt(self, project_id: str, job: JobSpec) -> Claim | None:
+    def begin_attempt(self, project_id: str, job: JobSpec) -> asyncio.Future[Claim | None]:
+        """Claim ``job`` (a write the caller cannot abort: see ``_detached``)."""
+        return _detached(self._begin_attempt(project_id, job))
+
+    async def _begin_attempt(self, project_id: str, job: JobSpec) -> Claim | None:
         """Claim ``job`` (state submitting, attempts + 1, a fresh lease) and return the claim.
 
         Returns None, changing nothing, when the job is ``created`` already or under a live
@@ -371,7 +375,13 @@ class PostgresLedger:
             await self._fetchval(_EXPIRE_SQL, project_id, job.name, holder)
         return None
 
-    async def renew(self, project_id: str, job: JobSpec, claim: Claim) -> Claim | None:
+    def renew(
+        self, project_id: str, job: JobSpec, claim: Claim
+    ) -> asyncio.Future[Claim | None]:
+        """Extend our claim on ``job`` (a write the caller cannot abort: see ``_detached``)."""
+        return _detached(self._renew(project_id, job, claim))
+
+    async def _renew(self, project_id: str, job: JobSpec, claim: Claim) -> Claim | None:
         """Extend our claim on ``job`` to a full lease from now; None if it is no longer ours."""
         started = 0.0
 
@@ -387,7 +397,25 @@ class PostgresLedger:
             return None
         return Claim(claim.attempt, started + self._lease)
 
-    async def record(
+    def record(
+        self,
+        project_id: str,
+        job: JobSpec,
+        state: LedgerState,
+        *,
+        job_id: int | None = None,
+        error: ErrorInfo | None = None,
+        adopted: bool = False,
+        attempt: int | None = None,
+    ) -> asyncio.Future[int | None]:
+        """Commit a state (a write the caller cannot abort: see ``_detached``)."""
+        return _detached(
+            self._record(
+                project_id, job, state, job_id=job_id, error=error, adopted=adopted, attempt=attempt
+            )
+        )
+
+    async def _record(
         self,
         project_id: str,
         job: JobSpec,
@@ -561,6 +589,15 @@ class PostgresLedger:
         if _is_unavailable(exc):
             return LedgerUnavailable(self.dsn, f"{what}: {message}")
         return LedgerError(f"ledger {self.dsn}: {what}: {message}")
+
+
+def _detached(write: Coroutine[Any, Any, _T]) -> asyncio.Future[_T]:
+    """``write`` run as a task of its own; the future given back is a shield of it.
+
+    The Ledger protocol: a cancelled caller (a run stopping) must not abort a write under
+    way, and still gets its cancellation.
+    """
+    return asyncio.shield(asyncio.ensure_future(write))
 
 
 def _is_refused(exc: BaseException) -> bool:
