@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
@@ -61,6 +61,7 @@ from batchsub.jobs import (
 from batchsub.manifest import parse_manifest_bytes
 from batchsub.masking import mask_url, scrub, url_passwords
 from batchsub.sources import amqp_headers
+from batchsub.sources._tally import Tally
 from batchsub.text import printable
 
 log = structlog.get_logger("batchsub.amqp")
@@ -163,12 +164,9 @@ def header_text(headers: HeadersType, key: str) -> str | None:
 
 @dataclass(eq=False, slots=True)
 class _Delivery:
-    """One message and the items parsed from it that are not settled yet."""
+    """One message, not yet acked or requeued while ``done`` is False."""
 
     message: AbstractIncomingMessage
-    unsettled: int = 0
-    outcomes: list[Outcome] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
     done: bool = False
 
 
@@ -191,8 +189,7 @@ class AmqpSource:
         self.name = queue.name
         self._inbox: asyncio.Queue[_Delivery | None] = asyncio.Queue()
         self._open: set[_Delivery] = set()  # delivered, not acked or requeued yet
-        # id(item) -> (item, its message); holding the item keeps its id unique until settled
-        self._items: dict[int, tuple[ManifestItem, _Delivery]] = {}
+        self._jobs: Tally[_Delivery] = Tally()  # the items of each message, until all are done
         self._consumer_tag: ConsumerTag | None = None
         self._stopped = False
         self.acked = 0
@@ -246,16 +243,9 @@ class AmqpSource:
 
     async def settle(self, item: ManifestItem, result: JobResult) -> None:
         """Record one item's outcome; once its message's items are all settled, settle it."""
-        found = self._items.pop(id(item), None)
-        if found is None:
-            return
-        _, delivery = found
-        delivery.unsettled -= 1
-        delivery.outcomes.append(result.outcome)
-        if result.outcome in BROKEN_OUTCOMES:
-            delivery.errors.append(result.error or result.outcome.value)
-        if delivery.unsettled == 0 and not delivery.done:
-            await self._settle_message(delivery)
+        done = self._jobs.finish(item, result)
+        if done is not None and not done[0].done:
+            await self._answer_broker(*done)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         delivery = _Delivery(message)
@@ -279,13 +269,12 @@ class AmqpSource:
             log.error("amqp.parse_failed", queue=self.name, source=source, error=repr(exc))
             reason = printable(f"{source}: cannot be parsed: {exc!r}", _MAX_HEADER_CHARS)
             items = [InvalidManifest(source, reason)]
-        delivery.unsettled = len(items)
-        for item in items:
-            self._items[id(item)] = (item, delivery)
+        self._jobs.track(delivery, items)
         return items
 
-    async def _settle_message(self, delivery: _Delivery) -> None:
-        outcomes = set(delivery.outcomes)
+    async def _answer_broker(self, delivery: _Delivery, results: list[JobResult]) -> None:
+        """Ack, dead-letter or requeue a message by the outcomes of its jobs."""
+        outcomes = {r.outcome for r in results}
         if outcomes <= EXISTING_OUTCOMES:
             await self._finish(delivery, ack=True)
         elif Outcome.UNRESOLVED in outcomes:
@@ -294,16 +283,17 @@ class AmqpSource:
                 # requeue would come straight back and spin; close() cuts the wait short.
                 await asyncio.sleep(REQUEUE_DELAY)
             await self._finish(delivery, requeue=True)
-        elif await self._dead_letter(delivery):
+        elif await self._dead_letter(delivery, results):
             await self._finish(delivery, ack=True, dead=True)
         else:
             await self._finish(delivery, requeue=True)
 
-    async def _dead_letter(self, delivery: _Delivery) -> bool:
+    async def _dead_letter(self, delivery: _Delivery, results: list[JobResult]) -> bool:
         """Publish a copy of the message with the reason to NAME.dead; True once confirmed."""
         message = delivery.message
-        reason = printable("; ".join(delivery.errors), _MAX_HEADER_CHARS)
-        worst = next(o for o in _WORST_FIRST if o in delivery.outcomes)
+        errors = [r.error or r.outcome.value for r in results if r.outcome in BROKEN_OUTCOMES]
+        reason = printable("; ".join(errors), _MAX_HEADER_CHARS)
+        worst = next(o for o in _WORST_FIRST if any(r.outcome is o for r in results))
         headers: HeadersType = {
             **_resendable(message.headers or {}),
             ERROR_HEADER: reason,

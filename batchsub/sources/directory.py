@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -15,6 +15,7 @@ from batchsub.errors import ConfigError, LedgerError, os_reason
 from batchsub.jobs import EXISTING_OUTCOMES, InvalidManifest, JobResult, ManifestItem, SettledJob
 from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
 from batchsub.protocols import FileIndex
+from batchsub.sources._tally import Tally
 from batchsub.sources.parser_pool import ParserPool
 from batchsub.text import printable
 
@@ -123,8 +124,8 @@ class DirectorySource:
         self._parser = parser
         self._index: FileIndex | None = None
         self._project = ""
-        self._files: dict[str, _OpenFile] = {}  # files read, some job not settled yet
-        self._file_of: dict[int, str] = {}  # id(item) -> its file, until settled
+        # Files read whose jobs are not all done: (path, fingerprint) of each.
+        self._open: Tally[tuple[str, str]] = Tally()
         self._done: list[tuple[str, str, Sequence[str]]] = []  # to remember, batched
         self._exhausted = False
 
@@ -149,16 +150,16 @@ class DirectorySource:
                     if count % _YIELD_EVERY == 0:
                         await asyncio.sleep(0)  # let the HTTP pool run
                     items, tracked = self._read(found, current, parsed)
-                    for item in items:
-                        shown = _first_definition(item, seen)
-                        if tracked is not None:
-                            self._file_of[id(shown)] = tracked
-                        yield shown
+                    shown = [_first_definition(item, seen) for item in items]
+                    if tracked is not None:
+                        self._open.track(tracked, shown)
+                    for item in shown:
+                        yield item
         finally:
             if ahead is not None and ahead.parsed is not None:
                 ahead.parsed.cancel()  # stopped early: that parse is not wanted
         self._exhausted = True
-        await self._flush(final=not self._files)
+        await self._flush(final=not self._open)
 
     async def _prepare(self, paths: list[str | _Unreadable] | None) -> _Chunk | None:
         """Look a chunk up in the index, and start parsing its other files in the children."""
@@ -178,25 +179,19 @@ class DirectorySource:
 
     async def settle(self, item: ManifestItem, result: JobResult) -> None:
         """Remember a file once every job in it exists; the files stay where they are."""
-        path = self._file_of.pop(id(item), None)
-        if path is None:
-            return
-        entry = self._files[path]
-        entry.pending -= 1
-        entry.clean = (
-            entry.clean and result.outcome in EXISTING_OUTCOMES and result.name is not None
-        )
-        if result.name is not None:
-            entry.names.append(result.name)
-        if entry.pending == 0:
-            del self._files[path]
-            if entry.clean:
-                self._done.append((path, entry.fingerprint, entry.names))
-        await self._flush(final=self._exhausted and not self._files)
+        done = self._open.finish(item, result)
+        if done is not None:
+            (path, fingerprint), results = done
+            names = [r.name for r in results if r.name is not None]
+            if len(names) == len(results) and all(
+                r.outcome in EXISTING_OUTCOMES for r in results
+            ):
+                self._done.append((path, fingerprint, names))
+        await self._flush(final=self._exhausted and not self._open)
 
     def _read(
         self, found: str | _Unreadable, chunk: _Chunk, parsed: dict[str, list[ManifestItem]]
-    ) -> tuple[list[ManifestItem], str | None]:
+    ) -> tuple[list[ManifestItem], tuple[str, str] | None]:
         """The items of one file, and the file if its outcome is to be tracked for the index."""
         if isinstance(found, _Unreadable):
             return [found.invalid()], None
@@ -212,8 +207,7 @@ class DirectorySource:
             items = parse_manifest_file(found, shown, validate=self.validate)
         if not fingerprint:
             return items, None
-        self._files[shown] = _OpenFile(fingerprint, len(items))
-        return items, shown
+        return items, (shown, fingerprint)
 
     def _fingerprints(self, chunk: list[str | _Unreadable]) -> dict[str, str]:
         if self._index is None:
@@ -246,16 +240,6 @@ class _Chunk:
     fingerprints: dict[str, str]
     known: dict[str, list[SettledJob]]
     parsed: asyncio.Future[dict[str, list[ManifestItem]]] | None
-
-
-@dataclass(slots=True)
-class _OpenFile:
-    """A file whose jobs are in flight: remembered in the index when all of them exist."""
-
-    fingerprint: str
-    pending: int
-    clean: bool = True
-    names: list[str] = field(default_factory=list)
 
 
 _INDEX_CHUNK = 256  # files per index lookup and per index write

@@ -56,6 +56,7 @@ from batchsub.errors import ConfigError, os_reason
 from batchsub.files import write_atomically
 from batchsub.jobs import BROKEN_OUTCOMES, EXISTING_OUTCOMES, JobResult, ManifestItem, Outcome
 from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
+from batchsub.sources._tally import Tally
 from batchsub.text import printable
 
 log = structlog.get_logger("batchsub.dropfolder")
@@ -119,12 +120,11 @@ class SettleTracker:
 
 @dataclass(slots=True)
 class _Claim:
-    """One file in ``processing/``: its jobs' results as they arrive."""
+    """One file in ``processing/``, and its jobs' results once every job has one."""
 
     name: str
     source: str  # the file as it appears in job sources: str(DIR / name)
-    results: list[JobResult | None] = field(default_factory=list)
-    pending: int = 0
+    results: list[JobResult] = field(default_factory=list)  # once every job has one
 
 
 @dataclass(slots=True)
@@ -177,7 +177,7 @@ class DropFolderSource:
         self._move_retry_max = move_retry_max
         self._folder_problems: dict[Path, str] = {}  # logged once until the folder is usable
         self._waiting: set[str] = set()  # names whose wait for processing/ was logged
-        self._by_source: dict[str, tuple[_Claim, int]] = {}  # job source -> (claim, index)
+        self._open: Tally[_Claim] = Tally()  # the jobs of each claim, until all have a result
         self._not_before: dict[str, float] = {}  # file name -> clock time
         self._unclaimed: set[str] = set()  # manifests seen in DIR by the last scan
         self._wake = asyncio.Event()
@@ -219,7 +219,7 @@ class DropFolderSource:
             self._give_back(claim, reason="run stopped before every job of it had a result")
         self._retry_moves(at_once=True)  # last try; what is left is recovered at the next start
         self._claims.clear()
-        self._by_source.clear()
+        self._open.clear()
         with contextlib.suppress(OSError):
             self._unclaimed = {n for n in os.listdir(self.directory) if is_manifest_name(n)}
 
@@ -256,13 +256,10 @@ class DropFolderSource:
 
     async def settle(self, item: ManifestItem, result: JobResult) -> None:
         """Count one job's result; move its file once every job of it has one."""
-        entry = self._by_source.pop(item.source, None)
-        if entry is None:
-            return
-        claim, index = entry
-        claim.results[index] = result
-        claim.pending -= 1
-        if claim.pending == 0:
+        done = self._open.finish(item, result)
+        if done is not None:
+            claim, results = done
+            claim.results = results
             self._finish(claim)
 
     # --- scanning -----------------------------------------------------------------------------
@@ -403,10 +400,9 @@ class DropFolderSource:
         self._waiting.discard(name)
         source = printable(str(self.directory / name))  # a name that is not UTF-8, escaped
         items = parse_manifest_file(target, source)
-        claim = _Claim(name, source, [None] * len(items), len(items))
+        claim = _Claim(name, source)
         self._claims[name] = claim
-        for index, item in enumerate(items):
-            self._by_source[item.source] = (claim, index)
+        self._open.track(claim, items)
         log.info(
             "file.claimed",
             file=name,
@@ -443,7 +439,7 @@ class DropFolderSource:
 
     def _move_out(self, claim: _Claim) -> None:
         """Move a finished file to done/, failed/ or back to DIR, by its jobs' outcomes."""
-        results = [r for r in claim.results if r is not None]
+        results = claim.results
         outcomes = {r.outcome for r in results}
         if outcomes & BROKEN_OUTCOMES:
             self._file_failed(claim, results)
