@@ -60,8 +60,9 @@ class InvalidManifest:
 
 
 @dataclass(frozen=True, slots=True)
-class SettledJob:
-    """A job of a manifest file unchanged since every job in it was created: not read again."""
+class RememberedJob:
+    """A job of a manifest file the ledger remembers (``FileIndex``): unchanged since every
+    job in it was created, so it is not read again."""
 
     source: str
     name: str
@@ -69,7 +70,7 @@ class SettledJob:
     adopted: bool
 
 
-ManifestItem = JobSpec | InvalidManifest | SettledJob
+ManifestItem = JobSpec | InvalidManifest | RememberedJob
 
 
 @dataclass(frozen=True, slots=True)

@@ -369,7 +369,7 @@ def job_from_object(obj: object, source: str, *, validate: bool = True) -> Manif
     Never raises: anything wrong gives an InvalidManifest naming ``source`` and the fields.
     With ``validate=False`` only the shape (an object with a string name) is checked, and the
     caller must call ``validate_spec`` before sending: a rerun then skips the model for the
-    jobs the ledger already settles.
+    jobs the ledger already records as created.
     """
     if not isinstance(obj, dict):
         return InvalidManifest(source, f"{source}: expected a job object, got {_kind(obj)}")

@@ -17,7 +17,7 @@ from batchsub.jobs import (
     LedgerRecord,
     LedgerState,
     ManifestItem,
-    SettledJob,
+    RememberedJob,
 )
 
 
@@ -28,8 +28,8 @@ class Source(Protocol):
         """Yield jobs and invalid manifests, streamed: memory must not grow with their number."""
         ...
 
-    async def settle(self, item: ManifestItem, result: JobResult) -> None:
-        """Called once per item after its outcome is committed (ack a message, move a file)."""
+    async def finish(self, item: ManifestItem, result: JobResult) -> None:
+        """Told once per item, after its outcome is committed (ack a message, move a file)."""
         ...
 
 
@@ -110,9 +110,9 @@ class FileIndex(Protocol):
     jobs are still ``created``.
     """
 
-    async def settled_files(
+    async def remembered_files(
         self, project_id: str, fingerprints: Mapping[str, str]
-    ) -> dict[str, list[SettledJob]]:
+    ) -> dict[str, list[RememberedJob]]:
         """For each path whose fingerprint matches and whose jobs all exist: those jobs."""
         ...
 

@@ -91,7 +91,7 @@ class StartOutcome:
     job_id: int
     state: StartState | None
     error: str | None = None
-    status: str | None = None  # the status that settled it, when one did
+    status: str | None = None  # the status that decided it, when one did
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,7 @@ class StartKind(StrEnum):
     ACTIVE = "active"  # already submitting or running: nothing sent
     NOT_STARTED = "not_started"  # left alone by the rules (stopped on purpose, unclear status)
     START_FAILED = "start_failed"  # refused, gone, or failed before (the error says)
-    UNRESOLVED = "unresolved"  # not sent or not confirmed yet: a rerun settles it
+    UNRESOLVED = "unresolved"  # not sent or not confirmed yet: a rerun decides it
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +220,7 @@ class Starter:
             await self._by_status(to_read, seen, call)
 
     async def _by_status(self, jobs: Sequence[StartJob], seen: Seen, call: _Call) -> None:
-        """Queue the jobs the rules start from the status seen; record what the rest settle."""
+        """Queue the jobs the rules start from the status seen; record what it says of the rest."""
         confirmed, statuses, failed = [], [], []
         for job in jobs:
             sighting = seen.get(job.job_id)
@@ -263,7 +263,7 @@ class Starter:
             await self._run_group(group, call)
 
     async def _run_group(self, group: list[_Pending], call: _Call) -> None:
-        """Send one call's jobs until each has started, failed, or cannot be settled now."""
+        """Send one call's jobs until each has started, failed, or cannot be decided now."""
         loop = asyncio.get_running_loop()
         begun_at = loop.time()
         failures = 0
@@ -281,7 +281,7 @@ class Starter:
             if answer is None:
                 await self._not_sent(group, call, self._stop_reason())
                 return
-            again = await self._settle(group, answer, sent_at, call)
+            again = await self._read_answer(group, answer, sent_at, call)
             if not again:
                 return
             group = again
@@ -321,10 +321,10 @@ class Starter:
 
     # --- reading the answer ---------------------------------------------------------------
 
-    async def _settle(
+    async def _read_answer(
         self, group: list[_Pending], answer: BatchAnswer, sent_at: float, call: _Call
     ) -> list[_Pending]:
-        """Record what the answer settles; the jobs known not started, to send again."""
+        """Record what the answer says; the jobs known not started, to send again."""
         kind = answer.kind
         error = answer.error or ErrorInfo("no error message")
         if kind is BatchKind.ANSWERED:

@@ -53,7 +53,7 @@ from batchsub.jobs import (
     LedgerState,
     ManifestItem,
     Outcome,
-    SettledJob,
+    RememberedJob,
 )
 from batchsub.ledgers.outage import Outage
 from batchsub.limiter import RateLimiter
@@ -255,7 +255,7 @@ class Submitter:
                     JobResult(item.source, item.name, Outcome.INVALID, error=item.error),
                 )
                 continue
-            if isinstance(item, SettledJob):  # its file is unchanged and every job exists
+            if isinstance(item, RememberedJob):  # its file is unchanged and every job exists
                 result = JobResult(
                     item.source,
                     item.name,
@@ -360,7 +360,7 @@ class Submitter:
 
     async def _finish(self, source: Source, item: ManifestItem, result: JobResult) -> None:
         self._on_result(result)
-        await source.settle(item, result)
+        await source.finish(item, result)
 
     async def _process(self, job: _Job) -> JobResult:
         spec = job.spec

@@ -20,7 +20,7 @@ class ListSource:
         for item in self._items:
             yield item
 
-    async def settle(self, item: ManifestItem, result: JobResult) -> None:
+    async def finish(self, item: ManifestItem, result: JobResult) -> None:
         self.results[item.name] = result
 
 

@@ -266,7 +266,7 @@ async def test_sigterm_drains_exits_0_and_requeues_what_was_not_done(
     assert await broker.depth(dead_queue_name(queue)) == 0
 
 
-async def test_cancelling_the_reader_ends_items_and_close_requeues_what_is_unsettled(
+async def test_cancelling_the_reader_ends_items_and_close_requeues_what_is_not_done(
     broker: Broker, tmp_path: Path
 ) -> None:
     queue = broker.queue_name("cancel")
@@ -281,9 +281,9 @@ async def test_cancelling_the_reader_ends_items_and_close_requeues_what_is_unset
         with pytest.raises(asyncio.CancelledError):
             await waiting
         assert first.name == "job-00000"
-        assert source.unsettled == 1
+        assert source.pending == 1
     assert source.requeued == 1
-    assert await broker.depth(queue) == 1  # not settled, so not lost
+    assert await broker.depth(queue) == 1  # not done, so not lost
 
 
 async def test_an_unreachable_broker_is_one_line_without_the_password() -> None:

@@ -167,11 +167,11 @@ async def test_root_removed_after_construction_is_a_config_error(tmp_path: Path)
         await collect(source)
 
 
-async def test_settle_leaves_the_files_alone(tmp_path: Path) -> None:
+async def test_finish_leaves_the_files_alone(tmp_path: Path) -> None:
     write(tmp_path / "a.json", {"name": "a"})
     source = DirectorySource(tmp_path)
     (item,) = await collect(source)
-    await source.settle(item, JobResult(source=item.source, name="a", outcome=Outcome.CREATED))
+    await source.finish(item, JobResult(source=item.source, name="a", outcome=Outcome.CREATED))
     assert (tmp_path / "a.json").exists()
     assert [i.source for i in await collect(source)] == [item.source]
 

@@ -75,14 +75,14 @@ async def test_twenty_jobs_are_created_with_one_token_request(
 
 
 class StagedSource:
-    """Jobs in two batches; ``between()`` runs once every job of the first is settled."""
+    """Jobs in two batches; ``between()`` runs once every job of the first is done."""
 
     def __init__(
         self, first: list[JobSpec], second: list[JobSpec], between: Callable[[], Awaitable[None]]
     ) -> None:
         self._batches = (first, second)
         self._between = between
-        self._settled = 0
+        self._done = 0
         self._first_done = asyncio.Event()
         self.results: list[JobResult] = []
 
@@ -95,10 +95,10 @@ class StagedSource:
         for spec in second:
             yield spec
 
-    async def settle(self, item: ManifestItem, result: JobResult) -> None:
+    async def finish(self, item: ManifestItem, result: JobResult) -> None:
         self.results.append(result)
-        self._settled += 1
-        if self._settled == len(self._batches[0]):
+        self._done += 1
+        if self._done == len(self._batches[0]):
             self._first_done.set()
 
 

@@ -30,7 +30,7 @@ from batchsub.jobs import (
     JobSpec,
     LedgerRecord,
     ManifestItem,
-    SettledJob,
+    RememberedJob,
 )
 from batchsub.logs import configure_command_logging
 from batchsub.masking import mask_url
@@ -170,7 +170,7 @@ async def _plan_batch(
         if isinstance(item, InvalidManifest):
             detail = item.error.removeprefix(f"{item.source}: ")
             rows.append(PlanRow(item.source, item.name, Action.INVALID, detail=detail))
-        elif isinstance(item, SettledJob):
+        elif isinstance(item, RememberedJob):
             rows.append(PlanRow(item.source, item.name, Action.ALREADY_CREATED, item.job_id))
         else:
             rows.append(plan_job(item, records.get(item.name), remote))

@@ -9,7 +9,7 @@ handling of bad input. Exit codes: 0 all published; 1 some manifest invalid or n
 ``consume AMQP_URL --queue NAME`` creates the job of every message through the same engine as
 ``run`` (one limiter, retry policy and ledger); see ``batchsub.sources.amqp`` for what becomes
 of each message. It runs until SIGTERM or SIGINT, drains like ``run`` (in-flight jobs finish,
-up to the drain timeout; unsettled messages are requeued) and then exits 0: invalid and failed
+up to the drain timeout; messages not done are requeued) and then exits 0: invalid and failed
 messages are in ``NAME.dead``, handled, not an error of the consumer. It exits 2 on a
 configuration error or a credential the API refused.
 

@@ -39,7 +39,7 @@ from batchsub.jobs import (
     JobSpec,
     LedgerRecord,
     LedgerState,
-    SettledJob,
+    RememberedJob,
 )
 from batchsub.ledgers.lock import LedgerLock
 from batchsub.ledgers.outage import Outage
@@ -135,7 +135,7 @@ WHERE jobs.state <> 'created'
 
 # "+state" keeps the names looked up by the primary key: on the jobs_by_state index SQLite
 # would scan every created job of the project for each chunk (a 50,000-job rerun took 5x).
-_SETTLED_SQL = (
+_REMEMBERED_SQL = (
     "SELECT source, name, job_id, adopted FROM jobs"
     " WHERE project_id = ? AND +state = 'created' AND name IN ({marks})"
 )
@@ -332,9 +332,9 @@ class SqliteLedger:
             raise self._error("cannot open", exc) from exc
         return conn
 
-    async def settled_files(
+    async def remembered_files(
         self, project_id: str, fingerprints: Mapping[str, str]
-    ) -> dict[str, list[SettledJob]]:
+    ) -> dict[str, list[RememberedJob]]:
         """Unchanged files whose every job is created: their jobs, without reading them."""
         paths = [path for path in fingerprints if _encodable(path)]  # others are never stored
         remembered: dict[str, list[str]] = {}
@@ -348,10 +348,12 @@ class SqliteLedger:
                 if fingerprints.get(path) == fingerprint:
                     remembered[path] = orjson.loads(names)
         wanted = list(dict.fromkeys(n for names in remembered.values() for n in names))
-        jobs: dict[str, SettledJob] = {}
+        jobs: dict[str, RememberedJob] = {}
         for chunk, marks in _chunked(wanted):
-            rows = await self._read(_SETTLED_SQL.format(marks=marks), (project_id, *chunk))
-            jobs.update((row[1], SettledJob(row[0], row[1], row[2], bool(row[3]))) for row in rows)
+            rows = await self._read(_REMEMBERED_SQL.format(marks=marks), (project_id, *chunk))
+            jobs.update(
+                (row[1], RememberedJob(row[0], row[1], row[2], bool(row[3]))) for row in rows
+            )
         # A file counts only while every job of it is still created.
         return {
             path: [jobs[name] for name in names]

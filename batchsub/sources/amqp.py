@@ -1,10 +1,10 @@
-"""A RabbitMQ queue of manifests, consumed with aio-pika: every message is acked only when settled.
+"""A RabbitMQ queue of manifests, consumed with aio-pika: a message is acked once its jobs are done.
 
 Topology (declared by both ``publish`` and ``consume``, so either may start first): a durable
 queue NAME whose dead-letter arguments point at the durable queue ``NAME.dead``.
 
 One message holds one manifest (JSON; YAML when its ``x-batchsub-suffix`` header says so),
-so it may give several ManifestItems; it is settled once all of them are:
+so it may give several ManifestItems; once the outcome of each is committed, the message is:
 
 - every job created or already created: ack;
 - some job invalid, failed, drifted or duplicated: a copy goes to ``NAME.dead`` with the
@@ -16,8 +16,8 @@ so it may give several ManifestItems; it is settled once all of them are:
   a job claimed by another worker): nack with requeue, to be tried again.
 
 The ledger makes a redelivered or twice-published job harmless; within one consumer a job
-whose name is already in flight is held back until that one settles, since two concurrent
-creates of one name would both be sent. Messages not settled when the source is closed
+whose name is already in flight is held back until that one is done, since two concurrent
+creates of one name would both be sent. Messages not done when the source is closed
 are requeued by ``close()`` (and would be by the broker when the connection closes).
 
 No message can stop a consumer, whatever its body or headers: a body that is not a valid
@@ -176,11 +176,11 @@ _WORST_FIRST = (Outcome.INVALID, Outcome.DRIFTED, Outcome.DUPLICATED, Outcome.FA
 
 
 class AmqpSource:
-    """Manifests from a RabbitMQ queue; ``settle`` acks, dead-letters or requeues each message.
+    """Manifests from a RabbitMQ queue; ``finish`` acks, dead-letters or requeues each message.
 
     Use ``open_amqp_source`` to get one. ``stop()`` makes ``items()`` end at once (it waits for
     the next message otherwise; cancelling the task reading it works too); ``close()`` stops
-    consuming and requeues whatever was not settled.
+    consuming and requeues whatever was not done.
     """
 
     def __init__(self, channel: AbstractChannel, queue: AbstractQueue) -> None:
@@ -197,7 +197,7 @@ class AmqpSource:
         self.requeued = 0
 
     @property
-    def unsettled(self) -> int:
+    def pending(self) -> int:
         """Messages delivered and not yet acked or requeued."""
         return len(self._open)
 
@@ -223,7 +223,7 @@ class AmqpSource:
             self._inbox.put_nowait(None)
 
     async def close(self) -> None:
-        """Stop consuming and requeue every message not settled; call after the run."""
+        """Stop consuming and requeue every message not done; call after the run."""
         self.stop()
         if self._consumer_tag is not None:
             try:
@@ -231,7 +231,7 @@ class AmqpSource:
             except AMQP_FAILURES as exc:
                 log.warning("amqp.cancel_failed", queue=self.name, error=_reason(exc))
         for delivery in list(self._open):
-            await self._finish(delivery, requeue=True)
+            await self._release(delivery, requeue=True)
         if self.requeued or self.acked or self.dead_lettered:
             log.info(
                 "amqp.closed",
@@ -241,8 +241,9 @@ class AmqpSource:
                 requeued=self.requeued,
             )
 
-    async def settle(self, item: ManifestItem, result: JobResult) -> None:
-        """Record one item's outcome; once its message's items are all settled, settle it."""
+    async def finish(self, item: ManifestItem, result: JobResult) -> None:
+        """Record one item's outcome; once every item of its message has one, ack, dead-letter or
+        requeue the message."""
         done = self._jobs.finish(item, result)
         if done is not None and not done[0].done:
             await self._answer_broker(*done)
@@ -251,7 +252,7 @@ class AmqpSource:
         delivery = _Delivery(message)
         self._open.add(delivery)
         if self._stopped:
-            await self._finish(delivery, requeue=True)
+            await self._release(delivery, requeue=True)
             return
         self._inbox.put_nowait(delivery)
 
@@ -276,17 +277,17 @@ class AmqpSource:
         """Ack, dead-letter or requeue a message by the outcomes of its jobs."""
         outcomes = {r.outcome for r in results}
         if outcomes <= EXISTING_OUTCOMES:
-            await self._finish(delivery, ack=True)
+            await self._release(delivery, ack=True)
         elif Outcome.UNRESOLVED in outcomes:
             if not self._stopped:
                 # Busy elsewhere (another worker's claim) or a lost answer: an instant
                 # requeue would come straight back and spin; close() cuts the wait short.
                 await asyncio.sleep(REQUEUE_DELAY)
-            await self._finish(delivery, requeue=True)
+            await self._release(delivery, requeue=True)
         elif await self._dead_letter(delivery, results):
-            await self._finish(delivery, ack=True, dead=True)
+            await self._release(delivery, ack=True, dead=True)
         else:
-            await self._finish(delivery, requeue=True)
+            await self._release(delivery, requeue=True)
 
     async def _dead_letter(self, delivery: _Delivery, results: list[JobResult]) -> bool:
         """Publish a copy of the message with the reason to NAME.dead; True once confirmed."""
@@ -318,7 +319,7 @@ class AmqpSource:
         )
         return True
 
-    async def _finish(
+    async def _release(
         self, delivery: _Delivery, *, ack: bool = False, requeue: bool = False, dead: bool = False
     ) -> None:
         if delivery.done:

@@ -12,7 +12,7 @@ import orjson
 import structlog
 
 from batchsub.errors import ConfigError, LedgerError, os_reason
-from batchsub.jobs import EXISTING_OUTCOMES, InvalidManifest, JobResult, ManifestItem, SettledJob
+from batchsub.jobs import EXISTING_OUTCOMES, InvalidManifest, JobResult, ManifestItem, RememberedJob
 from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
 from batchsub.protocols import FileIndex
 from batchsub.sources._tally import Tally
@@ -177,7 +177,7 @@ class DirectorySource:
         items = await parser.parse(paths, validate=self.validate)
         return dict(zip(paths, items, strict=True))
 
-    async def settle(self, item: ManifestItem, result: JobResult) -> None:
+    async def finish(self, item: ManifestItem, result: JobResult) -> None:
         """Remember a file once every job in it exists; the files stay where they are."""
         done = self._open.finish(item, result)
         if done is not None:
@@ -200,7 +200,7 @@ class DirectorySource:
         if shown in chunk.known:
             return list(chunk.known[shown]), None
         # Taken before reading (for the index lookup): a change during the read makes the
-        # next fingerprint differ, so a half-read edit is never remembered as settled.
+        # next fingerprint differ, so a half-read edit is never remembered.
         fingerprint = chunk.fingerprints.get(shown, "")
         items = parsed.get(found)
         if items is None:
@@ -214,11 +214,11 @@ class DirectorySource:
             return {}
         return {printable(p): fp for p in chunk if isinstance(p, str) and (fp := _fingerprint(p))}
 
-    async def _known(self, fingerprints: dict[str, str]) -> dict[str, list[SettledJob]]:
+    async def _known(self, fingerprints: dict[str, str]) -> dict[str, list[RememberedJob]]:
         if not fingerprints or self._index is None:
             return {}
         try:
-            return await self._index.settled_files(self._project, fingerprints)
+            return await self._index.remembered_files(self._project, fingerprints)
         except LedgerError as exc:  # the index only saves reading: read the files instead
             log.warning("index.unavailable", error=str(exc))
             return {}
@@ -238,7 +238,7 @@ class _Chunk:
 
     paths: list[str | _Unreadable]
     fingerprints: dict[str, str]
-    known: dict[str, list[SettledJob]]
+    known: dict[str, list[RememberedJob]]
     parsed: asyncio.Future[dict[str, list[ManifestItem]]] | None
 
 

@@ -144,7 +144,7 @@ _MOVE_RETRY_FIRST = 0.5  # seconds before the first retry of a failed move; doub
 class DropFolderSource:
     """The Source of ``batchsub watch``: every manifest in DIR, then each one that arrives.
 
-    ``items()`` yields until ``stop()`` (or the reading task is cancelled); ``settle()`` counts
+    ``items()`` yields until ``stop()`` (or the reading task is cancelled); ``finish()`` counts
     each job's result per file and moves the file when the last one is in. Call ``close()``
     after the run: it returns unfinished files to DIR.
     """
@@ -254,13 +254,13 @@ class DropFolderSource:
         finally:
             self._watch_stop.set()
 
-    async def settle(self, item: ManifestItem, result: JobResult) -> None:
+    async def finish(self, item: ManifestItem, result: JobResult) -> None:
         """Count one job's result; move its file once every job of it has one."""
         done = self._open.finish(item, result)
         if done is not None:
             claim, results = done
             claim.results = results
-            self._finish(claim)
+            self._file_away(claim)
 
     # --- scanning -----------------------------------------------------------------------------
 
@@ -410,7 +410,7 @@ class DropFolderSource:
             names=[item.name for item in items[:20]],
         )
         if not items:  # pragma: no cover - a parsed file always has an item
-            self._finish(claim)
+            self._file_away(claim)
         return items
 
     def _log_waiting(self, name: str) -> None:
@@ -419,7 +419,7 @@ class DropFolderSource:
             self._waiting.add(name)
             log.warning("file.waiting", file=name, reason="processing/ holds a file of this name")
 
-    def _finish(self, claim: _Claim) -> None:
+    def _file_away(self, claim: _Claim) -> None:
         """File a claim whose every job has a result; a failed move is retried later."""
         self._claims.pop(claim.name, None)
         error = self._try_move(claim)
