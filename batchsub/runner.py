@@ -27,6 +27,7 @@ from batchsub.ledgers.outage import Outage
 from batchsub.limiter import RateLimiter
 from batchsub.logs import configure_command_logging
 from batchsub.masking import mask_url
+from batchsub.parse_pool import ParserPool
 from batchsub.protocols import Auth, FileIndex, RunObserver, Source
 from batchsub.reachability import Reachability
 from batchsub.reconcile import Reconciler
@@ -34,7 +35,6 @@ from batchsub.report import EXIT_FATAL, RunAccount
 from batchsub.retry import GIVE_UP_AFTER, RetryBudget, RetryingCaller
 from batchsub.settings import Settings
 from batchsub.sources.directory import DirectorySource, iter_manifest_paths
-from batchsub.sources.parser_pool import ParserPool
 from batchsub.submitter import Submitter
 from batchsub.wiring import (
     dli_client,

@@ -20,7 +20,7 @@ from batchsub.commands.queue import consume_source, prefetch_for, publish_direct
 from batchsub.commands.retry import retry_failed
 from batchsub.commands.watch import watch
 from batchsub.jobs import LedgerState
-from batchsub.ledgers import SqliteLedger
+from batchsub.ledgers.sqlite import SqliteLedger
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings

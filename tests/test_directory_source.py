@@ -11,8 +11,7 @@ import pytest
 from batchsub.errors import ConfigError
 from batchsub.jobs import InvalidManifest, JobResult, JobSpec, ManifestItem, Outcome
 from batchsub.protocols import Source
-from batchsub.sources import DirectorySource
-from batchsub.sources.directory import _chunks, _Unreadable, iter_manifest_paths
+from batchsub.sources.directory import DirectorySource, _chunks, _Unreadable, iter_manifest_paths
 from tests.fs_support import odd_entries
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchsub.jobs import JobSpec, LedgerRecord, LedgerState
-from batchsub.ledgers import SqliteLedger
+from batchsub.ledgers.sqlite import SqliteLedger
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings

@@ -27,8 +27,8 @@ from batchsub.auth import TokenAuth
 from batchsub.client import DliClient
 from batchsub.errors import ConfigError
 from batchsub.jobs import Claim, JobSpec, LedgerState, Outcome
-from batchsub.ledgers import SqliteLedger
 from batchsub.ledgers.postgres import PostgresLedger
+from batchsub.ledgers.sqlite import SqliteLedger
 from batchsub.limiter import RateLimiter
 from batchsub.protocols import Ledger
 from batchsub.reconcile import Reconciler

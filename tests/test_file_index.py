@@ -16,7 +16,7 @@ from batchsub.jobs import (
     Outcome,
     RememberedJob,
 )
-from batchsub.ledgers import SqliteLedger
+from batchsub.ledgers.sqlite import SqliteLedger
 from batchsub.manifest import validate_spec
 from batchsub.sources.directory import DirectorySource
 from tests.conftest import write_manifests

@@ -11,8 +11,8 @@ from structlog.testing import capture_logs
 
 from batchsub.errors import LedgerUnavailable
 from batchsub.jobs import LedgerState
-from batchsub.ledgers import SqliteLedger
 from batchsub.ledgers.outage import Outage
+from batchsub.ledgers.sqlite import SqliteLedger
 from tests.conftest import attempt_of, job_spec
 from tests.faults import fill
 

@@ -22,7 +22,7 @@ from batchsub.masking import mask_url
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings
-from batchsub.sources.ledger_source import LedgerFailedSource
+from batchsub.sources.failed import LedgerFailedSource
 from batchsub.wiring import project_id_for
 
 

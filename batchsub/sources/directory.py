@@ -14,9 +14,9 @@ import structlog
 from batchsub.errors import ConfigError, LedgerError, os_reason
 from batchsub.jobs import EXISTING_OUTCOMES, InvalidManifest, JobResult, ManifestItem, RememberedJob
 from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
+from batchsub.parse_pool import ParserPool
 from batchsub.protocols import FileIndex
 from batchsub.sources._tally import Tally
-from batchsub.sources.parser_pool import ParserPool
 from batchsub.text import printable
 
 log = structlog.get_logger("batchsub.directory")
