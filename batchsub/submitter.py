@@ -57,7 +57,7 @@ from batchsub.jobs import (
 )
 from batchsub.ledgers.outage import Outage
 from batchsub.limiter import RateLimiter
-from batchsub.manifest import validate_spec
+from batchsub.model import validate_spec
 from batchsub.protocols import Ledger, Source
 from batchsub.reconcile import Reconciler
 from batchsub.retry import RetryBudget, RetryPolicy

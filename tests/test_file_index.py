@@ -17,7 +17,7 @@ from batchsub.jobs import (
     RememberedJob,
 )
 from batchsub.ledgers.sqlite import SqliteLedger
-from batchsub.manifest import validate_spec
+from batchsub.model import validate_spec
 from batchsub.sources.directory import DirectorySource
 from tests.conftest import write_manifests
 
