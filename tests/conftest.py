@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import aiohttp
 import orjson
 import pytest
 import structlog
+from structlog._config import BoundLoggerLazyProxy
 
 from batchsub.jobs import Claim, JobSpec
 from batchsub.settings import Settings
@@ -34,8 +36,18 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     monkeypatch.chdir(tmp_path)
     yield
     # A command run in process configures structlog for the whole process; later tests
-    # (capture_logs among them) need the defaults back.
+    # (capture_logs among them) need the defaults back, and the module loggers it cached
+    # (cache_logger_on_first_use) must be assembled afresh.
     structlog.reset_defaults()
+    _forget_cached_loggers()
+
+
+def _forget_cached_loggers() -> None:
+    for name, module in list(sys.modules.items()):
+        if name.startswith("batchsub") and module is not None:
+            for value in vars(module).values():
+                if isinstance(value, BoundLoggerLazyProxy):
+                    vars(value).pop("bind", None)
 
 
 @pytest.fixture(scope="session", autouse=True)
