@@ -22,7 +22,8 @@ from batchsub.metrics import Metrics, start_metrics_server
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings
-from batchsub.sources.dropfolder import DropFolderSource, SettleTracker, is_manifest_name
+from batchsub.sources.dropfolder import DropFolderSource
+from batchsub.sources.filing import SettleTracker, is_manifest_name
 from tests.conftest import SimulatorFactory
 from tests.fs_support import odd_entries, unwritable
 from tests.test_run import settings_for

@@ -41,10 +41,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import os
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,67 +54,27 @@ from watchfiles import awatch
 from batchsub.errors import ConfigError, os_reason
 from batchsub.files import write_atomically
 from batchsub.jobs import BROKEN_OUTCOMES, EXISTING_OUTCOMES, JobResult, ManifestItem, Outcome
-from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
+from batchsub.manifest import parse_manifest_file
 from batchsub.sources._tally import Tally
-from batchsub.text import printable
+from batchsub.sources.filing import (
+    SettleTracker,
+    Signature,
+    error_file_name,
+    free_name,
+    is_manifest_name,
+    move_no_clobber,
+    signature_of,
+)
+from batchsub.text import iso_utc, printable
 
 log = structlog.get_logger("batchsub.dropfolder")
 
 PROCESSING = "processing"
 DONE = "done"
 FAILED = "failed"
-IGNORED_ENDINGS = (".tmp", ".part", ".swp", "~", ".error.json")
 
 _WATCH_DEBOUNCE_MS = 200  # group a burst of events into one scan, but never wait longer
 _WATCH_STOP_GRACE = 2.0  # seconds the watcher thread gets to see its stop event
-
-
-def is_manifest_name(name: str) -> bool:
-    """True for a name the drop folder reads: a manifest suffix, not hidden, not partial."""
-    if name.startswith(".") or name.endswith(IGNORED_ENDINGS):
-        return False
-    return os.path.splitext(name)[1].lower() in MANIFEST_SUFFIXES
-
-
-Signature = tuple[int, int]  # (size, mtime in ns)
-
-
-@dataclass(slots=True)
-class _Seen:
-    signature: Signature
-    since: float  # clock time the file was first seen with this signature
-
-
-class SettleTracker:
-    """Decides when a file has stopped changing: the same size and mtime for ``settle_time``.
-
-    Fed by scans (``observe``) with the clock time of the scan, so tests drive it with any time.
-    """
-
-    def __init__(self, settle_time: float) -> None:
-        self.settle_time = settle_time
-        self._seen: dict[str, _Seen] = {}
-
-    def observe(self, name: str, signature: Signature, now: float) -> bool:
-        """Record what a scan saw of ``name``; True when it has been unchanged long enough."""
-        seen = self._seen.get(name)
-        if seen is None or seen.signature != signature:
-            seen = self._seen[name] = _Seen(signature, now)
-        return now - seen.since >= self.settle_time
-
-    def retain(self, names: Iterable[str]) -> None:
-        """Forget files that are gone (a scan no longer lists them)."""
-        keep = set(names)
-        for name in [n for n in self._seen if n not in keep]:
-            del self._seen[name]
-
-    def forget(self, name: str) -> None:
-        """Forget one file (claimed): a new file of that name starts its settle time afresh."""
-        self._seen.pop(name, None)
-
-    def next_due(self) -> float | None:
-        """The earliest clock time at which a file not yet settled could be, or None."""
-        return min((s.since + self.settle_time for s in self._seen.values()), default=None)
 
 
 @dataclass(slots=True)
@@ -231,7 +190,7 @@ class DropFolderSource:
         """One line per file whose move out of processing/ failed and is being retried."""
         return [
             f"{printable(name)}: {stuck.error} ({stuck.attempts} attempts since "
-            f"{dt.datetime.fromtimestamp(stuck.since, dt.UTC).isoformat(timespec='seconds')})"
+            f"{iso_utc(stuck.since, 'seconds')})"
             for name, stuck in sorted(self._stuck.items())
         ]
 
@@ -271,7 +230,7 @@ class DropFolderSource:
         try:
             with os.scandir(self.directory) as entries:
                 for entry in entries:
-                    signature = _signature(entry)
+                    signature = signature_of(entry)
                     if signature is not None:
                         present[entry.name] = signature
         except OSError as exc:
@@ -444,7 +403,7 @@ class DropFolderSource:
         if outcomes & BROKEN_OUTCOMES:
             self._file_failed(claim, results)
         elif outcomes <= EXISTING_OUTCOMES:
-            moved = _move_no_clobber(self.processing / claim.name, self.done, claim.name)
+            moved = move_no_clobber(self.processing / claim.name, self.done, claim.name)
             log.info("file.done", file=claim.name, moved_to=str(moved), jobs=len(results))
         else:
             self._give_back(claim, reason=_first_error(results, {Outcome.UNRESOLVED}), retry=True)
@@ -489,11 +448,11 @@ class DropFolderSource:
         broken = [r for r in results if r.outcome in BROKEN_OUTCOMES]
         first = _first_error(broken, BROKEN_OUTCOMES)
         reason = f"{len(broken)} of {len(results)} jobs not created: {first}"
-        name = _free_name(self.failed, claim.name, with_error_file=True)
+        name = free_name(self.failed, claim.name, with_error_file=True)
         report = {
             "file": printable(claim.name),
             "source": claim.source,
-            "failed_at": _utc_now().isoformat().replace("+00:00", "Z"),
+            "failed_at": iso_utc(time.time(), "microseconds"),
             "reason": reason,
             "jobs": [
                 {"source": r.source, "name": r.name, "outcome": r.outcome.value, "error": r.error}
@@ -501,10 +460,10 @@ class DropFolderSource:
             ],
         }
         # The reason is written first: a file in failed/ always has its error.json beside it.
-        error_file = self.failed / _error_file_name(name)
+        error_file = self.failed / error_file_name(name)
         write_atomically(error_file, orjson.dumps(report) + b"\n")
         try:
-            moved = _move_no_clobber(self.processing / claim.name, self.failed, name)
+            moved = move_no_clobber(self.processing / claim.name, self.failed, name)
         except OSError:
             with contextlib.suppress(OSError):  # a retry writes it again, under a free name
                 error_file.unlink()
@@ -521,7 +480,7 @@ class DropFolderSource:
         """Move a file back to DIR; OSError when ``retry`` (the caller retries), else logged:
         on shutdown, the next start recovers what is left in processing/."""
         try:
-            moved = _move_no_clobber(self.processing / claim.name, self.directory, claim.name)
+            moved = move_no_clobber(self.processing / claim.name, self.directory, claim.name)
         except OSError as exc:
             if retry:
                 raise
@@ -534,89 +493,8 @@ class DropFolderSource:
         with os.scandir(self.processing) as entries:
             names = sorted(e.name for e in entries if not e.is_dir(follow_symlinks=False))
         for name in names:
-            moved = _move_no_clobber(self.processing / name, self.directory, name)
+            moved = move_no_clobber(self.processing / name, self.directory, name)
             log.info("file.recovered", file=name, moved_to=str(moved))
-
-
-# --- helpers --------------------------------------------------------------------------------
-
-
-def _signature(entry: os.DirEntry[str]) -> Signature | None:
-    """(size, mtime_ns) of an entry in DIR with a manifest's name, None for anything else.
-
-    Not only regular files: a dangling symlink, a symlink loop or a FIFO is claimed too, and
-    reading it says what is wrong (it is filed under failed/), rather than it lying there
-    unexplained. A directory, or a symlink to one, is not a manifest.
-    """
-    if not is_manifest_name(entry.name):
-        return None
-    try:
-        if entry.is_dir():
-            return None
-    except OSError:
-        pass  # a symlink loop: claimed, and reported when read
-    try:
-        stat = entry.stat()
-    except OSError:
-        try:
-            stat = entry.stat(follow_symlinks=False)  # the link itself: it may still settle
-        except OSError:
-            return None  # gone since the listing
-    return stat.st_size, stat.st_mtime_ns
-
-
-def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _candidates(name: str) -> Iterator[str]:
-    """``name``, then ``stem.20240501T101500Z-N.suffix`` for N = 1, 2, ..."""
-    yield name
-    stem, suffix = os.path.splitext(name)
-    stamp = _utc_now().strftime("%Y%m%dT%H%M%SZ")
-    n = 1
-    while True:
-        yield f"{stem}.{stamp}-{n}{suffix}"
-        n += 1
-
-
-def _error_file_name(name: str) -> str:
-    return os.path.splitext(name)[0] + ".error.json"
-
-
-def _free_name(folder: Path, name: str, *, with_error_file: bool = False) -> str:
-    """The first candidate name not taken in ``folder`` (nor its error.json, if asked)."""
-    for candidate in _candidates(name):
-        taken = os.path.lexists(folder / candidate) or (
-            with_error_file and os.path.lexists(folder / _error_file_name(candidate))
-        )
-        if not taken:
-            return candidate
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _move_no_clobber(src: Path, folder: Path, name: str) -> Path:
-    """Move ``src`` into ``folder`` as ``name`` or, when taken, a suffixed name; never overwrite.
-
-    A hard link then unlink refuses an existing target atomically; where hard links are not
-    supported (some network filesystems), a rename after checking the name is free.
-    """
-    for candidate in _candidates(name):
-        target = folder / candidate
-        try:
-            os.link(src, target, follow_symlinks=False)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            if isinstance(exc, FileNotFoundError) and not os.path.lexists(src):
-                raise
-            if os.path.lexists(target):
-                continue
-            os.rename(src, target)
-            return target
-        os.unlink(src)
-        return target
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _first_error(results: list[JobResult], outcomes: Iterable[Outcome]) -> str:
