@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -18,6 +18,10 @@ from batchsub.jobs import (
     LedgerState,
     ManifestItem,
     RememberedJob,
+    StartIntent,
+    StartOutcome,
+    StartRecord,
+    StatusSeen,
 )
 
 
@@ -98,6 +102,44 @@ class Ledger(Protocol):
 
     def records(self, project_id: str | None = None) -> AsyncIterator[LedgerRecord]:
         """Every record (of one project, or all), ordered by source then name."""
+        ...
+
+
+class StartLedger(Protocol):
+    """The ledger side of starting jobs, recorded on each job's own row (``start_state``).
+
+    The state machine (NULL: batchsub has not started this job)::
+
+        NULL / start_failed --begin_start--> starting          intent committed before the run call
+        starting --record_start(started)--> started            DLI took it, or its status says so
+        starting --record_start(start_failed)--> start_failed  refused for good, or the job is gone
+        starting --record_start(None)--> NULL                  known not started: nothing in flight
+        starting / started --record_status(failure)--> start_failed  failed before it was healthy
+
+    ``begin_start`` is a compare-and-set on ``start_attempts`` (the attempts the decision
+    read): two workers that read the same row claim it once between them. A row left
+    ``starting`` (a lost answer, a crash) is reconciled from the job's status before anything
+    is sent again. Every write is durable when its awaitable completes.
+    """
+
+    async def start_records(self, project_id: str, names: Sequence[str]) -> dict[str, StartRecord]:
+        """The start records of those names that have one (one round trip)."""
+        ...
+
+    def begin_start(self, project_id: str, intents: Sequence[StartIntent]) -> Awaitable[set[str]]:
+        """Commit the intents (state starting, attempts + 1); the names claimed.
+
+        A name is not claimed when its attempts moved since they were read, or (shared
+        ledgers) another live worker holds it in ``starting``.
+        """
+        ...
+
+    def record_start(self, project_id: str, outcomes: Sequence[StartOutcome]) -> Awaitable[None]:
+        """Commit start outcomes, releasing the claims."""
+        ...
+
+    def record_status(self, project_id: str, seen: Sequence[StatusSeen]) -> Awaitable[None]:
+        """Commit statuses seen (and failures before health), as the state machine says."""
         ...
 
 

@@ -24,12 +24,12 @@ from procs import PROJECT, TOKEN
 from batchsub.answers import AnswerKind
 from batchsub.auth import TokenAuth
 from batchsub.client import DliClient, make_session
+from batchsub.ledgers.memory import MemoryStartLedger
+from batchsub.lifecycle.starter import Starter, StartJob
+from batchsub.lifecycle.status_reader import StatusReader
+from batchsub.lifecycle.waiter import Waiter, WaitSettings
 from batchsub.limiter import RateLimiter
 from batchsub.retry import RetryingCaller, RetryPolicy
-from batchsub.start_ledger import MemoryStartLedger
-from batchsub.starter import Starter, StartJob
-from batchsub.status_reader import StatusReader
-from batchsub.waiter import Waiter, WaitSettings
 
 
 @dataclass

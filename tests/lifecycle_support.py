@@ -21,14 +21,14 @@ from aiohttp.typedefs import Middleware
 from batchsub.auth import TokenAuth
 from batchsub.client import DliClient
 from batchsub.http_server import serve_app
+from batchsub.ledgers.memory import MemoryStartLedger
+from batchsub.lifecycle.start_rules import StartOptions
+from batchsub.lifecycle.starter import Starter, StartJob
+from batchsub.lifecycle.status_reader import StatusReader
+from batchsub.lifecycle.waiter import Verdict, Waiter, WaitSettings
 from batchsub.limiter import RateLimiter
 from batchsub.retry import RetryingCaller, RetryPolicy
 from batchsub.simulator import RunningSimulator, SimulatorConfig, create_app
-from batchsub.start_ledger import MemoryStartLedger
-from batchsub.start_rules import StartOptions
-from batchsub.starter import Starter, StartJob
-from batchsub.status_reader import StatusReader
-from batchsub.waiter import Verdict, Waiter, WaitSettings
 from tests.conftest import PROJECT, TOKEN, FakeClock
 
 EPOCH = 1_700_000_000.0

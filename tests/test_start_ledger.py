@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from batchsub.start_ledger import (
-    MemoryStartLedger,
-    StartIntent,
-    StartOutcome,
-    StartState,
-    StatusSeen,
-)
+from batchsub.jobs import StartIntent, StartOutcome, StartState, StatusSeen
+from batchsub.ledgers.memory import MemoryStartLedger
 from tests.conftest import FakeClock
 
 P = "proj"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from batchsub.answers import JobStatus
-from batchsub.status_reader import Seen
+from batchsub.lifecycle.status_reader import Seen
 from tests.lifecycle_support import Rig, rig
 
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from batchsub.jobs import StartIntent, StartOutcome, StartState
+from batchsub.lifecycle.waiter import Health, PollInterval, Verdict, WaitSettings, Watched
 from batchsub.simulator.lifecycle import RUN_FAILED, SUBMIT_FAILED
-from batchsub.start_ledger import StartIntent, StartOutcome, StartState
-from batchsub.waiter import Health, PollInterval, Verdict, WaitSettings, Watched
 from tests.conftest import PROJECT
 from tests.lifecycle_support import Rig, rig
 

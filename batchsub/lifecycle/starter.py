@@ -43,22 +43,15 @@ import structlog
 from batchsub.answers import BatchAnswer, BatchElement, BatchKind
 from batchsub.client import DliClient
 from batchsub.errors import ApiError, FatalApiError
-from batchsub.jobs import ErrorInfo
+from batchsub.jobs import ErrorInfo, StartIntent, StartOutcome, StartRecord, StartState, StatusSeen
+from batchsub.lifecycle.start_rules import StartAction, StartOptions, decide_start
+from batchsub.lifecycle.status_reader import Seen, StatusReader
+from batchsub.lifecycle.statuses import INIT
 from batchsub.limiter import RateLimiter
+from batchsub.protocols import StartLedger
 from batchsub.retry import RetryPolicy
-from batchsub.start_ledger import (
-    StartIntent,
-    StartLedger,
-    StartOutcome,
-    StartRecord,
-    StartState,
-    StatusSeen,
-)
-from batchsub.start_rules import StartAction, StartOptions, decide_start
-from batchsub.status_reader import Seen, StatusReader
-from batchsub.statuses import INIT
 
-log = structlog.get_logger("batchsub.starter")
+log = structlog.get_logger("batchsub.lifecycle.starter")
 _T = TypeVar("_T")
 GONE = "the job does not exist (DLI.16001)"
 

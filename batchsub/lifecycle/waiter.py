@@ -33,10 +33,9 @@ import structlog
 
 from batchsub.answers import JobStatus
 from batchsub.errors import ApiError, FatalApiError
-from batchsub.protocols import RateView
-from batchsub.start_ledger import StartLedger, StatusSeen
-from batchsub.status_reader import Sighting, StatusReader
-from batchsub.statuses import (
+from batchsub.jobs import StatusSeen
+from batchsub.lifecycle.status_reader import Sighting, StatusReader
+from batchsub.lifecycle.statuses import (
     EXCEPTION,
     FAILED,
     FINISHED,
@@ -45,8 +44,9 @@ from batchsub.statuses import (
     STOPPED,
     failure_reason,
 )
+from batchsub.protocols import RateView, StartLedger
 
-log = structlog.get_logger("batchsub.waiter")
+log = structlog.get_logger("batchsub.lifecycle.waiter")
 
 
 class Health(StrEnum):

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from batchsub.answers import JobStatus
-from batchsub.start_ledger import StartRecord, StartState
-from batchsub.statuses import Phase, failure_reason, phase
+from batchsub.jobs import StartRecord, StartState
+from batchsub.lifecycle.statuses import Phase, failure_reason, phase
 
 
 class StartAction(StrEnum):
