@@ -104,6 +104,12 @@ class RetryableError(ApiError):
         self.defer = defer
 
 
-def os_reason(exc: OSError) -> str:
-    """Why an OS call failed, in a few words ("No such file or directory")."""
-    return exc.strerror or str(exc) or type(exc).__name__
+def one_line(exc: BaseException) -> str:
+    """Why ``exc`` happened, on one line: an OS error's few words ("No such file or
+    directory"), else its text with line breaks folded, else what kind of error it is."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = " ".join(str(exc).split())
+    if not text and isinstance(exc, TimeoutError):
+        return "timed out"
+    return text or type(exc).__name__

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from batchsub.errors import OutputError, os_reason
+from batchsub.errors import OutputError, one_line
 
 STDOUT = Path("-")
 _MAX_LINKS = 40  # as the kernel's limit: a longer chain is a loop
@@ -108,7 +108,7 @@ def check_output(named: Path, flag: str) -> None:
             os.close(fd)
             os.unlink(probe)
     except OSError as exc:
-        raise OutputError(f"{flag} {named}: cannot write it: {os_reason(exc)}") from None
+        raise OutputError(f"{flag} {named}: cannot write it: {one_line(exc)}") from None
 
 
 @contextlib.contextmanager
@@ -125,7 +125,7 @@ def open_output(named: Path, flag: str) -> Iterator[IO[bytes]]:
     except BrokenPipeError:
         raise
     except OSError as exc:
-        raise OutputError(f"{flag} {named}: cannot write it: {os_reason(exc)}") from None
+        raise OutputError(f"{flag} {named}: cannot write it: {one_line(exc)}") from None
 
 
 def is_stdout(named: Path | None) -> bool:

@@ -34,7 +34,7 @@ from batchsub.errors import (
     ConfigError,
     FatalApiError,
     RetryableError,
-    os_reason,
+    one_line,
 )
 from batchsub.jobs import ErrorInfo
 from batchsub.retry import parse_retry_after
@@ -105,7 +105,7 @@ def password_source(password: str | None, path: Path | None) -> tuple[Callable[[
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            why = os_reason(exc) if isinstance(exc, OSError) else "not UTF-8 text"
+            why = one_line(exc) if isinstance(exc, OSError) else "not UTF-8 text"
             raise ConfigError(f"BATCHSUB_IAM_PASSWORD_FILE {path}: cannot read it: {why}") from None
         secret = text.rstrip("\r\n")  # `echo pw > file` adds a newline; a Secret mount does not
         if not secret:

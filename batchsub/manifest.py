@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from batchsub.errors import ManifestError, os_reason
+from batchsub.errors import ManifestError, one_line
 from batchsub.jobs import InvalidManifest, JobSpec, ManifestItem
 from batchsub.model import MAX_NAME, field_path, show, validate_object
 from batchsub.text import printable
@@ -252,7 +252,7 @@ def _syntax_error(source: str, fmt: str, exc: Exception) -> str:
         line, column = exc.where
         problem = exc.problem or "syntax error"
         return f"{source}: invalid YAML at line {line}, column {column}: {problem}"
-    detail = " ".join(str(exc).split())
+    detail = one_line(exc)
     return f"{source}: invalid {fmt}: {detail}"
 
 
@@ -402,7 +402,7 @@ def _read_error(path: str | os.PathLike[str], exc: OSError) -> str:
         except OSError:
             target = "?"
         return f"dangling symlink (its target {printable(target)} does not exist)"
-    return os_reason(exc)
+    return one_line(exc)
 
 
 def diff_fields(old_body: bytes, new_body: bytes) -> list[str]:

@@ -31,6 +31,7 @@ from typing import Any
 
 import structlog
 
+from batchsub.errors import one_line
 from batchsub.jobs import InvalidManifest, JobSpec, ManifestItem
 from batchsub.manifest import parse_manifest_file
 from batchsub.text import printable
@@ -211,7 +212,7 @@ class ParserPool:
 
     def _lost(self, child: _Child, exc: BaseException) -> None:
         code = child.process.exitcode
-        reason = f"parser process ended (exit code {code}): {exc or type(exc).__name__}"
+        reason = f"parser process ended (exit code {code}): {one_line(exc)}"
         for answer in child.answers_owed():
             if not answer.done():
                 answer.set_exception(_ChildGone(reason))

@@ -33,7 +33,7 @@ from aio_pika.abc import AbstractExchange
 
 from batchsub import eventloop
 from batchsub.commands._flags import add_send_flags
-from batchsub.errors import ConfigError
+from batchsub.errors import ConfigError, one_line
 from batchsub.jobs import InvalidManifest, JobSpec
 from batchsub.logs import configure_command_logging
 from batchsub.manifest import read_manifest
@@ -223,7 +223,7 @@ class _ConfirmedSender:
         try:
             await self._exchange.publish(message, routing_key=self._queue, timeout=CONFIRM_TIMEOUT)
         except AMQP_FAILURES as exc:
-            log.error("publish.not_confirmed", queue=self._queue, error=str(exc) or repr(exc))
+            log.error("publish.not_confirmed", queue=self._queue, error=one_line(exc))
             return False
         return True
 

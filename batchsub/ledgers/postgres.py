@@ -43,7 +43,7 @@ from typing import Any, TypeAlias, TypeVar
 import asyncpg
 import structlog
 
-from batchsub.errors import LedgerError, LedgerRefusedError, LedgerUnavailable
+from batchsub.errors import LedgerError, LedgerRefusedError, LedgerUnavailable, one_line
 from batchsub.jobs import IN_DOUBT_STATES, Claim, ErrorInfo, JobSpec, LedgerRecord, LedgerState
 from batchsub.ledgers._rows import (
     COLUMNS,
@@ -557,7 +557,7 @@ class PostgresLedger(OpenedInBlock):
         if isinstance(exc, TimeoutError):
             message = f"timed out after {self._timeout:g} s"
         else:
-            message = " ".join(str(exc).split()) or type(exc).__name__
+            message = one_line(exc)
         message = printable(scrub(message, url_passwords(self._dsn)), MESSAGE_CHARS)
         if _is_refused(exc):
             return LedgerRefusedError(f"ledger {self.dsn}: {what}: {message}")

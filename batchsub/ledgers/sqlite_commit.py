@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from batchsub.errors import LedgerError, LedgerRefusedError, LedgerUnavailable, os_reason
+from batchsub.errors import LedgerError, LedgerRefusedError, LedgerUnavailable, one_line
 from batchsub.jobs import Claim
 from batchsub.ledgers._rows import COLUMNS, MESSAGE_CHARS, chunks
 from batchsub.ledgers.outage import Outage
@@ -91,7 +91,7 @@ def ledger_error(path: Path, what: str, exc: BaseException) -> LedgerError:
     """A sqlite3 (or OS) error as the LedgerError it means, naming the file."""
     if is_unavailable(exc):
         condition = "unwritable" if what == "write failed" else "unavailable"
-        reason = os_reason(exc) if isinstance(exc, OSError) else str(exc)
+        reason = one_line(exc) if isinstance(exc, OSError) else str(exc)
         return LedgerUnavailable(str(path), f"{what}: {reason}", condition=condition)
     kind = LedgerRefusedError if isinstance(exc, REFUSALS) else LedgerError
     return kind(f"ledger {path}: {what}: {printable(str(exc), MESSAGE_CHARS)}")

@@ -49,7 +49,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelPreconditionFailed
 from yarl import URL
 
-from batchsub.errors import ConfigError
+from batchsub.errors import ConfigError, one_line
 from batchsub.jobs import (
     BROKEN_OUTCOMES,
     EXISTING_OUTCOMES,
@@ -112,17 +112,8 @@ async def connect(url: str) -> AbstractRobustConnection:
             f"RabbitMQ at {shown} refused the login: check the user and password"
         ) from None
     except AMQP_FAILURES as exc:
-        reason = scrub(_reason(exc), url_passwords(url))
+        reason = scrub(one_line(exc), url_passwords(url))
         raise ConfigError(f"cannot connect to RabbitMQ at {shown}: {reason}") from None
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 async def declare_queues(channel: AbstractChannel, queue: str) -> AbstractQueue:
@@ -136,7 +127,7 @@ async def declare_queues(channel: AbstractChannel, queue: str) -> AbstractQueue:
             arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead},
         )
     except ChannelPreconditionFailed as exc:
-        raise ConfigError(f"queue {queue!r} exists with other settings: {_reason(exc)}") from None
+        raise ConfigError(f"queue {queue!r} exists with other settings: {one_line(exc)}") from None
 
 
 def _resendable(value: Any) -> Any:
@@ -229,7 +220,7 @@ class AmqpSource:
             try:
                 await self._queue.cancel(self._consumer_tag)
             except AMQP_FAILURES as exc:
-                log.warning("amqp.cancel_failed", queue=self.name, error=_reason(exc))
+                log.warning("amqp.cancel_failed", queue=self.name, error=one_line(exc))
         for delivery in list(self._open):
             await self._release(delivery, requeue=True)
         if self.requeued or self.acked or self.dead_lettered:
@@ -312,7 +303,7 @@ class AmqpSource:
                 copy, routing_key=dead_queue_name(self.name), timeout=CONFIRM_TIMEOUT
             )
         except AMQP_FAILURES as exc:
-            log.error("amqp.dead_letter_failed", queue=self.name, error=_reason(exc))
+            log.error("amqp.dead_letter_failed", queue=self.name, error=one_line(exc))
             return False
         log.warning(
             "amqp.dead_lettered", queue=dead_queue_name(self.name), outcome=worst, error=reason
@@ -333,7 +324,7 @@ class AmqpSource:
                 await delivery.message.nack(requeue=requeue)
         except AMQP_FAILURES as exc:
             # The channel is gone: the broker requeues the message itself.
-            log.warning("amqp.settle_failed", queue=self.name, error=_reason(exc))
+            log.warning("amqp.settle_failed", queue=self.name, error=one_line(exc))
             return
         if dead:
             self.dead_lettered += 1

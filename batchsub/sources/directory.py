@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import structlog
 
-from batchsub.errors import ConfigError, LedgerError, os_reason
+from batchsub.errors import ConfigError, LedgerError, one_line
 from batchsub.jobs import EXISTING_OUTCOMES, InvalidManifest, JobResult, ManifestItem, RememberedJob
 from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
 from batchsub.parse_pool import ParserPool
@@ -32,7 +32,7 @@ class _Unreadable:
     def invalid(self) -> InvalidManifest:
         """The invalid manifest a run reports for it."""
         where = printable(str(self.path))
-        return InvalidManifest(where, f"{where}: cannot list directory: {os_reason(self.error)}")
+        return InvalidManifest(where, f"{where}: cannot list directory: {one_line(self.error)}")
 
 
 def _is_manifest(name: str) -> bool:

@@ -51,7 +51,7 @@ import orjson
 import structlog
 from watchfiles import awatch
 
-from batchsub.errors import ConfigError, os_reason
+from batchsub.errors import ConfigError, one_line
 from batchsub.files import write_atomically
 from batchsub.jobs import BROKEN_OUTCOMES, EXISTING_OUTCOMES, JobResult, ManifestItem, Outcome
 from batchsub.manifest import parse_manifest_file
@@ -161,7 +161,7 @@ class DropFolderSource:
                 folder.mkdir(parents=True, exist_ok=True)
             self._recover()
         except OSError as exc:
-            raise ConfigError(f"drop folder {self.directory}: {os_reason(exc)}") from None
+            raise ConfigError(f"drop folder {self.directory}: {one_line(exc)}") from None
         self._prepared = True
 
     def stop(self) -> None:
@@ -234,7 +234,7 @@ class DropFolderSource:
                     if signature is not None:
                         present[entry.name] = signature
         except OSError as exc:
-            log.error("watch.cannot_list", directory=str(self.directory), error=os_reason(exc))
+            log.error("watch.cannot_list", directory=str(self.directory), error=one_line(exc))
             return []
         now = self._clock()
         self._tracker.retain(present)
@@ -273,7 +273,7 @@ class DropFolderSource:
                 self._folder_problem(folder, "exists but is not a directory")
                 continue
             except OSError as exc:
-                self._folder_problem(folder, os_reason(exc))
+                self._folder_problem(folder, one_line(exc))
                 continue
             made = True
             log.warning("folder.recreated", folder=str(folder), reason="it had been removed")
@@ -315,7 +315,7 @@ class DropFolderSource:
         except Exception as exc:  # an inotify limit, a vanished directory: rescans go on
             log.warning(
                 "watch.events_unavailable",
-                error=str(exc) or type(exc).__name__,
+                error=one_line(exc),
                 rescan_interval=self._rescan_interval,
             )
 
@@ -352,7 +352,7 @@ class DropFolderSource:
         except FileNotFoundError:
             return []  # gone since the scan
         except OSError as exc:
-            log.warning("file.unclaimable", file=name, error=os_reason(exc))
+            log.warning("file.unclaimable", file=name, error=one_line(exc))
             self._not_before[name] = self._clock() + self._retry_delay
             return []
         self._not_before.pop(name, None)
@@ -412,11 +412,11 @@ class DropFolderSource:
         name = claim.name
         if not os.path.lexists(self.processing / name):  # removed by hand (processing/ too?)
             self._stuck.pop(name, None)
-            log.warning("file.vanished", file=name, error=os_reason(exc), folder=PROCESSING)
+            log.warning("file.vanished", file=name, error=one_line(exc), folder=PROCESSING)
             return
         now, stuck = self._clock(), self._stuck.get(name)
         if stuck is None:
-            stuck = self._stuck[name] = _Stuck(claim, os_reason(exc), time.time())
+            stuck = self._stuck[name] = _Stuck(claim, one_line(exc), time.time())
             log.error(
                 "file.cannot_move",
                 file=name,
@@ -425,7 +425,7 @@ class DropFolderSource:
             )
         else:
             stuck.attempts += 1
-            stuck.error = os_reason(exc)
+            stuck.error = one_line(exc)
         delay = min(_MOVE_RETRY_FIRST * 2 ** (stuck.attempts - 1), self._move_retry_max)
         stuck.next_try = now + delay
 
@@ -484,7 +484,7 @@ class DropFolderSource:
         except OSError as exc:
             if retry:
                 raise
-            log.error("file.cannot_move", file=claim.name, error=os_reason(exc))
+            log.error("file.cannot_move", file=claim.name, error=one_line(exc))
             return
         self._not_before[moved.name] = self._clock() + self._retry_delay
         log.info("file.returned", file=claim.name, moved_to=str(moved), reason=reason)
