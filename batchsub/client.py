@@ -173,10 +173,7 @@ class DliClient:
         answer = await self._request("list", "GET", self._list_url.with_query(query))
         status = answer.status
         if status in (401, 403):
-            refused = error_info(status, answer.payload, answer.raw)
-            if status == 401:
-                refused = self._explained(answer, refused)
-            self._credential_shown(status, False, refused)
+            refused = self._refused(status, answer)
             raise FatalApiError(f"list jobs: {refused}", code=refused.code, status=status)
         try:
             page = read_job_page(answer)
@@ -254,10 +251,7 @@ class DliClient:
             return
         self.reachability.answered()
         if status in (401, 403):
-            refused = error_info(status, answer.payload, answer.raw)
-            if status == 401:
-                refused = self._explained(answer, refused)
-            self._credential_shown(status, False, refused)
+            self._refused(status, answer)
         elif answer.kind is not Kind.FATAL and status < 500 and status != 429:
             self._credential_shown(status, True, None)
 
@@ -309,6 +303,14 @@ class DliClient:
         finally:
             if self._on_answer is not None:
                 self._on_answer(call, time.perf_counter() - started, status)
+
+    def _refused(self, status: int, answer: Answer) -> ErrorInfo:
+        """A 401/403 of a list or life-cycle call: noted, so nothing more is sent; its error."""
+        refused = error_info(status, answer.payload, answer.raw)
+        if status == 401:
+            refused = self._explained(answer, refused)
+        self._credential_shown(status, False, refused)
+        return refused
 
     def _explained(self, answer: Answer, error: ErrorInfo) -> ErrorInfo:
         """A 401's error, with what the auth makes of the answer's ``Date`` (a clock off)."""
