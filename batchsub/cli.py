@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-# First: the next import of structlog (via settings) skips rich, ~100 ms of start-up.
+# First: the next import of structlog (via settings) skips rich, a good part of start-up
+# (bench/results.md section 10).
 from batchsub import __version__, structlog_without_rich  # noqa: F401
 from batchsub.errors import BatchsubError
 from batchsub.settings import Settings, load_settings

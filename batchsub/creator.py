@@ -130,7 +130,7 @@ class Creator:
         monotonic: Callable[[], float],
     ) -> None:
         # Bound now (logging is configured by then): a call skips structlog's lazy proxy,
-        # which every job's log line would pay otherwise (bench/results.md).
+        # which every job's log line would pay otherwise (bench/results.md section 10).
         self._log = log.bind()
         self._run = run
         self._client, self._ledger, self._reconciler = parts.client, parts.ledger, parts.reconciler

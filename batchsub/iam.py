@@ -5,7 +5,8 @@ header, valid 24 h (``token.expires_at`` in the body). ``IamTokenAuth`` asks onc
 token as ``X-Auth-Token``, and asks again a margin before it expires; ``IamDliClient`` also
 asks again, once, when an answer says "the token must be updated" (401 ``APIG.0307``: the
 account's tokens were revoked, e.g. by a password change) and resends that request: a 401
-means it was not processed. See ``dli-lifecycle-api.md``, "An IAM token from a password".
+means it was not processed. Source: the IAM API reference, "Obtaining a User Token Through
+Password Authentication" (``iam_30_0001``).
 
 Neither the password nor the token is ever logged, shown by ``describe()`` or a repr, or put
 in an error message. A wrong password is not retried: IAM locks a user after a few.

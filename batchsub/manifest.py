@@ -73,7 +73,7 @@ def job_from_object(obj: object, source: str, *, validate: bool = True) -> Manif
             return problem
     try:
         # Copied to its exact size: orjson's result keeps the 4 KiB buffer it was written in,
-        # and a list file of 55,000 small jobs held 214 MB of it (bench/results.md).
+        # which a list file of many small jobs multiplied (bench/results.md section 9).
         body = bytes(memoryview(orjson.dumps(obj)))
         canonical = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
     except (TypeError, orjson.JSONEncodeError) as exc:  # unreachable for a valid job; be safe
@@ -166,8 +166,8 @@ _SLOW = object()  # _quick_json's "parse it the careful way"
 def _yaml_loader() -> Any:
     """The safe YAML loader that refuses duplicate keys.
 
-    PyYAML is imported here, when the first YAML manifest is met: it costs about 25 ms of
-    start-up, and most directories hold JSON only.
+    PyYAML is imported here, when the first YAML manifest is met: its import is a visible part
+    of start-up (bench/results.md section 10), and most directories hold JSON only.
     """
     import yaml
 

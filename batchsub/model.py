@@ -314,8 +314,8 @@ def describe_validation_error(exc: ValidationError) -> str:
     """The first MAX_PROBLEMS errors of a validation as ``field: problem``, on one line.
 
     Joined by "; ", then "; and N more problems": one manifest's error stays a line whatever
-    it holds (400,000 bad list items made a 20 MB line that the summary table took minutes
-    to lay out).
+    it holds (an unbounded one took the summary table minutes to lay out: bench/results.md
+    section 9).
     """
     errors = exc.errors(include_url=False)
     parts = []

@@ -12,7 +12,7 @@ _SEND_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--region", {"help": "Huawei Cloud region, e.g. cn-north-4, to derive the endpoint"}),
     ("--project-id", {"help": "project ID (default: $HUAWEICLOUD_SDK_PROJECT_ID)"}),
     ("--iam-endpoint", {"help": "IAM URL of a password login (default: https://iam.{region}...)"}),
-    ("--ledger", {"help": "ledger: a SQLite file path (default: ./batchsub.db)"}),
+    ("--ledger", {"help": "ledger: a SQLite file or a postgresql:// URL (default: batchsub.db)"}),
     ("--rate", {"type": float, "help": "requests per second, 0 for no limit (default: 10)"}),
     ("--concurrency", {"type": int, "help": "requests in flight at most (default: 8)"}),
     ("--timeout", {"type": float, "help": "seconds to wait for one answer (default: 30)"}),

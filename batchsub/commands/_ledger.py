@@ -12,7 +12,9 @@ from batchsub.wiring import is_shared_ledger, open_ledger
 
 def add_ledger_flags(parser: argparse.ArgumentParser) -> None:
     """``--ledger`` and ``--project-id`` of the commands that read a ledger."""
-    parser.add_argument("--ledger", help="ledger: a SQLite file path (default: ./batchsub.db)")
+    parser.add_argument(
+        "--ledger", help="ledger: a SQLite file or a postgresql:// URL (default: batchsub.db)"
+    )
     parser.add_argument("--project-id", help="only this project's jobs (default: every project)")
 
 

@@ -89,9 +89,9 @@ _MIGRATIONS: dict[int, str] = {
     ) WITHOUT ROWID;
     """,
     # jobs becomes a rowid table. SQLite advises WITHOUT ROWID only for rows under about a
-    # twentieth of a page, and a row holds its body (~1 KB): every write moved whole bodies
-    # around the primary key's b-tree. With rowid, rows are appended and the key is a small
-    # index; the ledger writer thread's CPU per job fell by about 40% (12,000 jobs).
+    # twentieth of a page, and a row holds its body: every write moved whole bodies around
+    # the primary key's b-tree. With rowid, rows are appended and the key is a small index,
+    # which the ledger writer thread's CPU per job shows (bench/results.md section 10).
     2: f"""
     CREATE TABLE jobs_rowid {_JOBS_TABLE};
     INSERT INTO jobs_rowid ({COLUMNS}) SELECT {COLUMNS} FROM jobs ORDER BY source, name;
@@ -109,7 +109,7 @@ ON CONFLICT (project_id, path) DO UPDATE SET
 """
 
 # "+state" keeps the names looked up by the primary key: on the jobs_by_state index SQLite
-# would scan every created job of the project for each chunk (a 50,000-job rerun took 5x).
+# would scan every created job of the project for each chunk (bench/results.md section 10).
 _REMEMBERED_SQL = (
     "SELECT source, name, job_id, adopted FROM jobs"
     " WHERE project_id = ? AND +state = 'created' AND name IN ({marks})"

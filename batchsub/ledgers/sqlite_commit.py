@@ -1,14 +1,14 @@
 """The SQLite ledger's writes: queued with a future, group-committed on one dedicated thread.
 
 Callers queue their write (``submit``) and get a future; one writer task commits everything
-queued in one transaction, on its own plain sqlite3 connection in a thread of its own, a
-whole batch per hand-off, then resolves the futures. aiosqlite's one hand-off per statement
-made the ledger the bottleneck: each one waited for the GIL of a busy event loop (see
-bench/results.md). A batch refused for the values of one write (a number SQLite cannot hold)
-is run again one write at a time: only the one that fails alone fails, as
-``LedgerRefusedError``. A full disk (a file system gone read-only, an I/O error) is
-``LedgerUnavailable``: the batch is kept and tried again through the ``Outage`` (backoff,
-logged once each way), while later writes queue behind it.
+queued in one transaction, on its own plain sqlite3 connection in a thread of its own, a whole
+batch per hand-off, then resolves the futures. aiosqlite's one hand-off per statement made the
+ledger the bottleneck: each one waited for the GIL of a busy event loop (bench/results.md
+section 10). A batch refused for the values of one write (a number SQLite cannot hold) is run
+again one write at a time: only the one that fails alone fails, as ``LedgerRefusedError``. A
+full disk (a file system gone read-only, an I/O error) is ``LedgerUnavailable``: the batch is
+kept and tried again through the ``Outage`` (backoff, logged once each way), while later writes
+queue behind it.
 
 ``ledger_error`` is the one place where a sqlite3 error becomes a ``LedgerError``.
 """
