@@ -1,29 +1,21 @@
-"""Shared fixtures: a real simulator on loopback, manifest folders, clean settings."""
+"""Fixtures only (helpers are in ``tests/support.py`` and ``tests/*_support.py``): a clean
+environment, real simulators on loopback, DLI calls to them, a small disk."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 import structlog
-from structlog._config import BoundLoggerLazyProxy
 
-from batchsub.jobs import Claim, JobSpec
-from batchsub.settings import Settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.faults import ensure_postgres_running, small_filesystem
 from tests.sim_support import Dli
-
-PROJECT = "proj-test"
-TOKEN = "test-token-0123456789"
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import PROJECT, TOKEN, DliFactory, SimulatorFactory, forget_cached_loggers
 
 
 @pytest.fixture(autouse=True)
@@ -39,15 +31,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     # (capture_logs among them) need the defaults back, and the module loggers it cached
     # (cache_logger_on_first_use) must be assembled afresh.
     structlog.reset_defaults()
-    _forget_cached_loggers()
-
-
-def _forget_cached_loggers() -> None:
-    for name, module in list(sys.modules.items()):
-        if name.startswith("batchsub") and module is not None:
-            for value in vars(module).values():
-                if isinstance(value, BoundLoggerLazyProxy):
-                    vars(value).pop("bind", None)
+    forget_cached_loggers()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -68,9 +52,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield directory
 
 
-SimulatorFactory = Callable[..., Any]
-
-
 @pytest.fixture
 async def simulator() -> AsyncIterator[SimulatorFactory]:
     """Start simulators with the given config fields; all are closed after the test."""
@@ -88,61 +69,6 @@ async def simulator() -> AsyncIterator[SimulatorFactory]:
         await sim.close()
 
 
-def write_manifests(
-    directory: Path, count: int, *, prefix: str = "job", **fields: Any
-) -> list[str]:
-    """Write ``count`` one-job JSON manifests; returns the job names."""
-    directory.mkdir(parents=True, exist_ok=True)
-    names = []
-    for index in range(count):
-        name = f"{prefix}-{index:05d}"
-        body = {"name": name, "queue_name": "testQueue", "cu_number": 2, **fields}
-        (directory / f"{name}.json").write_bytes(orjson.dumps(body))
-        names.append(name)
-    return names
-
-
-def fast_settings(url: str, ledger: Path, **overrides: Any) -> Settings:
-    """Settings for a run against a test simulator: no rate limit, quick retries and waits."""
-    values: dict[str, Any] = {
-        "endpoint": url,
-        "project_id": PROJECT,
-        "auth_token": TOKEN,
-        "ledger": str(ledger),
-        "rate": 0,
-        "backoff_base": 0.01,
-        "backoff_max": 0.05,
-        "timeout": 2.0,
-        "in_doubt_grace": 0.01,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def job_spec(name: str, source: str | None = None, body: bytes | None = None) -> JobSpec:
-    """A small valid job, its source ``jobs/NAME.yaml`` unless given."""
-    data = body if body is not None else b'{"name":"%s","queue_name":"q1"}' % name.encode()
-    return JobSpec(
-        name=name,
-        body=data,
-        body_hash=hashlib.sha256(data).hexdigest(),
-        source=source if source is not None else f"jobs/{name}.yaml",
-    )
-
-
-DliFactory = Callable[..., Any]
-
-
 @pytest.fixture
 async def dli(simulator: SimulatorFactory) -> AsyncIterator[DliFactory]:
     """Start a simulator with the given config fields; DLI calls to it for PROJECT."""
@@ -152,8 +78,3 @@ async def dli(simulator: SimulatorFactory) -> AsyncIterator[DliFactory]:
             return Dli(http, await simulator(**fields), PROJECT, TOKEN)
 
         yield make
-
-
-def attempt_of(claim: Claim | None) -> int | None:
-    """The attempt number of a ledger claim, None when the ledger refused the claim."""
-    return None if claim is None else claim.attempt

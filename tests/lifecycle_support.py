@@ -29,7 +29,7 @@ from batchsub.lifecycle.waiter import Verdict, Waiter, WaitSettings
 from batchsub.limiter import RateLimiter
 from batchsub.retry import RetryingCaller, RetryPolicy
 from batchsub.simulator import RunningSimulator, SimulatorConfig, create_app
-from tests.conftest import PROJECT, TOKEN, FakeClock
+from tests.support import PROJECT, TOKEN, FakeClock
 
 EPOCH = 1_700_000_000.0
 QUICK = {"start_seconds": (1.0, 2.0), "stop_seconds": (0.5, 0.5)}

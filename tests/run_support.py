@@ -1,11 +1,21 @@
-"""Helpers for tests that run the engine on jobs of their own making."""
+"""Running the engine in process: settings for a test simulator, a run over a directory and
+what it left behind (exit code, report, ledger), and a source of ready-made items."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from batchsub.jobs import JobResult, ManifestItem
+from batchsub.jobs import JobResult, LedgerRecord, ManifestItem
+from batchsub.ledgers.sqlite import SqliteLedger
+from batchsub.report import RunAccount
+from batchsub.runner import run_source
 from batchsub.settings import Settings
+from batchsub.sources.directory import DirectorySource
+from tests.support import PROJECT, fast_settings
 
 
 class ListSource:
@@ -27,3 +37,47 @@ class ListSource:
 def on_ledger(ledger: str, settings: Settings) -> Settings:
     """``settings`` with ``--ledger`` a PostgreSQL URL or a SQLite path."""
     return settings.model_copy(update={"ledger": ledger})
+
+
+AK, SK = "AKTEST0000000000", "sk-secret-do-not-log-0123456789"
+
+
+def settings_for(url: str, tmp_path: Path, **overrides: Any) -> Settings:
+    return fast_settings(url, tmp_path / "ledger.db", **{"concurrency": 16, **overrides})
+
+
+async def run_dir(
+    settings: Settings, directory: Path, report: Path | None = None
+) -> tuple[int, RunAccount]:
+    account = RunAccount(report)
+    code = await run_source(settings, DirectorySource(directory), account)
+    return code, account
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads(path.read_text())
+    return report
+
+
+@dataclass
+class RunResult:
+    """What one in-process run left behind."""
+
+    code: int
+    report: dict[str, Any]
+    ledger: dict[str, LedgerRecord] = field(default_factory=dict)
+
+
+async def run_once(settings: Settings, directory: Path) -> RunResult:
+    """One in-process run over ``directory``; its exit code, report and ledger afterwards."""
+    report_path = directory.parent / "report.json"
+    code, _ = await run_dir(settings, directory, report_path)
+    report = read_report(report_path)
+    report_path.unlink()
+    return RunResult(code, report, await read_ledger(Path(settings.ledger)))
+
+
+async def read_ledger(path: Path) -> dict[str, LedgerRecord]:
+    """Every record of PROJECT by name (the run has released the ledger's lock)."""
+    async with SqliteLedger(path) as ledger:
+        return {record.name: record async for record in ledger.records(PROJECT)}

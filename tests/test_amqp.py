@@ -28,8 +28,8 @@ from batchsub.sources.amqp import (
     open_amqp_source,
 )
 from tests.amqp_support import AMQP_URL, Broker, broker_listening, eventually
-from tests.conftest import PROJECT, TOKEN, SimulatorFactory, fast_settings, write_manifests
 from tests.fs_support import odd_entries
+from tests.support import PROJECT, TOKEN, SimulatorFactory, fast_settings, write_manifests
 
 pytestmark = pytest.mark.skipif(
     not broker_listening(), reason="RabbitMQ is not listening on 127.0.0.1:5672 (CI starts it)"

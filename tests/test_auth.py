@@ -16,7 +16,7 @@ from batchsub.auth import JSON_CONTENT_TYPE, AkSkAuth, TokenAuth
 from batchsub.client import DliClient
 from batchsub.errors import FatalApiError
 from batchsub.protocols import Auth
-from tests.conftest import SimulatorFactory
+from tests.support import SimulatorFactory
 
 AK = "AKIDSECRETPART0123"
 SK = "the-secret-key-do-not-leak"

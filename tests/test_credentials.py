@@ -28,16 +28,18 @@ from batchsub.sources.amqp import open_amqp_source
 from batchsub.sources.directory import DirectorySource
 from batchsub.sources.dropfolder import DropFolderSource
 from tests.amqp_support import AMQP_URL, Broker, broker_listening
-from tests.conftest import (
+from tests.http_support import Recorder, proxying
+from tests.support import (
     PROJECT,
     REPO,
     SimulatorFactory,
+    drop,
     fast_settings,
+    job,
     job_spec,
+    names_in,
     write_manifests,
 )
-from tests.http_support import Recorder, proxying
-from tests.test_dropfolder import drop, job, names_in
 
 AK, SK = "AKWRONGSK0000000", "the-right-secret-key"
 REFUSED = (401, 403)

@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,40 +24,14 @@ from batchsub.runner import run_source
 from batchsub.settings import Settings
 from batchsub.sources.dropfolder import DropFolderSource
 from batchsub.sources.filing import SettleTracker, is_manifest_name
-from tests.conftest import SimulatorFactory
 from tests.fs_support import odd_entries, unwritable
-from tests.test_run import settings_for
+from tests.run_support import settings_for
+from tests.support import SimulatorFactory, drop, eventually, job, names_in
 
 
 def fast(inbox: Path) -> DropFolderSource:
     """A drop folder that reads files at once and rescans often."""
     return DropFolderSource(inbox, settle_time=0.0, rescan_interval=0.05, retry_delay=0.0)
-
-
-def job(name: str, **fields: Any) -> dict[str, Any]:
-    return {"name": name, "queue_name": "testQueue", "cu_number": 2, **fields}
-
-
-def drop(folder: Path, name: str, content: Any) -> Path:
-    """Write a manifest as a producer should: under a hidden name, then rename it into place."""
-    data = content.encode() if isinstance(content, str) else orjson.dumps(content)
-    tmp = folder / f".{name}.tmp"
-    tmp.write_bytes(data)
-    os.rename(tmp, folder / name)
-    return folder / name
-
-
-def names_in(folder: Path) -> list[str]:
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if p.is_file())
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``check()`` holds (polling), or fail the test."""
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager

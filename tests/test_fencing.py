@@ -38,10 +38,10 @@ from batchsub.runner import run_source
 from batchsub.settings import load_settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig
 from batchsub.submitter import Submitter
-from tests.conftest import PROJECT, TOKEN, FakeClock, SimulatorFactory, fast_settings, job_spec
 from tests.pg import fresh_database, postgres_listening
 from tests.run_support import ListSource, on_ledger
 from tests.sim_support import simulator_with
+from tests.support import PROJECT, TOKEN, FakeClock, SimulatorFactory, fast_settings, job_spec
 
 needs_postgres = pytest.mark.skipif(not postgres_listening(), reason="PostgreSQL is not listening")
 

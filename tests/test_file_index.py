@@ -19,7 +19,7 @@ from batchsub.jobs import (
 from batchsub.ledgers.sqlite import SqliteLedger
 from batchsub.model import validate_spec
 from batchsub.sources.directory import DirectorySource
-from tests.conftest import write_manifests
+from tests.support import write_manifests
 
 P = "proj"
 

@@ -19,7 +19,7 @@ from batchsub.jobs import JobSpec, ManifestItem
 from batchsub.manifest import parse_manifest_file
 from batchsub.parse_pool import ParserPool
 from batchsub.sources.directory import DirectorySource, iter_manifest_paths
-from tests.conftest import REPO, write_manifests
+from tests.support import REPO, write_manifests
 
 
 @pytest.fixture

@@ -28,10 +28,10 @@ from batchsub.settings import Settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig
 from batchsub.sources.amqp import ERROR_HEADER, SOURCE_HEADER, SUFFIX_HEADER, open_amqp_source
 from tests.amqp_support import AMQP_URL, Broker, broker_listening
-from tests.conftest import PROJECT, TOKEN, SimulatorFactory, fast_settings
 from tests.pg import fresh_database, postgres_listening
 from tests.run_support import ListSource, on_ledger
 from tests.sim_support import simulator_with
+from tests.support import PROJECT, TOKEN, SimulatorFactory, fast_settings
 
 needs_broker = pytest.mark.skipif(not broker_listening(), reason="RabbitMQ is not listening")
 needs_postgres = pytest.mark.skipif(not postgres_listening(), reason="PostgreSQL is not listening")

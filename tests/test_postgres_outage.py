@@ -15,9 +15,9 @@ from batchsub.errors import LedgerError, LedgerRefusedError, LedgerUnavailable
 from batchsub.jobs import LedgerState
 from batchsub.ledgers.outage import Outage
 from batchsub.ledgers.postgres import PostgresLedger
-from tests.conftest import attempt_of, job_spec
 from tests.faults import Proxy, via
 from tests.pg import HOST, PORT, fresh_database, postgres_listening
+from tests.support import attempt_of, job_spec
 
 pytestmark = pytest.mark.skipif(
     not postgres_listening(), reason=f"no PostgreSQL server listens on {HOST}:{PORT}"

@@ -14,7 +14,7 @@ from batchsub.errors import FatalApiError
 from batchsub.limiter import RateLimiter
 from batchsub.reconcile import Reconciler
 from batchsub.retry import RetryingCaller, RetryPolicy
-from tests.conftest import PROJECT, TOKEN, SimulatorFactory
+from tests.support import PROJECT, TOKEN, SimulatorFactory
 
 
 def reconciler(

@@ -18,8 +18,8 @@ from batchsub.errors import LedgerError, LedgerLockedError, LedgerRefusedError
 from batchsub.jobs import Claim, ErrorInfo, LedgerRecord, LedgerState
 from batchsub.ledgers.sqlite import _MIGRATIONS, _REMEMBERED_SQL, SCHEMA_VERSION, SqliteLedger
 from batchsub.protocols import Ledger
-from tests.conftest import FakeClock, attempt_of, job_spec
 from tests.fs_support import bind_mount
+from tests.support import FakeClock, attempt_of, job_spec
 
 P = "project-1"
 

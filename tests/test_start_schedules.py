@@ -24,8 +24,8 @@ from batchsub.jobs import StartState
 from batchsub.lifecycle.starter import StartJob, StartKind, StartResult
 from batchsub.lifecycle.statuses import ACTIVE
 from batchsub.lifecycle.waiter import Health, Watched
-from tests.conftest import PROJECT
 from tests.lifecycle_support import Handler, Rig, rig
+from tests.support import PROJECT
 
 
 @dataclass(frozen=True)

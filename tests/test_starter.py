@@ -16,8 +16,8 @@ from batchsub.ledgers.memory import MemoryStartLedger
 from batchsub.lifecycle.start_rules import StartOptions
 from batchsub.lifecycle.starter import StartJob, StartKind, StartResult
 from batchsub.simulator.lifecycle import NO_QUEUE
-from tests.conftest import PROJECT
 from tests.lifecycle_support import Handler, Rig, rig
+from tests.support import PROJECT
 
 
 @web.middleware

@@ -9,8 +9,8 @@ import pytest
 from batchsub.jobs import StartIntent, StartOutcome, StartState
 from batchsub.lifecycle.waiter import Health, PollInterval, Verdict, WaitSettings, Watched
 from batchsub.simulator.lifecycle import RUN_FAILED, SUBMIT_FAILED
-from tests.conftest import PROJECT
 from tests.lifecycle_support import Rig, rig
+from tests.support import PROJECT
 
 
 async def started(r: Rig, count: int, prefix: str = "job", **fields: Any) -> list[int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from batchsub.jobs import StartIntent, StartOutcome, StartState, StatusSeen
 from batchsub.ledgers.memory import MemoryStartLedger
-from tests.conftest import FakeClock
+from tests.support import FakeClock
 
 P = "proj"
 

@@ -30,9 +30,9 @@ from batchsub.settings import Settings
 from batchsub.simulator import RunningSimulator
 from batchsub.sources.directory import DirectorySource
 from batchsub.sources.failed import LedgerFailedSource
-from tests.conftest import PROJECT, TOKEN, SimulatorFactory, fast_settings, write_manifests
 from tests.fs_support import odd_entries
 from tests.http_support import proxying
+from tests.support import PROJECT, TOKEN, SimulatorFactory, fast_settings, write_manifests
 
 MISSING_QUEUE = "missingQueue"
 
