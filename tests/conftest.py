@@ -1,5 +1,5 @@
 """Fixtures only (helpers are in ``tests/support.py`` and ``tests/*_support.py``): a clean
-environment, real simulators on loopback, DLI calls to them, a small disk."""
+environment, real simulators on loopback, DLI calls to them, submitters over them, a small disk."""
 
 from __future__ import annotations
 
@@ -12,8 +12,17 @@ import aiohttp
 import pytest
 import structlog
 
+from batchsub.auth import TokenAuth
+from batchsub.client import DliClient
+from batchsub.jobs import JobResult
+from batchsub.ledgers.sqlite import SqliteLedger
+from batchsub.limiter import RateLimiter
+from batchsub.reconcile import Reconciler
+from batchsub.retry import RetryBudget, RetryingCaller, RetryPolicy
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from batchsub.submitter import Submitter
 from tests.faults import ensure_postgres_running, small_filesystem
+from tests.run_support import Pool, PoolFactory
 from tests.sim_support import Dli
 from tests.support import PROJECT, TOKEN, DliFactory, SimulatorFactory, forget_cached_loggers
 
@@ -78,3 +87,39 @@ async def dli(simulator: SimulatorFactory) -> AsyncIterator[DliFactory]:
             return Dli(http, await simulator(**fields), PROJECT, TOKEN)
 
         yield make
+
+
+@pytest.fixture
+async def submitter(simulator: SimulatorFactory, tmp_path: Path) -> AsyncIterator[PoolFactory]:
+    """Make submitters, each over a real simulator (its config fields in ``sim``) and a fresh
+    SQLite ledger; other keywords go to the Submitter. All are closed after the test."""
+    opened: list[tuple[aiohttp.ClientSession, SqliteLedger]] = []
+
+    async def make(*, sim: dict[str, Any] | None = None, **fields: Any) -> Pool:
+        running = await simulator(**(sim or {}))
+        session = aiohttp.ClientSession()
+        ledger = SqliteLedger(tmp_path / f"ledger-{len(opened)}.db")
+        opened.append((session, ledger))
+        await ledger.open()
+        client = DliClient(session, running.url, PROJECT, TokenAuth(TOKEN), timeout=2.0)
+        limiter = RateLimiter(0)
+        policy = RetryPolicy(max_attempts=5, base_delay=0.01, max_delay=0.05)
+        caller = RetryingCaller(limiter, policy)
+        results: list[JobResult] = []
+        fields = {"concurrency": 4, "in_doubt_grace": 0.01, **fields}
+        pool = Submitter(
+            client=client,
+            ledger=ledger,
+            limiter=limiter,
+            policy=policy,
+            budget=RetryBudget(),
+            reconciler=Reconciler(client, caller, batch_window=0.01),
+            on_result=results.append,
+            **fields,
+        )
+        return Pool(pool, running, ledger, client, results)
+
+    yield make
+    for session, ledger in opened:
+        await ledger.close()
+        await session.close()

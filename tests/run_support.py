@@ -4,17 +4,20 @@ what it left behind (exit code, report, ledger), and a source of ready-made item
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchsub.client import DliClient
 from batchsub.jobs import JobResult, LedgerRecord, ManifestItem
 from batchsub.ledgers.sqlite import SqliteLedger
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings
+from batchsub.simulator import RunningSimulator
 from batchsub.sources.directory import DirectorySource
+from batchsub.submitter import Submitter
 from tests.support import PROJECT, fast_settings
 
 
@@ -81,3 +84,24 @@ async def read_ledger(path: Path) -> dict[str, LedgerRecord]:
     """Every record of PROJECT by name (the run has released the ledger's lock)."""
     async with SqliteLedger(path) as ledger:
         return {record.name: record async for record in ledger.records(PROJECT)}
+
+
+@dataclass
+class Pool:
+    """A submitter as ``run`` wires it, over a simulator and a SQLite ledger of the test's own;
+    ``results`` are the results it gave, in order."""
+
+    submitter: Submitter
+    sim: RunningSimulator
+    ledger: SqliteLedger
+    client: DliClient
+    results: list[JobResult] = field(default_factory=list)
+
+    async def run(self, items: list[ManifestItem]) -> list[JobResult]:
+        """Run the submitter over ``items``; the results of this run."""
+        before = len(self.results)
+        await self.submitter.run(ListSource(items))
+        return self.results[before:]
+
+
+PoolFactory = Callable[..., Awaitable[Pool]]
