@@ -17,12 +17,9 @@ from batchsub.client import DliClient
 from batchsub.jobs import JobResult
 from batchsub.ledgers.sqlite import SqliteLedger
 from batchsub.limiter import RateLimiter
-from batchsub.reconcile import Reconciler
-from batchsub.retry import RetryBudget, RetryingCaller, RetryPolicy
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from batchsub.submitter import Submitter
 from tests.faults import ensure_postgres_running, small_filesystem
-from tests.run_support import Pool, PoolFactory
+from tests.run_support import Pool, PoolFactory, make_submitter
 from tests.sim_support import Dli
 from tests.support import PROJECT, TOKEN, DliFactory, SimulatorFactory, forget_cached_loggers
 
@@ -102,21 +99,8 @@ async def submitter(simulator: SimulatorFactory, tmp_path: Path) -> AsyncIterato
         opened.append((session, ledger))
         await ledger.open()
         client = DliClient(session, running.url, PROJECT, TokenAuth(TOKEN), timeout=2.0)
-        limiter = RateLimiter(0)
-        policy = RetryPolicy(max_attempts=5, base_delay=0.01, max_delay=0.05)
-        caller = RetryingCaller(limiter, policy)
         results: list[JobResult] = []
-        fields = {"concurrency": 4, "in_doubt_grace": 0.01, **fields}
-        pool = Submitter(
-            client=client,
-            ledger=ledger,
-            limiter=limiter,
-            policy=policy,
-            budget=RetryBudget(),
-            reconciler=Reconciler(client, caller, batch_window=0.01),
-            on_result=results.append,
-            **fields,
-        )
+        pool = make_submitter(client, ledger, RateLimiter(0), on_result=results.append, **fields)
         return Pool(pool, running, ledger, client, results)
 
     yield make

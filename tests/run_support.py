@@ -12,7 +12,11 @@ from typing import Any
 from batchsub.client import DliClient
 from batchsub.jobs import JobResult, LedgerRecord, ManifestItem
 from batchsub.ledgers.sqlite import SqliteLedger
+from batchsub.limiter import RateLimiter
+from batchsub.protocols import Ledger
+from batchsub.reconcile import Reconciler
 from batchsub.report import RunAccount
+from batchsub.retry import RetryBudget, RetryingCaller, RetryPolicy
 from batchsub.runner import run_source
 from batchsub.settings import Settings
 from batchsub.simulator import RunningSimulator
@@ -105,3 +109,23 @@ class Pool:
 
 
 PoolFactory = Callable[..., Awaitable[Pool]]
+
+
+def make_submitter(
+    client: DliClient, ledger: Ledger, limiter: RateLimiter, **fields: Any
+) -> Submitter:
+    """A submitter as ``run`` wires it, with a test's quick retries and lookups; ``fields``
+    (policy, concurrency, on_result, clocks...) override its settings."""
+    policy = fields.pop("policy", RetryPolicy(max_attempts=5, base_delay=0.01, max_delay=0.05))
+    lookups = RetryingCaller(RateLimiter(0), policy)
+    defaults: dict[str, Any] = {"concurrency": 4, "in_doubt_grace": 0.01}
+    defaults["on_result"] = lambda _: None
+    return Submitter(
+        client=client,
+        ledger=ledger,
+        limiter=limiter,
+        policy=policy,
+        budget=RetryBudget(),
+        reconciler=Reconciler(client, lookups, batch_window=0.01),
+        **{**defaults, **fields},
+    )

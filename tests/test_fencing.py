@@ -31,15 +31,14 @@ from batchsub.ledgers.postgres import PostgresLedger
 from batchsub.ledgers.sqlite import SqliteLedger
 from batchsub.limiter import RateLimiter
 from batchsub.protocols import Ledger
-from batchsub.reconcile import Reconciler
 from batchsub.report import RunAccount
-from batchsub.retry import RetryBudget, RetryingCaller, RetryPolicy
+from batchsub.retry import RetryPolicy
 from batchsub.runner import run_source
 from batchsub.settings import load_settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig
 from batchsub.submitter import Submitter
 from tests.pg import fresh_database, postgres_listening
-from tests.run_support import ListSource, on_ledger
+from tests.run_support import ListSource, make_submitter, on_ledger
 from tests.sim_support import simulator_with
 from tests.support import PROJECT, TOKEN, FakeClock, SimulatorFactory, fast_settings, job_spec
 
@@ -110,16 +109,11 @@ async def run_paced(
     source = ListSource(list(specs))
     async with aiohttp.ClientSession() as session:
         client = DliClient(session, sim_url, PROJECT, TokenAuth(TOKEN), timeout=2.0)
-        reconciler = Reconciler(client, RetryingCaller(RateLimiter(0), policy), batch_window=0.01)
-        submitter = Submitter(
-            client=client,
-            ledger=ledger,
-            limiter=limiter,
+        submitter = make_submitter(
+            client,
+            ledger,
+            limiter,
             policy=policy,
-            budget=RetryBudget(),
-            reconciler=reconciler,
-            concurrency=4,
-            on_result=lambda _: None,
             rng=random.Random(1),
             in_doubt_grace=0.0,
             claim_window=WINDOW,

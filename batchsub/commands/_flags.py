@@ -46,3 +46,14 @@ def add_send_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of every command that sends jobs (``run``, ``watch``, ``consume``, ...)."""
     for flag, options in _SEND_FLAGS:
         parser.add_argument(flag, **options)
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a one-shot send (``run``, ``retry``): its report, simulator and progress bar."""
+    parser.add_argument("--report", type=Path, help="write a JSON report of every job to this file")
+    parser.add_argument(
+        "--simulator", action="store_true", help="start the built-in DLI simulator and send to it"
+    )
+    parser.add_argument(
+        "--progress", choices=["auto", "on", "off"], help="progress bar (default: auto)"
+    )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from batchsub.errors import ConfigError
+from batchsub.jobs import ErrorInfo, LedgerRecord
 from batchsub.protocols import Ledger
 from batchsub.wiring import is_shared_ledger, open_ledger
 
@@ -33,3 +35,17 @@ def existing_ledger(spec: str) -> Ledger:
     """The ledger named by ``--ledger``, which must exist: reading must not create an empty one."""
     require_ledger(spec)
     return open_ledger(spec, read_only=True)
+
+
+def row_of(record: LedgerRecord) -> dict[str, Any]:
+    """Which ledger row this is, as ``report`` and ``status --json`` show it."""
+    return {"project_id": record.project_id, "source": record.source, "name": record.name}
+
+
+def error_fields(error: ErrorInfo | None) -> dict[str, Any]:
+    """A ledger row's error as ``report`` and ``status --json`` show it, field by field."""
+    return {
+        "error_code": error.code if error else None,
+        "error_message": error.message if error else None,
+        "http_status": error.http_status if error else None,
+    }

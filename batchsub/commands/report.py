@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import orjson
 
-from batchsub.commands._ledger import add_ledger_flags, existing_ledger
+from batchsub.commands._ledger import add_ledger_flags, error_fields, existing_ledger, row_of
 from batchsub.files import check_output, stdout_may_close, text_output
 from batchsub.jobs import LedgerRecord
 from batchsub.protocols import Ledger
@@ -50,18 +50,13 @@ def add_parser(commands: Any) -> None:
 
 def report_row(record: LedgerRecord) -> dict[str, Any]:
     """One ledger row as the report shows it; the state is the outcome."""
-    error = record.error
     return {
-        "project_id": record.project_id,
-        "source": record.source,
-        "name": record.name,
+        **row_of(record),
         "outcome": record.state.value,
         "job_id": record.job_id,
         "attempts": record.attempts,
         "adopted": record.adopted,
-        "error_code": error.code if error else None,
-        "error_message": error.message if error else None,
-        "http_status": error.http_status if error else None,
+        **error_fields(record.error),
         "created_at": iso_utc(record.created_at),
         "updated_at": iso_utc(record.updated_at),
     }

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from batchsub import eventloop
-from batchsub.commands._flags import add_send_flags
+from batchsub.commands._flags import add_run_flags, add_send_flags
 from batchsub.commands._ledger import existing_ledger, require_ledger
 from batchsub.files import is_stdout
 from batchsub.logs import configure_command_logging
@@ -30,13 +30,7 @@ def add_parser(commands: Any) -> None:
     """Register ``retry`` with the CLI."""
     retry = commands.add_parser("retry", help="send again the jobs that failed permanently")
     add_send_flags(retry)
-    retry.add_argument("--report", type=Path, help="write a JSON report of every job to this file")
-    retry.add_argument(
-        "--simulator", action="store_true", help="start the built-in DLI simulator and send to it"
-    )
-    retry.add_argument(
-        "--progress", choices=["auto", "on", "off"], help="progress bar (default: auto)"
-    )
+    add_run_flags(retry)
     retry.set_defaults(handler=retry_command)
 
 

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from batchsub.commands._flags import add_send_flags
+from batchsub.commands._flags import add_run_flags, add_send_flags
 from batchsub.settings import Settings
 
 
@@ -22,13 +22,7 @@ def add_parser(commands: Any) -> None:
     )
     run.add_argument("directory", type=Path, help="directory of .json/.yaml/.yml manifests")
     add_send_flags(run)
-    run.add_argument("--report", type=Path, help="write a JSON report of every job to this file")
-    run.add_argument(
-        "--simulator", action="store_true", help="start the built-in DLI simulator and send to it"
-    )
-    run.add_argument(
-        "--progress", choices=["auto", "on", "off"], help="progress bar (default: auto)"
-    )
+    add_run_flags(run)
     run.add_argument(
         "--dry-run", action="store_true", help="show what a run would do (as `plan`); send nothing"
     )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from batchsub.commands._ledger import add_ledger_flags, existing_ledger
+from batchsub.commands._ledger import add_ledger_flags, error_fields, existing_ledger, row_of
 from batchsub.commands._tables import new_console
 from batchsub.jobs import LedgerRecord, LedgerState
 from batchsub.masking import mask_url
@@ -80,16 +80,11 @@ async def _enumerate(
 
 def failure_row(record: LedgerRecord) -> dict[str, Any]:
     """One failure as ``status --json`` shows it."""
-    error = record.error
     return {
-        "project_id": record.project_id,
-        "source": record.source,
-        "name": record.name,
+        **row_of(record),
         "state": record.state.value,
         "attempts": record.attempts,
-        "error_code": error.code if error else None,
-        "error_message": error.message if error else None,
-        "http_status": error.http_status if error else None,
+        **error_fields(record.error),
         "updated_at": iso_utc(record.updated_at),
     }
 

@@ -395,24 +395,6 @@ class PostgresLedger(OpenedInBlock):
         adopted: bool = False,
         attempt: int | None = None,
     ) -> asyncio.Future[int | None]:
-        """Commit a state (a write the caller cannot abort: see ``_detached``)."""
-        return _detached(
-            self._record(
-                project_id, job, state, job_id=job_id, error=error, adopted=adopted, attempt=attempt
-            )
-        )
-
-    async def _record(
-        self,
-        project_id: str,
-        job: JobSpec,
-        state: LedgerState,
-        *,
-        job_id: int | None = None,
-        error: ErrorInfo | None = None,
-        adopted: bool = False,
-        attempt: int | None = None,
-    ) -> int | None:
         """Commit a state and release the lease; keeps a known job_id when given None.
 
         The write is skipped (and logged) when the row is ``created`` and ``state`` is not,
@@ -420,29 +402,24 @@ class PostgresLedger(OpenedInBlock):
         another worker holds a live lease on it): a late answer of a worker that lost its
         lease must not undo the one that took over. Recording ``created`` always applies (a
         job that exists is a fact, whoever found it), except over another job_id: the first
-        one recorded is kept and given back.
+        one recorded is kept and given back. A write the caller cannot abort (``_detached``).
         """
         now = float(self._clock())
+        values = (project_id, job.name, str(state), job_id, *outcome_values(job, error))
+        values += (adopted, now, self.owner, attempt)
+        return _detached(self._record(project_id, job.name, state, values))
+
+    async def _record(
+        self, project_id: str, name: str, state: LedgerState, values: tuple[Any, ...]
+    ) -> int | None:
         # An outcome is waited for through an outage, even when the run stops: the API gave it.
-        applied = await self._fetchval(
-            _RECORD_SQL,
-            project_id,
-            job.name,
-            str(state),
-            job_id,
-            *outcome_values(job, error),
-            adopted,
-            now,
-            self.owner,
-            attempt,
-            new_work=False,
-        )
+        applied = await self._fetchval(_RECORD_SQL, *values, new_work=False)
         if applied is not None:
             return None
         if state is LedgerState.CREATED:  # skipped: another job_id was recorded first
-            kept = await self._fetchval(_KEPT_SQL, project_id, job.name)
+            kept = await self._fetchval(_KEPT_SQL, project_id, name)
             return int(kept) if kept is not None else None
-        log.warning("ledger.record_skipped", name=job.name, state=str(state), owner=self.owner)
+        log.warning("ledger.record_skipped", name=name, state=str(state), owner=self.owner)
         return None
 
     async def in_doubt(self, project_id: str) -> list[LedgerRecord]:
