@@ -61,9 +61,13 @@ class Kind(StrEnum):
     REFUSED = "refused"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
-    """One classified answer; ``status`` None: no answer came (``error`` says why)."""
+    """One classified answer; ``status`` None: no answer came (``error`` says why).
+
+    Not frozen (a frozen dataclass's ``__init__`` costs a call per field): every request
+    makes one, and nothing changes it after ``classify``.
+    """
 
     kind: Kind
     status: int | None = None
@@ -78,15 +82,15 @@ class Answer:
 
 def classify(status: int, raw: bytes, headers: Mapping[str, str]) -> Answer:
     """The kind of an HTTP answer, by its status and DLI error code (see the module docstring)."""
-    retry_after = parse_retry_after(headers.get("Retry-After"))
     if 300 <= status < 400:
         return Answer(
             Kind.FATAL, status, None, raw, headers, ErrorInfo(_redirected(status, headers))
         )
     payload = _decode(raw)
-    if status == 200:
-        return Answer(Kind.OK, status, payload, raw, headers, retry_after=retry_after)
+    if status == 200:  # its Retry-After is read only where a 200 asks for a retry (a list)
+        return Answer(Kind.OK, status, payload, raw, headers)
     error = error_info(status, payload, raw)
+    retry_after = parse_retry_after(headers.get("Retry-After"))
     if status == 429:
         return Answer(Kind.TRANSIENT, status, payload, raw, headers, error, retry_after, True)
     if status in (401, 403):
@@ -235,9 +239,8 @@ def read_job_page(answer: Answer) -> JobPage:
             problem = page
         error = error_info(status, answer.payload, answer.raw)
         if error.code in _SERVER_SIDE_CODES:
-            raise RetryableError(
-                f"list jobs: {error}", code=error.code, status=status, defer=answer.retry_after
-            )
+            defer = parse_retry_after(headers.get("Retry-After"))
+            raise RetryableError(f"list jobs: {error}", code=error.code, status=status, defer=defer)
     what = f"HTTP {status} {problem}" if problem else str(answer.error)
     raise RetryableError(f"the job list cannot be read: {what}", code=UNREADABLE, status=status)
 

@@ -40,16 +40,23 @@ class CreateDecision:
     reason: str | None = None
 
 
+# Made once: every job of a run is decided, most of them with one of these.
+_SEND = CreateDecision(CreateAction.SEND)
+_RESEND = CreateDecision(CreateAction.RESEND)
+_RECONCILE = CreateDecision(CreateAction.RECONCILE)
+_EXISTS = CreateDecision(CreateAction.EXISTS)
+
+
 def decide_create(spec: JobSpec, record: LedgerRecord | None) -> CreateDecision:
     """The decision for ``spec``, given its ledger row (None: the ledger does not know it)."""
     if record is None:
-        return CreateDecision(CreateAction.SEND)
+        return _SEND
     if record.state is LedgerState.CREATED:
         if record.body_hash == spec.body_hash:
-            return CreateDecision(CreateAction.EXISTS)
+            return _EXISTS
         drift = tuple(diff_fields(record.body, spec.body))
         reason = "manifest changed since the job was created: " + ", ".join(drift)
         return CreateDecision(CreateAction.DRIFTED, drift, reason)
     if record.state in IN_DOUBT_STATES:
-        return CreateDecision(CreateAction.RECONCILE)
-    return CreateDecision(CreateAction.RESEND)
+        return _RECONCILE
+    return _RESEND
