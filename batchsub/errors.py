@@ -16,9 +16,10 @@ BatchsubError
                               UNREADABLE: an answer that is not the API's, such as a
                               proxy's page instead of a job list)
 
-aiohttp errors are turned into ApiError in ``batchsub.client``, and sqlite3/aiosqlite and
-asyncpg errors into the LedgerError classes in ``batchsub.ledgers``; nothing else catches
-library exceptions.
+aiohttp errors are turned into ApiError in ``batchsub.client`` (what each answer means is
+``batchsub.answers``), sqlite3/aiosqlite errors into the LedgerError classes in
+``batchsub.ledgers.sqlite_commit`` and asyncpg's in ``batchsub.ledgers.postgres``; nothing
+else catches library exceptions. ``one_line`` words any exception for a person.
 """
 
 from __future__ import annotations
