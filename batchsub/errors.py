@@ -12,13 +12,20 @@ BatchsubError
  +-- ApiError             the API answered with an error or could not be reached
       +-- FatalApiError       stop the whole run (401/403: a wrong credential or project)
       +-- RetryableError      try again later; ``defer`` says how long at least
+                              (``code`` CONNECT_FAILED: no connection could be made;
+                              UNREADABLE: an answer that is not the API's, such as a
+                              proxy's page instead of a job list)
 
-aiohttp errors are turned into ApiError in ``batchsub.client``, and sqlite3/aiosqlite and
-asyncpg errors into the LedgerError classes in ``batchsub.ledgers``; nothing else catches
-library exceptions.
+aiohttp errors are turned into ApiError in ``batchsub.client`` (what each answer means is
+``batchsub.answers``), sqlite3/aiosqlite errors into the LedgerError classes in
+``batchsub.ledgers.sqlite_commit`` and asyncpg's in ``batchsub.ledgers.postgres``; nothing
+else catches library exceptions. ``one_line`` words any exception for a person.
 """
 
 from __future__ import annotations
+
+CONNECT_FAILED = "CONNECT"  # RetryableError code: no connection could be made at all
+UNREADABLE = "UNREADABLE"  # RetryableError code: a list answer that is not a job list
 
 
 class BatchsubError(Exception):
@@ -98,6 +105,15 @@ class RetryableError(ApiError):
         self.defer = defer
 
 
-def os_reason(exc: OSError) -> str:
-    """Why an OS call failed, in a few words ("No such file or directory")."""
-    return exc.strerror or str(exc) or type(exc).__name__
+def one_line(exc: BaseException) -> str:
+    """Why ``exc`` happened, on one line: an OS error's few words ("No such file or
+    directory"), else its text with line breaks folded, else what kind of error it is. A
+    group (a TaskGroup's, anyio's) is told by its first error: its own text says nothing."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = " ".join(str(exc).split())
+    if not text and isinstance(exc, TimeoutError):
+        return "timed out"
+    return text or type(exc).__name__

@@ -1,14 +1,14 @@
 """The event loop every long-running command runs on: uvloop when installed, else asyncio's.
 
 uvloop's loop and transports are written in Cython on libuv: aiohttp's per-request cost on
-the loop thread drops by about a fifth, and the loop thread is what limits a run at no rate
-limit (see bench/results.md). The ``event_loop`` setting (``BATCHSUB_EVENT_LOOP=asyncio``)
+the loop thread drops, and the loop thread is what limits a run at no rate limit
+(bench/results.md section 10). The ``event_loop`` setting (``BATCHSUB_EVENT_LOOP=asyncio``)
 picks the standard loop, to rule uvloop out when chasing a problem.
 
 While a command runs, the objects that exist when it starts (every imported module, class
-and schema: about 50,000 for `run`) are frozen out of the cyclic garbage collector, and the
-collector runs after 10,000 new objects instead of 700. A 6,000-job run spent 120-180 ms in
-collections, up to 35 ms at a time with every request stalled; now about 20 ms, 1.5 ms at most.
+and schema) are frozen out of the cyclic garbage collector, and the collector runs after
+10,000 new objects instead of 700: its pauses stalled every request in flight, and now are
+a small fraction of what they were (bench/results.md section 10).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ file of this process, and our own standard output is written through ``sys.stdou
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 import sys
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from batchsub.errors import OutputError, os_reason
+from batchsub.errors import OutputError, one_line
 
 STDOUT = Path("-")
 _MAX_LINKS = 40  # as the kernel's limit: a longer chain is a loop
@@ -107,7 +108,7 @@ def check_output(named: Path, flag: str) -> None:
             os.close(fd)
             os.unlink(probe)
     except OSError as exc:
-        raise OutputError(f"{flag} {named}: cannot write it: {os_reason(exc)}") from None
+        raise OutputError(f"{flag} {named}: cannot write it: {one_line(exc)}") from None
 
 
 @contextlib.contextmanager
@@ -124,7 +125,7 @@ def open_output(named: Path, flag: str) -> Iterator[IO[bytes]]:
     except BrokenPipeError:
         raise
     except OSError as exc:
-        raise OutputError(f"{flag} {named}: cannot write it: {os_reason(exc)}") from None
+        raise OutputError(f"{flag} {named}: cannot write it: {one_line(exc)}") from None
 
 
 def is_stdout(named: Path | None) -> bool:
@@ -158,3 +159,26 @@ def _stream(named: Path, target: _Target | None) -> Iterator[IO[bytes]]:
     else:
         with atomic_file(target.path) as out:
             yield out
+
+
+@contextlib.contextmanager
+def text_output(named: Path | None, flag: str) -> Iterator[IO[str]]:
+    """UTF-8 text to ``named`` as ``open_output`` writes it, or to stdout when None."""
+    with open_output(STDOUT if named is None else named, flag) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="", write_through=True)
+        try:
+            yield text
+            text.flush()
+        finally:
+            text.detach()  # the stream is open_output's to close (stdout: never)
+
+
+@contextlib.contextmanager
+def stdout_may_close() -> Iterator[None]:
+    """A reader that stops early (``batchsub report | head``) is not an error."""
+    try:
+        yield
+    except BrokenPipeError:
+        # Python's documented idiom: point stdout at devnull so the flush at exit is silent.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())

@@ -5,7 +5,8 @@ header, valid 24 h (``token.expires_at`` in the body). ``IamTokenAuth`` asks onc
 token as ``X-Auth-Token``, and asks again a margin before it expires; ``IamDliClient`` also
 asks again, once, when an answer says "the token must be updated" (401 ``APIG.0307``: the
 account's tokens were revoked, e.g. by a password change) and resends that request: a 401
-means it was not processed. See ``dli-lifecycle-api.md``, "An IAM token from a password".
+means it was not processed. Source: the IAM API reference, "Obtaining a User Token Through
+Password Authentication" (``iam_30_0001``).
 
 Neither the password nor the token is ever logged, shown by ``describe()`` or a repr, or put
 in an error message. A wrong password is not retried: IAM locks a user after a few.
@@ -26,15 +27,16 @@ import orjson
 import structlog
 from yarl import URL
 
-from batchsub.client import (
+from batchsub.answers import AnswerKind, CreateAnswer, JobPage
+from batchsub.client import DliClient, make_session
+from batchsub.errors import (
     CONNECT_FAILED,
-    AnswerKind,
-    CreateAnswer,
-    DliClient,
-    JobPage,
-    make_session,
+    ApiError,
+    ConfigError,
+    FatalApiError,
+    RetryableError,
+    one_line,
 )
-from batchsub.errors import ApiError, ConfigError, FatalApiError, RetryableError, os_reason
 from batchsub.jobs import ErrorInfo
 from batchsub.retry import parse_retry_after
 from batchsub.settings import Settings
@@ -104,7 +106,7 @@ def password_source(password: str | None, path: Path | None) -> tuple[Callable[[
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            why = os_reason(exc) if isinstance(exc, OSError) else "not UTF-8 text"
+            why = one_line(exc) if isinstance(exc, OSError) else "not UTF-8 text"
             raise ConfigError(f"BATCHSUB_IAM_PASSWORD_FILE {path}: cannot read it: {why}") from None
         secret = text.rstrip("\r\n")  # `echo pw > file` adds a newline; a Secret mount does not
         if not secret:

@@ -60,8 +60,9 @@ class InvalidManifest:
 
 
 @dataclass(frozen=True, slots=True)
-class SettledJob:
-    """A job of a manifest file unchanged since every job in it was created: not read again."""
+class RememberedJob:
+    """A job of a manifest file the ledger remembers (``FileIndex``): unchanged since every
+    job in it was created, so it is not read again."""
 
     source: str
     name: str
@@ -69,7 +70,7 @@ class SettledJob:
     adopted: bool
 
 
-ManifestItem = JobSpec | InvalidManifest | SettledJob
+ManifestItem = JobSpec | InvalidManifest | RememberedJob
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,3 +141,62 @@ class JobResult:
     drift: list[str] = field(default_factory=list)
     # DUPLICATED: the other jobs of this name (``job_id`` is the one the ledger keeps).
     duplicate_job_ids: list[int] = field(default_factory=list)
+
+
+# --- starts: what the ledger records of starting a job (``protocols.StartLedger``) -------
+
+
+class StartState(StrEnum):
+    """A job's start state in the ledger; absent (None) until batchsub starts it."""
+
+    STARTING = "starting"  # intent committed; a run call may be in flight
+    STARTED = "started"  # DLI took the start
+    START_FAILED = "start_failed"  # refused for good, gone, or failed before it was healthy
+
+
+@dataclass(frozen=True, slots=True)
+class StartRecord:
+    """What the ledger knows of one job's start."""
+
+    name: str
+    job_id: int
+    state: StartState | None = None
+    attempts: int = 0
+    last_status: str | None = None
+    status_seen_at: float | None = None  # epoch seconds
+    error: str | None = None
+    started_at: float | None = None
+    running_at: float | None = None
+    updated_at: float | None = None  # when ``state`` last changed
+    claim_until: float | None = None  # a worker's claim on a starting row (shared ledgers)
+
+
+@dataclass(frozen=True, slots=True)
+class StartIntent:
+    """The intent to send a run for one job, committed before the call."""
+
+    name: str
+    job_id: int
+    status_before: str  # the status the decision to start was made on
+    expected_attempts: int  # compare-and-set: ``start_attempts`` as the decision read it
+
+
+@dataclass(frozen=True, slots=True)
+class StartOutcome:
+    """The outcome of a start: ``state`` None means known not started, nothing in flight."""
+
+    name: str
+    job_id: int
+    state: StartState | None
+    error: str | None = None
+    status: str | None = None  # the status that decided it, when one did
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSeen:
+    """A status seen for one job; ``failure`` set: it failed before it was healthy."""
+
+    name: str
+    job_id: int
+    status: str
+    failure: str | None = None

@@ -1,11 +1,10 @@
-"""Pace requests evenly, adapt the pace to the API gateway's 429s, and budget retries.
+"""Pace requests evenly, and adapt the pace to the API gateway's 429s.
 
 We do not use asyncio-throttle: its ``Throttler(rate_limit, period)`` counts requests per window,
 so a cold start or an idle gap lets ``rate_limit`` requests out at once, the burst issue 4 forbids.
 
 ``RateLimiter`` hands out evenly spaced send slots (burst of exactly 1), one limiter shared by
-every entry point. ``RetryBudget`` is a retry quota in the style of the AWS SDKs: retries spend
-tokens, successes refund them, so a failing API is not hammered.
+every entry point.
 """
 
 from __future__ import annotations
@@ -315,54 +314,3 @@ class RateLimiter:
         self._ceiling = max(seen, self._min_rate) if len(self._recent) >= 2 else _UNLIMITED_FALLBACK
         self._rate = self._clamp(self._ceiling * 0.5)
         self._recent.clear()
-
-
-class RetryBudget:
-    """A retry quota shared by every job (as the AWS SDKs' retry quota).
-
-    Each retry spends ``retry_cost`` tokens (``timeout_cost`` after a timeout), each success
-    refunds ``success_refund``. When the bucket is empty ``try_spend`` refuses: the caller waits
-    its longest backoff instead of retrying soon, and says why.
-    """
-
-    def __init__(
-        self,
-        capacity: int = 500,
-        retry_cost: int = 5,
-        timeout_cost: int = 10,
-        success_refund: int = 1,
-    ) -> None:
-        if min(capacity, retry_cost, timeout_cost, success_refund) <= 0:
-            raise ValueError(
-                "capacity, retry_cost, timeout_cost and success_refund must all be > 0, got "
-                f"{capacity}, {retry_cost}, {timeout_cost}, {success_refund}"
-            )
-        self._capacity = capacity
-        self._retry_cost = retry_cost
-        self._timeout_cost = timeout_cost
-        self._success_refund = success_refund
-        self._available = capacity
-        self._exhausted = 0
-
-    @property
-    def available(self) -> int:
-        """Tokens left."""
-        return self._available
-
-    @property
-    def exhausted(self) -> int:
-        """How many retries were refused for want of tokens."""
-        return self._exhausted
-
-    def try_spend(self, *, timeout: bool = False) -> bool:
-        """Take the cost of one retry; False (and nothing taken) when the budget cannot pay."""
-        cost = self._timeout_cost if timeout else self._retry_cost
-        if cost > self._available:
-            self._exhausted += 1
-            return False
-        self._available -= cost
-        return True
-
-    def refund(self) -> None:
-        """Give back ``success_refund`` tokens after a success, up to the capacity."""
-        self._available = min(self._capacity, self._available + self._success_refund)

@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from batchsub.errors import ConfigError
+from batchsub.errors import ConfigError, one_line
 from batchsub.http_server import serve_app
 from batchsub.jobs import JobResult, Outcome
 from batchsub.protocols import RateView
@@ -163,7 +163,7 @@ async def start_metrics_server(metrics: Metrics, host: str, port: int) -> Metric
         runner, url = await serve_app(create_metrics_app(metrics), host, port, shutdown_timeout=1.0)
     except OSError as exc:
         raise ConfigError(
-            f"--metrics-port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}"
+            f"--metrics-port {port}: cannot listen on {host}:{port}: {one_line(exc)}"
         ) from None
     log.info("metrics.serving", url=url)
     return MetricsServer(runner, url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -16,7 +17,11 @@ from batchsub.jobs import (
     LedgerRecord,
     LedgerState,
     ManifestItem,
-    SettledJob,
+    RememberedJob,
+    StartIntent,
+    StartOutcome,
+    StartRecord,
+    StatusSeen,
 )
 
 
@@ -27,16 +32,20 @@ class Source(Protocol):
         """Yield jobs and invalid manifests, streamed: memory must not grow with their number."""
         ...
 
-    async def settle(self, item: ManifestItem, result: JobResult) -> None:
-        """Called once per item after its outcome is committed (ack a message, move a file)."""
+    async def finish(self, item: ManifestItem, result: JobResult) -> None:
+        """Told once per item, after its outcome is committed (ack a message, move a file)."""
         ...
 
 
 class Ledger(Protocol):
     """The durable record of every job's state, keyed by (project_id, name).
 
-    Every write that records a state is durable when the call returns: the submitter
-    commits ``submitting`` before a request leaves, so a crash never loses a job.
+    A write (``begin_attempt``, ``renew``, ``record``) returns a future of its result, and is
+    under way when the call returns: it is made whatever happens to its caller (cancelling
+    the future, or the task awaiting it, does not undo it), and it is durable when the future
+    is done. So an outcome the API gave reaches the ledger even while its run is cancelled,
+    and the cancellation still reaches the caller. The submitter commits ``submitting``
+    before a request leaves, so a crash never loses a job.
     """
 
     async def open(self) -> None:
@@ -51,16 +60,15 @@ class Ledger(Protocol):
         """The records of those names that exist (one round trip, for batches of names)."""
         ...
 
-    def begin_attempt(self, project_id: str, job: JobSpec) -> Awaitable[Claim | None]:
-        """Record the intent to send ``job`` (state submitting, attempts + 1), durably.
+    def begin_attempt(self, project_id: str, job: JobSpec) -> asyncio.Future[Claim | None]:
+        """Record the intent to send ``job`` (state submitting, attempts + 1).
 
-        Awaits the claim (the attempt number, and the monotonic deadline of the hold), or
-        None when another live worker holds the job or it is created. A coroutine or a
-        future: a backend may queue the write at the call and return a future.
+        The claim (the attempt number, and the monotonic deadline of the hold), or None when
+        another live worker holds the job or it is created.
         """
         ...
 
-    def renew(self, project_id: str, job: JobSpec, claim: Claim) -> Awaitable[Claim | None]:
+    def renew(self, project_id: str, job: JobSpec, claim: Claim) -> asyncio.Future[Claim | None]:
         """Extend ``claim`` from now, only while it is still this worker's; None if it is not.
 
         A claim is still ours when nobody claimed the job since (its attempt number is
@@ -78,8 +86,8 @@ class Ledger(Protocol):
         error: ErrorInfo | None = None,
         adopted: bool = False,
         attempt: int | None = None,
-    ) -> Awaitable[int | None]:
-        """Record a state (insert the row if absent), durably, releasing any claim.
+    ) -> asyncio.Future[int | None]:
+        """Record a state (insert the row if absent), releasing any claim.
 
         ``attempt``: the claim this outcome comes from; the write is skipped when another
         worker claimed the job since. ``created`` is a fact and always lands, but never
@@ -97,6 +105,44 @@ class Ledger(Protocol):
         ...
 
 
+class StartLedger(Protocol):
+    """The ledger side of starting jobs, recorded on each job's own row (``start_state``).
+
+    The state machine (NULL: batchsub has not started this job)::
+
+        NULL / start_failed --begin_start--> starting          intent committed before the run call
+        starting --record_start(started)--> started            DLI took it, or its status says so
+        starting --record_start(start_failed)--> start_failed  refused for good, or the job is gone
+        starting --record_start(None)--> NULL                  known not started: nothing in flight
+        starting / started --record_status(failure)--> start_failed  failed before it was healthy
+
+    ``begin_start`` is a compare-and-set on ``start_attempts`` (the attempts the decision
+    read): two workers that read the same row claim it once between them. A row left
+    ``starting`` (a lost answer, a crash) is reconciled from the job's status before anything
+    is sent again. Every write is durable when its awaitable completes.
+    """
+
+    async def start_records(self, project_id: str, names: Sequence[str]) -> dict[str, StartRecord]:
+        """The start records of those names that have one (one round trip)."""
+        ...
+
+    def begin_start(self, project_id: str, intents: Sequence[StartIntent]) -> Awaitable[set[str]]:
+        """Commit the intents (state starting, attempts + 1); the names claimed.
+
+        A name is not claimed when its attempts moved since they were read, or (shared
+        ledgers) another live worker holds it in ``starting``.
+        """
+        ...
+
+    def record_start(self, project_id: str, outcomes: Sequence[StartOutcome]) -> Awaitable[None]:
+        """Commit start outcomes, releasing the claims."""
+        ...
+
+    def record_status(self, project_id: str, seen: Sequence[StatusSeen]) -> Awaitable[None]:
+        """Commit statuses seen (and failures before health), as the state machine says."""
+        ...
+
+
 @runtime_checkable
 class FileIndex(Protocol):
     """What a ledger remembers of manifest files, so that a rerun need not read them again.
@@ -106,9 +152,9 @@ class FileIndex(Protocol):
     jobs are still ``created``.
     """
 
-    async def settled_files(
+    async def remembered_files(
         self, project_id: str, fingerprints: Mapping[str, str]
-    ) -> dict[str, list[SettledJob]]:
+    ) -> dict[str, list[RememberedJob]]:
         """For each path whose fingerprint matches and whose jobs all exist: those jobs."""
         ...
 

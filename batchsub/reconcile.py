@@ -29,9 +29,10 @@ from collections.abc import Callable
 
 import structlog
 
-from batchsub.calls import SafeCaller
-from batchsub.client import LIST_PAGE_SIZE, DliClient, JobPage, RemoteJob
+from batchsub.answers import JobPage, RemoteJob
+from batchsub.client import LIST_PAGE_SIZE, DliClient
 from batchsub.errors import ApiError
+from batchsub.retry import RetryingCaller
 
 log = structlog.get_logger("batchsub.reconcile")
 
@@ -48,7 +49,7 @@ class Reconciler:
     def __init__(
         self,
         client: DliClient,
-        caller: SafeCaller,
+        caller: RetryingCaller,
         *,
         batch_window: float = BATCH_WINDOW,
         refresh_after: float = 60.0,

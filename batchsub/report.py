@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import orjson
 
-from batchsub.errors import OutputError, os_reason
+from batchsub.errors import OutputError, one_line
 from batchsub.files import check_output, is_stdout, open_output
 from batchsub.jobs import EXISTING_OUTCOMES, JobResult, Outcome
 from batchsub.text import clip, safe_value
@@ -122,7 +122,7 @@ class RunAccount:
         target, rows = self._report_path, self._rows
         self._rows = None
         if rows is None:
-            reason = os_reason(self._rows_failed) if self._rows_failed else "no rows kept"
+            reason = one_line(self._rows_failed) if self._rows_failed else "no rows kept"
             where = tempfile.gettempdir()
             raise OutputError(f"--report {target}: cannot write it: {reason} (in {where})")
         try:
@@ -141,7 +141,7 @@ class RunAccount:
                     first = False
                 out.write(b"\n]}\n")
         except OSError as exc:  # reading the rows back
-            raise OutputError(f"--report {target}: cannot write it: {os_reason(exc)}") from None
+            raise OutputError(f"--report {target}: cannot write it: {one_line(exc)}") from None
         finally:
             with contextlib.suppress(OSError):  # a full temporary folder fails its flush again
                 rows.close()

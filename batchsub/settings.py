@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     )
     ca_file: Path | None = None
 
-    # Credentials: AK/SK (the official SDK's variables) or an IAM token.
+    # Credentials: AK/SK (the official SDK's variables), an IAM token, or an IAM password.
     ak: SecretStr | None = Field(
         None, validation_alias=AliasChoices("BATCHSUB_AK", "HUAWEICLOUD_SDK_AK")
     )
@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     iam_password_file: Path | None = None
     iam_endpoint: str | None = None  # default https://iam.{region}.myhuaweicloud.com
 
-    # Ledger: a SQLite file path (a postgresql:// URL comes later).
+    # Ledger: a SQLite file path, or a postgresql:// URL shared by several workers.
     ledger: str = "batchsub.db"
     # Seconds each PostgreSQL connection attempt, pool acquire and statement may take: a
     # partition ends in a retry, never in a silent hang.

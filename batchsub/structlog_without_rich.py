@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 
 class _StructlogWithoutRich:
-    """Imports structlog as if rich were not installed: saves about 100 ms of start-up.
+    """Imports structlog as if rich were not installed: rich is most of structlog's import
+    time, and start-up is paid by every run (bench/results.md section 10).
 
     structlog imports rich (``rich.traceback``, ``rich.pretty``) from its ``__init__`` only to
     offer rich-formatted exception tracebacks, a renderer batchsub never uses: batchsub logs no

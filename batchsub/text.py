@@ -16,6 +16,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -49,6 +50,12 @@ def _escape(match: re.Match[str]) -> str:
     if code in _ESCAPED_BYTES:
         return f"\\x{code - 0xDC00:02x}"  # the byte the file name had
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def iso_utc(epoch: float, timespec: str = "milliseconds") -> str:
+    """Epoch seconds as ISO-8601 UTC, e.g. ``2024-05-01T10:00:00.123Z``."""
+    stamp = datetime.fromtimestamp(epoch, UTC).isoformat(timespec=timespec)
+    return stamp.replace("+00:00", "Z")
 
 
 def clip(text: str, limit: int) -> str:

@@ -28,8 +28,8 @@ from lifecycle_parts import Parts, clock, create_jobs, parts, quiet
 from procs import Simulator
 from stats import table, verdict
 
-from batchsub.starter import StartJob, StartKind, StartResult
-from batchsub.waiter import Verdict, Watched
+from batchsub.lifecycle.starter import StartJob, StartKind, StartResult
+from batchsub.lifecycle.waiter import Verdict, Watched
 
 CALLS_GOAL = 2.2
 WALL_SLACK = 1.1

@@ -21,15 +21,15 @@ import orjson
 import structlog
 from procs import PROJECT, TOKEN
 
+from batchsub.answers import AnswerKind
 from batchsub.auth import TokenAuth
-from batchsub.calls import SafeCaller
-from batchsub.client import AnswerKind, DliClient, make_session
+from batchsub.client import DliClient, make_session
+from batchsub.ledgers.memory import MemoryStartLedger
+from batchsub.lifecycle.starter import Starter, StartJob
+from batchsub.lifecycle.status_reader import StatusReader
+from batchsub.lifecycle.waiter import Waiter, WaitSettings
 from batchsub.limiter import RateLimiter
-from batchsub.retry import RetryPolicy
-from batchsub.start_ledger import MemoryStartLedger
-from batchsub.starter import Starter, StartJob
-from batchsub.status_reader import StatusReader
-from batchsub.waiter import Waiter, WaitSettings
+from batchsub.retry import RetryingCaller, RetryPolicy
 
 
 @dataclass
@@ -80,7 +80,7 @@ async def parts(url: str, rate: float, concurrency: int = 16) -> AsyncIterator[P
         client = DliClient(session, url, PROJECT, TokenAuth(TOKEN), timeout=10.0)
         limiter = RateLimiter(rate)
         policy = RetryPolicy(base_delay=0.2, max_delay=5.0)
-        reader = StatusReader(client, SafeCaller(limiter, policy))
+        reader = StatusReader(client, RetryingCaller(limiter, policy))
         yield Parts(url, client, limiter, policy, reader, MemoryStartLedger())
     finally:
         await session.close()

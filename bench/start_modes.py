@@ -22,7 +22,7 @@ from lifecycle_parts import clock, create_jobs, parts, quiet
 from procs import Simulator
 from stats import table
 
-from batchsub.starter import StartJob, StartKind
+from batchsub.lifecycle.starter import StartJob, StartKind
 
 MODES = (("1 id per call", 1, 8), ("100 ids per call", 100, 4))  # (name, batch, concurrency)
 

@@ -1,27 +1,27 @@
-"""Shared fixtures: a real simulator on loopback, manifest folders, clean settings."""
+"""Fixtures only (helpers are in ``tests/support.py`` and ``tests/*_support.py``): a clean
+environment, real simulators on loopback, DLI calls to them, submitters over them, a small disk."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 import structlog
 
-from batchsub.jobs import Claim, JobSpec
-from batchsub.settings import Settings
+from batchsub.auth import TokenAuth
+from batchsub.client import DliClient
+from batchsub.jobs import JobResult
+from batchsub.ledgers.sqlite import SqliteLedger
+from batchsub.limiter import RateLimiter
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.faults import ensure_postgres_running, small_filesystem
+from tests.run_support import Pool, PoolFactory, make_submitter
 from tests.sim_support import Dli
-
-PROJECT = "proj-test"
-TOKEN = "test-token-0123456789"
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import PROJECT, TOKEN, DliFactory, SimulatorFactory, forget_cached_loggers
 
 
 @pytest.fixture(autouse=True)
@@ -34,8 +34,10 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     monkeypatch.chdir(tmp_path)
     yield
     # A command run in process configures structlog for the whole process; later tests
-    # (capture_logs among them) need the defaults back.
+    # (capture_logs among them) need the defaults back, and the module loggers it cached
+    # (cache_logger_on_first_use) must be assembled afresh.
     structlog.reset_defaults()
+    forget_cached_loggers()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,9 +58,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield directory
 
 
-SimulatorFactory = Callable[..., Any]
-
-
 @pytest.fixture
 async def simulator() -> AsyncIterator[SimulatorFactory]:
     """Start simulators with the given config fields; all are closed after the test."""
@@ -76,61 +75,6 @@ async def simulator() -> AsyncIterator[SimulatorFactory]:
         await sim.close()
 
 
-def write_manifests(
-    directory: Path, count: int, *, prefix: str = "job", **fields: Any
-) -> list[str]:
-    """Write ``count`` one-job JSON manifests; returns the job names."""
-    directory.mkdir(parents=True, exist_ok=True)
-    names = []
-    for index in range(count):
-        name = f"{prefix}-{index:05d}"
-        body = {"name": name, "queue_name": "testQueue", "cu_number": 2, **fields}
-        (directory / f"{name}.json").write_bytes(orjson.dumps(body))
-        names.append(name)
-    return names
-
-
-def fast_settings(url: str, ledger: Path, **overrides: Any) -> Settings:
-    """Settings for a run against a test simulator: no rate limit, quick retries and waits."""
-    values: dict[str, Any] = {
-        "endpoint": url,
-        "project_id": PROJECT,
-        "auth_token": TOKEN,
-        "ledger": str(ledger),
-        "rate": 0,
-        "backoff_base": 0.01,
-        "backoff_max": 0.05,
-        "timeout": 2.0,
-        "in_doubt_grace": 0.01,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def job_spec(name: str, source: str | None = None, body: bytes | None = None) -> JobSpec:
-    """A small valid job, its source ``jobs/NAME.yaml`` unless given."""
-    data = body if body is not None else b'{"name":"%s","queue_name":"q1"}' % name.encode()
-    return JobSpec(
-        name=name,
-        body=data,
-        body_hash=hashlib.sha256(data).hexdigest(),
-        source=source if source is not None else f"jobs/{name}.yaml",
-    )
-
-
-DliFactory = Callable[..., Any]
-
-
 @pytest.fixture
 async def dli(simulator: SimulatorFactory) -> AsyncIterator[DliFactory]:
     """Start a simulator with the given config fields; DLI calls to it for PROJECT."""
@@ -142,6 +86,24 @@ async def dli(simulator: SimulatorFactory) -> AsyncIterator[DliFactory]:
         yield make
 
 
-def attempt_of(claim: Claim | None) -> int | None:
-    """The attempt number of a ledger claim, None when the ledger refused the claim."""
-    return None if claim is None else claim.attempt
+@pytest.fixture
+async def submitter(simulator: SimulatorFactory, tmp_path: Path) -> AsyncIterator[PoolFactory]:
+    """Make submitters, each over a real simulator (its config fields in ``sim``) and a fresh
+    SQLite ledger; other keywords go to the Submitter. All are closed after the test."""
+    opened: list[tuple[aiohttp.ClientSession, SqliteLedger]] = []
+
+    async def make(*, sim: dict[str, Any] | None = None, **fields: Any) -> Pool:
+        running = await simulator(**(sim or {}))
+        session = aiohttp.ClientSession()
+        ledger = SqliteLedger(tmp_path / f"ledger-{len(opened)}.db")
+        opened.append((session, ledger))
+        await ledger.open()
+        client = DliClient(session, running.url, PROJECT, TokenAuth(TOKEN), timeout=2.0)
+        results: list[JobResult] = []
+        pool = make_submitter(client, ledger, RateLimiter(0), on_result=results.append, **fields)
+        return Pool(pool, running, ledger, client, results)
+
+    yield make
+    for session, ledger in opened:
+        await ledger.close()
+        await session.close()

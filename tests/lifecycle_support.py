@@ -19,18 +19,17 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from batchsub.auth import TokenAuth
-from batchsub.calls import SafeCaller
 from batchsub.client import DliClient
 from batchsub.http_server import serve_app
+from batchsub.ledgers.memory import MemoryStartLedger
+from batchsub.lifecycle.start_rules import StartOptions
+from batchsub.lifecycle.starter import Starter, StartJob
+from batchsub.lifecycle.status_reader import StatusReader
+from batchsub.lifecycle.waiter import Verdict, Waiter, WaitSettings
 from batchsub.limiter import RateLimiter
-from batchsub.retry import RetryPolicy
+from batchsub.retry import RetryingCaller, RetryPolicy
 from batchsub.simulator import RunningSimulator, SimulatorConfig, create_app
-from batchsub.start_ledger import MemoryStartLedger
-from batchsub.start_rules import StartOptions
-from batchsub.starter import Starter, StartJob
-from batchsub.status_reader import StatusReader
-from batchsub.waiter import Verdict, Waiter, WaitSettings
-from tests.conftest import PROJECT, TOKEN, FakeClock
+from tests.support import PROJECT, TOKEN, FakeClock
 
 EPOCH = 1_700_000_000.0
 QUICK = {"start_seconds": (1.0, 2.0), "stop_seconds": (0.5, 0.5)}
@@ -67,7 +66,7 @@ class Rig:
     def __post_init__(self) -> None:
         self.client = self.client_for(TOKEN)
         self.reader = StatusReader(
-            self.client, SafeCaller(self.limiter, self.policy), clock=self.clock
+            self.client, RetryingCaller(self.limiter, self.policy), clock=self.clock
         )
 
     def client_for(self, token: str, timeout: float = 2.0) -> DliClient:

@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from batchsub.cli import main
+from batchsub.commands.queue import consume_source, prefetch_for, publish_directory
 from batchsub.errors import ConfigError
-from batchsub.queue_commands import consume_source, prefetch_for, publish_directory
 from batchsub.settings import Settings
 from batchsub.sources.amqp import (
     ERROR_HEADER,
@@ -28,8 +28,8 @@ from batchsub.sources.amqp import (
     open_amqp_source,
 )
 from tests.amqp_support import AMQP_URL, Broker, broker_listening, eventually
-from tests.conftest import PROJECT, TOKEN, SimulatorFactory, fast_settings, write_manifests
 from tests.fs_support import odd_entries
+from tests.support import PROJECT, TOKEN, SimulatorFactory, fast_settings, write_manifests
 
 pytestmark = pytest.mark.skipif(
     not broker_listening(), reason="RabbitMQ is not listening on 127.0.0.1:5672 (CI starts it)"
@@ -266,7 +266,7 @@ async def test_sigterm_drains_exits_0_and_requeues_what_was_not_done(
     assert await broker.depth(dead_queue_name(queue)) == 0
 
 
-async def test_cancelling_the_reader_ends_items_and_close_requeues_what_is_unsettled(
+async def test_cancelling_the_reader_ends_items_and_close_requeues_what_is_not_done(
     broker: Broker, tmp_path: Path
 ) -> None:
     queue = broker.queue_name("cancel")
@@ -281,9 +281,9 @@ async def test_cancelling_the_reader_ends_items_and_close_requeues_what_is_unset
         with pytest.raises(asyncio.CancelledError):
             await waiting
         assert first.name == "job-00000"
-        assert source.unsettled == 1
+        assert source.pending == 1
     assert source.requeued == 1
-    assert await broker.depth(queue) == 1  # not settled, so not lost
+    assert await broker.depth(queue) == 1  # not done, so not lost
 
 
 async def test_an_unreachable_broker_is_one_line_without_the_password() -> None:

@@ -11,11 +11,12 @@ from aiohttp import web
 from yarl import URL
 
 from batchsub import signer
+from batchsub.answers import AnswerKind
 from batchsub.auth import JSON_CONTENT_TYPE, AkSkAuth, TokenAuth
-from batchsub.client import AnswerKind, DliClient
+from batchsub.client import DliClient
 from batchsub.errors import FatalApiError
 from batchsub.protocols import Auth
-from tests.conftest import SimulatorFactory
+from tests.support import SimulatorFactory
 
 AK = "AKIDSECRETPART0123"
 SK = "the-secret-key-do-not-leak"

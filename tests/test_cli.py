@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -15,36 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TOKEN, SimulatorFactory, write_manifests
 from tests.http_support import unanswered_port
+from tests.process_support import clean_env, run_batchsub
+from tests.support import REPO, TOKEN, SimulatorFactory, write_manifests
 
 pytestmark = pytest.mark.slow
 
 
-def clean_env() -> dict[str, str]:
-    """This process's environment without any batchsub setting or credential."""
-    return {
-        k: v for k, v in os.environ.items() if not k.startswith(("BATCHSUB_", "HUAWEICLOUD_SDK_"))
-    }
-
-
-def batchsub(
-    *args: str | Path, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    full_env = clean_env()
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "batchsub", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def test_readme_demo_runs_on_the_bundled_examples(tmp_path: Path) -> None:
-    first = batchsub(
+    first = run_batchsub(
         "run", REPO / "examples" / "manifests", "--simulator", "--report", tmp_path / "r.json"
     )
     assert first.returncode == 0, first.stderr
@@ -52,7 +30,7 @@ def test_readme_demo_runs_on_the_bundled_examples(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["summary"]["created"] == report["summary"]["total"] > 10
     # The ledger in the working directory makes a rerun send nothing.
-    again = batchsub(
+    again = run_batchsub(
         "run", REPO / "examples" / "manifests", "--simulator", "--report", tmp_path / "r2.json"
     )
     assert again.returncode == 0, again.stderr
@@ -65,7 +43,7 @@ def test_invalid_manifests_exit_1_and_name_file_and_field(tmp_path: Path) -> Non
     folder = tmp_path / "m"
     write_manifests(folder, 2)
     (folder / "typo.json").write_text('{"name": "typo", "parallel_numbr": 2}')
-    result = batchsub("run", folder, "--simulator", "--report", tmp_path / "r.json")
+    result = run_batchsub("run", folder, "--simulator", "--report", tmp_path / "r.json")
     assert result.returncode == 1
     assert "typo.json" in result.stdout and "parallel_numbr" in result.stdout
     rows = json.loads((tmp_path / "r.json").read_text())["jobs"]
@@ -113,7 +91,7 @@ def test_usage_and_config_errors_exit_2_with_one_line(
 ) -> None:
     folder = tmp_path / "m"
     write_manifests(folder, 1)
-    result = batchsub(*[arg.format(m=folder) for arg in args], env=env)
+    result = run_batchsub(*[arg.format(m=folder) for arg in args], env=env)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     error_lines = [
@@ -128,7 +106,7 @@ def test_bad_config_file_value_names_the_setting(tmp_path: Path) -> None:
     write_manifests(folder, 1)
     config = tmp_path / "bad.toml"
     config.write_text('rate = "fast"\n')
-    result = batchsub("--config", config, "run", folder, "--simulator")
+    result = run_batchsub("--config", config, "run", folder, "--simulator")
     assert result.returncode == 2
     assert "rate" in result.stderr and "Traceback" not in result.stderr
 
@@ -157,7 +135,7 @@ def test_an_unreachable_endpoint_is_given_up_within_15_s_with_one_line(
                 sock.bind(("127.0.0.1", 0))
                 endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
         started = time.monotonic()
-        result = batchsub(
+        result = run_batchsub(
             "run", folder, "--endpoint", endpoint, "--project-id", "p",
             "--concurrency", str(concurrency), "--ledger", tmp_path / "l.db",
             "--report", tmp_path / "r.json", env={"BATCHSUB_AUTH_TOKEN": "t"},

@@ -10,18 +10,12 @@ import orjson
 import pytest
 from aiohttp import web
 
+from batchsub.answers import AnswerKind, JobPage, classify_create
 from batchsub.auth import TokenAuth
-from batchsub.client import (
-    CONNECT_FAILED,
-    UNREADABLE,
-    AnswerKind,
-    DliClient,
-    JobPage,
-    classify_create,
-)
-from batchsub.errors import ApiError, FatalApiError, RetryableError
-from tests.conftest import PROJECT, TOKEN, SimulatorFactory
+from batchsub.client import DliClient
+from batchsub.errors import CONNECT_FAILED, UNREADABLE, ApiError, FatalApiError, RetryableError
 from tests.http_support import serving, unanswered_port
+from tests.support import PROJECT, TOKEN, SimulatorFactory
 
 
 def body(**payload: object) -> bytes:

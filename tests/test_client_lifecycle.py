@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchsub.client import JOB_GONE, BatchElement, BatchKind, classify_batch
+from batchsub.answers import JOB_GONE, BatchElement, BatchKind, classify_batch
 from batchsub.errors import ApiError, FatalApiError, RetryableError
 from tests.lifecycle_support import rig
 

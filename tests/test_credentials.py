@@ -16,28 +16,30 @@ from typing import Any
 
 import pytest
 
+from batchsub.commands.queue import consume_source, prefetch_for, publish_directory
+from batchsub.commands.retry import retry_failed
+from batchsub.commands.watch import watch
 from batchsub.jobs import LedgerState
-from batchsub.ledgers import SqliteLedger
-from batchsub.ops_commands import retry_failed
-from batchsub.queue_commands import consume_source, prefetch_for, publish_directory
+from batchsub.ledgers.sqlite import SqliteLedger
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings
 from batchsub.sources.amqp import open_amqp_source
 from batchsub.sources.directory import DirectorySource
 from batchsub.sources.dropfolder import DropFolderSource
-from batchsub.watch import watch
 from tests.amqp_support import AMQP_URL, Broker, broker_listening
-from tests.conftest import (
+from tests.http_support import Recorder, proxying
+from tests.support import (
     PROJECT,
     REPO,
     SimulatorFactory,
+    drop,
     fast_settings,
+    job,
     job_spec,
+    names_in,
     write_manifests,
 )
-from tests.http_support import Recorder, proxying
-from tests.test_dropfolder import drop, job, names_in
 
 AK, SK = "AKWRONGSK0000000", "the-right-secret-key"
 REFUSED = (401, 403)

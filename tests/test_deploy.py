@@ -27,7 +27,7 @@ from batchsub.manifest import parse_manifest_bytes
 from batchsub.metrics import Metrics, create_metrics_app
 from batchsub.settings import Settings
 from batchsub.sources.directory import iter_manifest_paths
-from tests.conftest import REPO
+from tests.support import REPO
 
 DEPLOY = REPO / "deploy"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())

@@ -11,8 +11,7 @@ import pytest
 from batchsub.errors import ConfigError
 from batchsub.jobs import InvalidManifest, JobResult, JobSpec, ManifestItem, Outcome
 from batchsub.protocols import Source
-from batchsub.sources import DirectorySource
-from batchsub.sources.directory import _chunks, _Unreadable, iter_manifest_paths
+from batchsub.sources.directory import DirectorySource, _chunks, _Unreadable, iter_manifest_paths
 from tests.fs_support import odd_entries
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,11 +166,11 @@ async def test_root_removed_after_construction_is_a_config_error(tmp_path: Path)
         await collect(source)
 
 
-async def test_settle_leaves_the_files_alone(tmp_path: Path) -> None:
+async def test_finish_leaves_the_files_alone(tmp_path: Path) -> None:
     write(tmp_path / "a.json", {"name": "a"})
     source = DirectorySource(tmp_path)
     (item,) = await collect(source)
-    await source.settle(item, JobResult(source=item.source, name="a", outcome=Outcome.CREATED))
+    await source.finish(item, JobResult(source=item.source, name="a", outcome=Outcome.CREATED))
     assert (tmp_path / "a.json").exists()
     assert [i.source for i in await collect(source)] == [item.source]
 

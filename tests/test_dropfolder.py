@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,41 +22,16 @@ from batchsub.metrics import Metrics, start_metrics_server
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings
-from batchsub.sources.dropfolder import DropFolderSource, SettleTracker, is_manifest_name
-from tests.conftest import SimulatorFactory
+from batchsub.sources.dropfolder import DropFolderSource
+from batchsub.sources.filing import SettleTracker, is_manifest_name
 from tests.fs_support import odd_entries, unwritable
-from tests.test_run import settings_for
+from tests.run_support import settings_for
+from tests.support import SimulatorFactory, drop, eventually, job, names_in
 
 
 def fast(inbox: Path) -> DropFolderSource:
     """A drop folder that reads files at once and rescans often."""
     return DropFolderSource(inbox, settle_time=0.0, rescan_interval=0.05, retry_delay=0.0)
-
-
-def job(name: str, **fields: Any) -> dict[str, Any]:
-    return {"name": name, "queue_name": "testQueue", "cu_number": 2, **fields}
-
-
-def drop(folder: Path, name: str, content: Any) -> Path:
-    """Write a manifest as a producer should: under a hidden name, then rename it into place."""
-    data = content.encode() if isinstance(content, str) else orjson.dumps(content)
-    tmp = folder / f".{name}.tmp"
-    tmp.write_bytes(data)
-    os.rename(tmp, folder / name)
-    return folder / name
-
-
-def names_in(folder: Path) -> list[str]:
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if p.is_file())
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``check()`` holds (polling), or fail the test."""
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager
@@ -222,10 +197,10 @@ async def test_a_list_file_moves_only_when_every_job_has_a_result(tmp_path: Path
     try:
         assert names_in(inbox) == [] and names_in(inbox / "processing") == ["list.json"]
         assert source.files_waiting() == 1
-        await source.settle(c, result(c, Outcome.CREATED))
-        await source.settle(a, result(a, Outcome.ALREADY_CREATED))
+        await source.finish(c, result(c, Outcome.CREATED))
+        await source.finish(a, result(a, Outcome.ALREADY_CREATED))
         assert names_in(inbox / "processing") == ["list.json"]
-        await source.settle(b, result(b, Outcome.CREATED))
+        await source.finish(b, result(b, Outcome.CREATED))
         assert names_in(inbox / "processing") == []
         assert names_in(inbox / "done") == ["list.json"]
         assert source.files_waiting() == 0
@@ -243,9 +218,9 @@ async def test_a_file_with_a_failed_job_goes_to_failed_with_every_job_explained(
     drop(inbox, "mixed.yaml", "- {name: ok, queue_name: q}\n- {name: bad, queue_name: nope}\n")
     items, (ok, bad) = await take(source, 2)
     try:
-        await source.settle(bad, result(bad, Outcome.FAILED, "DLI.0002 HTTP 400: no such queue"))
+        await source.finish(bad, result(bad, Outcome.FAILED, "DLI.0002 HTTP 400: no such queue"))
         assert names_in(inbox / "failed") == []  # waits for the other job
-        await source.settle(ok, result(ok, Outcome.CREATED))
+        await source.finish(ok, result(ok, Outcome.CREATED))
     finally:
         await items.aclose()
         await source.close()
@@ -271,7 +246,7 @@ async def test_an_unresolved_job_sends_its_file_back_to_the_folder(tmp_path: Pat
     drop(inbox, "a.json", job("a"))
     items, (a,) = await take(source, 1)
     try:
-        await source.settle(a, result(a, Outcome.UNRESOLVED, "claimed by another batchsub worker"))
+        await source.finish(a, result(a, Outcome.UNRESOLVED, "claimed by another batchsub worker"))
         assert names_in(inbox) == ["a.json"]
         again = asyncio.ensure_future(anext(items))
         await asyncio.sleep(0.3)
@@ -285,14 +260,14 @@ async def test_an_unresolved_job_sends_its_file_back_to_the_folder(tmp_path: Pat
     assert names_in(inbox) == ["a.json"]
 
 
-async def test_close_returns_files_whose_jobs_were_not_all_settled(tmp_path: Path) -> None:
+async def test_close_returns_files_whose_jobs_were_not_all_done(tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     source = fast(inbox)
     source.prepare()
     drop(inbox, "two.json", [job("t0"), job("t1")])
     drop(inbox, "untouched.json", job("u"))
     items, (t0,) = await take(source, 1)
-    await source.settle(t0, result(t0, Outcome.CREATED))
+    await source.finish(t0, result(t0, Outcome.CREATED))
     await items.aclose()
     await source.close()
     assert names_in(inbox) == ["two.json", "untouched.json"]

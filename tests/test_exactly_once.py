@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import tempfile
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,10 +22,8 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchsub.jobs import JobSpec, LedgerRecord, LedgerState
-from batchsub.ledgers import SqliteLedger
-from batchsub.report import RunAccount
-from batchsub.runner import run_source
+from batchsub.jobs import JobSpec, LedgerState
+from batchsub.ledgers.sqlite import SqliteLedger
 from batchsub.settings import Settings
 from batchsub.simulator import (
     Fault,
@@ -34,8 +32,9 @@ from batchsub.simulator import (
     start_simulator,
 )
 from batchsub.sources.directory import DirectorySource
-from tests.conftest import PROJECT, TOKEN, fast_settings, write_manifests
+from tests.run_support import RunResult, run_once
 from tests.sim_support import simulator_with
+from tests.support import PROJECT, TOKEN, fast_settings, write_manifests
 
 AFTER_CREATE = (
     Fault.DROP_AFTER_CREATE,
@@ -62,15 +61,6 @@ class Scenario:
     def simulator_config(self) -> SimulatorConfig:
         """The simulator misbehaving as drawn."""
         return sim_config(self.duplicate_names, seed=self.seed, **self.faults)
-
-
-@dataclass
-class Outcome:
-    """What one in-process run left behind."""
-
-    code: int
-    report: dict[str, Any]
-    ledger: dict[str, LedgerRecord] = field(default_factory=dict)
 
 
 @st.composite
@@ -116,22 +106,7 @@ def run_settings(url: str, ledger: Path, **overrides: Any) -> Settings:
     return fast_settings(url, ledger, **{**values, **overrides})
 
 
-async def run_once(settings: Settings, directory: Path) -> Outcome:
-    """One in-process run over ``directory``; its exit code, report and ledger afterwards."""
-    report_path = directory.parent / "report.json"
-    code = await run_source(settings, DirectorySource(directory), RunAccount(report_path))
-    report: dict[str, Any] = orjson.loads(report_path.read_bytes())
-    report_path.unlink()
-    return Outcome(code, report, await read_ledger(Path(settings.ledger)))
-
-
-async def read_ledger(path: Path) -> dict[str, LedgerRecord]:
-    """Every record of PROJECT by name (the run has released the ledger's lock)."""
-    async with SqliteLedger(path) as ledger:
-        return {record.name: record async for record in ledger.records(PROJECT)}
-
-
-def assert_exactly_once(sim: RunningSimulator, names: list[str], outcome: Outcome) -> None:
+def assert_exactly_once(sim: RunningSimulator, names: list[str], outcome: RunResult) -> None:
     """Every name exists once on the server, and the ledger says created with that job_id."""
     store = sim.store
     assert store.duplicates() == {}, f"duplicated jobs; faults {dict(store.faults)}"

@@ -24,25 +24,23 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from batchsub.auth import TokenAuth
-from batchsub.calls import SafeCaller
 from batchsub.client import DliClient
 from batchsub.errors import ConfigError
 from batchsub.jobs import Claim, JobSpec, LedgerState, Outcome
-from batchsub.ledgers import SqliteLedger
 from batchsub.ledgers.postgres import PostgresLedger
-from batchsub.limiter import RateLimiter, RetryBudget
+from batchsub.ledgers.sqlite import SqliteLedger
+from batchsub.limiter import RateLimiter
 from batchsub.protocols import Ledger
-from batchsub.reconcile import Reconciler
 from batchsub.report import RunAccount
 from batchsub.retry import RetryPolicy
 from batchsub.runner import run_source
 from batchsub.settings import load_settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig
 from batchsub.submitter import Submitter
-from tests.conftest import PROJECT, TOKEN, FakeClock, SimulatorFactory, fast_settings, job_spec
 from tests.pg import fresh_database, postgres_listening
-from tests.run_support import ListSource, on_ledger
+from tests.run_support import ListSource, make_submitter, on_ledger
 from tests.sim_support import simulator_with
+from tests.support import PROJECT, TOKEN, FakeClock, SimulatorFactory, fast_settings, job_spec
 
 needs_postgres = pytest.mark.skipif(not postgres_listening(), reason="PostgreSQL is not listening")
 
@@ -111,16 +109,11 @@ async def run_paced(
     source = ListSource(list(specs))
     async with aiohttp.ClientSession() as session:
         client = DliClient(session, sim_url, PROJECT, TokenAuth(TOKEN), timeout=2.0)
-        reconciler = Reconciler(client, SafeCaller(RateLimiter(0), policy), batch_window=0.01)
-        submitter = Submitter(
-            client=client,
-            ledger=ledger,
-            limiter=limiter,
+        submitter = make_submitter(
+            client,
+            ledger,
+            limiter,
             policy=policy,
-            budget=RetryBudget(),
-            reconciler=reconciler,
-            concurrency=4,
-            on_result=lambda _: None,
             rng=random.Random(1),
             in_doubt_grace=0.0,
             claim_window=WINDOW,
@@ -245,8 +238,8 @@ async def test_a_claim_renewed_too_late_is_not_used(simulator: SimulatorFactory)
     clocks = Clocks()
 
     class SlowToRenew(PostgresLedger):
-        async def renew(self, project_id: str, job: JobSpec, claim: Claim) -> Claim | None:
-            renewed = await super().renew(project_id, job, claim)
+        async def _renew(self, project_id: str, job: JobSpec, claim: Claim) -> Claim | None:
+            renewed = await super()._renew(project_id, job, claim)
             clocks.mono.now += LEASE  # its answer took longer than the lease itself
             return renewed
 

@@ -14,12 +14,12 @@ from batchsub.jobs import (
     LedgerState,
     ManifestItem,
     Outcome,
-    SettledJob,
+    RememberedJob,
 )
-from batchsub.ledgers import SqliteLedger
-from batchsub.manifest import validate_spec
+from batchsub.ledgers.sqlite import SqliteLedger
+from batchsub.model import validate_spec
 from batchsub.sources.directory import DirectorySource
-from tests.conftest import write_manifests
+from tests.support import write_manifests
 
 P = "proj"
 
@@ -31,14 +31,14 @@ async def one_pass(root: Path, ledger: SqliteLedger) -> list[ManifestItem]:
     items = [item async for item in source.items()]
     for item in items:
         if isinstance(item, JobSpec) and validate_spec(item) is not None:  # as the submitter
-            await source.settle(item, JobResult(item.source, item.name, Outcome.INVALID))
+            await source.finish(item, JobResult(item.source, item.name, Outcome.INVALID))
         elif isinstance(item, JobSpec):
             await ledger.record(P, item, LedgerState.CREATED, job_id=1)
-            await source.settle(item, JobResult(item.source, item.name, Outcome.CREATED))
+            await source.finish(item, JobResult(item.source, item.name, Outcome.CREATED))
         elif isinstance(item, InvalidManifest):
-            await source.settle(item, JobResult(item.source, item.name, Outcome.INVALID))
+            await source.finish(item, JobResult(item.source, item.name, Outcome.INVALID))
         else:
-            await source.settle(item, JobResult(item.source, item.name, Outcome.ALREADY_CREATED))
+            await source.finish(item, JobResult(item.source, item.name, Outcome.ALREADY_CREATED))
     return items
 
 
@@ -51,16 +51,16 @@ async def test_unchanged_created_files_are_not_read_again(tmp_path: Path) -> Non
         first = await one_pass(root, ledger)
         second = await one_pass(root, ledger)
 
-    assert not any(isinstance(item, SettledJob) for item in first)
-    settled = [item for item in second if isinstance(item, SettledJob)]
-    assert sorted(item.name for item in settled) == [
+    assert not any(isinstance(item, RememberedJob) for item in first)
+    remembered = [item for item in second if isinstance(item, RememberedJob)]
+    assert sorted(item.name for item in remembered) == [
         *(f"job-{i:05d}" for i in range(5)),
         "l0",
         "l1",
     ]
-    assert {item.source for item in settled if item.name == "l1"} == {f"{root}/list.json#1"}
+    assert {item.source for item in remembered if item.name == "l1"} == {f"{root}/list.json#1"}
     # A file with an invalid job is read every time, so its problem is reported every time.
-    assert [item.source for item in second if not isinstance(item, SettledJob)] == [
+    assert [item.source for item in second if not isinstance(item, RememberedJob)] == [
         f"{root}/typo.json"
     ]
 
@@ -80,4 +80,4 @@ async def test_a_changed_file_is_read_again_even_with_its_old_size_and_mtime(
         second = await one_pass(root, ledger)
 
     kinds = {item.name: type(item) for item in second}
-    assert kinds == {"job-00000": SettledJob, "job-00001": JobSpec}
+    assert kinds == {"job-00000": RememberedJob, "job-00001": JobSpec}

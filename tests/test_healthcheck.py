@@ -13,17 +13,16 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from batchsub import healthcheck
 from batchsub.cli import build_parser
+from batchsub.commands import healthcheck
+from batchsub.commands.watch import watch
 from batchsub.errors import ConfigError
 from batchsub.metrics import Metrics, MetricsServer, start_metrics_server
 from batchsub.settings import load_settings
 from batchsub.sources.dropfolder import DropFolderSource
-from batchsub.watch import watch
-from tests.conftest import REPO, SimulatorFactory
-from tests.test_dropfolder import eventually
-from tests.test_run import settings_for
-from tests.test_watch import free_port
+from tests.process_support import free_port
+from tests.run_support import settings_for
+from tests.support import REPO, SimulatorFactory, eventually
 
 
 @contextlib.asynccontextmanager

@@ -8,8 +8,6 @@ is one line naming the user and domain, exit 2.
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -17,19 +15,31 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from batchsub.commands.watch import watch
 from batchsub.errors import ConfigError, FatalApiError, RetryableError
 from batchsub.iam import DOCUMENTED_LIFETIME, IamLogin, IamTokenAuth, password_source
 from batchsub.jobs import JobResult, JobSpec, ManifestItem
 from batchsub.report import RunAccount
-from batchsub.runner import build_auth, credential_in_use, run_source
+from batchsub.runner import run_source
 from batchsub.settings import Settings, load_settings
 from batchsub.simulator import RunningSimulator
 from batchsub.sources.directory import DirectorySource
 from batchsub.sources.dropfolder import DropFolderSource
-from batchsub.watch import watch
-from tests.conftest import PROJECT, REPO, FakeClock, SimulatorFactory, job_spec, write_manifests
-from tests.test_dropfolder import drop, eventually, job, names_in
-from tests.test_run import settings_for
+from batchsub.wiring import build_auth, credential_in_use
+from tests.process_support import clean_env, run_batchsub_async
+from tests.run_support import settings_for
+from tests.support import (
+    PROJECT,
+    REPO,
+    FakeClock,
+    SimulatorFactory,
+    drop,
+    eventually,
+    job,
+    job_spec,
+    names_in,
+    write_manifests,
+)
 
 USER, DOMAIN, PASSWORD = "deployer", "acme-account", "pw-Secret-0123456789-do-not-log"
 USERS = {(DOMAIN, USER): PASSWORD}
@@ -74,14 +84,14 @@ async def test_twenty_jobs_are_created_with_one_token_request(
 
 
 class StagedSource:
-    """Jobs in two batches; ``between()`` runs once every job of the first is settled."""
+    """Jobs in two batches; ``between()`` runs once every job of the first is done."""
 
     def __init__(
         self, first: list[JobSpec], second: list[JobSpec], between: Callable[[], Awaitable[None]]
     ) -> None:
         self._batches = (first, second)
         self._between = between
-        self._settled = 0
+        self._done = 0
         self._first_done = asyncio.Event()
         self.results: list[JobResult] = []
 
@@ -94,10 +104,10 @@ class StagedSource:
         for spec in second:
             yield spec
 
-    async def settle(self, item: ManifestItem, result: JobResult) -> None:
+    async def finish(self, item: ManifestItem, result: JobResult) -> None:
         self.results.append(result)
-        self._settled += 1
-        if self._settled == len(self._batches[0]):
+        self._done += 1
+        if self._done == len(self._batches[0]):
             self._first_done.set()
 
 
@@ -386,18 +396,9 @@ def iam_env(sim: RunningSimulator, password: str = PASSWORD) -> dict[str, str]:
 
 async def batchsub(*args: str | Path, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
     """``batchsub ARGS`` in a process (this loop keeps serving the simulator)."""
-    clean = {
-        k: v for k, v in os.environ.items() if not k.startswith(("BATCHSUB_", "HUAWEICLOUD_SDK_"))
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "batchsub", *map(str, args),
-        env={**clean, "PYTHONPATH": str(REPO), **env}, cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    full = {**clean_env(), "PYTHONPATH": str(REPO), **env}
+    code, out, err = await run_batchsub_async(*args, env=full, cwd=cwd)
+    return code, out.decode(), err.decode()
 
 
 def files_under(folder: Path) -> Iterable[Path]:
@@ -464,7 +465,7 @@ async def test_a_wrong_password_exits_2_with_one_line_naming_user_and_domain(
 async def test_auth_check_names_the_credential_it_used(
     simulator: SimulatorFactory, tmp_path: Path
 ) -> None:
-    from tests.test_run import AK, SK
+    from tests.run_support import AK, SK
 
     sim = await simulator(tokens=frozenset(), aksk={AK: SK})
     base = {"BATCHSUB_ENDPOINT": sim.url, "HUAWEICLOUD_SDK_PROJECT_ID": PROJECT}

@@ -26,10 +26,9 @@ from typing import Any
 import orjson
 import pytest
 
-from batchsub.queue_commands import publish_directory
+from batchsub.commands.queue import publish_directory
 from batchsub.sources.amqp import REQUEUE_DELAY
 from tests.amqp_support import AMQP_URL, Broker, broker_listening
-from tests.conftest import PROJECT, write_manifests
 from tests.faults import (
     Proxy,
     fill,
@@ -39,8 +38,15 @@ from tests.faults import (
     via,
 )
 from tests.pg import PORT, fresh_database, postgres_listening
-from tests.test_crash import batchsub, free_port, job_count, remote_jobs, simulator_process, stop
-from tests.test_dropfolder import drop, job
+from tests.process_support import (
+    free_port,
+    job_count,
+    remote_jobs,
+    simulator_process,
+    start_batchsub,
+    stop,
+)
+from tests.support import PROJECT, drop, job, write_manifests
 
 pytestmark = pytest.mark.slow
 
@@ -201,7 +207,7 @@ async def test_consume_workers_ride_out_postgres(tmp_path: Path, outage: str) ->
             await publish_directory(AMQP_URL, rig.queue, tmp_path / "m")
         logs = [tmp_path / f"worker{i}.log" for i in range(2)]
         args = consume_args(rig.queue, rig.endpoint, rig.dsn, "--rate", "8")
-        rig.workers += [batchsub(*args, log=log, env=QUICK) for log in logs]
+        rig.workers += [start_batchsub(*args, log=log, env=QUICK) for log in logs]
         await until("the first jobs", lambda: job_count(rig.endpoint) >= 8, 30)
         if outage == "restarted":
             await asyncio.to_thread(restart_postgres)
@@ -227,7 +233,7 @@ async def test_run_rides_out_a_postgres_restart(tmp_path: Path) -> None:
     async with fresh_database() as dsn:
         with simulator_process(tmp_path / "sim.log") as endpoint, processes() as started:
             args = run_args(tmp_path / "m", endpoint, dsn, "--rate", "15", "--report", str(report))
-            run = batchsub(*args, log=tmp_path / "run.log", env=QUICK)
+            run = start_batchsub(*args, log=tmp_path / "run.log", env=QUICK)
             started.append(run)
             await until("the first jobs", lambda: job_count(endpoint) >= 10, 30)
             assert run.poll() is None, "the run ended before the restart"
@@ -257,7 +263,7 @@ async def test_a_frozen_link_to_postgres_times_out_and_the_worker_carries_on(
         for _ in range(2):
             await publish_directory(AMQP_URL, rig.queue, tmp_path / "m")
         args = consume_args(rig.queue, rig.endpoint, via(rig.dsn, rig.proxy), "--rate", "0")
-        rig.workers.append(batchsub(*args, log=log, env={"BATCHSUB_LEDGER_TIMEOUT": "1"}))
+        rig.workers.append(start_batchsub(*args, log=log, env={"BATCHSUB_LEDGER_TIMEOUT": "1"}))
         await until("the first jobs", lambda: job_count(rig.endpoint) >= 20, 30)
         rig.proxy.freeze()  # longer than the statement timeout
         await asyncio.sleep(0.5)  # what was claimed before the freeze is sent now
@@ -293,7 +299,7 @@ async def test_run_ends_in_one_line_when_the_ledger_stays_down_past_the_limit(
                 tmp_path / "m", endpoint, ledger, "--rate", "15", "--report", str(report)
             )
             limits = {"BATCHSUB_LEDGER_OUTAGE_LIMIT": "2", "BATCHSUB_LEDGER_TIMEOUT": "1"}
-            run = batchsub(*args, log=err, stdout=out, env=limits)
+            run = start_batchsub(*args, log=err, stdout=out, env=limits)
             started.append(run)
             await until("the first jobs", lambda: job_count(endpoint) >= 10, 30)
             proxy.refuse()
@@ -323,7 +329,7 @@ async def test_run_ends_in_one_line_when_the_ledger_stays_down_past_the_limit(
 
             # Once the ledger is back, a rerun finishes the rest: each job exists once.
             proxy.accept()
-            rerun = batchsub(*args, log=tmp_path / "rerun.log")
+            rerun = start_batchsub(*args, log=tmp_path / "rerun.log")
             started.append(rerun)
             assert await asyncio.to_thread(rerun.wait, 60) == 0
             assert_each_once(endpoint, names)
@@ -344,7 +350,7 @@ async def test_a_worker_waits_for_its_ledger_and_healthz_says_so(tmp_path: Path)
         proxy.refuse()
         args = consume_args(rig.queue, endpoint, via(rig.dsn, proxy), "--rate", "20")
         args += ["--metrics-port", str(port), "--metrics-host", "127.0.0.1"]
-        rig.workers.append(batchsub(*args, log=log, env={"BATCHSUB_LEDGER_TIMEOUT": "1"}))
+        rig.workers.append(start_batchsub(*args, log=log, env={"BATCHSUB_LEDGER_TIMEOUT": "1"}))
 
         await until("the start-up wait", lambda: bool(events(log, "ledger.unavailable")), 20)
         status, text = health(port)
@@ -377,7 +383,9 @@ async def test_run_does_not_start_without_its_ledger(tmp_path: Path) -> None:
             proxy.refuse()
             ledger = via(dsn, proxy).replace("postgres@", "postgres:s3cret@", 1)
             started = time.monotonic()
-            run = batchsub(*run_args(tmp_path / "m", endpoint, ledger), log=tmp_path / "run.log")
+            run = start_batchsub(
+                *run_args(tmp_path / "m", endpoint, ledger), log=tmp_path / "run.log"
+            )
             code = await asyncio.to_thread(run.wait, 30)
             assert time.monotonic() - started < 10
             lines = (tmp_path / "run.log").read_text().strip().splitlines()
@@ -402,7 +410,7 @@ async def test_run_on_a_full_disk_ends_in_one_line_naming_the_ledger(
         args = run_args(
             tmp_path / "m", endpoint, str(ledger), "--rate", "20", "--report", str(report)
         )
-        run = batchsub(*args, log=err, stdout=out, env={"BATCHSUB_LEDGER_OUTAGE_LIMIT": "1"})
+        run = start_batchsub(*args, log=err, stdout=out, env={"BATCHSUB_LEDGER_OUTAGE_LIMIT": "1"})
         started.append(run)
         await until("the first jobs", lambda: job_count(endpoint) >= 10, 30)
         filler = fill(small_disk)
@@ -423,7 +431,7 @@ async def test_run_on_a_full_disk_ends_in_one_line_naming_the_ledger(
         assert sorted(row["name"] for row in written["jobs"]) == names
 
         filler.unlink()  # space again: a rerun finishes, each job once
-        rerun = batchsub(*args, log=tmp_path / "rerun.log")
+        rerun = start_batchsub(*args, log=tmp_path / "rerun.log")
         started.append(rerun)
         assert await asyncio.to_thread(rerun.wait, 60) == 0, (tmp_path / "rerun.log").read_text()
         assert_each_once(endpoint, names)
@@ -440,7 +448,7 @@ async def test_watch_on_a_full_disk_pauses_and_carries_on(tmp_path: Path, small_
             "--ledger", str(small_disk / "ledger.db"), "--settle-time", "0",
             "--rescan-interval", "0.5", "--rate", "20", "--metrics-port", str(port),
         ]  # fmt: skip
-        watch = batchsub(*args, log=log, env={"BATCHSUB_METRICS_HOST": "127.0.0.1"})
+        watch = start_batchsub(*args, log=log, env={"BATCHSUB_METRICS_HOST": "127.0.0.1"})
         started.append(watch)
         first = [f"first-{n:02d}" for n in range(10)]
         for name in first:

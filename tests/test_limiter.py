@@ -1,4 +1,4 @@
-"""RateLimiter pacing and adaptation on virtual time, RetryBudget, and one real-time check."""
+"""RateLimiter pacing and adaptation on virtual time, and one real-time check."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from batchsub.limiter import RateLimiter, RetryBudget, parse_throttle_limit
+from batchsub.limiter import RateLimiter, parse_throttle_limit
 
 START = 1_000.0
 STATED = 0.97  # the limiter paces 3% under a limit the gateway states
@@ -400,38 +400,6 @@ def test_invalid_settings_are_refused(kwargs: dict[str, Any]) -> None:
 )
 def test_parse_throttle_limit(message: str, expected: float | None) -> None:
     assert parse_throttle_limit(message) == (None if expected is None else pytest.approx(expected))
-
-
-def test_retry_budget_spends_refunds_and_refuses() -> None:
-    budget = RetryBudget(capacity=20, retry_cost=5, timeout_cost=10, success_refund=1)
-    assert budget.try_spend()
-    assert budget.try_spend(timeout=True)
-    assert budget.available == 5
-    assert not budget.try_spend(timeout=True)  # cannot pay 10: nothing taken
-    assert budget.available == 5
-    assert budget.try_spend()
-    assert not budget.try_spend()
-    assert budget.exhausted == 2
-    for _ in range(3):
-        budget.refund()
-    assert budget.available == 3
-    for _ in range(100):
-        budget.refund()
-    assert budget.available == 20  # capped
-
-
-def test_retry_budget_defaults_match_the_aws_quota() -> None:
-    budget = RetryBudget()
-    spent = 0
-    while budget.try_spend():
-        spent += 1
-    assert spent == 100  # 500 tokens at 5 each
-    assert budget.exhausted == 1
-
-
-def test_retry_budget_rejects_non_positive_settings() -> None:
-    with pytest.raises(ValueError, match="capacity"):
-        RetryBudget(capacity=0)
 
 
 async def test_real_loop_paces_30_acquisitions_at_100_per_second() -> None:

@@ -19,13 +19,12 @@ from batchsub.errors import ManifestError
 from batchsub.jobs import InvalidManifest, JobSpec, ManifestItem
 from batchsub.manifest import (
     MAX_MANIFEST_BYTES,
-    MAX_PROBLEMS,
-    FlinkJarJob,
     diff_fields,
     job_from_object,
     parse_manifest_bytes,
     parse_manifest_file,
 )
+from batchsub.model import MAX_PROBLEMS, FlinkJarJob
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"

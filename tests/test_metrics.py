@@ -13,9 +13,8 @@ from batchsub.metrics import Metrics, start_metrics_server
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.sources.dropfolder import DropFolderSource
-from tests.conftest import SimulatorFactory
-from tests.test_dropfolder import drop, eventually, job, names_in
-from tests.test_run import settings_for
+from tests.run_support import settings_for
+from tests.support import SimulatorFactory, drop, eventually, job, names_in
 
 
 def samples(text: str) -> dict[str, float]:

@@ -35,7 +35,7 @@ from huaweicloudsdkdli.v1 import (
 )
 
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.conftest import FakeClock
+from tests.support import FakeClock
 
 PROJECT = "0123456789abcdef"
 AK, SK = "AKSDKTEST", "sdk-s3cret"

@@ -20,18 +20,18 @@ import orjson
 import pytest
 from aiohttp import web
 
+from batchsub.commands.queue import consume_source, prefetch_for, publish_directory
 from batchsub.jobs import JobSpec, ManifestItem, Outcome
-from batchsub.queue_commands import consume_source, prefetch_for, publish_directory
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig
 from batchsub.sources.amqp import ERROR_HEADER, SOURCE_HEADER, SUFFIX_HEADER, open_amqp_source
 from tests.amqp_support import AMQP_URL, Broker, broker_listening
-from tests.conftest import PROJECT, TOKEN, SimulatorFactory, fast_settings
 from tests.pg import fresh_database, postgres_listening
 from tests.run_support import ListSource, on_ledger
 from tests.sim_support import simulator_with
+from tests.support import PROJECT, TOKEN, SimulatorFactory, fast_settings
 
 needs_broker = pytest.mark.skipif(not broker_listening(), reason="RabbitMQ is not listening")
 needs_postgres = pytest.mark.skipif(not postgres_listening(), reason="PostgreSQL is not listening")
@@ -254,7 +254,7 @@ async def test_an_api_error_message_holding_nul_is_stored_escaped(
 
 
 async def _records(settings: Settings) -> dict[str, tuple[str, str | None]]:
-    from batchsub.runner import open_ledger
+    from batchsub.wiring import open_ledger
 
     ledger = open_ledger(settings.ledger, read_only=True)
     await ledger.open()

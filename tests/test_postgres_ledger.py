@@ -19,8 +19,8 @@ from batchsub.errors import LedgerError, LedgerRefusedError
 from batchsub.jobs import ErrorInfo, LedgerRecord, LedgerState
 from batchsub.ledgers.postgres import SCHEMA_VERSION, PostgresLedger
 from batchsub.protocols import Ledger
-from tests.conftest import FakeClock, attempt_of, job_spec
 from tests.pg import HOST, PORT, fresh_database, postgres_listening
+from tests.support import FakeClock, attempt_of, job_spec
 
 pytestmark = pytest.mark.skipif(
     not postgres_listening(), reason=f"no PostgreSQL server listens on {HOST}:{PORT}"

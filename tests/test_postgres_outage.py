@@ -15,9 +15,9 @@ from batchsub.errors import LedgerError, LedgerRefusedError, LedgerUnavailable
 from batchsub.jobs import LedgerState
 from batchsub.ledgers.outage import Outage
 from batchsub.ledgers.postgres import PostgresLedger
-from tests.conftest import attempt_of, job_spec
 from tests.faults import Proxy, via
 from tests.pg import HOST, PORT, fresh_database, postgres_listening
+from tests.support import attempt_of, job_spec
 
 pytestmark = pytest.mark.skipif(
     not postgres_listening(), reason=f"no PostgreSQL server listens on {HOST}:{PORT}"
@@ -95,7 +95,7 @@ async def test_a_claim_whose_answer_was_lost_is_still_ours(proxy: Proxy, dsn: st
     async with ledger_via(proxy, dsn, Outage(limit=None, **FAST), pool_size=1) as ledger:
         assert attempt_of(await ledger.begin_attempt(P, job_spec("warm-up"))) == 1
         proxy.freeze(answers_only=True)  # the claim reaches the server; its answer does not
-        claim = asyncio.create_task(ledger.begin_attempt(P, job_spec("a")))
+        claim = asyncio.ensure_future(ledger.begin_attempt(P, job_spec("a")))
         await asyncio.sleep(TIMEOUT * 2)
         assert await state_of(dsn, "a") == ("submitting", None)  # committed, answer lost
         proxy.pass_through()
@@ -112,7 +112,7 @@ async def test_a_reset_link_and_a_refused_one_are_waited_out(proxy: Proxy, dsn: 
         assert attempt_of(await ledger.begin_attempt(P, job_spec("a"))) == 1
         proxy.refuse()
         proxy.cut()  # every pooled connection is dead now, as after a server restart
-        outcome = asyncio.create_task(
+        outcome = asyncio.ensure_future(
             ledger.record(P, job_spec("a"), LedgerState.CREATED, job_id=7)
         )
         await asyncio.sleep(0.5)
@@ -178,7 +178,7 @@ async def test_close_during_an_outage_does_not_hang(proxy: Proxy, dsn: str) -> N
     await ledger.open()
     await ledger.get_many(P, ["a"])
     proxy.freeze()
-    waiting = asyncio.create_task(ledger.record(P, job_spec("a"), LedgerState.RETRYING))
+    waiting = asyncio.ensure_future(ledger.record(P, job_spec("a"), LedgerState.RETRYING))
     await asyncio.sleep(TIMEOUT * 2)
     await asyncio.wait_for(ledger.close(), TIMEOUT * 4)
     with pytest.raises(LedgerError):

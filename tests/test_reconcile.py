@@ -9,13 +9,12 @@ import aiohttp
 from structlog.testing import capture_logs
 
 from batchsub.auth import TokenAuth
-from batchsub.calls import SafeCaller
 from batchsub.client import DliClient
 from batchsub.errors import FatalApiError
 from batchsub.limiter import RateLimiter
 from batchsub.reconcile import Reconciler
-from batchsub.retry import RetryPolicy
-from tests.conftest import PROJECT, TOKEN, SimulatorFactory
+from batchsub.retry import RetryingCaller, RetryPolicy
+from tests.support import PROJECT, TOKEN, SimulatorFactory
 
 
 def reconciler(
@@ -23,7 +22,7 @@ def reconciler(
 ) -> Reconciler:
     client = DliClient(session, url, PROJECT, TokenAuth(token))
     policy = RetryPolicy(base_delay=0.01, max_delay=0.05)
-    return Reconciler(client, SafeCaller(RateLimiter(0), policy), batch_window=0.02, **options)
+    return Reconciler(client, RetryingCaller(RateLimiter(0), policy), batch_window=0.02, **options)
 
 
 async def test_many_lookups_at_once_share_one_listing(simulator: SimulatorFactory) -> None:

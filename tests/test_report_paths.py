@@ -8,40 +8,21 @@ import os
 import re
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_manifests
 from tests.fs_support import full_disk, unwritable
+from tests.process_support import run_batchsub
+from tests.support import write_manifests
 
 pytestmark = pytest.mark.slow
-
-
-def batchsub(
-    *args: str | Path, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``python -m batchsub ARGS`` in ``cwd``, with no batchsub setting from outside."""
-    full_env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("BATCHSUB_", "HUAWEICLOUD_SDK_"))
-    }
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "batchsub", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=full_env,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def run(
     tmp_path: Path, *extra: str | Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return batchsub(
+    return run_batchsub(
         "run", "m", "--simulator", "--progress", "off", "--rate", "0", *extra, cwd=tmp_path, env=env
     )
 
@@ -83,7 +64,7 @@ def test_report_through_a_symlink_keeps_the_symlink(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "reports" / "2024.json").read_text())["summary"]["total"] == 2
 
     for named in ("latest.json", "-"):
-        out = batchsub("report", "--format", "csv", "--output", named, cwd=tmp_path)
+        out = run_batchsub("report", "--format", "csv", "--output", named, cwd=tmp_path)
         assert out.returncode == 0, out.stderr
     assert (tmp_path / "latest.json").is_symlink()
     assert (tmp_path / "reports" / "2024.json").read_text() == out.stdout

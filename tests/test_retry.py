@@ -1,4 +1,4 @@
-"""RetryPolicy backoff bounds and limits, and Retry-After parsing."""
+"""RetryPolicy backoff bounds and limits, Retry-After parsing, and the RetryBudget."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchsub.retry import RetryPolicy, parse_retry_after
+from batchsub.retry import RetryBudget, RetryPolicy, parse_retry_after
 
 NOW = datetime(2015, 10, 21, 7, 27, 30, tzinfo=UTC)
 
@@ -121,3 +121,35 @@ def test_parse_retry_after_defaults_to_the_current_time() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     later = parse_retry_after("Fri, 01 Jan 2100 00:00:00 GMT")
     assert later is not None and later > 365 * 86_400
+
+
+def test_retry_budget_spends_refunds_and_refuses() -> None:
+    budget = RetryBudget(capacity=20, retry_cost=5, timeout_cost=10, success_refund=1)
+    assert budget.try_spend()
+    assert budget.try_spend(timeout=True)
+    assert budget.available == 5
+    assert not budget.try_spend(timeout=True)  # cannot pay 10: nothing taken
+    assert budget.available == 5
+    assert budget.try_spend()
+    assert not budget.try_spend()
+    assert budget.exhausted == 2
+    for _ in range(3):
+        budget.refund()
+    assert budget.available == 3
+    for _ in range(100):
+        budget.refund()
+    assert budget.available == 20  # capped
+
+
+def test_retry_budget_defaults_match_the_aws_quota() -> None:
+    budget = RetryBudget()
+    spent = 0
+    while budget.try_spend():
+        spent += 1
+    assert spent == 100  # 500 tokens at 5 each
+    assert budget.exhausted == 1
+
+
+def test_retry_budget_rejects_non_positive_settings() -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        RetryBudget(capacity=0)

@@ -18,32 +18,11 @@ from aiohttp import web
 
 from batchsub.cli import main
 from batchsub.jobs import Outcome
-from batchsub.report import RunAccount
-from batchsub.runner import run_directory, run_source
-from batchsub.settings import Settings
-from batchsub.sources.directory import DirectorySource
-from tests.conftest import PROJECT, REPO, SimulatorFactory, fast_settings, write_manifests
+from batchsub.runner import run_directory
 from tests.fs_support import odd_entries
 from tests.http_support import Override, dli_list_or, is_list_call, proxying, serving
-
-AK, SK = "AKTEST0000000000", "sk-secret-do-not-log-0123456789"
-
-
-def settings_for(url: str, tmp_path: Path, **overrides: Any) -> Settings:
-    return fast_settings(url, tmp_path / "ledger.db", **{"concurrency": 16, **overrides})
-
-
-async def run_dir(
-    settings: Settings, directory: Path, report: Path | None = None
-) -> tuple[int, RunAccount]:
-    account = RunAccount(report)
-    code = await run_source(settings, DirectorySource(directory), account)
-    return code, account
-
-
-def read_report(path: Path) -> dict[str, Any]:
-    report: dict[str, Any] = json.loads(path.read_text())
-    return report
+from tests.run_support import AK, SK, read_report, run_dir, settings_for
+from tests.support import PROJECT, REPO, SimulatorFactory, write_manifests
 
 
 async def test_creates_every_job_once_and_a_rerun_sends_nothing(

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from tests.amqp_support import AMQP_URL, Broker, broker_listening
-from tests.conftest import PROJECT, write_manifests
 from tests.pg import fresh_database, postgres_listening
-from tests.test_crash import batchsub, job_count, remote_jobs, simulator_process, stop
+from tests.process_support import job_count, remote_jobs, simulator_process, start_batchsub, stop
+from tests.support import PROJECT, write_manifests
 
 pytestmark = [
     pytest.mark.slow,
@@ -34,7 +34,7 @@ TWICE = 100
 
 
 def publish(directory: Path, queue: str, log: Path, *extra: str) -> None:
-    proc = batchsub("publish", str(directory), AMQP_URL, "--queue", queue, *extra, log=log)
+    proc = start_batchsub("publish", str(directory), AMQP_URL, "--queue", queue, *extra, log=log)
     assert proc.wait(timeout=60) in (0, 1), log.read_text()
 
 
@@ -61,7 +61,9 @@ async def test_three_workers_one_killed_create_each_job_once(tmp_path: Path) -> 
                     "--project-id", PROJECT, "--ledger", dsn, "--rate", "0",
                     "--concurrency", "8", "--in-doubt-grace", "0.2",
                 ]  # fmt: skip
-                workers = [batchsub(*consume, log=tmp_path / f"worker{i}.log") for i in range(3)]
+                workers = [
+                    start_batchsub(*consume, log=tmp_path / f"worker{i}.log") for i in range(3)
+                ]
                 await asyncio.sleep(1.5)
                 stop(workers[0], signal.SIGKILL)
 
@@ -114,7 +116,7 @@ async def test_a_worker_frozen_past_its_lease_sends_nothing_twice(tmp_path: Path
                 logs = [tmp_path / f"worker{i}.log" for i in range(3)]
                 # The first worker takes 16 messages and claims their jobs, which then wait
                 # for their turn at 6 a second; it freezes with most of them still waiting.
-                workers = [batchsub(*consume, log=logs[0])]
+                workers = [start_batchsub(*consume, log=logs[0])]
                 deadline = time.monotonic() + 30
                 while job_count(endpoint) < 3:
                     assert time.monotonic() < deadline, "no job created"
@@ -122,7 +124,7 @@ async def test_a_worker_frozen_past_its_lease_sends_nothing_twice(tmp_path: Path
                 workers[0].send_signal(signal.SIGSTOP)
                 frozen_at = time.monotonic()
                 publish(tmp_path / "m", queue, tmp_path / "pub2.log")  # every job again
-                workers += [batchsub(*consume, log=log) for log in logs[1:]]
+                workers += [start_batchsub(*consume, log=log) for log in logs[1:]]
                 await asyncio.sleep(FREEZE - (time.monotonic() - frozen_at))
                 workers[0].send_signal(signal.SIGCONT)
 

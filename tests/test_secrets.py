@@ -15,8 +15,9 @@ import asyncpg
 import pytest
 
 from tests.amqp_support import AMQP_URL, broker_listening, eventually
-from tests.conftest import PROJECT, REPO, TOKEN, SimulatorFactory, write_manifests
 from tests.pg import fresh_database, postgres_listening
+from tests.process_support import run_batchsub_async
+from tests.support import PROJECT, REPO, TOKEN, SimulatorFactory, write_manifests
 
 pytestmark = [
     pytest.mark.slow,
@@ -61,16 +62,10 @@ async def batchsub(
     outputs: Outputs, args: Sequence[str | Path], env: dict[str, str], cwd: Path
 ) -> int:
     """Run one command to its end, recording its stdout and stderr; its exit code."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "batchsub", *map(str, args), env=env, cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 40)
+    code, out, err = await run_batchsub_async(*args, env=env, cwd=cwd, timeout=40)
     outputs.add(f"{args[0]} stdout", out)
     outputs.add(f"{args[0]} stderr", err)
-    assert proc.returncode is not None
-    return proc.returncode
+    return code
 
 
 async def ledger_dump(dsn: str) -> bytes:

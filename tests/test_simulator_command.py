@@ -12,11 +12,11 @@ import orjson
 import pytest
 
 from batchsub.cli import build_parser
+from batchsub.commands.simulator import config_from_args
 from batchsub.settings import load_settings
 from batchsub.simulator import SimulatorConfig
-from batchsub.simulator.command import config_from_args
-from tests.conftest import PROJECT, TOKEN
-from tests.test_crash import batchsub, free_port, stop, wait_for
+from tests.process_support import free_port, start_batchsub, stop, wait_for
+from tests.support import PROJECT, TOKEN
 
 
 def parsed(*flags: str) -> SimulatorConfig:
@@ -103,7 +103,7 @@ def _call(url: str, method: str = "GET", body: object = None) -> tuple[int, Any]
 @pytest.mark.slow
 def test_a_simulator_process_serves_the_life_cycle_and_its_stats(tmp_path: Path) -> None:
     port = free_port()
-    proc = batchsub(
+    proc = start_batchsub(
         "simulator", "--port", str(port), "--project-id", PROJECT, "--start-seconds", "0.1-0.3",
         "--submit-fail", "0.5", "--run-running", "accept", "--max-job-ids", "5", "--seed", "3",
         log=tmp_path / "sim.log",

@@ -7,8 +7,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import PROJECT, DliFactory, FakeClock
 from tests.sim_support import Dli, succeeded
+from tests.support import PROJECT, DliFactory, FakeClock
 
 EPOCH = 1_700_000_000.0
 FAST = {"start_seconds": (1.0, 2.0), "savepoint_seconds": (0.5, 0.5), "stop_seconds": (1.0, 1.0)}

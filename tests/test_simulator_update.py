@@ -9,8 +9,8 @@ import pytest
 
 from batchsub.simulator.dialect import DEFAULT_RUNTIME_CONFIG
 from batchsub.simulator.update import IN_PLACE
-from tests.conftest import DliFactory, FakeClock
 from tests.sim_support import Dli, succeeded
+from tests.support import DliFactory, FakeClock
 
 EPOCH = 1_700_000_000.0
 QUICK = {"start_seconds": (1.0, 1.0), "savepoint_seconds": (0.5, 0.5), "stop_seconds": (1.0, 1.0)}

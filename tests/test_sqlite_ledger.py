@@ -16,11 +16,10 @@ import structlog
 
 from batchsub.errors import LedgerError, LedgerLockedError, LedgerRefusedError
 from batchsub.jobs import Claim, ErrorInfo, LedgerRecord, LedgerState
-from batchsub.ledgers import SqliteLedger
-from batchsub.ledgers.sqlite import _MIGRATIONS, _SETTLED_SQL, SCHEMA_VERSION
+from batchsub.ledgers.sqlite import _MIGRATIONS, _REMEMBERED_SQL, SCHEMA_VERSION, SqliteLedger
 from batchsub.protocols import Ledger
-from tests.conftest import FakeClock, attempt_of, job_spec
 from tests.fs_support import bind_mount
+from tests.support import FakeClock, attempt_of, job_spec
 
 P = "project-1"
 
@@ -309,7 +308,7 @@ async def test_text_from_outside_is_stored_escaped(open_ledger: OpenLedger) -> N
     await ledger.begin_attempt(P, spec)
     await ledger.record(P, spec, LedgerState.FAILED, error=ErrorInfo("bad\x00 \ud800", "C\x01"))
     await ledger.remember_files(P, [("dir/caf\udce9.json", "fp", ["a"])])  # not remembered
-    assert await ledger.settled_files(P, {"dir/caf\udce9.json": "fp"}) == {}  # nor looked up
+    assert await ledger.remembered_files(P, {"dir/caf\udce9.json": "fp"}) == {}  # nor looked up
     rec = (await ledger.get_many(P, ["a"]))["a"]
     assert rec.source == "dir/caf\\xe9.json"  # the byte the file name had
     assert rec.error == ErrorInfo("bad\\x00 \\ud800", "C\\x01")
@@ -524,7 +523,7 @@ async def test_a_version_2_ledger_is_migrated_with_its_records(tmp_path: Path) -
     assert tables == {"jobs", "files"}
 
 
-async def test_settled_jobs_are_looked_up_by_name_not_by_state(tmp_path: Path) -> None:
+async def test_remembered_jobs_are_looked_up_by_name_not_by_state(tmp_path: Path) -> None:
     # Planned on the state index, a rerun's lookups scanned every created job per chunk.
     path = tmp_path / "batchsub.db"
     async with SqliteLedger(path) as ledger:
@@ -532,7 +531,7 @@ async def test_settled_jobs_are_looked_up_by_name_not_by_state(tmp_path: Path) -
             await ledger.record(P, job_spec(name), LedgerState.CREATED, job_id=1)
     names = ["a", "b", *(f"absent-{i}" for i in range(498))]  # a whole chunk, as reruns ask
     with sqlite3.connect(path) as conn:
-        sql = _SETTLED_SQL.format(marks=",".join("?" * len(names)))
+        sql = _REMEMBERED_SQL.format(marks=",".join("?" * len(names)))
         plan = " ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", (P, *names)))
         found = conn.execute(sql, (P, *names)).fetchall()
     conn.close()

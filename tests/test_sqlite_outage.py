@@ -11,10 +11,10 @@ from structlog.testing import capture_logs
 
 from batchsub.errors import LedgerUnavailable
 from batchsub.jobs import LedgerState
-from batchsub.ledgers import SqliteLedger
 from batchsub.ledgers.outage import Outage
-from tests.conftest import attempt_of, job_spec
+from batchsub.ledgers.sqlite import SqliteLedger
 from tests.faults import fill
+from tests.support import attempt_of, job_spec
 
 P = "project-1"
 FAST: dict[str, Any] = {"first_delay": 0.05, "max_delay": 0.1}

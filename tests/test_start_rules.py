@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from batchsub.client import JobStatus
-from batchsub.start_ledger import StartRecord, StartState
-from batchsub.start_rules import StartAction, StartOptions, decide_start
-from batchsub.statuses import ACTIVE, FAILED, KNOWN, Phase, phase
+from batchsub.answers import JobStatus
+from batchsub.jobs import StartRecord, StartState
+from batchsub.lifecycle.start_rules import StartAction, StartOptions, decide_start
+from batchsub.lifecycle.statuses import ACTIVE, FAILED, KNOWN, Phase, phase
 
 A = StartAction
 PLAIN = StartOptions()

@@ -20,12 +20,12 @@ from aiohttp.typedefs import Middleware
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from batchsub.start_ledger import StartState
-from batchsub.starter import StartJob, StartKind, StartResult
-from batchsub.statuses import ACTIVE
-from batchsub.waiter import Health, Watched
-from tests.conftest import PROJECT
+from batchsub.jobs import StartState
+from batchsub.lifecycle.starter import StartJob, StartKind, StartResult
+from batchsub.lifecycle.statuses import ACTIVE
+from batchsub.lifecycle.waiter import Health, Watched
 from tests.lifecycle_support import Handler, Rig, rig
+from tests.support import PROJECT
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,13 @@ import orjson
 import pytest
 from aiohttp import web
 
+from batchsub.jobs import StartState
+from batchsub.ledgers.memory import MemoryStartLedger
+from batchsub.lifecycle.start_rules import StartOptions
+from batchsub.lifecycle.starter import StartJob, StartKind, StartResult
 from batchsub.simulator.lifecycle import NO_QUEUE
-from batchsub.start_ledger import MemoryStartLedger, StartState
-from batchsub.start_rules import StartOptions
-from batchsub.starter import StartJob, StartKind, StartResult
-from tests.conftest import PROJECT
 from tests.lifecycle_support import Handler, Rig, rig
+from tests.support import PROJECT
 
 
 @web.middleware

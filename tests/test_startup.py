@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, write_manifests
+from tests.support import REPO, write_manifests
 
 LAZY = ("rich", "prometheus_client", "aio_pika", "asyncpg", "watchfiles", "yaml")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from batchsub.client import JobStatus
-from batchsub.status_reader import Seen
+from batchsub.answers import JobStatus
+from batchsub.lifecycle.status_reader import Seen
 from tests.lifecycle_support import Rig, rig
 
 

@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 
 from batchsub.simulator import SimulatorConfig, create_app
-from tests.conftest import PROJECT, TOKEN, write_manifests
-from tests.test_cli import clean_env
+from tests.process_support import clean_env
+from tests.support import PROJECT, TOKEN, write_manifests
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 

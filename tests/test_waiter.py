@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
+from batchsub.jobs import StartIntent, StartOutcome, StartState
+from batchsub.lifecycle.waiter import Health, PollInterval, Verdict, WaitSettings, Watched
 from batchsub.simulator.lifecycle import RUN_FAILED, SUBMIT_FAILED
-from batchsub.start_ledger import StartIntent, StartOutcome, StartState
-from batchsub.waiter import Health, PollInterval, Verdict, WaitSettings, Watched
-from tests.conftest import PROJECT
 from tests.lifecycle_support import Rig, rig
+from tests.support import PROJECT
 
 
 async def started(r: Rig, count: int, prefix: str = "job", **fields: Any) -> list[int]:

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from batchsub.commands.watch import add_parser, main, watch
 from batchsub.http_server import serve_app
 from batchsub.logs import configure_logging
 from batchsub.metrics import Metrics, create_metrics_app
@@ -28,11 +28,10 @@ from batchsub.settings import Settings, load_settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from batchsub.simulator.store import SimJob
 from batchsub.sources.dropfolder import DropFolderSource
-from batchsub.watch import add_parser, main, watch
-from tests.conftest import PROJECT, REPO, TOKEN, SimulatorFactory
 from tests.http_support import is_list_call, proxying
-from tests.test_dropfolder import drop, eventually, job, names_in
-from tests.test_run import settings_for
+from tests.process_support import free_port
+from tests.run_support import settings_for
+from tests.support import PROJECT, REPO, TOKEN, SimulatorFactory, drop, eventually, job, names_in
 
 
 def test_watch_flags_map_onto_settings(tmp_path: Path) -> None:
@@ -172,13 +171,6 @@ async def test_a_job_deleted_by_hand_is_forgotten_at_the_next_full_listing(
 
 
 # --- as a process -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def start_watch(

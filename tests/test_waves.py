@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchsub.errors import ConfigError
-from batchsub.waves import Wave, WaveController, parse_waves, wave_sizes
+from batchsub.lifecycle.waves import Wave, WaveController, parse_waves, wave_sizes
 
 
 @pytest.mark.parametrize(

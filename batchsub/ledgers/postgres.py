@@ -37,15 +37,25 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from types import TracebackType
-from typing import Any, Self, TypeAlias, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 import structlog
 
-from batchsub.errors import LedgerError, LedgerRefusedError, LedgerUnavailable
+from batchsub.errors import LedgerError, LedgerRefusedError, LedgerUnavailable, one_line
 from batchsub.jobs import IN_DOUBT_STATES, Claim, ErrorInfo, JobSpec, LedgerRecord, LedgerState
+from batchsub.ledgers._rows import (
+    COLUMNS,
+    MESSAGE_CHARS,
+    PAGE_ORDER,
+    OpenedInBlock,
+    by_name,
+    outcome_values,
+    pages,
+    schema_too_new,
+    to_record,
+)
 from batchsub.ledgers.outage import Outage
 from batchsub.masking import mask_url, scrub, url_passwords
 from batchsub.text import printable
@@ -92,16 +102,11 @@ _MIGRATIONS: dict[int, str] = {
     """,
 }
 
-_COLUMNS = (
-    "project_id, name, state, job_id, attempts, error_code, error_message, http_status,"
-    " source, body_hash, body, adopted, created_at, updated_at"
-)
-
 # $1 project, $2 name, $3 source, $4 hash, $5 body, $6 now, $7 owner, $8 lease end.
 # A live lease of our own is not taken again either: the same job delivered twice to this
 # worker must not be sent twice. ``record`` releases it; a crash leaves it to expire.
 _BEGIN_SQL = f"""
-INSERT INTO batchsub_jobs AS j ({_COLUMNS}, owner, lease_until)
+INSERT INTO batchsub_jobs AS j ({COLUMNS}, owner, lease_until)
 VALUES ($1, $2, 'submitting', NULL, 1, NULL, NULL, NULL, $3, $4, $5, false, $6, $6, $7, $8)
 ON CONFLICT (project_id, name) DO UPDATE SET
     state = 'submitting', attempts = j.attempts + 1, source = excluded.source,
@@ -125,7 +130,7 @@ RETURNING attempts
 # any other state only while nobody claimed the job since our claim ($14), or, for a write
 # made without a claim, while nobody else holds a live lease.
 _RECORD_SQL = f"""
-INSERT INTO batchsub_jobs AS j ({_COLUMNS}, owner, lease_until)
+INSERT INTO batchsub_jobs AS j ({COLUMNS}, owner, lease_until)
 VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $9, $10, $11, $12, $12, NULL, NULL)
 ON CONFLICT (project_id, name) DO UPDATE SET
     state = excluded.state, job_id = coalesce(excluded.job_id, j.job_id),
@@ -174,7 +179,6 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 _REFUSED_CLASSES = frozenset({"22", "23", "54"})
 
 _CHUNK = 1000  # names per ``= ANY($2)``: keeps each statement and its answer small
-_MESSAGE_CHARS = 2000  # an error message longer than this is cut when stored
 
 
 def default_owner() -> str:
@@ -211,7 +215,7 @@ WHERE project_id = $1 AND name = $2 AND owner = $3 AND state <> 'created'
 """
 
 
-class PostgresLedger:
+class PostgresLedger(OpenedInBlock):
     """A ``Ledger`` in a PostgreSQL database, shared by workers that claim jobs with leases.
 
     ``owner`` names this worker in the rows it holds; a claim lasts ``lease_seconds`` after
@@ -251,18 +255,6 @@ class PostgresLedger:
 
     def __repr__(self) -> str:
         return f"PostgresLedger({self.dsn!r}, owner={self.owner!r})"
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def open(self) -> None:
         """Connect the pool and create or migrate the schema (one worker at a time).
@@ -320,19 +312,20 @@ class PostgresLedger:
 
     async def get_many(self, project_id: str, names: Sequence[str]) -> dict[str, LedgerRecord]:
         """The records of those names that exist, one query per 1000 names."""
-        unique = list(dict.fromkeys(names))
-        found: dict[str, LedgerRecord] = {}
-        for start in range(0, len(unique), _CHUNK):
-            rows = await self._fetch(
-                f"SELECT {_COLUMNS} FROM batchsub_jobs"
-                " WHERE project_id = $1 AND name = ANY($2::text[])",
-                project_id,
-                unique[start : start + _CHUNK],
-            )
-            found.update((rec.name, rec) for rec in map(_to_record, rows))
-        return found
+        sql = (
+            f"SELECT {COLUMNS} FROM batchsub_jobs WHERE project_id = $1 AND name = ANY($2::text[])"
+        )
 
-    async def begin_attempt(self, project_id: str, job: JobSpec) -> Claim | None:
+        async def fetch(chunk: Sequence[str]) -> list[asyncpg.Record]:
+            return await self._fetch(sql, project_id, list(chunk))
+
+        return await by_name(names, _CHUNK, fetch)
+
+    def begin_attempt(self, project_id: str, job: JobSpec) -> asyncio.Future[Claim | None]:
+        """Claim ``job`` (a write the caller cannot abort: see ``_detached``)."""
+        return _detached(self._begin_attempt(project_id, job))
+
+    async def _begin_attempt(self, project_id: str, job: JobSpec) -> Claim | None:
         """Claim ``job`` (state submitting, attempts + 1, a fresh lease) and return the claim.
 
         Returns None, changing nothing, when the job is ``created`` already or under a live
@@ -371,7 +364,11 @@ class PostgresLedger:
             await self._fetchval(_EXPIRE_SQL, project_id, job.name, holder)
         return None
 
-    async def renew(self, project_id: str, job: JobSpec, claim: Claim) -> Claim | None:
+    def renew(self, project_id: str, job: JobSpec, claim: Claim) -> asyncio.Future[Claim | None]:
+        """Extend our claim on ``job`` (a write the caller cannot abort: see ``_detached``)."""
+        return _detached(self._renew(project_id, job, claim))
+
+    async def _renew(self, project_id: str, job: JobSpec, claim: Claim) -> Claim | None:
         """Extend our claim on ``job`` to a full lease from now; None if it is no longer ours."""
         started = 0.0
 
@@ -387,7 +384,7 @@ class PostgresLedger:
             return None
         return Claim(claim.attempt, started + self._lease)
 
-    async def record(
+    def record(
         self,
         project_id: str,
         job: JobSpec,
@@ -397,7 +394,7 @@ class PostgresLedger:
         error: ErrorInfo | None = None,
         adopted: bool = False,
         attempt: int | None = None,
-    ) -> int | None:
+    ) -> asyncio.Future[int | None]:
         """Commit a state and release the lease; keeps a known job_id when given None.
 
         The write is skipped (and logged) when the row is ``created`` and ``state`` is not,
@@ -405,34 +402,24 @@ class PostgresLedger:
         another worker holds a live lease on it): a late answer of a worker that lost its
         lease must not undo the one that took over. Recording ``created`` always applies (a
         job that exists is a fact, whoever found it), except over another job_id: the first
-        one recorded is kept and given back.
+        one recorded is kept and given back. A write the caller cannot abort (``_detached``).
         """
         now = float(self._clock())
+        values = (project_id, job.name, str(state), job_id, *outcome_values(job, error))
+        values += (adopted, now, self.owner, attempt)
+        return _detached(self._record(project_id, job.name, state, values))
+
+    async def _record(
+        self, project_id: str, name: str, state: LedgerState, values: tuple[Any, ...]
+    ) -> int | None:
         # An outcome is waited for through an outage, even when the run stops: the API gave it.
-        applied = await self._fetchval(
-            _RECORD_SQL,
-            project_id,
-            job.name,
-            str(state),
-            job_id,
-            printable(error.code, _MESSAGE_CHARS) if error and error.code else None,
-            printable(error.message, _MESSAGE_CHARS) if error else None,
-            error.http_status if error else None,
-            printable(job.source),
-            job.body_hash,
-            job.body,
-            adopted,
-            now,
-            self.owner,
-            attempt,
-            new_work=False,
-        )
+        applied = await self._fetchval(_RECORD_SQL, *values, new_work=False)
         if applied is not None:
             return None
         if state is LedgerState.CREATED:  # skipped: another job_id was recorded first
-            kept = await self._fetchval(_KEPT_SQL, project_id, job.name)
+            kept = await self._fetchval(_KEPT_SQL, project_id, name)
             return int(kept) if kept is not None else None
-        log.warning("ledger.record_skipped", name=job.name, state=str(state), owner=self.owner)
+        log.warning("ledger.record_skipped", name=name, state=str(state), owner=self.owner)
         return None
 
     async def in_doubt(self, project_id: str) -> list[LedgerRecord]:
@@ -442,7 +429,7 @@ class PostgresLedger:
         doubt but in flight, and that worker will record its outcome (or its lease expires).
         """
         rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM batchsub_jobs WHERE project_id = $1"
+            f"SELECT {COLUMNS} FROM batchsub_jobs WHERE project_id = $1"
             " AND state = ANY($2::text[])"
             " AND NOT (state = 'submitting' AND owner IS NOT NULL AND owner <> $3"
             " AND lease_until >= $4)"
@@ -452,31 +439,27 @@ class PostgresLedger:
             self.owner,
             float(self._clock()),
         )
-        return [_to_record(row) for row in rows]
+        return [to_record(row) for row in rows]
 
     async def records(self, project_id: str | None = None) -> AsyncIterator[LedgerRecord]:
         """Every record (of one project, or all) by source then name, a page at a time.
 
         Keyset paging: no connection or transaction is held between pages.
         """
-        after: tuple[str, str, str] | None = None
-        while True:
+
+        async def fetch(after: tuple[Any, ...] | None) -> list[asyncpg.Record]:
             clauses = ["($1::text IS NULL OR project_id = $1)"]
-            params: list[Any] = [project_id]
             if after is not None:
                 clauses.append("(source, name, project_id) > ($2, $3, $4)")
-                params.extend(after)
-            rows = await self._fetch(
-                f"SELECT {_COLUMNS} FROM batchsub_jobs WHERE {' AND '.join(clauses)}"
-                f" ORDER BY source, name, project_id LIMIT {int(self._page_size)}",
-                *params,
+            return await self._fetch(
+                f"SELECT {COLUMNS} FROM batchsub_jobs WHERE {' AND '.join(clauses)}"
+                f" {PAGE_ORDER} LIMIT {int(self._page_size)}",
+                project_id,
+                *(after or ()),
             )
-            for rec in map(_to_record, rows):
-                yield rec
-            if len(rows) < self._page_size:
-                return
-            last = rows[-1]
-            after = (last["source"], last["name"], last["project_id"])
+
+        async for record in pages(self._page_size, fetch):
+            yield record
 
     # --- internals -------------------------------------------------------------------------
 
@@ -489,10 +472,7 @@ class PostgresLedger:
             )
             version = int(found or 0)
             if version > SCHEMA_VERSION:
-                raise LedgerError(
-                    f"ledger {self.dsn} has schema version {version}, newer than this "
-                    f"batchsub supports ({SCHEMA_VERSION}); upgrade batchsub"
-                )
+                raise schema_too_new(self.dsn, version, SCHEMA_VERSION)
             if version == SCHEMA_VERSION:
                 return
             while version < SCHEMA_VERSION:
@@ -554,13 +534,22 @@ class PostgresLedger:
         if isinstance(exc, TimeoutError):
             message = f"timed out after {self._timeout:g} s"
         else:
-            message = " ".join(str(exc).split()) or type(exc).__name__
-        message = printable(scrub(message, url_passwords(self._dsn)), _MESSAGE_CHARS)
+            message = one_line(exc)
+        message = printable(scrub(message, url_passwords(self._dsn)), MESSAGE_CHARS)
         if _is_refused(exc):
             return LedgerRefusedError(f"ledger {self.dsn}: {what}: {message}")
         if _is_unavailable(exc):
             return LedgerUnavailable(self.dsn, f"{what}: {message}")
         return LedgerError(f"ledger {self.dsn}: {what}: {message}")
+
+
+def _detached(write: Coroutine[Any, Any, _T]) -> asyncio.Future[_T]:
+    """``write`` run as a task of its own; the future given back is a shield of it.
+
+    The Ledger protocol: a cancelled caller (a run stopping) must not abort a write under
+    way, and still gets its cancellation.
+    """
+    return asyncio.shield(asyncio.ensure_future(write))
 
 
 def _is_refused(exc: BaseException) -> bool:
@@ -578,26 +567,3 @@ def _is_unavailable(exc: BaseException) -> bool:
     if _is_refused(exc) or isinstance(exc, ValueError):
         return False  # a bad value, or a malformed DSN or option: waiting will not help
     return isinstance(exc, _UNAVAILABLE)
-
-
-def _to_record(row: asyncpg.Record) -> LedgerRecord:
-    message = row["error_message"]
-    error = (
-        None
-        if message is None
-        else ErrorInfo(message=message, code=row["error_code"], http_status=row["http_status"])
-    )
-    return LedgerRecord(
-        project_id=row["project_id"],
-        name=row["name"],
-        state=LedgerState(row["state"]),
-        job_id=row["job_id"],
-        attempts=row["attempts"],
-        error=error,
-        source=row["source"],
-        body_hash=row["body_hash"],
-        body=bytes(row["body"]),
-        adopted=row["adopted"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )

@@ -31,7 +31,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from batchsub.manifest import FlinkJarJob, describe_validation_error
+from batchsub.model import FlinkJarJob, describe_validation_error
 from batchsub.simulator import batch, iam, update
 from batchsub.simulator.auth import authenticate
 from batchsub.simulator.config import SimulatorConfig

@@ -1,6 +1,6 @@
 """The IAM token call, simulated: ``POST /v3/auth/tokens`` trades a password for a token.
 
-As Huawei Cloud IAM answers it (``dli-lifecycle-api.md``): 201 with the token in the
+As Huawei Cloud IAM answers it (the IAM API reference, ``iam_30_0001``): 201 with the token in the
 ``X-Subject-Token`` header and ``token.expires_at`` / ``issued_at`` in the body; a wrong user,
 domain or password is 401 in Keystone's error shape. Tokens it issues are then accepted by the
 DLI routes until they expire or are revoked (as a password change revokes them), after which

@@ -1,6 +1,7 @@
 """The job life cycle: what a run, a stop or a delete does to a job, and when its status moves.
 
-Statuses and transitions follow the reference (``dli-lifecycle-api.md``): run moves a stopped
+Statuses and transitions follow the DLI API reference (run and stop jobs, ``dli_02_0233`` and
+``dli_02_0241``; the job detail, ``dli_02_0235``) and the official SDK: run moves a stopped
 job to ``job_submitting``, then after ``start_seconds`` to ``job_running`` (or, with the
 ``submit_fail`` fault, ``job_submit_fail``); with ``fail_after_run`` a running job ends
 ``job_running_exception`` after ``fail_after_seconds``, and comes back to ``job_running`` once

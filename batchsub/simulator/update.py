@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from batchsub.manifest import FlinkJarJob, describe_validation_error
+from batchsub.model import FlinkJarJob, describe_validation_error
 from batchsub.simulator.config import SimulatorConfig
 from batchsub.simulator.dialect import effective
 from batchsub.simulator.lifecycle import LIFECYCLE, RUNNING_LIKE

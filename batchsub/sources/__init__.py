@@ -1,9 +1,7 @@
-"""Sources of manifests: where jobs come from (a directory today; a drop folder or a queue later).
+"""Sources of manifests: where jobs come from.
 
-Each implements ``batchsub.protocols.Source``: ``items()`` streams ManifestItems and
-``settle()`` is told each item's outcome once it is committed.
+``directory`` (``run``, ``validate``, ``plan``, ``publish``), ``dropfolder`` (``watch``),
+``amqp`` (``consume``) and ``failed`` (``retry``: the ledger's failed jobs) each implement
+``batchsub.protocols.Source``: ``items()`` streams ManifestItems, and ``finish()`` is told
+each item's outcome once it is committed. ``_tally`` counts those outcomes per file or message.
 """
-
-from batchsub.sources.directory import DirectorySource
-
-__all__ = ["DirectorySource"]

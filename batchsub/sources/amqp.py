@@ -1,10 +1,10 @@
-"""A RabbitMQ queue of manifests, consumed with aio-pika: every message is acked only when settled.
+"""A RabbitMQ queue of manifests, consumed with aio-pika: a message is acked once its jobs are done.
 
 Topology (declared by both ``publish`` and ``consume``, so either may start first): a durable
 queue NAME whose dead-letter arguments point at the durable queue ``NAME.dead``.
 
 One message holds one manifest (JSON; YAML when its ``x-batchsub-suffix`` header says so),
-so it may give several ManifestItems; it is settled once all of them are:
+so it may give several ManifestItems; once the outcome of each is committed, the message is:
 
 - every job created or already created: ack;
 - some job invalid, failed, drifted or duplicated: a copy goes to ``NAME.dead`` with the
@@ -16,8 +16,8 @@ so it may give several ManifestItems; it is settled once all of them are:
   a job claimed by another worker): nack with requeue, to be tried again.
 
 The ledger makes a redelivered or twice-published job harmless; within one consumer a job
-whose name is already in flight is held back until that one settles, since two concurrent
-creates of one name would both be sent. Messages not settled when the source is closed
+whose name is already in flight is held back until that one is done, since two concurrent
+creates of one name would both be sent. Messages not done when the source is closed
 are requeued by ``close()`` (and would be by the broker when the connection closes).
 
 No message can stop a consumer, whatever its body or headers: a body that is not a valid
@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
@@ -49,7 +49,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelPreconditionFailed
 from yarl import URL
 
-from batchsub.errors import ConfigError
+from batchsub.errors import ConfigError, one_line
 from batchsub.jobs import (
     BROKEN_OUTCOMES,
     EXISTING_OUTCOMES,
@@ -61,6 +61,7 @@ from batchsub.jobs import (
 from batchsub.manifest import parse_manifest_bytes
 from batchsub.masking import mask_url, scrub, url_passwords
 from batchsub.sources import amqp_headers
+from batchsub.sources._tally import Tally
 from batchsub.text import printable
 
 log = structlog.get_logger("batchsub.amqp")
@@ -111,17 +112,8 @@ async def connect(url: str) -> AbstractRobustConnection:
             f"RabbitMQ at {shown} refused the login: check the user and password"
         ) from None
     except AMQP_FAILURES as exc:
-        reason = scrub(_reason(exc), url_passwords(url))
+        reason = scrub(one_line(exc), url_passwords(url))
         raise ConfigError(f"cannot connect to RabbitMQ at {shown}: {reason}") from None
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 async def declare_queues(channel: AbstractChannel, queue: str) -> AbstractQueue:
@@ -135,7 +127,7 @@ async def declare_queues(channel: AbstractChannel, queue: str) -> AbstractQueue:
             arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead},
         )
     except ChannelPreconditionFailed as exc:
-        raise ConfigError(f"queue {queue!r} exists with other settings: {_reason(exc)}") from None
+        raise ConfigError(f"queue {queue!r} exists with other settings: {one_line(exc)}") from None
 
 
 def _resendable(value: Any) -> Any:
@@ -163,12 +155,9 @@ def header_text(headers: HeadersType, key: str) -> str | None:
 
 @dataclass(eq=False, slots=True)
 class _Delivery:
-    """One message and the items parsed from it that are not settled yet."""
+    """One message, not yet acked or requeued while ``done`` is False."""
 
     message: AbstractIncomingMessage
-    unsettled: int = 0
-    outcomes: list[Outcome] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
     done: bool = False
 
 
@@ -178,11 +167,11 @@ _WORST_FIRST = (Outcome.INVALID, Outcome.DRIFTED, Outcome.DUPLICATED, Outcome.FA
 
 
 class AmqpSource:
-    """Manifests from a RabbitMQ queue; ``settle`` acks, dead-letters or requeues each message.
+    """Manifests from a RabbitMQ queue; ``finish`` acks, dead-letters or requeues each message.
 
     Use ``open_amqp_source`` to get one. ``stop()`` makes ``items()`` end at once (it waits for
     the next message otherwise; cancelling the task reading it works too); ``close()`` stops
-    consuming and requeues whatever was not settled.
+    consuming and requeues whatever was not done.
     """
 
     def __init__(self, channel: AbstractChannel, queue: AbstractQueue) -> None:
@@ -191,8 +180,7 @@ class AmqpSource:
         self.name = queue.name
         self._inbox: asyncio.Queue[_Delivery | None] = asyncio.Queue()
         self._open: set[_Delivery] = set()  # delivered, not acked or requeued yet
-        # id(item) -> (item, its message); holding the item keeps its id unique until settled
-        self._items: dict[int, tuple[ManifestItem, _Delivery]] = {}
+        self._jobs: Tally[_Delivery] = Tally()  # the items of each message, until all are done
         self._consumer_tag: ConsumerTag | None = None
         self._stopped = False
         self.acked = 0
@@ -200,7 +188,7 @@ class AmqpSource:
         self.requeued = 0
 
     @property
-    def unsettled(self) -> int:
+    def pending(self) -> int:
         """Messages delivered and not yet acked or requeued."""
         return len(self._open)
 
@@ -226,15 +214,15 @@ class AmqpSource:
             self._inbox.put_nowait(None)
 
     async def close(self) -> None:
-        """Stop consuming and requeue every message not settled; call after the run."""
+        """Stop consuming and requeue every message not done; call after the run."""
         self.stop()
         if self._consumer_tag is not None:
             try:
                 await self._queue.cancel(self._consumer_tag)
             except AMQP_FAILURES as exc:
-                log.warning("amqp.cancel_failed", queue=self.name, error=_reason(exc))
+                log.warning("amqp.cancel_failed", queue=self.name, error=one_line(exc))
         for delivery in list(self._open):
-            await self._finish(delivery, requeue=True)
+            await self._release(delivery, requeue=True)
         if self.requeued or self.acked or self.dead_lettered:
             log.info(
                 "amqp.closed",
@@ -244,24 +232,18 @@ class AmqpSource:
                 requeued=self.requeued,
             )
 
-    async def settle(self, item: ManifestItem, result: JobResult) -> None:
-        """Record one item's outcome; once its message's items are all settled, settle it."""
-        found = self._items.pop(id(item), None)
-        if found is None:
-            return
-        _, delivery = found
-        delivery.unsettled -= 1
-        delivery.outcomes.append(result.outcome)
-        if result.outcome in BROKEN_OUTCOMES:
-            delivery.errors.append(result.error or result.outcome.value)
-        if delivery.unsettled == 0 and not delivery.done:
-            await self._settle_message(delivery)
+    async def finish(self, item: ManifestItem, result: JobResult) -> None:
+        """Record one item's outcome; once every item of its message has one, ack, dead-letter or
+        requeue the message."""
+        done = self._jobs.finish(item, result)
+        if done is not None and not done[0].done:
+            await self._answer_broker(*done)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         delivery = _Delivery(message)
         self._open.add(delivery)
         if self._stopped:
-            await self._finish(delivery, requeue=True)
+            await self._release(delivery, requeue=True)
             return
         self._inbox.put_nowait(delivery)
 
@@ -279,31 +261,31 @@ class AmqpSource:
             log.error("amqp.parse_failed", queue=self.name, source=source, error=repr(exc))
             reason = printable(f"{source}: cannot be parsed: {exc!r}", _MAX_HEADER_CHARS)
             items = [InvalidManifest(source, reason)]
-        delivery.unsettled = len(items)
-        for item in items:
-            self._items[id(item)] = (item, delivery)
+        self._jobs.track(delivery, items)
         return items
 
-    async def _settle_message(self, delivery: _Delivery) -> None:
-        outcomes = set(delivery.outcomes)
+    async def _answer_broker(self, delivery: _Delivery, results: list[JobResult]) -> None:
+        """Ack, dead-letter or requeue a message by the outcomes of its jobs."""
+        outcomes = {r.outcome for r in results}
         if outcomes <= EXISTING_OUTCOMES:
-            await self._finish(delivery, ack=True)
+            await self._release(delivery, ack=True)
         elif Outcome.UNRESOLVED in outcomes:
             if not self._stopped:
                 # Busy elsewhere (another worker's claim) or a lost answer: an instant
                 # requeue would come straight back and spin; close() cuts the wait short.
                 await asyncio.sleep(REQUEUE_DELAY)
-            await self._finish(delivery, requeue=True)
-        elif await self._dead_letter(delivery):
-            await self._finish(delivery, ack=True, dead=True)
+            await self._release(delivery, requeue=True)
+        elif await self._dead_letter(delivery, results):
+            await self._release(delivery, ack=True, dead=True)
         else:
-            await self._finish(delivery, requeue=True)
+            await self._release(delivery, requeue=True)
 
-    async def _dead_letter(self, delivery: _Delivery) -> bool:
+    async def _dead_letter(self, delivery: _Delivery, results: list[JobResult]) -> bool:
         """Publish a copy of the message with the reason to NAME.dead; True once confirmed."""
         message = delivery.message
-        reason = printable("; ".join(delivery.errors), _MAX_HEADER_CHARS)
-        worst = next(o for o in _WORST_FIRST if o in delivery.outcomes)
+        errors = [r.error or r.outcome.value for r in results if r.outcome in BROKEN_OUTCOMES]
+        reason = printable("; ".join(errors), _MAX_HEADER_CHARS)
+        worst = next(o for o in _WORST_FIRST if any(r.outcome is o for r in results))
         headers: HeadersType = {
             **_resendable(message.headers or {}),
             ERROR_HEADER: reason,
@@ -321,14 +303,14 @@ class AmqpSource:
                 copy, routing_key=dead_queue_name(self.name), timeout=CONFIRM_TIMEOUT
             )
         except AMQP_FAILURES as exc:
-            log.error("amqp.dead_letter_failed", queue=self.name, error=_reason(exc))
+            log.error("amqp.dead_letter_failed", queue=self.name, error=one_line(exc))
             return False
         log.warning(
             "amqp.dead_lettered", queue=dead_queue_name(self.name), outcome=worst, error=reason
         )
         return True
 
-    async def _finish(
+    async def _release(
         self, delivery: _Delivery, *, ack: bool = False, requeue: bool = False, dead: bool = False
     ) -> None:
         if delivery.done:
@@ -342,7 +324,7 @@ class AmqpSource:
                 await delivery.message.nack(requeue=requeue)
         except AMQP_FAILURES as exc:
             # The channel is gone: the broker requeues the message itself.
-            log.warning("amqp.settle_failed", queue=self.name, error=_reason(exc))
+            log.warning("amqp.settle_failed", queue=self.name, error=one_line(exc))
             return
         if dead:
             self.dead_lettered += 1

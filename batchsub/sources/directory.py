@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import structlog
 
-from batchsub.errors import ConfigError, LedgerError, os_reason
-from batchsub.jobs import EXISTING_OUTCOMES, InvalidManifest, JobResult, ManifestItem, SettledJob
+from batchsub.errors import ConfigError, LedgerError, one_line
+from batchsub.jobs import EXISTING_OUTCOMES, InvalidManifest, JobResult, ManifestItem, RememberedJob
 from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
+from batchsub.parse_pool import ParserPool
 from batchsub.protocols import FileIndex
-from batchsub.sources.parser_pool import ParserPool
+from batchsub.sources._tally import Tally
 from batchsub.text import printable
 
 log = structlog.get_logger("batchsub.directory")
@@ -31,7 +32,7 @@ class _Unreadable:
     def invalid(self) -> InvalidManifest:
         """The invalid manifest a run reports for it."""
         where = printable(str(self.path))
-        return InvalidManifest(where, f"{where}: cannot list directory: {os_reason(self.error)}")
+        return InvalidManifest(where, f"{where}: cannot list directory: {one_line(self.error)}")
 
 
 def _is_manifest(name: str) -> bool:
@@ -123,8 +124,8 @@ class DirectorySource:
         self._parser = parser
         self._index: FileIndex | None = None
         self._project = ""
-        self._files: dict[str, _OpenFile] = {}  # files read, some job not settled yet
-        self._file_of: dict[int, str] = {}  # id(item) -> its file, until settled
+        # Files read whose jobs are not all done: (path, fingerprint) of each.
+        self._open: Tally[tuple[str, str]] = Tally()
         self._done: list[tuple[str, str, Sequence[str]]] = []  # to remember, batched
         self._exhausted = False
 
@@ -149,16 +150,16 @@ class DirectorySource:
                     if count % _YIELD_EVERY == 0:
                         await asyncio.sleep(0)  # let the HTTP pool run
                     items, tracked = self._read(found, current, parsed)
-                    for item in items:
-                        shown = _first_definition(item, seen)
-                        if tracked is not None:
-                            self._file_of[id(shown)] = tracked
-                        yield shown
+                    shown = [_first_definition(item, seen) for item in items]
+                    if tracked is not None:
+                        self._open.track(tracked, shown)
+                    for item in shown:
+                        yield item
         finally:
             if ahead is not None and ahead.parsed is not None:
                 ahead.parsed.cancel()  # stopped early: that parse is not wanted
         self._exhausted = True
-        await self._flush(final=not self._files)
+        await self._flush(final=not self._open)
 
     async def _prepare(self, paths: list[str | _Unreadable] | None) -> _Chunk | None:
         """Look a chunk up in the index, and start parsing its other files in the children."""
@@ -176,27 +177,21 @@ class DirectorySource:
         items = await parser.parse(paths, validate=self.validate)
         return dict(zip(paths, items, strict=True))
 
-    async def settle(self, item: ManifestItem, result: JobResult) -> None:
+    async def finish(self, item: ManifestItem, result: JobResult) -> None:
         """Remember a file once every job in it exists; the files stay where they are."""
-        path = self._file_of.pop(id(item), None)
-        if path is None:
-            return
-        entry = self._files[path]
-        entry.pending -= 1
-        entry.clean = (
-            entry.clean and result.outcome in EXISTING_OUTCOMES and result.name is not None
-        )
-        if result.name is not None:
-            entry.names.append(result.name)
-        if entry.pending == 0:
-            del self._files[path]
-            if entry.clean:
-                self._done.append((path, entry.fingerprint, entry.names))
-        await self._flush(final=self._exhausted and not self._files)
+        done = self._open.finish(item, result)
+        if done is not None:
+            (path, fingerprint), results = done
+            names = [r.name for r in results if r.name is not None]
+            if len(names) == len(results) and all(
+                r.outcome in EXISTING_OUTCOMES for r in results
+            ):
+                self._done.append((path, fingerprint, names))
+        await self._flush(final=self._exhausted and not self._open)
 
     def _read(
         self, found: str | _Unreadable, chunk: _Chunk, parsed: dict[str, list[ManifestItem]]
-    ) -> tuple[list[ManifestItem], str | None]:
+    ) -> tuple[list[ManifestItem], tuple[str, str] | None]:
         """The items of one file, and the file if its outcome is to be tracked for the index."""
         if isinstance(found, _Unreadable):
             return [found.invalid()], None
@@ -205,26 +200,25 @@ class DirectorySource:
         if shown in chunk.known:
             return list(chunk.known[shown]), None
         # Taken before reading (for the index lookup): a change during the read makes the
-        # next fingerprint differ, so a half-read edit is never remembered as settled.
+        # next fingerprint differ, so a half-read edit is never remembered.
         fingerprint = chunk.fingerprints.get(shown, "")
         items = parsed.get(found)
         if items is None:
             items = parse_manifest_file(found, shown, validate=self.validate)
         if not fingerprint:
             return items, None
-        self._files[shown] = _OpenFile(fingerprint, len(items))
-        return items, shown
+        return items, (shown, fingerprint)
 
     def _fingerprints(self, chunk: list[str | _Unreadable]) -> dict[str, str]:
         if self._index is None:
             return {}
         return {printable(p): fp for p in chunk if isinstance(p, str) and (fp := _fingerprint(p))}
 
-    async def _known(self, fingerprints: dict[str, str]) -> dict[str, list[SettledJob]]:
+    async def _known(self, fingerprints: dict[str, str]) -> dict[str, list[RememberedJob]]:
         if not fingerprints or self._index is None:
             return {}
         try:
-            return await self._index.settled_files(self._project, fingerprints)
+            return await self._index.remembered_files(self._project, fingerprints)
         except LedgerError as exc:  # the index only saves reading: read the files instead
             log.warning("index.unavailable", error=str(exc))
             return {}
@@ -244,18 +238,8 @@ class _Chunk:
 
     paths: list[str | _Unreadable]
     fingerprints: dict[str, str]
-    known: dict[str, list[SettledJob]]
+    known: dict[str, list[RememberedJob]]
     parsed: asyncio.Future[dict[str, list[ManifestItem]]] | None
-
-
-@dataclass(slots=True)
-class _OpenFile:
-    """A file whose jobs are in flight: remembered in the index when all of them exist."""
-
-    fingerprint: str
-    pending: int
-    clean: bool = True
-    names: list[str] = field(default_factory=list)
 
 
 _INDEX_CHUNK = 256  # files per index lookup and per index write

@@ -41,10 +41,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import os
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,80 +51,40 @@ import orjson
 import structlog
 from watchfiles import awatch
 
-from batchsub.errors import ConfigError, os_reason
+from batchsub.errors import ConfigError, one_line
 from batchsub.files import write_atomically
 from batchsub.jobs import BROKEN_OUTCOMES, EXISTING_OUTCOMES, JobResult, ManifestItem, Outcome
-from batchsub.manifest import MANIFEST_SUFFIXES, parse_manifest_file
-from batchsub.text import printable
+from batchsub.manifest import parse_manifest_file
+from batchsub.sources._tally import Tally
+from batchsub.sources.filing import (
+    SettleTracker,
+    Signature,
+    error_file_name,
+    free_name,
+    is_manifest_name,
+    move_no_clobber,
+    signature_of,
+)
+from batchsub.text import iso_utc, printable
 
 log = structlog.get_logger("batchsub.dropfolder")
 
 PROCESSING = "processing"
 DONE = "done"
 FAILED = "failed"
-IGNORED_ENDINGS = (".tmp", ".part", ".swp", "~", ".error.json")
 
 _WATCH_DEBOUNCE_MS = 200  # group a burst of events into one scan, but never wait longer
 _WATCH_STOP_GRACE = 2.0  # seconds the watcher thread gets to see its stop event
 _WATCH_RESTART_MAX = 5.0  # seconds between restarts of a watcher that keeps failing
 
 
-def is_manifest_name(name: str) -> bool:
-    """True for a name the drop folder reads: a manifest suffix, not hidden, not partial."""
-    if name.startswith(".") or name.endswith(IGNORED_ENDINGS):
-        return False
-    return os.path.splitext(name)[1].lower() in MANIFEST_SUFFIXES
-
-
-Signature = tuple[int, int]  # (size, mtime in ns)
-
-
-@dataclass(slots=True)
-class _Seen:
-    signature: Signature
-    since: float  # clock time the file was first seen with this signature
-
-
-class SettleTracker:
-    """Decides when a file has stopped changing: the same size and mtime for ``settle_time``.
-
-    Fed by scans (``observe``) with the clock time of the scan, so tests drive it with any time.
-    """
-
-    def __init__(self, settle_time: float) -> None:
-        self.settle_time = settle_time
-        self._seen: dict[str, _Seen] = {}
-
-    def observe(self, name: str, signature: Signature, now: float) -> bool:
-        """Record what a scan saw of ``name``; True when it has been unchanged long enough."""
-        seen = self._seen.get(name)
-        if seen is None or seen.signature != signature:
-            seen = self._seen[name] = _Seen(signature, now)
-        return now - seen.since >= self.settle_time
-
-    def retain(self, names: Iterable[str]) -> None:
-        """Forget files that are gone (a scan no longer lists them)."""
-        keep = set(names)
-        for name in [n for n in self._seen if n not in keep]:
-            del self._seen[name]
-
-    def forget(self, name: str) -> None:
-        """Forget one file (claimed): a new file of that name starts its settle time afresh."""
-        self._seen.pop(name, None)
-
-    def next_due(self) -> float | None:
-        """The earliest clock time at which a file not yet settled could be, or None."""
-        return min((s.since + self.settle_time for s in self._seen.values()), default=None)
-
-
 @dataclass(slots=True)
 class _Claim:
-    """One file in ``processing/``: its jobs' results as they arrive."""
+    """One file in ``processing/``, and its jobs' results once every job has one."""
 
     name: str
     source: str  # the file as it appears in job sources: str(DIR / name)
-    results: list[JobResult | None] = field(default_factory=list)
-    pending: int = 0
+    results: list[JobResult] = field(default_factory=list)  # once every job has one
 
 
 @dataclass(slots=True)
@@ -145,7 +104,7 @@ _MOVE_RETRY_FIRST = 0.5  # seconds before the first retry of a failed move; doub
 class DropFolderSource:
     """The Source of ``batchsub watch``: every manifest in DIR, then each one that arrives.
 
-    ``items()`` yields until ``stop()`` (or the reading task is cancelled); ``settle()`` counts
+    ``items()`` yields until ``stop()`` (or the reading task is cancelled); ``finish()`` counts
     each job's result per file and moves the file when the last one is in. Call ``close()``
     after the run: it returns unfinished files to DIR.
     """
@@ -178,7 +137,7 @@ class DropFolderSource:
         self._move_retry_max = move_retry_max
         self._folder_problems: dict[Path, str] = {}  # logged once until the folder is usable
         self._waiting: set[str] = set()  # names whose wait for processing/ was logged
-        self._by_source: dict[str, tuple[_Claim, int]] = {}  # job source -> (claim, index)
+        self._open: Tally[_Claim] = Tally()  # the jobs of each claim, until all have a result
         self._not_before: dict[str, float] = {}  # file name -> clock time
         self._unclaimed: set[str] = set()  # manifests seen in DIR by the last scan
         self._wake = asyncio.Event()
@@ -203,7 +162,7 @@ class DropFolderSource:
                 folder.mkdir(parents=True, exist_ok=True)
             self._recover()
         except OSError as exc:
-            raise ConfigError(f"drop folder {self.directory}: {os_reason(exc)}") from None
+            raise ConfigError(f"drop folder {self.directory}: {one_line(exc)}") from None
         self._prepared = True
 
     def stop(self) -> None:
@@ -220,7 +179,7 @@ class DropFolderSource:
             self._give_back(claim, reason="run stopped before every job of it had a result")
         self._retry_moves(at_once=True)  # last try; what is left is recovered at the next start
         self._claims.clear()
-        self._by_source.clear()
+        self._open.clear()
         with contextlib.suppress(OSError):
             self._unclaimed = {n for n in os.listdir(self.directory) if is_manifest_name(n)}
 
@@ -232,7 +191,7 @@ class DropFolderSource:
         """One line per file whose move out of processing/ failed and is being retried."""
         return [
             f"{printable(name)}: {stuck.error} ({stuck.attempts} attempts since "
-            f"{dt.datetime.fromtimestamp(stuck.since, dt.UTC).isoformat(timespec='seconds')})"
+            f"{iso_utc(stuck.since, 'seconds')})"
             for name, stuck in sorted(self._stuck.items())
         ]
 
@@ -255,16 +214,13 @@ class DropFolderSource:
         finally:
             self._watch_stop.set()
 
-    async def settle(self, item: ManifestItem, result: JobResult) -> None:
+    async def finish(self, item: ManifestItem, result: JobResult) -> None:
         """Count one job's result; move its file once every job of it has one."""
-        entry = self._by_source.pop(item.source, None)
-        if entry is None:
-            return
-        claim, index = entry
-        claim.results[index] = result
-        claim.pending -= 1
-        if claim.pending == 0:
-            self._finish(claim)
+        done = self._open.finish(item, result)
+        if done is not None:
+            claim, results = done
+            claim.results = results
+            self._file_away(claim)
 
     # --- scanning -----------------------------------------------------------------------------
 
@@ -275,11 +231,11 @@ class DropFolderSource:
         try:
             with os.scandir(self.directory) as entries:
                 for entry in entries:
-                    signature = _signature(entry)
+                    signature = signature_of(entry)
                     if signature is not None:
                         present[entry.name] = signature
         except OSError as exc:
-            log.error("watch.cannot_list", directory=str(self.directory), error=os_reason(exc))
+            log.error("watch.cannot_list", directory=str(self.directory), error=one_line(exc))
             return []
         now = self._clock()
         self._tracker.retain(present)
@@ -318,7 +274,7 @@ class DropFolderSource:
                 self._folder_problem(folder, "exists but is not a directory")
                 continue
             except OSError as exc:
-                self._folder_problem(folder, os_reason(exc))
+                self._folder_problem(folder, one_line(exc))
                 continue
             made = True
             log.warning("folder.recreated", folder=str(folder), reason="it had been removed")
@@ -371,7 +327,7 @@ class DropFolderSource:
                 if failures == 1 or failures % 100 == 0:
                     log.warning(
                         "watch.events_unavailable",
-                        error=_first_cause(exc),
+                        error=one_line(exc),
                         effect="the watcher is started again; rescans go on meanwhile",
                         failures=failures,
                     )
@@ -414,17 +370,16 @@ class DropFolderSource:
         except FileNotFoundError:
             return []  # gone since the scan
         except OSError as exc:
-            log.warning("file.unclaimable", file=name, error=os_reason(exc))
+            log.warning("file.unclaimable", file=name, error=one_line(exc))
             self._not_before[name] = self._clock() + self._retry_delay
             return []
         self._not_before.pop(name, None)
         self._waiting.discard(name)
         source = printable(str(self.directory / name))  # a name that is not UTF-8, escaped
         items = parse_manifest_file(target, source)
-        claim = _Claim(name, source, [None] * len(items), len(items))
+        claim = _Claim(name, source)
         self._claims[name] = claim
-        for index, item in enumerate(items):
-            self._by_source[item.source] = (claim, index)
+        self._open.track(claim, items)
         log.info(
             "file.claimed",
             file=name,
@@ -432,7 +387,7 @@ class DropFolderSource:
             names=[item.name for item in items[:20]],
         )
         if not items:  # pragma: no cover - a parsed file always has an item
-            self._finish(claim)
+            self._file_away(claim)
         return items
 
     def _log_waiting(self, name: str) -> None:
@@ -441,7 +396,7 @@ class DropFolderSource:
             self._waiting.add(name)
             log.warning("file.waiting", file=name, reason="processing/ holds a file of this name")
 
-    def _finish(self, claim: _Claim) -> None:
+    def _file_away(self, claim: _Claim) -> None:
         """File a claim whose every job has a result; a failed move is retried later."""
         self._claims.pop(claim.name, None)
         error = self._try_move(claim)
@@ -461,12 +416,12 @@ class DropFolderSource:
 
     def _move_out(self, claim: _Claim) -> None:
         """Move a finished file to done/, failed/ or back to DIR, by its jobs' outcomes."""
-        results = [r for r in claim.results if r is not None]
+        results = claim.results
         outcomes = {r.outcome for r in results}
         if outcomes & BROKEN_OUTCOMES:
             self._file_failed(claim, results)
         elif outcomes <= EXISTING_OUTCOMES:
-            moved = _move_no_clobber(self.processing / claim.name, self.done, claim.name)
+            moved = move_no_clobber(self.processing / claim.name, self.done, claim.name)
             log.info("file.done", file=claim.name, moved_to=str(moved), jobs=len(results))
         else:
             self._give_back(claim, reason=_first_error(results, {Outcome.UNRESOLVED}), retry=True)
@@ -475,11 +430,11 @@ class DropFolderSource:
         name = claim.name
         if not os.path.lexists(self.processing / name):  # removed by hand (processing/ too?)
             self._stuck.pop(name, None)
-            log.warning("file.vanished", file=name, error=os_reason(exc), folder=PROCESSING)
+            log.warning("file.vanished", file=name, error=one_line(exc), folder=PROCESSING)
             return
         now, stuck = self._clock(), self._stuck.get(name)
         if stuck is None:
-            stuck = self._stuck[name] = _Stuck(claim, os_reason(exc), time.time())
+            stuck = self._stuck[name] = _Stuck(claim, one_line(exc), time.time())
             log.error(
                 "file.cannot_move",
                 file=name,
@@ -488,7 +443,7 @@ class DropFolderSource:
             )
         else:
             stuck.attempts += 1
-            stuck.error = os_reason(exc)
+            stuck.error = one_line(exc)
         delay = min(_MOVE_RETRY_FIRST * 2 ** (stuck.attempts - 1), self._move_retry_max)
         stuck.next_try = now + delay
 
@@ -511,11 +466,11 @@ class DropFolderSource:
         broken = [r for r in results if r.outcome in BROKEN_OUTCOMES]
         first = _first_error(broken, BROKEN_OUTCOMES)
         reason = f"{len(broken)} of {len(results)} jobs not created: {first}"
-        name = _free_name(self.failed, claim.name, with_error_file=True)
+        name = free_name(self.failed, claim.name, with_error_file=True)
         report = {
             "file": printable(claim.name),
             "source": claim.source,
-            "failed_at": _utc_now().isoformat().replace("+00:00", "Z"),
+            "failed_at": iso_utc(time.time(), "microseconds"),
             "reason": reason,
             "jobs": [
                 {"source": r.source, "name": r.name, "outcome": r.outcome.value, "error": r.error}
@@ -523,10 +478,10 @@ class DropFolderSource:
             ],
         }
         # The reason is written first: a file in failed/ always has its error.json beside it.
-        error_file = self.failed / _error_file_name(name)
+        error_file = self.failed / error_file_name(name)
         write_atomically(error_file, orjson.dumps(report) + b"\n")
         try:
-            moved = _move_no_clobber(self.processing / claim.name, self.failed, name)
+            moved = move_no_clobber(self.processing / claim.name, self.failed, name)
         except OSError:
             with contextlib.suppress(OSError):  # a retry writes it again, under a free name
                 error_file.unlink()
@@ -543,11 +498,11 @@ class DropFolderSource:
         """Move a file back to DIR; OSError when ``retry`` (the caller retries), else logged:
         on shutdown, the next start recovers what is left in processing/."""
         try:
-            moved = _move_no_clobber(self.processing / claim.name, self.directory, claim.name)
+            moved = move_no_clobber(self.processing / claim.name, self.directory, claim.name)
         except OSError as exc:
             if retry:
                 raise
-            log.error("file.cannot_move", file=claim.name, error=os_reason(exc))
+            log.error("file.cannot_move", file=claim.name, error=one_line(exc))
             return
         self._not_before[moved.name] = self._clock() + self._retry_delay
         log.info("file.returned", file=claim.name, moved_to=str(moved), reason=reason)
@@ -556,89 +511,8 @@ class DropFolderSource:
         with os.scandir(self.processing) as entries:
             names = sorted(e.name for e in entries if not e.is_dir(follow_symlinks=False))
         for name in names:
-            moved = _move_no_clobber(self.processing / name, self.directory, name)
+            moved = move_no_clobber(self.processing / name, self.directory, name)
             log.info("file.recovered", file=name, moved_to=str(moved))
-
-
-# --- helpers --------------------------------------------------------------------------------
-
-
-def _signature(entry: os.DirEntry[str]) -> Signature | None:
-    """(size, mtime_ns) of an entry in DIR with a manifest's name, None for anything else.
-
-    Not only regular files: a dangling symlink, a symlink loop or a FIFO is claimed too, and
-    reading it says what is wrong (it is filed under failed/), rather than it lying there
-    unexplained. A directory, or a symlink to one, is not a manifest.
-    """
-    if not is_manifest_name(entry.name):
-        return None
-    try:
-        if entry.is_dir():
-            return None
-    except OSError:
-        pass  # a symlink loop: claimed, and reported when read
-    try:
-        stat = entry.stat()
-    except OSError:
-        try:
-            stat = entry.stat(follow_symlinks=False)  # the link itself: it may still settle
-        except OSError:
-            return None  # gone since the listing
-    return stat.st_size, stat.st_mtime_ns
-
-
-def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _candidates(name: str) -> Iterator[str]:
-    """``name``, then ``stem.20240501T101500Z-N.suffix`` for N = 1, 2, ..."""
-    yield name
-    stem, suffix = os.path.splitext(name)
-    stamp = _utc_now().strftime("%Y%m%dT%H%M%SZ")
-    n = 1
-    while True:
-        yield f"{stem}.{stamp}-{n}{suffix}"
-        n += 1
-
-
-def _error_file_name(name: str) -> str:
-    return os.path.splitext(name)[0] + ".error.json"
-
-
-def _free_name(folder: Path, name: str, *, with_error_file: bool = False) -> str:
-    """The first candidate name not taken in ``folder`` (nor its error.json, if asked)."""
-    for candidate in _candidates(name):
-        taken = os.path.lexists(folder / candidate) or (
-            with_error_file and os.path.lexists(folder / _error_file_name(candidate))
-        )
-        if not taken:
-            return candidate
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _move_no_clobber(src: Path, folder: Path, name: str) -> Path:
-    """Move ``src`` into ``folder`` as ``name`` or, when taken, a suffixed name; never overwrite.
-
-    A hard link then unlink refuses an existing target atomically; where hard links are not
-    supported (some network filesystems), a rename after checking the name is free.
-    """
-    for candidate in _candidates(name):
-        target = folder / candidate
-        try:
-            os.link(src, target, follow_symlinks=False)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            if isinstance(exc, FileNotFoundError) and not os.path.lexists(src):
-                raise
-            if os.path.lexists(target):
-                continue
-            os.rename(src, target)
-            return target
-        os.unlink(src)
-        return target
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _first_error(results: list[JobResult], outcomes: Iterable[Outcome]) -> str:
@@ -648,9 +522,3 @@ def _first_error(results: list[JobResult], outcomes: Iterable[Outcome]) -> str:
             return result.error or result.outcome.value
     return "no error message"
 
-
-def _first_cause(exc: BaseException) -> str:
-    """The first real error inside (anyio wraps the watcher's in an ExceptionGroup)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return str(exc) or type(exc).__name__

@@ -12,11 +12,10 @@ import argparse
 import asyncio
 from typing import Any
 
-from batchsub.cli import add_send_flags
+from batchsub.commands._flags import add_send_flags
 from batchsub.logs import configure_command_logging
-from batchsub.ops_commands import remote_api
-from batchsub.runner import project_id_for
 from batchsub.settings import Settings
+from batchsub.wiring import project_id_for, remote_api
 
 
 def add_parser(commands: Any) -> None:

@@ -7,7 +7,7 @@ reached jobs older than the oldest of them. Jobs last seen in one status are loo
 listing filtered by that status (the straggler still ``job_submitting`` costs one page, not a
 page per hundred running jobs); a job not found there has moved on, and is looked for in the
 next status of the life cycle, then in an unfiltered listing, or by its detail when that
-takes fewer calls. Every call goes through the shared ``SafeCaller`` (limiter and retry).
+takes fewer calls. Every call goes through the shared ``RetryingCaller`` (limiter and retry).
 
 Jobs never seen yet (no creation time to stop at) are listed newest first until all are
 seen, unless they are fewer than the pages the project's jobs fill: then each is asked for
@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
-from batchsub.calls import SafeCaller
-from batchsub.client import JOB_GONE, LIST_PAGE_SIZE, DliClient, JobStatus, StatusPage
+from batchsub.answers import JOB_GONE, JobStatus, StatusPage
+from batchsub.client import LIST_PAGE_SIZE, DliClient
 from batchsub.errors import ApiError
+from batchsub.retry import RetryingCaller
 
 # Statuses in life-cycle order: a job not found in one is looked for in the next ones.
 _LIFE_CYCLE = (
@@ -58,7 +59,7 @@ class StatusReader:
     def __init__(
         self,
         client: DliClient,
-        caller: SafeCaller,
+        caller: RetryingCaller,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -1,20 +1,9 @@
-"""What the ledger records of starting jobs: the ``StartLedger`` protocol and an in-memory one.
+"""An in-memory ``StartLedger``, for tests and benchmarks; the SQL ledgers will mirror it.
 
 A start is recorded on the job's own ledger row, keyed by (project_id, name) as its create
-is. The state machine (``start_state``; NULL: batchsub has not started this job)::
-
-    NULL / start_failed --begin_start--> starting          intent committed before the run call
-    starting --record_start(started)--> started            DLI took it, or its status says so
-    starting --record_start(start_failed)--> start_failed  refused for good, or the job is gone
-    starting --record_start(None)--> NULL                  known not started: nothing in flight
-    starting / started --record_status(failure)--> start_failed  failed before it was healthy
-
-``begin_start`` is a compare-and-set on ``start_attempts`` (the attempts the decision read):
-two workers that read the same row claim it once between them. A row left ``starting`` (a
-lost answer, a crash) is reconciled from the job's status before anything is sent again.
-
-Columns the SQLite and PostgreSQL ledgers need on their jobs table (schema v4; all NULL or 0
-on the rows of existing ledgers, which then read as "never started"):
+is (the state machine is the ``StartLedger`` protocol's). The columns the SQLite and
+PostgreSQL ledgers need on their jobs table (schema v4; all NULL or 0 on the rows of existing
+ledgers, which then read as "never started"):
 
 ==================  =============  ==================================================
 column              type           meaning
@@ -34,98 +23,17 @@ start_claim_until   REAL NULL      PostgreSQL only: a worker's claim on a ``star
 Writes: ``begin_start`` is one UPDATE per row, ``WHERE name = ? AND start_attempts = ?``
 (PostgreSQL adds ``AND NOT (start_state = 'starting' AND start_claim_until > now())`` and
 ``RETURNING name``), in one transaction per call; ``record_start`` and ``record_status`` are
-batched the same way. Every write is durable when its awaitable completes.
+batched the same way.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
-from enum import StrEnum
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
-from batchsub.statuses import RUNNING
-
-
-class StartState(StrEnum):
-    """A job's start state in the ledger; absent (None) until batchsub starts it."""
-
-    STARTING = "starting"  # intent committed; a run call may be in flight
-    STARTED = "started"  # DLI took the start
-    START_FAILED = "start_failed"  # refused for good, gone, or failed before it was healthy
-
-
-@dataclass(frozen=True, slots=True)
-class StartRecord:
-    """What the ledger knows of one job's start."""
-
-    name: str
-    job_id: int
-    state: StartState | None = None
-    attempts: int = 0
-    last_status: str | None = None
-    status_seen_at: float | None = None  # epoch seconds
-    error: str | None = None
-    started_at: float | None = None
-    running_at: float | None = None
-    updated_at: float | None = None  # when ``state`` last changed
-    claim_until: float | None = None  # a worker's claim on a starting row (shared ledgers)
-
-
-@dataclass(frozen=True, slots=True)
-class StartIntent:
-    """The intent to send a run for one job, committed before the call."""
-
-    name: str
-    job_id: int
-    status_before: str  # the status the decision to start was made on
-    expected_attempts: int  # compare-and-set: ``start_attempts`` as the decision read it
-
-
-@dataclass(frozen=True, slots=True)
-class StartOutcome:
-    """The outcome of a start: ``state`` None means known not started, nothing in flight."""
-
-    name: str
-    job_id: int
-    state: StartState | None
-    error: str | None = None
-    status: str | None = None  # the status that settled it, when one did
-
-
-@dataclass(frozen=True, slots=True)
-class StatusSeen:
-    """A status seen for one job; ``failure`` set: it failed before it was healthy."""
-
-    name: str
-    job_id: int
-    status: str
-    failure: str | None = None
-
-
-class StartLedger(Protocol):
-    """The ledger side of starting jobs (moves into ``protocols.py`` with the re-layout)."""
-
-    async def start_records(self, project_id: str, names: Sequence[str]) -> dict[str, StartRecord]:
-        """The start records of those names that have one (one round trip)."""
-        ...
-
-    def begin_start(self, project_id: str, intents: Sequence[StartIntent]) -> Awaitable[set[str]]:
-        """Commit the intents (state starting, attempts + 1); the names claimed.
-
-        A name is not claimed when its attempts moved since they were read, or (shared
-        ledgers) another live worker holds it in ``starting``.
-        """
-        ...
-
-    def record_start(self, project_id: str, outcomes: Sequence[StartOutcome]) -> Awaitable[None]:
-        """Commit start outcomes, releasing the claims."""
-        ...
-
-    def record_status(self, project_id: str, seen: Sequence[StatusSeen]) -> Awaitable[None]:
-        """Commit statuses seen (and failures before health), as the state machine says."""
-        ...
+from batchsub.jobs import StartIntent, StartOutcome, StartRecord, StartState, StatusSeen
+from batchsub.lifecycle.statuses import RUNNING
 
 
 class MemoryStartLedger:

@@ -1,6 +1,6 @@
 """DLI's job statuses and what each means for starting a job and for waiting until it runs.
 
-From the status table of ``dli-lifecycle-api.md`` (the SDK's ``ListFlinkJobsRequest`` and the
+From the statuses the official SDK's ``ListFlinkJobsRequest`` documents (and the
 Terraform provider's wait lists). Where the reference is unsure (``job_idle``,
 ``job_downloading``) or a status is new to us, the safe reading is taken: never start a job
 in it, and keep waiting rather than call it healthy or failed.

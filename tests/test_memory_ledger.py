@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from batchsub.start_ledger import (
-    MemoryStartLedger,
-    StartIntent,
-    StartOutcome,
-    StartState,
-    StatusSeen,
-)
-from tests.conftest import FakeClock
+from batchsub.jobs import StartIntent, StartOutcome, StartState, StatusSeen
+from batchsub.ledgers.memory import MemoryStartLedger
+from tests.support import FakeClock
 
 P = "proj"
 

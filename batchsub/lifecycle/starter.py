@@ -22,7 +22,7 @@ Jobs are sent ``batch_size`` (default 100) ids per call, chosen over one id per 
 ``bench/start_modes.py`` (``bench/results.md`` section 6): a hundredth of the run calls, so
 a hundredth of the rate budget and of the wall time under a rate limit, and a lost answer
 costs one grace and one status read for the whole call instead of for each job; neither way
-ever ran a job twice. Run and stop are not retried by ``SafeCaller``: their retries are
+ever ran a job twice. Run and stop are not retried by ``RetryingCaller``: their retries are
 decided here, from the statuses.
 """
 
@@ -40,24 +40,18 @@ from typing import TypeVar
 
 import structlog
 
-from batchsub.client import BatchAnswer, BatchElement, BatchKind, DliClient
+from batchsub.answers import BatchAnswer, BatchElement, BatchKind
+from batchsub.client import DliClient
 from batchsub.errors import ApiError, FatalApiError
-from batchsub.jobs import ErrorInfo
+from batchsub.jobs import ErrorInfo, StartIntent, StartOutcome, StartRecord, StartState, StatusSeen
+from batchsub.lifecycle.start_rules import StartAction, StartOptions, decide_start
+from batchsub.lifecycle.status_reader import Seen, StatusReader
+from batchsub.lifecycle.statuses import INIT
 from batchsub.limiter import RateLimiter
+from batchsub.protocols import StartLedger
 from batchsub.retry import RetryPolicy
-from batchsub.start_ledger import (
-    StartIntent,
-    StartLedger,
-    StartOutcome,
-    StartRecord,
-    StartState,
-    StatusSeen,
-)
-from batchsub.start_rules import StartAction, StartOptions, decide_start
-from batchsub.status_reader import Seen, StatusReader
-from batchsub.statuses import INIT
 
-log = structlog.get_logger("batchsub.starter")
+log = structlog.get_logger("batchsub.lifecycle.starter")
 _T = TypeVar("_T")
 GONE = "the job does not exist (DLI.16001)"
 
@@ -69,7 +63,7 @@ class StartKind(StrEnum):
     ACTIVE = "active"  # already submitting or running: nothing sent
     NOT_STARTED = "not_started"  # left alone by the rules (stopped on purpose, unclear status)
     START_FAILED = "start_failed"  # refused, gone, or failed before (the error says)
-    UNRESOLVED = "unresolved"  # not sent or not confirmed yet: a rerun settles it
+    UNRESOLVED = "unresolved"  # not sent or not confirmed yet: a rerun decides it
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +213,7 @@ class Starter:
             await self._by_status(to_read, seen, call)
 
     async def _by_status(self, jobs: Sequence[StartJob], seen: Seen, call: _Call) -> None:
-        """Queue the jobs the rules start from the status seen; record what the rest settle."""
+        """Queue the jobs the rules start from the status seen; record what it says of the rest."""
         confirmed, statuses, failed = [], [], []
         for job in jobs:
             sighting = seen.get(job.job_id)
@@ -262,7 +256,7 @@ class Starter:
             await self._run_group(group, call)
 
     async def _run_group(self, group: list[_Pending], call: _Call) -> None:
-        """Send one call's jobs until each has started, failed, or cannot be settled now."""
+        """Send one call's jobs until each has started, failed, or cannot be decided now."""
         loop = asyncio.get_running_loop()
         begun_at = loop.time()
         failures = 0
@@ -280,7 +274,7 @@ class Starter:
             if answer is None:
                 await self._not_sent(group, call, self._stop_reason())
                 return
-            again = await self._settle(group, answer, sent_at, call)
+            again = await self._read_answer(group, answer, sent_at, call)
             if not again:
                 return
             group = again
@@ -320,10 +314,10 @@ class Starter:
 
     # --- reading the answer ---------------------------------------------------------------
 
-    async def _settle(
+    async def _read_answer(
         self, group: list[_Pending], answer: BatchAnswer, sent_at: float, call: _Call
     ) -> list[_Pending]:
-        """Record what the answer settles; the jobs known not started, to send again."""
+        """Record what the answer says; the jobs known not started, to send again."""
         kind = answer.kind
         error = answer.error or ErrorInfo("no error message")
         if kind is BatchKind.ANSWERED:

@@ -9,7 +9,7 @@ handling of bad input. Exit codes: 0 all published; 1 some manifest invalid or n
 ``consume AMQP_URL --queue NAME`` creates the job of every message through the same engine as
 ``run`` (one limiter, retry policy and ledger); see ``batchsub.sources.amqp`` for what becomes
 of each message. It runs until SIGTERM or SIGINT, drains like ``run`` (in-flight jobs finish,
-up to the drain timeout; unsettled messages are requeued) and then exits 0: invalid and failed
+up to the drain timeout; messages not done are requeued) and then exits 0: invalid and failed
 messages are in ``NAME.dead``, handled, not an error of the consumer. It exits 2 on a
 configuration error or a credential the API refused.
 
@@ -32,8 +32,8 @@ import structlog
 from aio_pika.abc import AbstractExchange
 
 from batchsub import eventloop
-from batchsub.cli import add_send_flags
-from batchsub.errors import ConfigError
+from batchsub.commands._flags import add_send_flags
+from batchsub.errors import ConfigError, one_line
 from batchsub.jobs import InvalidManifest, JobSpec
 from batchsub.logs import configure_command_logging
 from batchsub.manifest import read_manifest
@@ -223,7 +223,7 @@ class _ConfirmedSender:
         try:
             await self._exchange.publish(message, routing_key=self._queue, timeout=CONFIRM_TIMEOUT)
         except AMQP_FAILURES as exc:
-            log.error("publish.not_confirmed", queue=self._queue, error=str(exc) or repr(exc))
+            log.error("publish.not_confirmed", queue=self._queue, error=one_line(exc))
             return False
         return True
 

@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import Any
 
-from batchsub.errors import ConfigError
+from batchsub.errors import ConfigError, one_line
 from batchsub.logs import configure_logging
 from batchsub.settings import Settings
 from batchsub.simulator.config import SimulatorConfig, simulator_config
@@ -160,7 +160,7 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve())
     except OSError as exc:
-        reason = exc.strerror or str(exc)
+        reason = one_line(exc)
         raise ConfigError(f"simulator cannot listen on {args.host}:{args.port}: {reason}") from None
     return 0
 

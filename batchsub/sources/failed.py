@@ -57,5 +57,5 @@ class LedgerFailedSource:
         for spec in self._specs:
             yield spec
 
-    async def settle(self, item: ManifestItem, result: JobResult) -> None:
+    async def finish(self, item: ManifestItem, result: JobResult) -> None:
         """Nothing to do: the run records each outcome in the ledger itself."""

@@ -1,14 +1,14 @@
 """Reading, parsing and validating manifests in child processes, beside the event loop.
 
-At no rate limit the event loop thread is what limits a run, and a sixth of its time went to
-reading, parsing and validating manifests (bench/results.md). Child processes do that work
-on another core; the loop thread sends them lists of paths and gets back plain tuples over a
-pipe it watches itself: no extra thread in the parent competes with it for the GIL.
+At no rate limit the event loop thread is what limits a run, and a good share of its time went
+to reading, parsing and validating manifests (bench/results.md section 10). Child processes do
+that work on another core; the loop thread sends them lists of paths and gets back plain tuples
+over a pipe it watches itself: no extra thread in the parent competes with it for the GIL.
 
-Children are forked (they inherit the imported code, so they start at once) before the run
-opens its ledger, its sockets or any thread. They ignore SIGINT (the parent decides how to
-stop) and exit when the parent is gone, even after kill -9. If a child cannot be started or
-dies, parsing goes on in the parent: a pool failure never fails a run.
+Children are forked (they inherit the imported code, so they start at once) before the run opens
+its ledger, its sockets or any thread. They ignore SIGINT (the parent decides how to stop) and
+exit when the parent is gone, even after kill -9. If a child cannot be started or dies, parsing
+goes on in the parent: a pool failure never fails a run.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 
 import structlog
 
+from batchsub.errors import one_line
 from batchsub.jobs import InvalidManifest, JobSpec, ManifestItem
 from batchsub.manifest import parse_manifest_file
 from batchsub.text import printable
@@ -211,7 +212,7 @@ class ParserPool:
 
     def _lost(self, child: _Child, exc: BaseException) -> None:
         code = child.process.exitcode
-        reason = f"parser process ended (exit code {code}): {exc or type(exc).__name__}"
+        reason = f"parser process ended (exit code {code}): {one_line(exc)}"
         for answer in child.answers_owed():
             if not answer.done():
                 answer.set_exception(_ChildGone(reason))

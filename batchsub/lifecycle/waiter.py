@@ -31,12 +31,11 @@ from enum import StrEnum
 
 import structlog
 
-from batchsub.client import JobStatus
+from batchsub.answers import JobStatus
 from batchsub.errors import ApiError, FatalApiError
-from batchsub.protocols import RateView
-from batchsub.start_ledger import StartLedger, StatusSeen
-from batchsub.status_reader import Sighting, StatusReader
-from batchsub.statuses import (
+from batchsub.jobs import StatusSeen
+from batchsub.lifecycle.status_reader import Sighting, StatusReader
+from batchsub.lifecycle.statuses import (
     EXCEPTION,
     FAILED,
     FINISHED,
@@ -45,8 +44,9 @@ from batchsub.statuses import (
     STOPPED,
     failure_reason,
 )
+from batchsub.protocols import RateView, StartLedger
 
-log = structlog.get_logger("batchsub.waiter")
+log = structlog.get_logger("batchsub.lifecycle.waiter")
 
 
 class Health(StrEnum):
@@ -271,7 +271,7 @@ class Waiter:
                 failure = verdict.reason if verdict and verdict.health is Health.FAILED else None
                 writes.append(StatusSeen(watch.job.name, job_id, sighting.status.status, failure))
             if verdict is not None:
-                self._settle(verdict)
+                self._conclude(verdict)
         self._expire()
         self._interval.after(changed)
         await self._record(writes)
@@ -326,9 +326,9 @@ class Waiter:
             job = watch.job
             reason = f"{doing} after {timeout:g} s"
             verdict = Verdict(job.job_id, job.name, Health.TIMED_OUT, status, reason)
-            self._settle(replace(verdict, running_at=watch.running_at))
+            self._conclude(replace(verdict, running_at=watch.running_at))
 
-    def _settle(self, verdict: Verdict) -> None:
+    def _conclude(self, verdict: Verdict) -> None:
         del self._watches[verdict.job_id]
         self._verdicts[verdict.job_id] = verdict
         self._futures[verdict.job_id].set_result(verdict)

@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from batchsub.client import JobStatus
-from batchsub.start_ledger import StartRecord, StartState
-from batchsub.statuses import Phase, failure_reason, phase
+from batchsub.answers import JobStatus
+from batchsub.jobs import StartRecord, StartState
+from batchsub.lifecycle.statuses import Phase, failure_reason, phase
 
 
 class StartAction(StrEnum):

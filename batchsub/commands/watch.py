@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from batchsub import eventloop
-from batchsub.cli import add_send_flags
+from batchsub.commands._flags import add_send_flags
 from batchsub.logs import configure_logging
 from batchsub.metrics import Metrics, serving
 from batchsub.report import RunAccount

@@ -17,9 +17,9 @@ import pytest
 from batchsub import eventloop
 from batchsub.jobs import JobSpec, ManifestItem
 from batchsub.manifest import parse_manifest_file
+from batchsub.parse_pool import ParserPool
 from batchsub.sources.directory import DirectorySource, iter_manifest_paths
-from batchsub.sources.parser_pool import ParserPool
-from tests.conftest import REPO, write_manifests
+from tests.support import REPO, write_manifests
 
 
 @pytest.fixture
@@ -180,7 +180,7 @@ async def test_stopping_early_leaves_no_answer_behind(pool: ParserPool, tmp_path
 
 _PARENT = """
 import asyncio, sys, time
-from batchsub.sources.parser_pool import ParserPool
+from batchsub.parse_pool import ParserPool
 pool = ParserPool(2)
 pool.start()
 print(" ".join(str(c.process.pid) for c in pool._children), flush=True)

@@ -21,18 +21,18 @@ import pytest
 from aiohttp import web
 
 from batchsub.cli import main
+from batchsub.commands.retry import retry_failed
 from batchsub.jobs import LedgerState
-from batchsub.ledgers import SqliteLedger
-from batchsub.ops_commands import retry_failed
+from batchsub.ledgers.sqlite import SqliteLedger
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings
 from batchsub.simulator import RunningSimulator
 from batchsub.sources.directory import DirectorySource
-from batchsub.sources.ledger_source import LedgerFailedSource
-from tests.conftest import PROJECT, TOKEN, SimulatorFactory, fast_settings, write_manifests
+from batchsub.sources.failed import LedgerFailedSource
 from tests.fs_support import odd_entries
 from tests.http_support import proxying
+from tests.support import PROJECT, TOKEN, SimulatorFactory, fast_settings, write_manifests
 
 MISSING_QUEUE = "missingQueue"
 

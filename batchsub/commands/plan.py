@@ -1,0 +1,320 @@
+"""``batchsub plan DIR`` (and ``run --dry-run``): what a run would do for each job, sending nothing.
+
+The action of each job comes from the same decision the submitter makes (``plan_job``);
+``--check-remote`` adds list calls (and nothing else) to show the jobs a run would adopt.
+Exit codes: 0, or 1 when a manifest is invalid; 2 a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchsub.commands._flags import add_send_flags
+from batchsub.commands._ledger import ledger_exists
+from batchsub.commands._tables import TABLE_LIMIT, more, new_console, plural
+from batchsub.create_rules import CreateAction, decide_create
+from batchsub.errors import ConfigError
+from batchsub.files import stdout_may_close
+from batchsub.jobs import (
+    InvalidManifest,
+    JobSpec,
+    LedgerRecord,
+    ManifestItem,
+    RememberedJob,
+)
+from batchsub.logs import configure_command_logging
+from batchsub.masking import mask_url
+from batchsub.protocols import Ledger
+from batchsub.reconcile import Reconciler
+from batchsub.settings import Settings
+from batchsub.sources.directory import DirectorySource
+from batchsub.wiring import NO_PROJECT, open_ledger, remote_api
+
+PLAN_BATCH = 256  # jobs looked up in the ledger per query
+
+
+def add_parser(commands: Any) -> None:
+    """Register ``plan`` with the CLI."""
+    plan = commands.add_parser("plan", help="show what a run would do, without creating")
+    plan.add_argument("directory", type=Path, help="directory of .json/.yaml/.yml manifests")
+    add_send_flags(plan)
+    plan.add_argument(
+        "--check-remote",
+        action="store_true",
+        help="also list the project's jobs on the API (list calls only) to spot adoptions",
+    )
+    plan.add_argument("--all", action="store_true", help="list already created jobs too")
+    plan.add_argument("--json", action="store_true", help="print every job's action as JSON")
+    plan.set_defaults(handler=plan_command)
+
+
+class Action(StrEnum):
+    """What a run would do for one job."""
+
+    CREATE = "create"
+    ADOPT = "adopt"  # exists on the server, not as created in the ledger: recorded, not sent
+    RETRY = "retry"  # failed before (ledger failed/retrying): sent again
+    RECONCILE = "reconcile"  # in doubt (submitting/unknown): looked up by name, sent if absent
+    DRIFTED = "drifted"  # created, but the manifest changed since: not sent
+    INVALID = "invalid"
+    ALREADY_CREATED = "already_created"
+
+
+_ACTION_STYLES = {
+    Action.CREATE: "green",
+    Action.ADOPT: "cyan",
+    Action.RETRY: "yellow",
+    Action.RECONCILE: "yellow",
+    Action.DRIFTED: "magenta",
+    Action.INVALID: "red",
+    Action.ALREADY_CREATED: "dim",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRow:
+    """One job of a plan."""
+
+    source: str
+    name: str | None
+    action: Action
+    job_id: int | None = None
+    detail: str = ""
+    drift: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as JSON output shows it."""
+        return {
+            "source": self.source,
+            "name": self.name,
+            "action": self.action.value,
+            "job_id": self.job_id,
+            "detail": self.detail,
+            "drift": list(self.drift),
+        }
+
+
+def plan_job(
+    spec: JobSpec, record: LedgerRecord | None, remote: Mapping[str, int] | None
+) -> PlanRow:
+    """The action a run would take for ``spec``, given its ledger row and the remote names.
+
+    The submitter's own decision (``decide_create``): a created row ends the job (drifted if
+    the body changed); any other job found on the server by name is adopted; the rest are sent.
+    """
+    decision = decide_create(spec, record)
+    action = decision.action
+    if record is not None and action is CreateAction.DRIFTED:
+        detail, drift = decision.reason or "", decision.drift
+        return PlanRow(spec.source, spec.name, Action.DRIFTED, record.job_id, detail, drift)
+    if record is not None and action is CreateAction.EXISTS:
+        detail = ""
+        if remote is not None and spec.name not in remote:
+            detail = "not found remotely (deleted?); the ledger says created, so it is not sent"
+        return PlanRow(spec.source, spec.name, Action.ALREADY_CREATED, record.job_id, detail)
+    remote_id = remote.get(spec.name) if remote is not None else None
+    if remote_id is not None:
+        was = f"ledger: {record.state.value}; " if record is not None else ""
+        return PlanRow(spec.source, spec.name, Action.ADOPT, remote_id, was + "exists remotely")
+    if record is None:
+        return PlanRow(spec.source, spec.name, Action.CREATE)
+    error = f": {record.error}" if record.error else ""
+    if action is CreateAction.RECONCILE:
+        if remote is not None:  # looked up already: not there, so it will be sent
+            detail = f"was {record.state.value}{error}; not found remotely"
+            return PlanRow(spec.source, spec.name, Action.CREATE, detail=detail)
+        detail = f"{record.state.value}{error}; looked up by name before sending"
+        return PlanRow(spec.source, spec.name, Action.RECONCILE, detail=detail)
+    detail = f"{record.state.value} after {plural(record.attempts, 'attempt')}{error}"
+    return PlanRow(spec.source, spec.name, Action.RETRY, detail=detail)
+
+
+async def plan_rows(
+    items: AsyncIterator[ManifestItem],
+    ledger: Ledger | None,
+    project_id: str,
+    remote: Mapping[str, int] | None,
+) -> AsyncIterator[PlanRow]:
+    """The plan of every item, streamed; ``ledger`` is open, or None when none exists yet."""
+    batch: list[ManifestItem] = []
+    async for item in items:
+        batch.append(item)
+        if len(batch) >= PLAN_BATCH:
+            for row in await _plan_batch(batch, ledger, project_id, remote):
+                yield row
+            batch = []
+    for row in await _plan_batch(batch, ledger, project_id, remote):
+        yield row
+
+
+async def _plan_batch(
+    batch: list[ManifestItem],
+    ledger: Ledger | None,
+    project_id: str,
+    remote: Mapping[str, int] | None,
+) -> list[PlanRow]:
+    names = [item.name for item in batch if isinstance(item, JobSpec)]
+    records = await ledger.get_many(project_id, names) if ledger is not None and names else {}
+    rows = []
+    for item in batch:
+        if isinstance(item, InvalidManifest):
+            detail = item.error.removeprefix(f"{item.source}: ")
+            rows.append(PlanRow(item.source, item.name, Action.INVALID, detail=detail))
+        elif isinstance(item, RememberedJob):
+            rows.append(PlanRow(item.source, item.name, Action.ALREADY_CREATED, item.job_id))
+        else:
+            rows.append(plan_job(item, records.get(item.name), remote))
+    return rows
+
+
+async def list_remote_jobs(settings: Settings, project_id: str) -> dict[str, int]:
+    """Name -> lowest job_id of every Flink Jar job of the project: list calls only."""
+    async with remote_api(settings, project_id) as api:
+        return await Reconciler(api.client, api.caller).list_jobs()
+
+
+def plan_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``batchsub plan DIR``: 1 if a manifest is invalid, else 0; nothing is created."""
+    project_id = settings.project_id
+    if not project_id:
+        raise ConfigError(NO_PROJECT + " (the ledger is keyed by project)")
+    source = DirectorySource(args.directory)  # a missing directory fails before any call
+    if args.check_remote:
+        configure_command_logging(settings, quiet=True)
+    counts: Counter[Action] = Counter()
+    with stdout_may_close():
+        counts = asyncio.run(_plan(settings, args, source, project_id))
+    return 1 if counts[Action.INVALID] else 0
+
+
+async def _plan(
+    settings: Settings, args: argparse.Namespace, source: DirectorySource, project_id: str
+) -> Counter[Action]:
+    remote = await list_remote_jobs(settings, project_id) if args.check_remote else None
+    ledger: Ledger | None = None
+    if ledger_exists(settings.ledger):
+        # A missing SQLite file means nothing was sent yet; opening it would create it.
+        ledger = open_ledger(settings.ledger, read_only=True)
+    if ledger is not None:
+        await ledger.open()
+    output: _PlanJson | _PlanTable = (
+        _PlanJson(settings, project_id, remote) if args.json else _PlanTable(show_all=args.all)
+    )
+    try:
+        with output:
+            async for row in plan_rows(source.items(), ledger, project_id, remote):
+                output.add(row)
+    finally:
+        if ledger is not None:
+            await ledger.close()
+    if not args.json:
+        _print_plan_footer(settings, project_id, ledger is not None, remote, output.counts)
+    return output.counts
+
+
+class _PlanJson:
+    """Streams ``{"jobs": [...], "counts": {...}}`` to stdout as rows come."""
+
+    def __init__(
+        self, settings: Settings, project_id: str, remote: Mapping[str, int] | None
+    ) -> None:
+        self.counts: Counter[Action] = Counter()
+        self._head = {
+            "project_id": project_id,
+            "ledger": mask_url(settings.ledger),
+            "remote_checked": remote is not None,
+        }
+        self._first = True
+
+    def __enter__(self) -> _PlanJson:
+        sys.stdout.write(orjson.dumps(self._head).decode()[:-1] + ', "jobs": [')
+        return self
+
+    def add(self, row: PlanRow) -> None:
+        self.counts[row.action] += 1
+        sys.stdout.write(("\n" if self._first else ",\n") + orjson.dumps(row.as_dict()).decode())
+        self._first = False
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:  # leave the JSON unterminated: a script must not trust it
+            sys.stdout.write("\n")
+            return
+        counts = {action.value: self.counts[action] for action in Action}
+        sys.stdout.write('\n], "counts": ' + orjson.dumps(counts).decode() + "}\n")
+
+
+class _PlanTable:
+    """Collects the rows worth showing (not already created, unless asked) into one table."""
+
+    def __init__(self, *, show_all: bool) -> None:
+        self.counts: Counter[Action] = Counter()
+        self._show_all = show_all
+        self._rows: list[PlanRow] = []
+        self._shown = 0
+
+    def __enter__(self) -> _PlanTable:
+        return self
+
+    def add(self, row: PlanRow) -> None:
+        self.counts[row.action] += 1
+        if row.action is Action.ALREADY_CREATED and not self._show_all and not row.detail:
+            return
+        self._shown += 1
+        if len(self._rows) < TABLE_LIMIT:
+            self._rows.append(row)
+
+    def __exit__(self, *exc: object) -> None:
+        from rich.table import Table
+        from rich.text import Text
+
+        if exc[0] is not None or not self._rows:
+            return
+        console = new_console()
+        table = Table(title="batchsub plan", header_style="bold")
+        for column in ("action", "name", "source", "detail"):
+            table.add_column(column, overflow="fold")
+        for row in self._rows:
+            table.add_row(
+                Text(row.action.value, style=_ACTION_STYLES[row.action]),
+                Text(row.name or "-"),
+                Text(row.source),
+                Text(row.detail),
+            )
+        console.print(table)
+        more(console, self._shown)
+
+
+def _print_plan_footer(
+    settings: Settings,
+    project_id: str,
+    ledger_exists: bool,
+    remote: Mapping[str, int] | None,
+    counts: Counter[Action],
+) -> None:
+    console = new_console()
+    if not ledger_exists:
+        console.print(f"ledger {settings.ledger} does not exist yet: no job was sent with it")
+    checked = (
+        f"{len(remote)} jobs listed remotely"
+        if remote is not None
+        else "remote not checked (--check-remote lists it)"
+    )
+    shown = mask_url(settings.ledger)
+    console.print(f"project {project_id} · ledger {shown} · {checked}", markup=False)
+    console.print(
+        f"Plan: {counts[Action.CREATE]} to create, {counts[Action.ADOPT]} to adopt, "
+        f"{counts[Action.RETRY]} to retry, {counts[Action.RECONCILE]} to reconcile, "
+        f"{counts[Action.ALREADY_CREATED]} already created, {counts[Action.DRIFTED]} drifted, "
+        f"{counts[Action.INVALID]} invalid.",
+        markup=False,
+    )

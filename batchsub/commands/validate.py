@@ -1,0 +1,109 @@
+"""``batchsub validate DIR``: check every manifest offline, as ``run`` would read it.
+
+Never opens a ledger nor sends anything. Exit codes: 0 every manifest valid, 1 any problem
+(a bad field, a file that cannot be read or parsed, a name defined twice), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchsub.commands._tables import TABLE_LIMIT, more, new_console, plural
+from batchsub.jobs import InvalidManifest
+from batchsub.settings import Settings
+from batchsub.sources.directory import DirectorySource
+
+
+def add_parser(commands: Any) -> None:
+    """Register ``validate`` with the CLI."""
+    validate = commands.add_parser("validate", help="check every manifest offline")
+    validate.add_argument("directory", type=Path, help="directory of .json/.yaml/.yml manifests")
+    validate.add_argument("--json", action="store_true", help="print the problems as JSON")
+    validate.set_defaults(handler=validate_command)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One invalid manifest or job: its file, its job (name or list index) and what is wrong."""
+
+    file: str
+    job: str | None
+    problem: str
+
+    @classmethod
+    def of(cls, item: InvalidManifest) -> Problem:
+        """The problem an InvalidManifest describes, without the source prefix in its text."""
+        file, index = split_source(item.source)
+        job = item.name or (f"#{index}" if index is not None else None)
+        return cls(file, job, item.error.removeprefix(f"{item.source}: "))
+
+
+@dataclass(slots=True)
+class Validation:
+    """What ``validate`` found: manifest files read, valid jobs, and every problem."""
+
+    manifests: int = 0
+    valid: int = 0
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+
+
+def split_source(source: str) -> tuple[str, int | None]:
+    """``"dir/a.yaml#2"`` -> ``("dir/a.yaml", 2)``; a source without an index -> (source, None)."""
+    file, sep, index = source.rpartition("#")
+    if sep and index.isdigit():
+        return file, int(index)
+    return source, None
+
+
+async def validate_directory(directory: Path) -> Validation:
+    """Read every manifest under ``directory`` (as ``run`` would, duplicate names included)."""
+    found = Validation()
+    last_file: str | None = None
+    async for item in DirectorySource(directory).items():
+        file, _ = split_source(item.source)
+        if file != last_file:  # items arrive file by file, in path order
+            found.manifests += 1
+            last_file = file
+        if isinstance(item, InvalidManifest):
+            found.problems.append(Problem.of(item))
+        else:
+            found.valid += 1
+    return found
+
+
+def validate_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``batchsub validate DIR``: 0 when every manifest is valid, 1 otherwise."""
+    from rich.table import Table
+    from rich.text import Text
+
+    found = asyncio.run(validate_directory(args.directory))
+    if args.json:
+        out = {
+            "manifests": found.manifests,
+            "valid": found.valid,
+            "problems": [dataclasses.asdict(p) for p in found.problems],
+        }
+        print(orjson.dumps(out).decode())
+    else:
+        console = new_console()
+        if found.problems:
+            table = Table(title="batchsub validate", header_style="bold")
+            for column in ("file", "job", "problem"):
+                table.add_column(column, overflow="fold")
+            for p in found.problems[:TABLE_LIMIT]:
+                table.add_row(Text(p.file), Text(p.job or "-"), Text(p.problem))
+            console.print(table)
+            more(console, len(found.problems))
+        console.print(
+            f"{plural(found.manifests, 'manifest')}, {plural(found.valid, 'job')} valid, "
+            f"{plural(len(found.problems), 'problem')}",
+            markup=False,
+        )
+    return 1 if found.problems else 0
