@@ -270,6 +270,7 @@ async def run_source(
     started = time.monotonic()
     async with AsyncExitStack() as stack:
         target = await stack.enter_async_context(resolve_target(settings, simulator=simulator))
+        account.set_target(target.project_id, target.endpoint)
         # A daemon waits through a ledger outage, at start-up too; a one-shot run does not
         # start without its ledger, and gives up on it after ledger_outage_limit.
         outage = Outage(

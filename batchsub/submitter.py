@@ -54,7 +54,7 @@ from batchsub.jobs import (
 )
 from batchsub.ledgers.outage import Outage
 from batchsub.limiter import RateLimiter, RetryBudget
-from batchsub.manifest import diff_fields, validate_spec
+from batchsub.manifest import diff_fields, error_field, validate_spec
 from batchsub.protocols import Ledger, Source
 from batchsub.reconcile import Reconciler
 from batchsub.retry import RetryPolicy
@@ -246,11 +246,7 @@ class Submitter:
         for item in batch:
             if isinstance(item, InvalidManifest):
                 self._log.warning("job.invalid", source=item.source, error=item.error)
-                await self._finish(
-                    source,
-                    item,
-                    JobResult(item.source, item.name, Outcome.INVALID, error=item.error),
-                )
+                await self._finish(source, item, _invalid_result(item))
                 continue
             if isinstance(item, SettledJob):  # its file is unchanged and every job exists
                 result = JobResult(
@@ -282,7 +278,7 @@ class Submitter:
             if settled is None and not item.validated and (problem := validate_spec(item)):
                 # Never send what the model rejects, whatever the source checked.
                 self._log.warning("job.invalid", source=item.source, error=problem.error)
-                settled = JobResult(item.source, item.name, Outcome.INVALID, error=problem.error)
+                settled = _invalid_result(problem)
             if settled is not None:
                 await self._finish(source, item, settled)
                 continue
@@ -574,12 +570,20 @@ class Submitter:
                 Outcome.UNRESOLVED,
                 error=f"not created: {error}",
                 attempts=attempt,
+                error_code=error.code,
+                http_status=error.http_status,
             )
         if kind is AnswerKind.PERMANENT:
             await self._write(spec, LedgerState.FAILED, error=error, attempt=attempt)
             self._log.warning("job.failed", attempt=attempt, error=str(error))
             return JobResult(
-                spec.source, spec.name, Outcome.FAILED, error=str(error), attempts=attempt
+                spec.source,
+                spec.name,
+                Outcome.FAILED,
+                error=str(error),
+                attempts=attempt,
+                error_code=error.code,
+                http_status=error.http_status,
             )
         if answer.throttled:
             self._limiter.on_throttled(error.message, answer.retry_after, sent_at=sent_at)
@@ -620,7 +624,13 @@ class Submitter:
         await self._write(spec, LedgerState.FAILED, error=error, attempt=claim.attempt)
         self._log.warning("job.failed", error=str(error))
         return JobResult(
-            spec.source, spec.name, Outcome.FAILED, error=str(error), attempts=attempts
+            spec.source,
+            spec.name,
+            Outcome.FAILED,
+            error=str(error),
+            attempts=attempts,
+            error_code=error.code,
+            http_status=error.http_status,
         )
 
     async def _give_up(
@@ -633,7 +643,8 @@ class Submitter:
         ours: bool,
         known: int,
     ) -> JobResult:
-        error = str(last.error) if last and last.error else "unknown error"
+        cause = last.error if last else None
+        error = str(cause) if cause else "unknown error"
         if in_doubt:
             await self._pause(self._in_doubt_grace)
             adopted = await self._adopt_if_exists(spec, attempts, ours=ours)
@@ -651,6 +662,8 @@ class Submitter:
             Outcome.FAILED,
             error=f"gave up after {attempts} attempts: {error}",
             attempts=attempts,
+            error_code=cause.code if cause else None,
+            http_status=cause.http_status if cause else None,
         )
 
     async def _remote_snapshot(self) -> dict[str, int]:
@@ -743,6 +756,12 @@ async def _durably(write: Awaitable[_T]) -> _T:
         queued: _T = await write
         return queued
     return await asyncio.shield(write)
+
+
+def _invalid_result(item: InvalidManifest) -> JobResult:
+    """An invalid manifest's result, naming the field its error starts with."""
+    field = error_field(item.source, item.error)
+    return JobResult(item.source, item.name, Outcome.INVALID, error=item.error, error_field=field)
 
 
 def _settled_result(spec: JobSpec, record: LedgerRecord | None) -> JobResult | None:

@@ -17,6 +17,7 @@ from batchsub.jobs import Claim, JobSpec
 from batchsub.settings import Settings
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.faults import ensure_postgres_running, small_filesystem
+from tests.schema_support import report_problems
 from tests.sim_support import Dli
 
 PROJECT = "proj-test"
@@ -36,6 +37,17 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     # A command run in process configures structlog for the whole process; later tests
     # (capture_logs among them) need the defaults back.
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _reports_match_the_schema(tmp_path: Path) -> Iterator[None]:
+    # Every report a test wrote (batchsub's own, or a child's) conforms to the schema the
+    # package ships: the schema cannot drift from what the code writes.
+    yield
+    problems = report_problems(tmp_path)
+    assert not problems, "reports break batchsub/schemas/report.schema.json:\n" + "\n".join(
+        problems
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)
