@@ -36,6 +36,7 @@ import dataclasses
 import importlib.resources
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,6 +68,7 @@ class RunAccount:
         self.first_errors: list[dict[str, Any]] = []
         self.project_id: str | None = None
         self.endpoint: str | None = None  # its password masked
+        self._listeners: list[Callable[[JobResult], None]] = []
         self._report_path = report_path
         self._rows: IO[bytes] | None = None
         self._rows_failed: OSError | None = None  # the temporary rows file could not be written
@@ -84,6 +86,10 @@ class RunAccount:
         self.project_id = project_id
         self.endpoint = mask_url(endpoint)
 
+    def listen(self, listener: Callable[[JobResult], None]) -> None:
+        """Call ``listener`` with each result as it is counted (the progress bar)."""
+        self._listeners.append(listener)
+
     @property
     def total(self) -> int:
         """Every job and invalid manifest seen so far."""
@@ -94,6 +100,8 @@ class RunAccount:
         if result.error is not None and len(result.error) > MAX_ERROR_CHARS:
             result = dataclasses.replace(result, error=clip(result.error, MAX_ERROR_CHARS))
         self.counts[result.outcome] += 1
+        for listener in self._listeners:
+            listener(result)
         if result.adopted:
             self.adopted += 1
         if result.outcome not in EXISTING_OUTCOMES and len(self.first_errors) < FIRST_ERRORS:

@@ -23,7 +23,7 @@ import structlog
 from batchsub.auth import AkSkAuth, TokenAuth
 from batchsub.calls import GIVE_UP_AFTER, SafeCaller
 from batchsub.client import CONNECT_TIMEOUT, DliClient, make_session
-from batchsub.console import ProgressDisplay, print_summary
+from batchsub.console import FileCount, ProgressDisplay, print_summary
 from batchsub.errors import ConfigError, FatalApiError, OutputError, RetryableError
 from batchsub.iam import IamDliClient, IamTokenAuth, auth_from_settings
 from batchsub.jobs import JobResult
@@ -236,7 +236,7 @@ async def run_directory(
         source = DirectorySource(directory, parser=parser)
         account = RunAccount(report)
         show_progress = settings.progress_shown(interactive)
-        total = sum(1 for _ in iter_manifest_paths(directory)) if show_progress else None
+        total = FileCount(sum(1 for _ in iter_manifest_paths(directory))) if show_progress else None
         code = await run_source(
             settings, source, account, simulator=simulator, progress=show_progress, total=total
         )
@@ -337,7 +337,9 @@ async def run_source(
             rate=settings.rate,
             concurrency=settings.concurrency,
         )
-        display = ProgressDisplay(account, limiter, enabled=progress, total=total)
+        display = ProgressDisplay(
+            account, limiter, enabled=progress, total=total, stopped=lambda: submitter.stopped
+        )
         with display:
             await _run_until_done(submitter, source, display, settings.drain_timeout)
         fatal = submitter.fatal
