@@ -71,6 +71,7 @@ _COMMAND_MODULES: dict[str, str] = {
     "simulator": "batchsub.simulator.command",
     "healthcheck": "batchsub.healthcheck",
     "auth": "batchsub.auth_check",
+    "completion": "batchsub.completion",
 }
 _BUILT_IN = frozenset({"run"})
 
