@@ -235,7 +235,7 @@ class ProgressDisplay:
         # Kept at any width: the count and the status. Then, room allowing, the bar at its
         # least, the percentage, the elapsed time and the label; the bar takes what is left.
         kept = ["count", "status"]
-        bar = _BAR_MIN if length(kept, _BAR_MIN) <= width else 0
+        bar = _BAR_MIN if total is not None and length(kept, _BAR_MIN) <= width else 0
         for name in ("percent", "elapsed", "label"):
             if pieces[name] and length([*kept, name], bar) <= width:
                 kept.append(name)
@@ -268,8 +268,10 @@ class ProgressDisplay:
             return "done"
         if self._state in ("stopping", "stopped"):
             return self._state
+        if total is None:
+            return ""  # an endless source (a drop folder, a queue): no end to estimate
         speed = self._speed()
-        if total is None or not speed:
+        if not speed:
             return "ETA -:--"
         return f"ETA {_clock_text(max(0, total - self._done) / speed)}"
 

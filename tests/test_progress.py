@@ -121,6 +121,15 @@ def test_an_exact_total_is_shown_as_exact() -> None:
         assert "2/5 " in bar.frame(80)[0]
 
 
+def test_without_a_total_it_counts_with_no_bar_and_no_eta() -> None:
+    bar = Bar(None)  # a daemon's endless source
+    with bar.display:
+        bar.clock.now = 5.0
+        bar.results(7)
+        first = bar.frame(80)[0]
+    assert first == "batchsub 7 0:05", first
+
+
 def test_job_total_bounds() -> None:
     total = JobTotal(2)
     assert (total.estimate, total.exact) == (2, False)
