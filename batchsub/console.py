@@ -10,70 +10,180 @@ import builtins
 import os
 import re
 import sys
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from batchsub.jobs import Outcome
+from batchsub.jobs import JobResult, Outcome
 from batchsub.limiter import RateLimiter
 from batchsub.report import RunAccount
 
 if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.progress import Progress
+    from rich.console import Console, ConsoleOptions, RenderResult
+    from rich.live import Live
+    from rich.text import Text
+
+
+class FileCount(int):
+    """A number of manifest files: where a run's count of jobs starts (a list file holds more).
+
+    Passed as the bar's ``total``, it says the total is an estimate that grows; a plain int is
+    an exact count of jobs (``retry`` knows it from the ledger).
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """One count beside the bar: ``label``, the tally of ``key``; ``always``: shown at 0 too."""
+
+    label: str
+    key: str
+    always: bool = False
+
+
+NOT_DONE = "not_done"  # a job that ended unresolved after a stop: what an interrupt left
+# The counts beside the bar, in this order. A key is an outcome's value or a phase's word: a
+# phase that reports to the bar (``ProgressDisplay.tally("started")``) gets one line here.
+# A key tallied but not listed is shown too, under its own name: nothing is hidden.
+COUNTS: tuple[Count, ...] = (
+    Count("created", Outcome.CREATED.value, always=True),
+    Count("exists", Outcome.ALREADY_CREATED.value, always=True),
+    Count("failed", Outcome.FAILED.value, always=True),
+    Count("invalid", Outcome.INVALID.value, always=True),
+    Count("unresolved", Outcome.UNRESOLVED.value),
+    Count("drifted", Outcome.DRIFTED.value),
+    Count("duplicated", Outcome.DUPLICATED.value),
+    Count("not done", NOT_DONE),
+)
+SPEED_WINDOW = 30.0  # seconds of progress the ETA's speed is measured over
+_BAR_MIN, _BAR_MAX = 10, 40
+
+
+class JobTotal:
+    """A run's number of jobs, estimated from its manifest files as their jobs come.
+
+    An exact count would need every file parsed before the first request, and parsing is
+    most of a run's CPU: so each file counts one job until its jobs show more (an item
+    ``path#4`` says its file holds at least 5). ``exact`` is false while it may still grow.
+    """
+
+    def __init__(self, files: int) -> None:
+        self._unseen = files  # files none of whose jobs came yet
+        self._seen: set[str] = set()
+        self._lists: dict[str, tuple[int, int]] = {}  # list file -> (jobs at least, came)
+        self._missing = 0  # jobs list files are known to hold that did not come yet
+        self.jobs = 0
+
+    def add(self, source: str) -> None:
+        """Count one job (or invalid file) of ``source`` (``path`` or ``path#index``)."""
+        self.jobs += 1
+        path, hash_sign, index = source.rpartition("#")
+        if not (hash_sign and index.isdigit()):
+            path = source
+        if path not in self._seen:
+            self._seen.add(path)
+            self._unseen = max(0, self._unseen - 1)
+        if path is source:
+            return
+        least, came = self._lists.get(path, (0, 0))
+        before = max(0, least - came)
+        least, came = max(least, int(index) + 1), came + 1
+        self._lists[path] = (least, came)
+        self._missing += max(0, least - came) - before
+
+    @property
+    def estimate(self) -> int:
+        """Jobs come, plus the least the files still to come hold."""
+        return self.jobs + self._unseen + self._missing
+
+    @property
+    def exact(self) -> bool:
+        """True once every file came and none was a list (whose end nothing shows)."""
+        return self._unseen == 0 and not self._lists
 
 
 class ProgressDisplay:
-    """A live bar with outcome counts, the rate in use and the 429s seen (terminal only)."""
+    """A live bar on a terminal: jobs done of the total, its ETA, and the outcome counts.
+
+    It lays itself out for the terminal's width: bar, count and ETA stay on one line down to
+    40 columns, the other parts (label, percent, elapsed time) going first, and the counts
+    wrap by whole items. Drawn from the event loop (``refresh``), never from a thread. On a
+    stop (``stopped()`` true: Ctrl-C, SIGTERM, a fatal answer) the bar stays where it was:
+    jobs that end unresolved after it count as ``not done``, not as progress.
+    """
 
     def __init__(
-        self, account: RunAccount, limiter: RateLimiter, *, enabled: bool, total: int | None
+        self,
+        account: RunAccount,
+        limiter: RateLimiter,
+        *,
+        enabled: bool,
+        total: int | None,
+        stopped: Callable[[], bool] = lambda: False,
+        console: Console | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._account = account
         self._limiter = limiter
-        self._progress: Progress | None = None
-        self._task: Any = None
+        self._stopped = stopped
+        self._clock = clock
+        self._exact = None if isinstance(total, FileCount) else total
+        self._estimate = JobTotal(total) if isinstance(total, FileCount) else None
+        self._tally: Counter[str] = Counter()
+        self._done = 0
+        self._seen = 0
+        self._started = self._ended = clock()
+        self._samples: deque[tuple[float, int]] = deque()
+        self._state = "running"  # then "stopping", "stopped" or "done"
+        self._live: Live | None = None
         if enabled:
             # imported here: rich costs about 100 ms at start-up, and most runs draw no bar.
             from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
+            from rich.live import Live
 
-            self._progress = Progress(
-                TextColumn("[bold]batchsub"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[counts]}"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
+            self._live = Live(
+                self,
+                console=console or Console(stderr=True),
+                auto_refresh=False,
                 redirect_stderr=True,
-                refresh_per_second=4,
             )
-            self._task = self._progress.add_task("run", total=total, counts="")
+            account.listen(self.add)
+
+    def add(self, result: JobResult) -> None:
+        """Count one job's result (called as it comes, before the stop flag can change)."""
+        self._seen += 1
+        if self._estimate is not None:
+            self._estimate.add(result.source)
+        if result.outcome is Outcome.UNRESOLVED and self._stopped():
+            self._tally[NOT_DONE] += 1
+            return
+        self._done += 1
+        self._tally[result.outcome.value] += 1
+
+    def tally(self, key: str, count: int = 1) -> None:
+        """Count ``count`` more under ``key`` (a phase's word, e.g. ``started``)."""
+        self._tally[key] += count
 
     def refresh(self) -> None:
-        """Copy the current counts into the bar (called a few times a second)."""
-        if self._progress is None:
+        """Draw the bar again (called a few times a second)."""
+        if self._live is None or self._state in ("stopped", "done"):
             return
-        counts = self._account.counts
-        rate = self._limiter.rate
-        text = (
-            f"created {counts[Outcome.CREATED]} · existing {counts[Outcome.ALREADY_CREATED]}"
-            f" · invalid {counts[Outcome.INVALID]} · failed {counts[Outcome.FAILED]}"
-            f" · rate {'∞' if rate == 0 else f'{rate:.1f}/s'} · 429s {self._limiter.throttled}"
-        )
-        task = self._progress.tasks[0]
-        done = self._account.total
-        total = task.total if task.total is None or done <= task.total else None
-        self._progress.update(self._task, completed=done, total=total, counts=text)
+        now = self._clock()
+        self._samples.append((now, self._done))
+        # The oldest sample kept is the last one at least a window old: the speed of the
+        # last half minute, not of the whole run (its start-up, a 429 pause long past).
+        while len(self._samples) > 2 and now - self._samples[1][0] >= SPEED_WINDOW:
+            self._samples.popleft()
+        if self._state == "running" and self._stopped():
+            self._state = "stopping"
+        self._live.refresh()
 
     def __enter__(self) -> ProgressDisplay:
-        if self._progress is not None:
-            self._progress.start()
+        self._started = self._clock()
+        if self._live is not None:
+            self._live.start(refresh=True)
         return self
 
     def __exit__(
@@ -82,9 +192,139 @@ class ProgressDisplay:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._progress is not None:
-            self.refresh()
-            self._progress.stop()
+        self._ended = self._clock()
+        self._state = "stopped" if exc_type is not None or self._stopped() else "done"
+        if self._live is not None:
+            self._live.stop()  # draws the last frame
+
+    # --- drawing ---------------------------------------------------------------------------
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        from rich.text import Text
+
+        width = options.max_width
+        yield self._bar_line(width, ascii_only=options.ascii_only)
+        for line in _wrap(self._count_items(), width):
+            yield Text(line, no_wrap=True, overflow="ellipsis")
+
+    def _total(self) -> tuple[int | None, bool]:
+        """The total shown, and whether it is exact."""
+        if self._state in ("stopped", "done"):
+            return max(self._seen, self._exact or 0), True  # every job has its result
+        if self._estimate is not None:
+            return max(self._estimate.estimate, self._done), self._estimate.exact
+        return self._exact, True
+
+    def _bar_line(self, width: int, *, ascii_only: bool) -> Text:
+        from rich.text import Text
+
+        total, exact = self._total()
+        done = f"{self._done:,}"
+        pieces = {
+            "label": "batchsub",
+            "count": done if total is None else f"{done}/{'' if exact else '~'}{total:,}",
+            "percent": f"{self._done * 100 // total}%" if total else "",
+            "elapsed": _clock_text(self._elapsed()),
+            "status": self._status(total),
+        }
+
+        def length(names: list[str], bar: int) -> int:
+            texts = [pieces[name] for name in names if pieces[name]]
+            return sum(map(len, texts)) + len(texts) - 1 + (bar + 1 if bar else 0)
+
+        # Kept at any width: the count and the status. Then, room allowing, the bar at its
+        # least, the percentage, the elapsed time and the label; the bar takes what is left.
+        kept = ["count", "status"]
+        bar = _BAR_MIN if total is not None and length(kept, _BAR_MIN) <= width else 0
+        for name in ("percent", "elapsed", "label"):
+            if pieces[name] and length([*kept, name], bar) <= width:
+                kept.append(name)
+        if bar:
+            bar = min(_BAR_MAX, width - length(kept, 0) - 1)
+        line = Text(no_wrap=True, overflow="ellipsis")
+        for name in ("label", "bar", "count", "percent", "elapsed", "status"):
+            if name == "bar" and bar:
+                line.append_text(self._bar(bar, total, ascii_only=ascii_only))
+                line.append(" ")
+            elif name in kept and pieces[name]:
+                line.append(pieces[name], style=_STYLES.get(name, ""))
+                line.append(" ")
+        line.rstrip()
+        line.truncate(width, overflow="ellipsis")
+        return line
+
+    def _bar(self, width: int, total: int | None, *, ascii_only: bool) -> Text:
+        from rich.text import Text
+
+        full, back = ("#", "-") if ascii_only else ("━", "─")
+        filled = min(width, width * self._done // total) if total else 0
+        style = {"done": "bar.finished", "running": "bar.complete"}.get(self._state, "yellow")
+        bar = Text(full * filled, style=style)
+        bar.append(back * (width - filled), style="bar.back")
+        return bar
+
+    def _status(self, total: int | None) -> str:
+        if self._state == "done":
+            return "done"
+        if self._state in ("stopping", "stopped"):
+            return self._state
+        if total is None:
+            return ""  # an endless source (a drop folder, a queue): no end to estimate
+        speed = self._speed()
+        if not speed:
+            return "ETA -:--"
+        return f"ETA {_clock_text(max(0, total - self._done) / speed)}"
+
+    def _speed(self) -> float | None:
+        """Jobs per second over the last ``SPEED_WINDOW`` seconds, None before any."""
+        if len(self._samples) < 2:
+            return None
+        (first, done_first), (last, done_last) = self._samples[0], self._samples[-1]
+        if last - first < 1.0 or done_last == done_first:
+            return None
+        return (done_last - done_first) / (last - first)
+
+    def _elapsed(self) -> float:
+        end = self._ended if self._state in ("stopped", "done") else self._clock()
+        return end - self._started
+
+    def _count_items(self) -> list[str]:
+        items = []
+        listed = set()
+        for count in COUNTS:
+            listed.add(count.key)
+            if count.always or self._tally[count.key]:
+                items.append(f"{count.label} {self._tally[count.key]:,}")
+        items += [f"{key} {n:,}" for key, n in self._tally.items() if key not in listed and n]
+        rate = self._limiter.rate
+        items.append(f"rate {'∞' if rate == 0 else f'{rate:.1f}/s'}")
+        items.append(f"429s {self._limiter.throttled:,}")
+        return items
+
+
+_STYLES = {"label": "bold", "count": "progress.download", "status": "progress.remaining"}
+
+
+def _clock_text(seconds: float) -> str:
+    """``0:42``, ``12:05``, ``1:02:03``."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _wrap(items: list[str], width: int, separator: str = " · ") -> list[str]:
+    """``items`` joined by ``separator`` into lines of at most ``width``, never splitting one."""
+    lines: list[str] = []
+    line = ""
+    for item in items:
+        if line and len(line) + len(separator) + len(item) > width:
+            lines.append(line)
+            line = ""
+        line = f"{line}{separator}{item}" if line else item
+    if line:
+        lines.append(line)
+    return lines
 
 
 def print_summary(

@@ -369,12 +369,20 @@ class Creator:
                 Outcome.UNRESOLVED,
                 error=f"not created: {error}",
                 attempts=attempt,
+                error_code=error.code,
+                http_status=error.http_status,
             )
         if kind is AnswerKind.PERMANENT:
             await self.write(spec, LedgerState.FAILED, error=error, attempt=attempt)
             self._log.warning("job.failed", attempt=attempt, error=str(error))
             return JobResult(
-                spec.source, spec.name, Outcome.FAILED, error=str(error), attempts=attempt
+                spec.source,
+                spec.name,
+                Outcome.FAILED,
+                error=str(error),
+                attempts=attempt,
+                error_code=error.code,
+                http_status=error.http_status,
             )
         if answer.throttled:
             self._limiter.on_throttled(error.message, answer.retry_after, sent_at=sent_at)
@@ -415,7 +423,13 @@ class Creator:
         await self.write(spec, LedgerState.FAILED, error=error, attempt=claim.attempt)
         self._log.warning("job.failed", error=str(error))
         return JobResult(
-            spec.source, spec.name, Outcome.FAILED, error=str(error), attempts=attempts
+            spec.source,
+            spec.name,
+            Outcome.FAILED,
+            error=str(error),
+            attempts=attempts,
+            error_code=error.code,
+            http_status=error.http_status,
         )
 
     async def _give_up(
@@ -428,7 +442,8 @@ class Creator:
         ours: bool,
         known: int,
     ) -> JobResult:
-        error = str(last.error) if last and last.error else "unknown error"
+        cause = last.error if last else None
+        error = str(cause) if cause else "unknown error"
         if in_doubt:
             await self._run.pause(self._in_doubt_grace)
             adopted = await self._adopt_if_exists(spec, attempts, ours=ours)
@@ -446,6 +461,8 @@ class Creator:
             Outcome.FAILED,
             error=f"gave up after {attempts} attempts: {error}",
             attempts=attempts,
+            error_code=cause.code if cause else None,
+            http_status=cause.http_status if cause else None,
         )
 
     async def remote_snapshot(self) -> dict[str, int]:

@@ -141,6 +141,12 @@ class JobResult:
     drift: list[str] = field(default_factory=list)
     # DUPLICATED: the other jobs of this name (``job_id`` is the one the ledger keeps).
     duplicate_job_ids: list[int] = field(default_factory=list)
+    # The API's answer behind ``error`` (``DLI.0002``, 400), when one is behind it.
+    error_code: str | None = None
+    http_status: int | None = None
+    # INVALID: the first field the manifest's error names (``tags[0].key``); the report's
+    # ``field``. None for a file's own error (unreadable, bad JSON).
+    error_field: str | None = None
 
 
 # --- starts: what the ledger records of starting a job (``protocols.StartLedger``) -------

@@ -254,6 +254,18 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+# What ``field_path`` writes: keys (identifiers, or JSON strings for odd ones) and [indexes].
+_KEY = r'(?:[A-Za-z_][A-Za-z0-9_]*|"(?:[^"\\]|\\.)*")'
+_FIELD_FIRST = re.compile(rf"((?:{_KEY}|\[\d+\])(?:\.{_KEY}|\[\d+\])*): ")
+
+
+def error_field(source: str, error: str) -> str | None:
+    """The first field a manifest's error names (``source: field: message``), as
+    ``field_path`` wrote it; None when the error is the file's (unreadable, bad JSON, ...)."""
+    match = _FIELD_FIRST.match(error, len(source) + 2) if error.startswith(f"{source}: ") else None
+    return match[1] if match else None
+
+
 def _length_message(field: str, value: object) -> str:
     lo, hi = _LENGTH_LIMITS.get(field, (0, None))
     got = len(value) if isinstance(value, str) else "?"

@@ -1,8 +1,11 @@
 """The run's account: counts, the first errors, and the JSON report with a stable schema.
 
-Report schema (``--report PATH``)::
+Report schema (``--report PATH``), version 2; the JSON Schema is
+``batchsub/schemas/report.schema.json`` (``report_schema()``)::
 
-    {"summary": {"total": N, "created": N, "already_created": N, "invalid": N, "failed": N,
+    {"summary": {"schema_version": 2, "batchsub_version": "0.1.0",
+                 "project_id": str | null, "endpoint": URL (password masked) | null,
+                 "total": N, "created": N, "already_created": N, "invalid": N, "failed": N,
                  "unresolved": N, "drifted": N, "duplicated": N, "adopted": N,
                  "creates_sent": N, "list_calls": N, "throttled": N, "rate": R, "duration_s": S,
                  "exit_code": 0|1|2,
@@ -11,10 +14,15 @@ Report schema (``--report PATH``)::
                "outcome": "created" | "already_created" | "invalid" | "failed" | "unresolved"
                           | "drifted" | "duplicated",
                "job_id": int | null, "error": str | null, "attempts": int, "adopted": bool,
-               "drift": [field, ...], "duplicate_job_ids": [job_id, ...]}]}
+               "drift": [field, ...], "duplicate_job_ids": [job_id, ...],
+               "error_code": "DLI.0002" | null, "http_status": int | null,
+               "field": "tags[0].key" | null}]}
 
 ``duplicated``: two jobs (or more) of that name exist on the server; ``job_id`` is the one
 the ledger keeps, ``duplicate_job_ids`` the others. It makes the exit code 1.
+``schema_version`` 1 was the shape before the version, the target, ``error_code``,
+``http_status`` and ``field`` (it had no ``schema_version``). New outcomes and new fields are
+additive and keep the version; a change a reader of the old shape would misread bumps it.
 
 Rows are written to a temporary file as they come, so memory stays flat over any number of
 jobs, and the report appears atomically when the run ends (``batchsub.files.open_output``:
@@ -25,16 +33,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.resources
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
+from batchsub import __version__
 from batchsub.errors import OutputError, one_line
 from batchsub.files import check_output, is_stdout, open_output
 from batchsub.jobs import EXISTING_OUTCOMES, JobResult, Outcome
+from batchsub.masking import mask_url
 from batchsub.text import clip, safe_value
 
 FIRST_ERRORS = 10
@@ -43,6 +55,8 @@ MAX_ERROR_CHARS = 4000  # one job's error in the report and the summary, whateve
 
 
 EXIT_FATAL = 2  # a credential the API refused, or a setting, stopped the run
+SCHEMA_VERSION = 2
+SCHEMA_FILE = "schemas/report.schema.json"  # in the package
 
 
 class RunAccount:
@@ -52,6 +66,9 @@ class RunAccount:
         self.counts: Counter[Outcome] = Counter()
         self.adopted = 0
         self.first_errors: list[dict[str, Any]] = []
+        self.project_id: str | None = None
+        self.endpoint: str | None = None  # its password masked
+        self._listeners: list[Callable[[JobResult], None]] = []
         self._report_path = report_path
         self._rows: IO[bytes] | None = None
         self._rows_failed: OSError | None = None  # the temporary rows file could not be written
@@ -64,6 +81,15 @@ class RunAccount:
         """True when the report goes to standard output (``--report -``, ``/dev/stdout``)."""
         return is_stdout(self._report_path)
 
+    def set_target(self, project_id: str, endpoint: str) -> None:
+        """Where the jobs go, for the summary (the endpoint's password masked)."""
+        self.project_id = project_id
+        self.endpoint = mask_url(endpoint)
+
+    def listen(self, listener: Callable[[JobResult], None]) -> None:
+        """Call ``listener`` with each result as it is counted (the progress bar)."""
+        self._listeners.append(listener)
+
     @property
     def total(self) -> int:
         """Every job and invalid manifest seen so far."""
@@ -74,6 +100,8 @@ class RunAccount:
         if result.error is not None and len(result.error) > MAX_ERROR_CHARS:
             result = dataclasses.replace(result, error=clip(result.error, MAX_ERROR_CHARS))
         self.counts[result.outcome] += 1
+        for listener in self._listeners:
+            listener(result)
         if result.adopted:
             self.adopted += 1
         if result.outcome not in EXISTING_OUTCOMES and len(self.first_errors) < FIRST_ERRORS:
@@ -107,7 +135,13 @@ class RunAccount:
 
     def summary(self, **extra: Any) -> dict[str, Any]:
         """The summary object of the report (counts for every outcome, even zero)."""
-        summary: dict[str, Any] = {"total": self.total}
+        summary: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "batchsub_version": __version__,
+            "project_id": self.project_id,
+            "endpoint": self.endpoint,
+            "total": self.total,
+        }
         for outcome in Outcome:
             summary[outcome.value] = self.counts[outcome]
         summary["adopted"] = self.adopted
@@ -159,4 +193,14 @@ def job_row(result: JobResult) -> dict[str, Any]:
         "adopted": result.adopted,
         "drift": result.drift,
         "duplicate_job_ids": result.duplicate_job_ids,
+        "error_code": result.error_code,
+        "http_status": result.http_status,
+        "field": result.error_field,
     }
+
+
+def report_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the report, as shipped in the package."""
+    text = importlib.resources.files("batchsub").joinpath(SCHEMA_FILE).read_bytes()
+    schema: dict[str, Any] = orjson.loads(text)
+    return schema

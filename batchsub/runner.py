@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from batchsub.client import make_session
-from batchsub.console import ProgressDisplay, print_summary
+from batchsub.console import FileCount, ProgressDisplay, print_summary
 from batchsub.errors import OutputError
 from batchsub.jobs import JobResult
 from batchsub.ledgers.outage import Outage
@@ -60,7 +60,7 @@ async def run_directory(
         source = DirectorySource(directory, parser=parser)
         account = RunAccount(report)
         show_progress = settings.progress_shown(interactive)
-        total = sum(1 for _ in iter_manifest_paths(directory)) if show_progress else None
+        total = FileCount(sum(1 for _ in iter_manifest_paths(directory))) if show_progress else None
         code = await run_source(
             settings, source, account, simulator=simulator, progress=show_progress, total=total
         )
@@ -94,6 +94,7 @@ async def run_source(
     started = time.monotonic()
     async with AsyncExitStack() as stack:
         target = await stack.enter_async_context(resolve_target(settings, simulator=simulator))
+        account.set_target(target.project_id, target.endpoint)
         # A daemon waits through a ledger outage, at start-up too; a one-shot run does not
         # start without its ledger, and gives up on it after ledger_outage_limit.
         outage = Outage(
@@ -160,7 +161,9 @@ async def run_source(
             rate=settings.rate,
             concurrency=settings.concurrency,
         )
-        display = ProgressDisplay(account, limiter, enabled=progress, total=total)
+        display = ProgressDisplay(
+            account, limiter, enabled=progress, total=total, stopped=lambda: submitter.stopped
+        )
         with display:
             await _run_until_done(submitter, source, display, settings.drain_timeout)
         fatal = submitter.fatal

@@ -46,7 +46,7 @@ from batchsub.jobs import (
 )
 from batchsub.ledgers.outage import Outage
 from batchsub.limiter import RateLimiter
-from batchsub.model import validate_spec
+from batchsub.model import error_field, validate_spec
 from batchsub.protocols import Ledger, Source
 from batchsub.reconcile import Reconciler
 from batchsub.retry import RetryBudget, RetryPolicy
@@ -242,7 +242,7 @@ class Submitter:
                 await self._finish(
                     source,
                     item,
-                    JobResult(item.source, item.name, Outcome.INVALID, error=item.error),
+                    _invalid_result(item),
                 )
                 continue
             if isinstance(item, RememberedJob):  # its file is unchanged and every job exists
@@ -275,7 +275,7 @@ class Submitter:
             if known is None and not item.validated and (problem := validate_spec(item)):
                 # Never send what the model rejects, whatever the source checked.
                 self._log.warning("job.invalid", source=item.source, error=problem.error)
-                known = JobResult(item.source, item.name, Outcome.INVALID, error=problem.error)
+                known = _invalid_result(problem)
             if known is not None:
                 await self._finish(source, item, known)
                 continue
@@ -371,3 +371,9 @@ def _known_result(spec: JobSpec, record: LedgerRecord | None) -> JobResult | Non
         adopted=record.adopted,
         drift=list(decision.drift),
     )
+
+
+def _invalid_result(item: InvalidManifest) -> JobResult:
+    """An invalid manifest's result, naming the field its error starts with."""
+    field = error_field(item.source, item.error)
+    return JobResult(item.source, item.name, Outcome.INVALID, error=item.error, error_field=field)

@@ -20,6 +20,7 @@ from batchsub.limiter import RateLimiter
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.faults import ensure_postgres_running, small_filesystem
 from tests.run_support import Pool, PoolFactory, make_submitter
+from tests.schema_support import report_problems
 from tests.sim_support import Dli
 from tests.support import PROJECT, TOKEN, DliFactory, SimulatorFactory, forget_cached_loggers
 
@@ -38,6 +39,17 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     # (cache_logger_on_first_use) must be assembled afresh.
     structlog.reset_defaults()
     forget_cached_loggers()
+
+
+@pytest.fixture(autouse=True)
+def _reports_match_the_schema(tmp_path: Path) -> Iterator[None]:
+    # Every report a test wrote (batchsub's own, or a child's) conforms to the schema the
+    # package ships: the schema cannot drift from what the code writes.
+    yield
+    problems = report_problems(tmp_path)
+    assert not problems, "reports break batchsub/schemas/report.schema.json:\n" + "\n".join(
+        problems
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)

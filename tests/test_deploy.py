@@ -21,7 +21,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from batchsub.cli import build_parser
+from batchsub.commands._parser import build_parser
 from batchsub.jobs import JobSpec
 from batchsub.manifest import parse_manifest_bytes
 from batchsub.metrics import Metrics, create_metrics_app

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from batchsub.cli import build_parser
 from batchsub.commands import healthcheck
+from batchsub.commands._parser import build_parser
 from batchsub.commands.watch import watch
 from batchsub.errors import ConfigError
 from batchsub.metrics import Metrics, MetricsServer, start_metrics_server

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchsub.cli import build_parser
+from batchsub.commands._parser import build_parser
 from batchsub.commands.simulator import config_from_args
 from batchsub.settings import load_settings
 from batchsub.simulator import SimulatorConfig
