@@ -161,6 +161,8 @@ async def run_source(
             rate=settings.rate,
             concurrency=settings.concurrency,
         )
+        for note in settings.notes:
+            log.warning("settings.adjusted", note=note)
         display = ProgressDisplay(
             account, limiter, enabled=progress, total=total, stopped=lambda: submitter.stopped
         )

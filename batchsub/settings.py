@@ -9,16 +9,20 @@ who has the SDK set up needs nothing new.
 from __future__ import annotations
 
 import contextvars
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
     AliasChoices,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 from pydantic_settings import (
@@ -33,7 +37,15 @@ from batchsub.masking import mask_url, url_passwords
 from batchsub.regions import domain_of, endpoint_for
 
 DEFAULT_CONFIG_FILE = Path("config/batchsub.toml")
+
+
+def is_shared_ledger(spec: str) -> bool:
+    """True for a PostgreSQL URL (a ledger shared by workers), false for a SQLite file path."""
+    return spec.startswith(("postgresql://", "postgres://"))
+
 CLOCK_SLACK = 1.0  # seconds of a claim kept for clock skew between hosts and scheduling
+_DEFAULT_TIMEOUT = 30.0
+_DEFAULT_GRACE = 5.0
 _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "batchsub_config_file", default=None
 )
@@ -86,7 +98,7 @@ class Settings(BaseSettings):
     # Pool, pacing and retries.
     concurrency: int = Field(8, ge=1, le=1024)
     rate: float = Field(10.0, ge=0.0)
-    timeout: float = Field(30.0, gt=0.0)
+    timeout: float = Field(_DEFAULT_TIMEOUT, gt=0.0)
     # Seconds a TCP connection to the API may take: an address that never answers (a wrong
     # region's, a firewall that drops) fails in seconds rather than after the whole timeout.
     connect_timeout: float = Field(5.0, gt=0.0)
@@ -98,7 +110,7 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(30.0, ge=0.0)
     # After a lost answer, wait this long before looking the job up: the server may still be
     # creating it, and a lookup that misses it would lead to a duplicate.
-    in_doubt_grace: float = Field(5.0, ge=0.0)
+    in_doubt_grace: float = Field(_DEFAULT_GRACE, ge=0.0)
     # A shared (PostgreSQL) ledger: seconds a worker's claim on a job lasts (None: 2 x timeout
     # + 10). A create leaves only while its claim still covers ``claim_window``.
     lease: float | None = Field(None, gt=0.0)
@@ -138,6 +150,43 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] | None = None
     progress: Literal["auto", "on", "off"] = "auto"
 
+    # What the settings changed of their own (a timeout fitted to the lease), for the log.
+    _notes: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        """Adjustments made to the settings as given, each a sentence for the run's log."""
+        return list(self._notes)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _timeout_fits_the_lease(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Settings]
+    ) -> Settings:
+        # ``--lease 20`` alone, on a shared ledger, would be refused against the default 30 s
+        # timeout: the lease is what the operator asked for, so the request timeout is
+        # shortened to fit it. Both given, and at odds, is a usage error.
+        note = None
+        shared = isinstance(data, dict) and is_shared_ledger(str(data.get("ledger", "")))
+        if shared and data.get("lease") is not None and data.get("timeout") is None:
+            try:
+                lease = float(data["lease"])
+                grace = float(data.get("in_doubt_grace", _DEFAULT_GRACE))
+            except (TypeError, ValueError):
+                return handler(data)  # the field validators say what is wrong
+            fitted = math.floor(lease - grace - CLOCK_SLACK - 1.0)
+            if 1 <= fitted < _DEFAULT_TIMEOUT:
+                data = {**data, "timeout": float(fitted)}
+                note = (
+                    f"timeout lowered from {_DEFAULT_TIMEOUT:g} s to {fitted:g} s to fit the"
+                    f" {lease:g} s lease (a claim must outlast one request: timeout +"
+                    f" in_doubt_grace + {CLOCK_SLACK:g} s)"
+                )
+        settings = handler(data)
+        if note is not None:
+            settings._notes.append(note)
+        return settings
+
     @property
     def claim_window(self) -> float:
         """Seconds a claim must still hold when its create leaves.
@@ -161,6 +210,8 @@ class Settings(BaseSettings):
         timeout, grace = info.data.get("timeout"), info.data.get("in_doubt_grace")
         if value is None or timeout is None or grace is None:
             return value
+        if not is_shared_ledger(info.data.get("ledger", "")):
+            return value  # a SQLite ledger has one writer: its claims never expire
         window = timeout + grace + CLOCK_SLACK
         if value <= window:
             raise PydanticCustomError(

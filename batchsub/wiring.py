@@ -28,7 +28,7 @@ from batchsub.masking import mask_url
 from batchsub.protocols import Auth, Ledger
 from batchsub.reachability import Reachability
 from batchsub.retry import RetryingCaller, RetryPolicy
-from batchsub.settings import Settings
+from batchsub.settings import Settings, is_shared_ledger
 
 log = structlog.get_logger("batchsub.run")
 
@@ -115,11 +115,6 @@ def dli_client(
         on_answer=on_answer,
         reachability=reachability,
     )
-
-
-def is_shared_ledger(spec: str) -> bool:
-    """True for a PostgreSQL URL, false for a SQLite file path."""
-    return spec.startswith(("postgresql://", "postgres://"))
 
 
 def open_ledger(

@@ -56,16 +56,37 @@ def test_a_claim_covers_a_request_only_with_time_to_spare() -> None:
     assert Claim(1).covers(1e12, 1e9)  # a single-writer ledger's claim never expires
 
 
+SHARED = {"ledger": "postgresql://postgres@127.0.0.1/batchsub"}
+
+
 def test_the_lease_is_a_setting_that_must_cover_one_request() -> None:
     assert load_settings({}).lease_seconds == 70.0  # 2 x timeout + 10, as before
-    assert load_settings({"timeout": 5.0, "lease": 20.0}).lease_seconds == 20.0
+    assert load_settings({**SHARED, "timeout": 5.0, "lease": 20.0}).lease_seconds == 20.0
     assert load_settings({"in_doubt_grace": 60.0}).lease_seconds == 101.0  # covers the window
     expected = (
         r"lease: 20 s cannot cover one request: a claim must outlast timeout \(30\)"
         r" \+ in_doubt_grace \(5\) \+ 1 s = 36 s; raise --lease or lower --timeout"
     )
     with pytest.raises(ConfigError, match=expected):
-        load_settings({"lease": 20.0})
+        load_settings({**SHARED, "lease": 20.0, "timeout": 30.0})  # both asked, at odds
+    # A SQLite ledger has one writer and no lease: nothing to cover, nothing changed.
+    assert load_settings({"lease": 20.0, "timeout": 30.0}).timeout == 30.0
+
+
+def test_a_lease_alone_shortens_the_default_timeout_to_fit_and_says_so() -> None:
+    fitted = load_settings({**SHARED, "lease": 20.0})
+    assert (fitted.timeout, fitted.lease_seconds) == (13.0, 20.0)
+    assert fitted.claim_window < fitted.lease_seconds
+    assert fitted.notes == [
+        "timeout lowered from 30 s to 13 s to fit the 20 s lease (a claim must outlast one"
+        " request: timeout + in_doubt_grace + 1 s)"
+    ]
+    assert load_settings({**SHARED, "lease": 20.0, "in_doubt_grace": 1.0}).timeout == 17.0
+    assert load_settings({**SHARED, "lease": 120.0}).timeout == 30.0  # fits: untouched
+    assert load_settings({**SHARED, "lease": 120.0}).notes == []
+    assert load_settings({"lease": 20.0}).notes == []  # SQLite: the lease is not used
+    with pytest.raises(ConfigError, match="lease: 6 s cannot cover one request"):
+        load_settings({**SHARED, "lease": 6.0})  # not even a 1 s request fits
 
 
 def test_a_lease_too_short_is_one_line_and_exit_2(
@@ -73,7 +94,8 @@ def test_a_lease_too_short_is_one_line_and_exit_2(
 ) -> None:
     from batchsub.cli import main
 
-    assert main(["run", str(tmp_path), "--simulator", "--lease", "20", "--timeout", "30"]) == 2
+    flags = ["--ledger", SHARED["ledger"], "--lease", "20", "--timeout", "30"]
+    assert main(["run", str(tmp_path), "--simulator", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "batchsub: error: invalid setting: lease: 20 s cannot cover one request: a claim must"

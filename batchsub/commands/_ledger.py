@@ -9,7 +9,8 @@ from typing import Any
 from batchsub.errors import ConfigError
 from batchsub.jobs import ErrorInfo, LedgerRecord
 from batchsub.protocols import Ledger
-from batchsub.wiring import is_shared_ledger, open_ledger
+from batchsub.settings import is_shared_ledger
+from batchsub.wiring import open_ledger
 
 
 def add_ledger_flags(parser: argparse.ArgumentParser) -> None:
