@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, TypeGuard
 
@@ -404,6 +404,35 @@ def read_detail(job_id: int, answer: Answer) -> JobStatus:
         if found is not None and truthy(payload.get("is_success", True)):
             return found
     raise call_error(f"job {job_id} detail", answer)
+
+
+def read_detail_body(job_id: int, answer: Answer) -> dict[str, Any]:
+    """A job's ``job_detail`` as DLI shows it; raises ``call_error`` (``JOB_GONE``: no such job)."""
+    payload = answer.payload
+    if answer.kind is Kind.OK and isinstance(payload, dict):
+        found = payload.get("job_detail")
+        if job_status(found) is not None and truthy(payload.get("is_success", True)):
+            assert isinstance(found, dict)  # job_status read it
+            return found
+    raise call_error(f"job {job_id} detail", answer)
+
+
+def update_answer(answer: Answer) -> Answer:
+    """What an answer to an update (PUT) or a delete means: ``OK`` applied; ``REFUSED`` not
+    applied (a 4xx, or a 200 with ``is_success`` false); ``TRANSIENT`` not sent (429, no
+    connection); ``IN_DOUBT`` maybe applied (no answer, 5xx, DLI.0999): read the job first;
+    ``FATAL`` stop everything (a refused credential, TLS, a redirect, a 404 of the URL)."""
+    if answer.status == 404:
+        message = f"HTTP 404 from the job URL: wrong --endpoint or --project-id? ({answer.error})"
+        return replace(answer, kind=Kind.FATAL, error=ErrorInfo(message, http_status=404))
+    if answer.kind is not Kind.OK:
+        return answer
+    payload = answer.payload
+    if isinstance(payload, dict) and "is_success" in payload and not truthy(payload["is_success"]):
+        error = error_info(200, payload, answer.raw)
+        kind = Kind.IN_DOUBT if error.code in _SERVER_SIDE_CODES else Kind.REFUSED
+        return replace(answer, kind=kind, error=error)
+    return answer
 
 
 def read_status_page(answer: Answer) -> StatusPage:

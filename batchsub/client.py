@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiohttp
 import orjson
@@ -39,8 +39,10 @@ from batchsub.answers import (
     create_answer,
     error_info,
     read_detail,
+    read_detail_body,
     read_job_page,
     read_status_page,
+    update_answer,
 )
 from batchsub.auth import JSON_CONTENT_TYPE
 from batchsub.errors import UNREADABLE, ConfigError, FatalApiError, RetryableError
@@ -213,6 +215,43 @@ class DliClient:
         answer = await self._get("detail", self._list_url / str(job_id))
         return read_detail(job_id, answer)
 
+    async def job_detail_body(self, job_id: int) -> dict[str, Any]:
+        """``job_detail`` of ``GET .../streaming/jobs/{job_id}`` as DLI shows it (its own
+        dialect: ``lifecycle.detail_dialect`` reads it); raises ApiError subclasses.
+
+        A job that does not exist raises ``ApiError`` with code ``JOB_GONE`` (DLI.16001).
+        """
+        answer = await self._get("detail", self._list_url / str(job_id))
+        return read_detail_body(job_id, answer)
+
+    @_one_at_a_time_until_proven
+    async def update_job(self, job_id: int, body: Mapping[str, Any]) -> Answer:
+        """``PUT .../streaming/flink-jobs/{job_id}`` with a partial body; never raises for an
+        API or transport failure: the answer as ``answers.update_answer`` classifies it.
+
+        Sent at most once: aiohttp would send a PUT (an idempotent method to it) again,
+        unseen, when a kept-alive connection drops, and an update's answer lost that way
+        must be reconciled from the job's detail, not repeated blindly (``_sent_once``).
+        """
+        if (refused := self.refusal) is not None:  # not sent
+            return Answer(Kind.FATAL, error=refused)
+        url = self._create_url / str(job_id)
+        answer = await self._request("update", "PUT", url, orjson.dumps(body), once=True)
+        self._lifecycle_answer_seen(answer)
+        return update_answer(answer)
+
+    @_one_at_a_time_until_proven
+    async def delete_job(self, job_id: int) -> Answer:
+        """``DELETE .../streaming/jobs/{job_id}``; never raises for an API or transport
+        failure. Sent at most once, as ``update_job`` is; a lost answer is settled by
+        looking the job up (gone: deleted)."""
+        if (refused := self.refusal) is not None:  # not sent
+            return Answer(Kind.FATAL, error=refused)
+        url = self._list_url / str(job_id)
+        answer = await self._request("delete", "DELETE", url, once=True)
+        self._lifecycle_answer_seen(answer)
+        return update_answer(answer)
+
     async def status_page(
         self, *, status: str | None, offset: int, newest_first: bool = True
     ) -> StatusPage:
@@ -267,11 +306,14 @@ class DliClient:
             "order": "desc" if newest_first else "asc",
         }
 
-    async def _request(self, call: str, method: str, url: URL, body: bytes = b"") -> Answer:
+    async def _request(
+        self, call: str, method: str, url: URL, body: bytes = b"", *, once: bool = False
+    ) -> Answer:
         """Send one signed request, following no redirect: its answer, or why none came.
 
         Never raises for the API or the network: no connection is ``TRANSIENT`` (the request
         never left), no answer in time or a dropped connection ``IN_DOUBT``, TLS ``FATAL``.
+        ``once``: never sent a second time by aiohttp itself (see ``_sent_once``).
         """
         headers = dict(self._auth.headers(method, url, body))
         if body:
@@ -286,6 +328,7 @@ class DliClient:
                 headers=headers,
                 timeout=self._timeout,
                 allow_redirects=False,
+                middlewares=(_sent_once(),) if once else None,
             ) as resp:
                 status = resp.status
                 return classify(status, await resp.read(), resp.headers)
@@ -339,6 +382,34 @@ class DliClient:
         problem = f"cannot connect to {self._endpoint}: {reason}"
         self.reachability.lost(problem)
         return problem
+
+
+class ResendRefused(aiohttp.ClientError):
+    """aiohttp was about to send a request a second time: refused, so its answer is lost."""
+
+
+def _sent_once() -> aiohttp.ClientMiddlewareType:
+    """A middleware that lets one request leave once only.
+
+    aiohttp resends a PUT or DELETE (idempotent methods, RFC 9110) once by itself when the
+    kept-alive connection it went out on drops (``ClientSession._request``,
+    ``retry_persistent_connection``): DLI may have applied the first. Each attempt passes
+    through the request's middlewares, so the second is refused here and the request ends
+    as a lost answer (``IN_DOUBT``), which the caller reconciles. POST (a create, a run) is
+    never resent by aiohttp.
+    """
+    sent = False
+
+    async def once(
+        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        nonlocal sent
+        if sent:
+            raise ResendRefused("the connection dropped after the request left; not resent")
+        sent = True
+        return await handler(request)
+
+    return once
 
 
 async def close_session(session: aiohttp.ClientSession) -> None:

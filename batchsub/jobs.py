@@ -17,6 +17,9 @@ class Outcome(StrEnum):
     UNRESOLVED = "unresolved"
     DRIFTED = "drifted"
     DUPLICATED = "duplicated"  # two jobs of this name exist: the report names both job ids
+    UPDATED = "updated"  # apply: the job now holds its changed manifest (``changes`` says what)
+    MISSING = "missing"  # apply: created before, deleted on the server since (not recreated)
+    PRUNED = "pruned"  # apply --prune: in the ledger, in no manifest: stopped and deleted
 
 
 class LedgerState(StrEnum):
@@ -30,11 +33,13 @@ class LedgerState(StrEnum):
 
 
 IN_DOUBT_STATES = frozenset({LedgerState.SUBMITTING, LedgerState.UNKNOWN})
-EXISTING_OUTCOMES = frozenset({Outcome.CREATED, Outcome.ALREADY_CREATED})  # the job exists
+EXISTING_OUTCOMES = frozenset(
+    {Outcome.CREATED, Outcome.ALREADY_CREATED, Outcome.UPDATED}
+)  # the job exists (and matches its manifest)
 # Sending the same manifest again will not change these: a person must look. Not created
 # (invalid, failed, drifted), or created twice (duplicated: one of the two must go).
 BROKEN_OUTCOMES = frozenset(
-    {Outcome.INVALID, Outcome.FAILED, Outcome.DRIFTED, Outcome.DUPLICATED}
+    {Outcome.INVALID, Outcome.FAILED, Outcome.DRIFTED, Outcome.DUPLICATED, Outcome.MISSING}
 )
 
 
@@ -147,6 +152,8 @@ class JobResult:
     # INVALID: the first field the manifest's error names (``tags[0].key``); the report's
     # ``field``. None for a file's own error (unreadable, bad JSON).
     error_field: str | None = None
+    # UPDATED (and an update that failed): each changed field as ``{field, old, new, how}``.
+    changes: list[dict[str, object]] = field(default_factory=list)
 
 
 # --- starts: what the ledger records of starting a job (``protocols.StartLedger``) -------
@@ -206,3 +213,65 @@ class StatusSeen:
     job_id: int
     status: str
     failure: str | None = None
+
+
+# --- updates: what the ledger records of updating a job (``protocols.UpdateLedger``) ------
+
+
+class UpdateState(StrEnum):
+    """A job's update state in the ledger, one step at a time (``protocols.UpdateLedger``)."""
+
+    PLANNED = "planned"  # intent and body committed; nothing sent yet
+    STOPPING = "stopping"  # a stop call may be in flight
+    STOPPED = "stopped"  # seen stopped (after our stop): the PUT may leave
+    UPDATING = "updating"  # a PUT may be in flight
+    UPDATED = "updated"  # the server holds the body (its answer, or its detail, says so)
+    RESTARTING = "restarting"  # a run call may be in flight
+    DONE = "done"  # finished: the job holds the body (and runs again if it ran)
+    FAILED = "failed"  # given up: ``error`` says why (a refused PUT, a job gone)
+
+
+UNFINISHED_UPDATES = frozenset(
+    {
+        UpdateState.PLANNED,
+        UpdateState.STOPPING,
+        UpdateState.STOPPED,
+        UpdateState.UPDATING,
+        UpdateState.UPDATED,
+        UpdateState.RESTARTING,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRecord:
+    """What the ledger knows of one job's latest update, keyed by (project_id, name).
+
+    ``body``/``body_hash``: the manifest the update makes the job hold; ``put_body``: the
+    partial body the PUT sends (only the changed fields for an update in place). ``restart``:
+    the job was running and is stopped, updated and started again; ``savepoint``: the stop
+    takes a savepoint and the start resumes from it.
+    """
+
+    name: str
+    job_id: int
+    state: UpdateState
+    body: bytes
+    body_hash: str
+    put_body: bytes
+    restart: bool = False
+    savepoint: bool = False
+    attempts: int = 0  # calls begun for the current step (stops, PUTs or runs)
+    error: str | None = None
+    updated_at: float = 0.0  # epoch seconds of the last step
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateStep:
+    """One step of an update committed (``error`` with ``FAILED``, or kept for ``DONE``)."""
+
+    name: str
+    job_id: int
+    state: UpdateState
+    error: str | None = None
+    sent: bool = False  # the step begins a call: its attempts count goes up

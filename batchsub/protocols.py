@@ -22,6 +22,8 @@ from batchsub.jobs import (
     StartOutcome,
     StartRecord,
     StatusSeen,
+    UpdateRecord,
+    UpdateStep,
 )
 
 
@@ -140,6 +142,46 @@ class StartLedger(Protocol):
 
     def record_status(self, project_id: str, seen: Sequence[StatusSeen]) -> Awaitable[None]:
         """Commit statuses seen (and failures before health), as the state machine says."""
+        ...
+
+
+class UpdateLedger(Protocol):
+    """The ledger side of updating jobs (``batchsub apply``), one row per (project_id, name).
+
+    The state machine (``jobs.UpdateState``)::
+
+        (none) / done / failed --begin_update--> planned   intent and target body committed
+        planned --> stopping --> stopped                   restart: stop (savepoint), seen stopped
+        planned / stopped --> updating --> updated         the PUT, confirmed by answer or detail
+        updated --> restarting --> done                    restart: run (resume), DLI took it
+        updated --> done                                   in place, or a job not running
+        any --> failed                                     given up (the error says why)
+
+    Every state is committed before the call it names leaves (``stopping``, ``updating``,
+    ``restarting``), so a crash leaves a row that says which call may be in flight; a rerun
+    reads the job's status or detail before it sends that call again. ``done`` is committed
+    with the body the job now holds: SQL ledgers also make it the jobs row's body, the body
+    batchsub last created or updated the job with. Writes are durable when they complete.
+    """
+
+    async def update_records(
+        self, project_id: str, names: Sequence[str] | None = None
+    ) -> dict[str, UpdateRecord]:
+        """The update records of those names (None: every unfinished one), by name."""
+        ...
+
+    def begin_update(
+        self, project_id: str, intents: Sequence[UpdateRecord]
+    ) -> Awaitable[set[str]]:
+        """Commit new intents (state ``planned``); the names claimed.
+
+        A name is not claimed when it has an unfinished update already: that one is finished
+        first (it is in the ``update_records`` a rerun reads).
+        """
+        ...
+
+    def record_update(self, project_id: str, steps: Sequence[UpdateStep]) -> Awaitable[None]:
+        """Commit steps; ``done`` also records the body as the job's (see the class docstring)."""
         ...
 
 
