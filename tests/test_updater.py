@@ -78,7 +78,7 @@ async def test_a_stopped_job_is_just_updated() -> None:
 
 @pytest.mark.parametrize("fault", ["drop_after_update", "drop_after_stop", "drop_after_run"])
 async def test_lost_answers_are_reconciled_not_repeated(fault: str) -> None:
-    async with rig(**REFUSING, **{fault: 0.5}, seed=7) as r:
+    async with rig(**{**REFUSING, fault: 0.5, "seed": 7}) as r:
         jobs = await make_jobs(r, 12)
         manifests = changed(jobs, cu=range(8), smn=range(8, 12))
         ledger = MemoryUpdateLedger(clock=r.clock)
