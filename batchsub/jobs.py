@@ -109,6 +109,7 @@ class LedgerRecord:
     adopted: bool
     created_at: float  # epoch seconds of the first record
     updated_at: float
+    start: StartRecord | None = None  # what the ledger knows of its start (None: never touched)
 
     def spec(self) -> JobSpec:
         """The job as recorded, to reconcile or resend it without its manifest."""

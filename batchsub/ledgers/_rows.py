@@ -13,26 +13,31 @@ from typing import Any, Protocol, Self
 
 from batchsub.errors import LedgerError
 from batchsub.jobs import ErrorInfo, JobSpec, LedgerRecord, LedgerState
+from batchsub.ledgers._starts import START_COLUMNS, from_row
 from batchsub.text import printable
 
 COLUMNS = (
     "project_id, name, state, job_id, attempts, error_code, error_message, http_status,"
     " source, body_hash, body, adopted, created_at, updated_at"
 )
+# What reads select: the create columns, then the start ones (schema v4 / v2). COLUMNS alone
+# stays what the create writes and the older migrations name.
+READ_COLUMNS = f"{COLUMNS}, {START_COLUMNS}"
 PAGE_ORDER = "ORDER BY source, name, project_id"  # the keyset of ``pages``
 MESSAGE_CHARS = 2000  # an error message longer than this is cut when stored
 
 _SOURCE, _NAME, _PROJECT = 8, 1, 0  # the keyset's columns in a row
+_START = 14  # the first of the start columns in a row
 
 
 class Row(Protocol):
-    """A row of ``COLUMNS``, read by position: a sqlite3 row, or an asyncpg Record."""
+    """A row of ``READ_COLUMNS``, read by position: a sqlite3 row, or an asyncpg Record."""
 
     def __getitem__(self, index: int, /) -> Any: ...
 
 
 def to_record(row: Row) -> LedgerRecord:
-    """A row of ``COLUMNS`` as a record."""
+    """A row of ``READ_COLUMNS`` as a record."""
     message = row[6]
     error = None if message is None else ErrorInfo(message, code=row[5], http_status=row[7])
     return LedgerRecord(
@@ -48,6 +53,7 @@ def to_record(row: Row) -> LedgerRecord:
         adopted=bool(row[11]),
         created_at=row[12],
         updated_at=row[13],
+        start=from_row(row[_NAME], [row[i] for i in range(_START, _START + 9)]),
     )
 
 

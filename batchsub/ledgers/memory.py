@@ -1,4 +1,4 @@
-"""An in-memory ``StartLedger``, for tests and benchmarks; the SQL ledgers will mirror it.
+"""An in-memory ``StartLedger``, for tests and benchmarks; the SQL ledgers mirror it.
 
 A start is recorded on the job's own ledger row, keyed by (project_id, name) as its create
 is (the state machine is the ``StartLedger`` protocol's). The columns the SQLite and
@@ -20,20 +20,20 @@ status_seen_at      REAL NULL      epoch s it was seen
 start_claim_until   REAL NULL      PostgreSQL only: a worker's claim on a ``starting`` row
 ==================  =============  ==================================================
 
-Writes: ``begin_start`` is one UPDATE per row, ``WHERE name = ? AND start_attempts = ?``
-(PostgreSQL adds ``AND NOT (start_state = 'starting' AND start_claim_until > now())`` and
-``RETURNING name``), in one transaction per call; ``record_start`` and ``record_status`` are
-batched the same way.
+Writes: each call is one transaction that reads its rows (PostgreSQL: ``FOR UPDATE``, in name
+order), applies the transitions of ``_starts`` (the very functions this ledger applies) and
+writes the rows back, so the compare-and-set of ``begin_start`` is atomic on every backend.
+SQLite keeps no ``start_claim_until``: one process owns the file, so its ``starting`` rows
+carry no claim, as this ledger's without ``lease_seconds``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
-from batchsub.jobs import StartIntent, StartOutcome, StartRecord, StartState, StatusSeen
-from batchsub.lifecycle.statuses import RUNNING
+from batchsub.jobs import StartIntent, StartOutcome, StartRecord, StatusSeen
+from batchsub.ledgers import _starts
 
 
 class MemoryStartLedger:
@@ -70,23 +70,10 @@ class MemoryStartLedger:
         now = self._clock()
         claimed: set[str] = set()
         for intent in intents:
-            row = self._row(project_id, intent.name, intent.job_id)
-            held = row.state is StartState.STARTING and (row.claim_until or 0) > now
-            if row.attempts != intent.expected_attempts or held:
-                continue
-            self._rows[(project_id, intent.name)] = replace(
-                row,
-                state=StartState.STARTING,
-                attempts=row.attempts + 1,
-                last_status=intent.status_before,
-                status_seen_at=now,
-                error=None,
-                started_at=None,
-                running_at=None,
-                updated_at=now,
-                claim_until=None if self._lease is None else now + self._lease,
-            )
-            claimed.add(intent.name)
+            row = _starts.begun(self._rows.get((project_id, intent.name)), intent, now, self._lease)
+            if row is not None:
+                self._rows[(project_id, intent.name)] = row
+                claimed.add(intent.name)
         self._committed("begin_start")
         return claimed
 
@@ -94,50 +81,17 @@ class MemoryStartLedger:
         """Commit the outcomes of starts."""
         now = self._clock()
         for outcome in outcomes:
-            row = self._row(project_id, outcome.name, outcome.job_id)
-            started = outcome.state is StartState.STARTED
-            self._rows[(project_id, outcome.name)] = replace(
-                row,
-                state=outcome.state,
-                error=outcome.error,
-                started_at=(row.started_at or now) if started else row.started_at,
-                last_status=outcome.status or row.last_status,
-                status_seen_at=now if outcome.status else row.status_seen_at,
-                running_at=now if started and outcome.status == RUNNING else row.running_at,
-                updated_at=now,
-                claim_until=None,
-            )
+            key = (project_id, outcome.name)
+            self._rows[key] = _starts.recorded(self._rows.get(key), outcome, now)
         self._committed("record_start")
 
     async def record_status(self, project_id: str, seen: Sequence[StatusSeen]) -> None:
         """Commit the statuses seen; a failure fails a start in progress or done."""
         now = self._clock()
         for item in seen:
-            row = self._row(project_id, item.name, item.job_id)
-            ours = row.state in (StartState.STARTING, StartState.STARTED)
-            first_run = ours and item.status == RUNNING and row.running_at is None
-            row = replace(
-                row,
-                last_status=item.status,
-                status_seen_at=now,
-                running_at=now if first_run else row.running_at,
-            )
-            if ours and item.failure is not None:
-                row = replace(
-                    row,
-                    state=StartState.START_FAILED,
-                    error=item.failure,
-                    updated_at=now,
-                    claim_until=None,
-                )
-            self._rows[(project_id, item.name)] = row
+            key = (project_id, item.name)
+            self._rows[key] = _starts.seen(self._rows.get(key), item, now)
         self._committed("record_status")
-
-    def _row(self, project_id: str, name: str, job_id: int) -> StartRecord:
-        row = self._rows.get((project_id, name))
-        if row is None or row.job_id != job_id:
-            return StartRecord(name=name, job_id=job_id)  # a new job under the name: reset
-        return row
 
     def _committed(self, what: str) -> None:
         self.writes += 1

@@ -37,18 +37,26 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 import structlog
 
 from batchsub.errors import LedgerError, LedgerRefusedError, LedgerUnavailable, one_line
-from batchsub.jobs import IN_DOUBT_STATES, Claim, ErrorInfo, JobSpec, LedgerRecord, LedgerState
+from batchsub.jobs import (
+    IN_DOUBT_STATES,
+    Claim,
+    ErrorInfo,
+    JobSpec,
+    LedgerRecord,
+    LedgerState,
+)
 from batchsub.ledgers._rows import (
     COLUMNS,
     MESSAGE_CHARS,
     PAGE_ORDER,
+    READ_COLUMNS,
     OpenedInBlock,
     by_name,
     outcome_values,
@@ -56,7 +64,9 @@ from batchsub.ledgers._rows import (
     schema_too_new,
     to_record,
 )
+from batchsub.ledgers._starts import STATES_CHECK
 from batchsub.ledgers.outage import Outage
+from batchsub.ledgers.postgres_starts import PostgresStarts
 from batchsub.masking import mask_url, scrub, url_passwords
 from batchsub.text import printable
 
@@ -65,7 +75,7 @@ log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 _Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"  # generic in stubs
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Held while the schema is created or migrated, so workers starting together take turns.
 _SCHEMA_LOCK = int.from_bytes(b"batchsub", "big")
@@ -99,6 +109,21 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX batchsub_jobs_by_state ON batchsub_jobs (project_id, state);
     CREATE INDEX batchsub_jobs_by_source ON batchsub_jobs (source, name, project_id);
+    """,
+    # Starting jobs (issue 15): each job's start state on its own row, NULL/0 on the rows
+    # already there, which read as "never started" (``ledgers.memory`` has the table).
+    1: f"""
+    ALTER TABLE batchsub_jobs
+        ADD COLUMN start_job_id bigint,
+        ADD COLUMN start_state text CHECK (start_state IN {STATES_CHECK}),
+        ADD COLUMN start_attempts integer NOT NULL DEFAULT 0,
+        ADD COLUMN last_status text,
+        ADD COLUMN status_seen_at double precision,
+        ADD COLUMN start_error text,
+        ADD COLUMN started_at double precision,
+        ADD COLUMN running_at double precision,
+        ADD COLUMN start_updated_at double precision,
+        ADD COLUMN start_claim_until double precision;
     """,
 }
 
@@ -215,7 +240,7 @@ WHERE project_id = $1 AND name = $2 AND owner = $3 AND state <> 'created'
 """
 
 
-class PostgresLedger(OpenedInBlock):
+class PostgresLedger(PostgresStarts, OpenedInBlock):
     """A ``Ledger`` in a PostgreSQL database, shared by workers that claim jobs with leases.
 
     ``owner`` names this worker in the rows it holds; a claim lasts ``lease_seconds`` after
@@ -313,7 +338,8 @@ class PostgresLedger(OpenedInBlock):
     async def get_many(self, project_id: str, names: Sequence[str]) -> dict[str, LedgerRecord]:
         """The records of those names that exist, one query per 1000 names."""
         sql = (
-            f"SELECT {COLUMNS} FROM batchsub_jobs WHERE project_id = $1 AND name = ANY($2::text[])"
+            f"SELECT {READ_COLUMNS} FROM batchsub_jobs"
+            " WHERE project_id = $1 AND name = ANY($2::text[])"
         )
 
         async def fetch(chunk: Sequence[str]) -> list[asyncpg.Record]:
@@ -429,7 +455,7 @@ class PostgresLedger(OpenedInBlock):
         doubt but in flight, and that worker will record its outcome (or its lease expires).
         """
         rows = await self._fetch(
-            f"SELECT {COLUMNS} FROM batchsub_jobs WHERE project_id = $1"
+            f"SELECT {READ_COLUMNS} FROM batchsub_jobs WHERE project_id = $1"
             " AND state = ANY($2::text[])"
             " AND NOT (state = 'submitting' AND owner IS NOT NULL AND owner <> $3"
             " AND lease_until >= $4)"
@@ -452,7 +478,7 @@ class PostgresLedger(OpenedInBlock):
             if after is not None:
                 clauses.append("(source, name, project_id) > ($2, $3, $4)")
             return await self._fetch(
-                f"SELECT {COLUMNS} FROM batchsub_jobs WHERE {' AND '.join(clauses)}"
+                f"SELECT {READ_COLUMNS} FROM batchsub_jobs WHERE {' AND '.join(clauses)}"
                 f" {PAGE_ORDER} LIMIT {int(self._page_size)}",
                 project_id,
                 *(after or ()),
@@ -462,6 +488,9 @@ class PostgresLedger(OpenedInBlock):
             yield record
 
     # --- internals -------------------------------------------------------------------------
+
+    def _detach(self, write: Awaitable[_T]) -> asyncio.Future[_T]:
+        return _detached(write)
 
     async def _migrate(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
         async with pool.acquire() as conn, conn.transaction():
@@ -543,7 +572,7 @@ class PostgresLedger(OpenedInBlock):
         return LedgerError(f"ledger {self.dsn}: {what}: {message}")
 
 
-def _detached(write: Coroutine[Any, Any, _T]) -> asyncio.Future[_T]:
+def _detached(write: Awaitable[_T]) -> asyncio.Future[_T]:
     """``write`` run as a task of its own; the future given back is a shield of it.
 
     The Ledger protocol: a cancelled caller (a run stopping) must not abort a write under

@@ -31,10 +31,16 @@ from batchsub.jobs import (
     LedgerRecord,
     LedgerState,
     RememberedJob,
+    StartIntent,
+    StartOutcome,
+    StartRecord,
+    StatusSeen,
 )
+from batchsub.ledgers import _starts
 from batchsub.ledgers._rows import (
     COLUMNS,
     PAGE_ORDER,
+    READ_COLUMNS,
     OpenedInBlock,
     by_name,
     chunks,
@@ -43,6 +49,7 @@ from batchsub.ledgers._rows import (
     schema_too_new,
     to_record,
 )
+from batchsub.ledgers._starts import START_COLUMNS, STATES_CHECK
 from batchsub.ledgers.lock import LedgerLock
 from batchsub.ledgers.outage import Outage
 from batchsub.ledgers.sqlite_commit import CHUNK, READ_ERRORS, GroupCommitter, ledger_error
@@ -50,7 +57,7 @@ from batchsub.text import printable
 
 log = structlog.get_logger("batchsub.ledger")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # The jobs table's columns and key: created WITHOUT ROWID at version 0, rebuilt as rowid at 2.
 _JOBS_TABLE = """(
@@ -100,7 +107,29 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX jobs_by_state ON jobs (project_id, state);
     CREATE INDEX jobs_by_source ON jobs (source, name, project_id);
     """,
+    # Starting jobs (issue 15): each job's start state on its own row, NULL/0 on the rows
+    # already there, which read as "never started" (``ledgers.memory`` has the table).
+    3: f"""
+    ALTER TABLE jobs ADD COLUMN start_job_id INTEGER;
+    ALTER TABLE jobs ADD COLUMN start_state TEXT CHECK (start_state IN {STATES_CHECK});
+    ALTER TABLE jobs ADD COLUMN start_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN last_status TEXT;
+    ALTER TABLE jobs ADD COLUMN status_seen_at REAL;
+    ALTER TABLE jobs ADD COLUMN start_error TEXT;
+    ALTER TABLE jobs ADD COLUMN started_at REAL;
+    ALTER TABLE jobs ADD COLUMN running_at REAL;
+    ALTER TABLE jobs ADD COLUMN start_updated_at REAL;
+    """,
 }
+
+_START_READ_SQL = (
+    f"SELECT name, {START_COLUMNS} FROM jobs WHERE project_id = ? AND name IN ({{marks}})"
+)
+_START_WRITE_SQL = (
+    "UPDATE jobs SET "
+    + ", ".join(f"{column.strip()} = ?" for column in START_COLUMNS.split(","))
+    + " WHERE project_id = ? AND name = ?"
+)
 
 _REMEMBER_SQL = """
 INSERT INTO files (project_id, path, fingerprint, names) VALUES (?, ?, ?, ?)
@@ -286,7 +315,7 @@ class SqliteLedger(OpenedInBlock):
         async def fetch(chunk: Sequence[str]) -> list[sqlite3.Row]:
             marks = ",".join("?" * len(chunk))
             return await self._read(
-                f"SELECT {COLUMNS} FROM jobs WHERE project_id = ? AND name IN ({marks})",
+                f"SELECT {READ_COLUMNS} FROM jobs WHERE project_id = ? AND name IN ({marks})",
                 (project_id, *chunk),
             )
 
@@ -346,7 +375,7 @@ class SqliteLedger(OpenedInBlock):
         states = sorted(str(s) for s in IN_DOUBT_STATES)
         marks = ",".join("?" * len(states))
         rows = await self._read(
-            f"SELECT {COLUMNS} FROM jobs INDEXED BY jobs_by_state"
+            f"SELECT {READ_COLUMNS} FROM jobs INDEXED BY jobs_by_state"
             f" WHERE project_id = ? AND state IN ({marks})"
             " ORDER BY source, name",
             (project_id, *states),
@@ -361,13 +390,91 @@ class SqliteLedger(OpenedInBlock):
             return await self._read(
                 # INDEXED BY: walk the index in order; without statistics SQLite may pick the
                 # primary key and sort every row for every page.
-                f"SELECT {COLUMNS} FROM jobs INDEXED BY jobs_by_source {where}"
+                f"SELECT {READ_COLUMNS} FROM jobs INDEXED BY jobs_by_source {where}"
                 f" {PAGE_ORDER} LIMIT ?",
                 (*params, self._page_size),
             )
 
         async for record in pages(self._page_size, fetch):
             yield record
+
+    # --- starts (StartLedger) ---------------------------------------------------------------
+
+    async def start_records(self, project_id: str, names: Sequence[str]) -> dict[str, StartRecord]:
+        """The start records of those names that have one, one query per 500 names."""
+        found: dict[str, StartRecord] = {}
+        for chunk, marks in _chunked(list(dict.fromkeys(names))):
+            for row in await self._read(_START_READ_SQL.format(marks=marks), (project_id, *chunk)):
+                record = _starts.from_row(row[0], row[1:])
+                if record is not None:
+                    found[record.name] = record
+        return found
+
+    def begin_start(
+        self, project_id: str, intents: Sequence[StartIntent]
+    ) -> asyncio.Future[set[str]]:
+        """Commit the intents whose attempts are unchanged: one transaction on the writer.
+
+        A name without a jobs row is not claimed (only a job the ledger knows is started).
+        One process owns the file, so a ``starting`` row carries no claim to wait out.
+        """
+        now = self._clock()
+
+        def step(row: StartRecord | None, intent: StartIntent) -> StartRecord | None:
+            return _starts.begun(row, intent, now, None)
+
+        return self._start_write(project_id, intents, step, claims=True)
+
+    def record_start(
+        self, project_id: str, outcomes: Sequence[StartOutcome]
+    ) -> asyncio.Future[None]:
+        """Commit start outcomes (one transaction on the writer thread)."""
+        now = self._clock()
+
+        def step(row: StartRecord | None, outcome: StartOutcome) -> StartRecord:
+            return _starts.recorded(row, outcome, now)
+
+        return self._start_write(project_id, outcomes, step, claims=False)
+
+    def record_status(self, project_id: str, seen: Sequence[StatusSeen]) -> asyncio.Future[None]:
+        """Commit statuses seen, and failures before health (one transaction)."""
+        now = self._clock()
+
+        def step(row: StartRecord | None, item: StatusSeen) -> StartRecord:
+            return _starts.seen(row, item, now)
+
+        return self._start_write(project_id, seen, step, claims=False)
+
+    def _start_write(
+        self,
+        project_id: str,
+        items: Sequence[_starts.StartItem],
+        step: Callable[[StartRecord | None, Any], StartRecord | None],
+        *,
+        claims: bool,
+    ) -> asyncio.Future[Any]:
+        """Read the rows of ``items``, apply ``step`` and write them back, in one transaction;
+        the future gives the names changed when ``claims`` (else None). Queued by the call,
+        like every write here; a claim stops waiting through an outage when the run stops."""
+        names = _starts.start_names(items)
+
+        def work(conn: sqlite3.Connection) -> set[str] | None:
+            rows: dict[str, StartRecord | None] = {}
+            for part, marks in _chunked(names):
+                sql = _START_READ_SQL.format(marks=marks)
+                for row in conn.execute(sql, (project_id, *part)):
+                    rows[row[0]] = _starts.from_row(row[0], row[1:])
+            changed: dict[str, StartRecord] = _starts.apply_steps(rows, items, step)
+            conn.executemany(
+                _START_WRITE_SQL,
+                [(*_starts.to_values(new), project_id, name) for name, new in changed.items()],
+            )
+            return set(changed) if claims else None
+
+        self._require_open()
+        if self.read_only:
+            raise LedgerError(f"ledger {self.path} is open read-only")
+        return self._committer.submit_work(work, new_work=claims)
 
     # --- internals -------------------------------------------------------------------------
 

@@ -81,10 +81,13 @@ _UNAVAILABLE_CODES = frozenset(
 class _Write:
     """One queued write and the future its caller awaits."""
 
-    kind: Literal["begin", "record"]
+    kind: Literal["begin", "record", "apply"]
     key: tuple[str, str]
     params: tuple[Any, ...]
     future: asyncio.Future[Any]  # the Claim for "begin", the job_id kept or None for "record"
+    # "apply": ``work(connection)`` runs inside the batch's transaction; its result is given.
+    work: Callable[[sqlite3.Connection], Any] | None = None
+    new_work: bool = False  # a claim: stops waiting through an outage when the run stops
 
 
 def ledger_error(path: Path, what: str, exc: BaseException) -> LedgerError:
@@ -156,7 +159,19 @@ class GroupCommitter:
         cancelled while waiting cannot take it back, and callers need no task to shield it.
         """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Write(kind, key, params, future))
+        self._queue.put_nowait(_Write(kind, key, params, future, new_work=kind == "begin"))
+        return future
+
+    def submit_work(
+        self, work: Callable[[sqlite3.Connection], Any], *, new_work: bool
+    ) -> asyncio.Future[Any]:
+        """Queue ``work(connection)`` to run inside a group commit's transaction, as a write.
+
+        For writes that must read their rows first (the starts' compare-and-set): the writer
+        thread's ``BEGIN IMMEDIATE`` makes the read and the write one atomic step.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Write("apply", ("", ""), (), future, work, new_work))
         return future
 
     async def run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -239,22 +254,25 @@ class GroupCommitter:
         again: list[_Write] = []
         for write in batch:
             # A claim stops waiting when the run stops; an outcome waits until the ledger closes.
-            refusal = self._outage.refusal(new_work=write.kind == "begin") if retry else error
+            refusal = self._outage.refusal(new_work=write.new_work) if retry else error
             if refusal is None:
                 again.append(write)
             elif not write.future.done():
                 write.future.set_exception(refusal)
         return again
 
-    def _transaction(self, batch: list[_Write]) -> list[Claim | int | None]:
+    def _transaction(self, batch: list[_Write]) -> list[Any]:
         """Run ``batch`` in one transaction, on the writer thread; each write's result back."""
         conn = self._conn
         if conn is None:
             raise LedgerError(f"ledger {self.path} is not open")
-        results: list[Claim | int | None] = []
+        results: list[Any] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             for segment in _segments(batch):
+                if segment[0].work is not None:  # an "apply" write is a segment of its own
+                    results.append(segment[0].work(conn))
+                    continue
                 begins = [w for w in segment if w.kind == "begin"]
                 records = [w for w in segment if w.kind == "record"]
                 if begins:
@@ -320,10 +338,19 @@ def _attempts(conn: sqlite3.Connection, keys: list[tuple[str, str]]) -> dict[tup
 
 
 def _segments(batch: Iterable[_Write]) -> Iterable[list[_Write]]:
-    """Split a batch so no job appears twice in a segment; writes to distinct jobs commute."""
+    """Split a batch so no job appears twice in a segment; writes to distinct jobs commute.
+
+    An "apply" write is a segment of its own, in its place in the batch.
+    """
     segment: list[_Write] = []
     seen: set[tuple[str, str]] = set()
     for write in batch:
+        if write.work is not None:  # alone, in its place: it may touch any job
+            if segment:
+                yield segment
+            yield [write]
+            segment, seen = [], set()
+            continue
         if write.key in seen:
             yield segment
             segment, seen = [], set()
