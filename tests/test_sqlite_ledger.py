@@ -517,10 +517,10 @@ async def test_a_version_2_ledger_is_migrated_with_its_records(tmp_path: Path) -
         indexes = {r[1] for r in conn.execute("PRAGMA index_list(jobs)").fetchall()}
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     conn.close()
-    assert version == 4 and SCHEMA_VERSION == 4
+    assert version == 5 and SCHEMA_VERSION == 5
     assert "WITHOUT ROWID" not in new_sql[0]
     assert {"jobs_by_state", "jobs_by_source"} <= indexes
-    assert tables == {"jobs", "files"}
+    assert tables == {"jobs", "files", "updates"}
 
 
 async def test_remembered_jobs_are_looked_up_by_name_not_by_state(tmp_path: Path) -> None:

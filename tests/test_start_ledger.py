@@ -330,7 +330,7 @@ async def test_a_version_3_sqlite_ledger_gains_the_start_columns(tmp_path: Path)
         with pytest.raises(sqlite3.IntegrityError):  # the CHECK holds
             conn.execute("UPDATE jobs SET start_state = 'bogus'")
     conn.close()
-    assert version == sqlite.SCHEMA_VERSION == 4
+    assert version == sqlite.SCHEMA_VERSION == 5
 
 
 @pytest.mark.skipif(not postgres_listening(), reason="no PostgreSQL server listens")
@@ -358,4 +358,4 @@ async def test_a_version_1_postgres_ledger_gains_the_start_columns() -> None:
                 await conn.execute("UPDATE batchsub_jobs SET start_state = 'bogus'")
         finally:
             await conn.close()
-    assert version == postgres.SCHEMA_VERSION == 2
+    assert version == postgres.SCHEMA_VERSION == 3

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 from batchsub.jobs import UNFINISHED_UPDATES, UpdateRecord, UpdateState, UpdateStep
+from batchsub.ledgers import _updates
 
 
 class MemoryUpdateLedger:
@@ -70,13 +70,10 @@ class MemoryUpdateLedger:
         now = self._clock()
         claimed: set[str] = set()
         for intent in intents:
-            row = self._rows.get((project_id, intent.name))
-            if row is not None and row.state in UNFINISHED_UPDATES:
-                continue
-            self._rows[(project_id, intent.name)] = replace(
-                intent, state=UpdateState.PLANNED, attempts=0, error=None, updated_at=now
-            )
-            claimed.add(intent.name)
+            row = _updates.begun(self._rows.get((project_id, intent.name)), intent, now)
+            if row is not None:
+                self._rows[(project_id, intent.name)] = row
+                claimed.add(intent.name)
         steps = [UpdateStep(i.name, i.job_id, UpdateState.PLANNED) for i in intents]
         self._committed("begin_update", steps)
         return claimed
@@ -86,14 +83,10 @@ class MemoryUpdateLedger:
         now = self._clock()
         for step in steps:
             key = (project_id, step.name)
-            row = self._rows.get(key)
-            if row is None or row.job_id != step.job_id:
+            row = _updates.stepped(self._rows.get(key), step, now)
+            if row is None:
                 continue
-            moved = step.state is not row.state
-            attempts = (0 if moved else row.attempts) + (1 if step.sent else 0)
-            self._rows[key] = replace(
-                row, state=step.state, attempts=attempts, error=step.error, updated_at=now
-            )
+            self._rows[key] = row
             if step.state is UpdateState.DONE:
                 self.applied[key] = (row.job_id, row.body, row.body_hash)
         self._committed("record_update", steps)

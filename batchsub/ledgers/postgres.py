@@ -67,6 +67,7 @@ from batchsub.ledgers._rows import (
 from batchsub.ledgers._starts import STATES_CHECK
 from batchsub.ledgers.outage import Outage
 from batchsub.ledgers.postgres_starts import PostgresStarts
+from batchsub.ledgers.postgres_updates import UPDATES_MIGRATION, PostgresUpdates
 from batchsub.masking import mask_url, scrub, url_passwords
 from batchsub.text import printable
 
@@ -75,7 +76,7 @@ log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 _Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"  # generic in stubs
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Held while the schema is created or migrated, so workers starting together take turns.
 _SCHEMA_LOCK = int.from_bytes(b"batchsub", "big")
@@ -125,6 +126,7 @@ _MIGRATIONS: dict[int, str] = {
         ADD COLUMN start_updated_at double precision,
         ADD COLUMN start_claim_until double precision;
     """,
+    2: UPDATES_MIGRATION,  # updating jobs (issue 16): a table of its own, postgres_updates
 }
 
 # $1 project, $2 name, $3 source, $4 hash, $5 body, $6 now, $7 owner, $8 lease end.
@@ -240,7 +242,7 @@ WHERE project_id = $1 AND name = $2 AND owner = $3 AND state <> 'created'
 """
 
 
-class PostgresLedger(PostgresStarts, OpenedInBlock):
+class PostgresLedger(PostgresStarts, PostgresUpdates, OpenedInBlock):
     """A ``Ledger`` in a PostgreSQL database, shared by workers that claim jobs with leases.
 
     ``owner`` names this worker in the rows it holds; a claim lasts ``lease_seconds`` after

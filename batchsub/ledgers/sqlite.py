@@ -53,11 +53,12 @@ from batchsub.ledgers._starts import START_COLUMNS, STATES_CHECK
 from batchsub.ledgers.lock import LedgerLock
 from batchsub.ledgers.outage import Outage
 from batchsub.ledgers.sqlite_commit import CHUNK, READ_ERRORS, GroupCommitter, ledger_error
+from batchsub.ledgers.sqlite_updates import UPDATES_MIGRATION, SqliteUpdates
 from batchsub.text import printable
 
 log = structlog.get_logger("batchsub.ledger")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # The jobs table's columns and key: created WITHOUT ROWID at version 0, rebuilt as rowid at 2.
 _JOBS_TABLE = """(
@@ -120,6 +121,8 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE jobs ADD COLUMN running_at REAL;
     ALTER TABLE jobs ADD COLUMN start_updated_at REAL;
     """,
+    # Updating jobs (issue 16, ``batchsub apply``): a table of its own (``sqlite_updates``).
+    4: UPDATES_MIGRATION,
 }
 
 _START_READ_SQL = (
@@ -145,7 +148,7 @@ _REMEMBERED_SQL = (
 )
 
 
-class SqliteLedger(OpenedInBlock):
+class SqliteLedger(SqliteUpdates, OpenedInBlock):
     """A ``Ledger`` in one SQLite file (WAL), locked to one process, with group commit.
 
     ``commits`` counts committed write transactions, to show that concurrent writes share them.

@@ -1,0 +1,165 @@
+"""The PostgreSQL ledger's updates (``UpdateLedger``): a table of its own, ``batchsub_updates``.
+
+A write locks the rows of its jobs (``SELECT ... FOR UPDATE``, in name order, so two workers'
+calls cannot deadlock), applies the transitions of ``ledgers._updates`` (the ones the memory
+ledger applies) and writes them back, in one transaction. ``begin_update`` is one
+conditional upsert per name (``ON CONFLICT ... WHERE`` the row is finished): two workers
+inserting the same new name are serialised on its key, so a name is claimed once between
+them while an unfinished update holds it. ``done`` also makes the update's
+body the jobs row's body (same transaction), as the SQLite ledger does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeAlias, TypeVar
+
+import asyncpg
+
+from batchsub.jobs import UpdateRecord, UpdateState, UpdateStep
+from batchsub.ledgers import _updates
+from batchsub.ledgers._rows import chunks
+from batchsub.ledgers._updates import STATES_CHECK, UNFINISHED, UPDATE_COLUMNS
+
+_T = TypeVar("_T")
+_Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"  # generic in stubs
+_CHUNK = 1000  # names per ``= ANY($2)``
+
+# Schema v3 (after the start columns of v2): the update records.
+UPDATES_MIGRATION = f"""
+    CREATE TABLE IF NOT EXISTS batchsub_updates (
+        project_id  text COLLATE "C" NOT NULL,
+        name        text COLLATE "C" NOT NULL,
+        job_id      bigint  NOT NULL,
+        state       text    NOT NULL CHECK (state IN {STATES_CHECK}),
+        body_hash   text    NOT NULL,
+        body        bytea   NOT NULL,
+        put_body    bytea   NOT NULL,
+        restart     boolean NOT NULL,
+        savepoint   boolean NOT NULL,
+        attempts    integer NOT NULL DEFAULT 0,
+        error       text,
+        created_at  double precision NOT NULL,
+        updated_at  double precision NOT NULL,
+        PRIMARY KEY (project_id, name)
+    );
+    CREATE INDEX IF NOT EXISTS batchsub_updates_by_state ON batchsub_updates (project_id, state);
+"""
+
+_READ_SQL = f"""
+SELECT {UPDATE_COLUMNS} FROM batchsub_updates WHERE project_id = $1 AND name = ANY($2::text[])
+"""
+_UNFINISHED_SQL = f"""
+SELECT {UPDATE_COLUMNS} FROM batchsub_updates
+WHERE project_id = $1 AND state = ANY($2::text[]) ORDER BY name
+"""
+_LOCK_SQL = _READ_SQL + " ORDER BY name FOR UPDATE"
+_UPSERT_SQL = f"""
+INSERT INTO batchsub_updates (project_id, {UPDATE_COLUMNS}, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+ON CONFLICT (project_id, name) DO UPDATE SET
+    job_id = excluded.job_id, state = excluded.state, body_hash = excluded.body_hash,
+    body = excluded.body, put_body = excluded.put_body, restart = excluded.restart,
+    savepoint = excluded.savepoint, attempts = excluded.attempts, error = excluded.error,
+    created_at = excluded.created_at, updated_at = excluded.updated_at
+WHERE batchsub_updates.state <> ALL($14::text[])
+RETURNING name
+"""
+_STEP_SQL = """
+UPDATE batchsub_updates SET state = $3, attempts = $4, error = $5, updated_at = $6
+WHERE project_id = $1 AND name = $2
+"""
+_APPLIED_SQL = """
+UPDATE batchsub_jobs SET body = $3, body_hash = $4, updated_at = $5
+WHERE project_id = $1 AND name = $2 AND job_id = $6
+"""
+
+
+class PostgresUpdates:
+    """The ``UpdateLedger`` methods of ``PostgresLedger`` (which provides the attributes)."""
+
+    _clock: Callable[[], float]
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        raise NotImplementedError
+
+    async def _statement(
+        self,
+        what: str,
+        statement: Callable[[_Connection], Awaitable[_T]],
+        *,
+        new_work: bool = True,
+    ) -> _T:
+        raise NotImplementedError
+
+    def _detach(self, write: Awaitable[_T]) -> asyncio.Future[_T]:
+        raise NotImplementedError
+
+    async def update_records(
+        self, project_id: str, names: Sequence[str] | None = None
+    ) -> dict[str, UpdateRecord]:
+        """The records of those names (one query per 1000), or every unfinished one."""
+        if names is None:
+            rows = await self._fetch(_UNFINISHED_SQL, project_id, UNFINISHED)
+            return {row[0]: _updates.from_row(row) for row in rows}
+        found: dict[str, UpdateRecord] = {}
+        for chunk in chunks(list(dict.fromkeys(names)), _CHUNK):
+            for row in await self._fetch(_READ_SQL, project_id, list(chunk)):
+                found[row[0]] = _updates.from_row(row)
+        return found
+
+    def begin_update(
+        self, project_id: str, intents: Sequence[UpdateRecord]
+    ) -> asyncio.Future[set[str]]:
+        """Commit the intents of names without an unfinished update (one transaction)."""
+
+        async def work(conn: _Connection) -> set[str]:
+            claimed: set[str] = set()
+            async with conn.transaction():
+                now = float(self._clock())
+                for intent in sorted(intents, key=lambda i: i.name):
+                    row = _updates.begun(None, intent, now)
+                    if row is None or intent.name in claimed:
+                        continue
+                    values = _updates.to_values(row)
+                    name = await conn.fetchval(_UPSERT_SQL, project_id, *values, now, UNFINISHED)
+                    if name is not None:
+                        claimed.add(intent.name)
+            return claimed
+
+        return self._detach(self._statement("write failed", work, new_work=True))
+
+    def record_update(self, project_id: str, steps: Sequence[UpdateStep]) -> asyncio.Future[None]:
+        """Commit steps in order; ``done`` also writes the body onto the jobs row."""
+
+        async def work(conn: _Connection) -> None:
+            async with conn.transaction():
+                now = float(self._clock())
+                rows = await _locked(conn, project_id, [s.name for s in steps])
+                for step in steps:
+                    row = _updates.stepped(rows.get(step.name), step, now)
+                    if row is None:
+                        continue
+                    rows[step.name] = row
+                    error = _updates.to_values(row)[9]
+                    await conn.execute(
+                        _STEP_SQL, project_id, row.name, row.state.value, row.attempts, error, now
+                    )
+                    if row.state is UpdateState.DONE:
+                        await conn.execute(
+                            _APPLIED_SQL, project_id, row.name, row.body, row.body_hash, now,
+                            row.job_id,
+                        )  # fmt: skip
+
+        return self._detach(self._statement("write failed", work, new_work=False))
+
+
+async def _locked(
+    conn: _Connection, project_id: str, names: Sequence[str]
+) -> dict[str, UpdateRecord]:
+    rows: dict[str, UpdateRecord] = {}
+    for chunk in chunks(sorted(set(names)), _CHUNK):
+        for row in await conn.fetch(_LOCK_SQL, project_id, list(chunk)):
+            rows[row[0]] = _updates.from_row(row)
+    return rows
