@@ -56,6 +56,8 @@ MAX_ERROR_CHARS = 4000  # one job's error in the report and the summary, whateve
 
 EXIT_FATAL = 2  # a credential the API refused, or a setting, stopped the run
 SCHEMA_VERSION = 2
+# Jobs done as asked: they exist (and match their manifest), or were pruned on purpose.
+_AS_ASKED = EXISTING_OUTCOMES | {Outcome.PRUNED}
 SCHEMA_FILE = "schemas/report.schema.json"  # in the package
 
 
@@ -104,7 +106,7 @@ class RunAccount:
             listener(result)
         if result.adopted:
             self.adopted += 1
-        if result.outcome not in EXISTING_OUTCOMES and len(self.first_errors) < FIRST_ERRORS:
+        if result.outcome not in _AS_ASKED and len(self.first_errors) < FIRST_ERRORS:
             self.first_errors.append(
                 {
                     "source": result.source,
@@ -131,7 +133,7 @@ class RunAccount:
         """0 when every job exists; 2 when a credential or setting stopped the run; else 1."""
         if fatal:
             return EXIT_FATAL
-        return 0 if all(outcome in EXISTING_OUTCOMES for outcome in self.counts.elements()) else 1
+        return 0 if all(outcome in _AS_ASKED for outcome in self.counts.elements()) else 1
 
     def summary(self, **extra: Any) -> dict[str, Any]:
         """The summary object of the report (counts for every outcome, even zero)."""
@@ -196,6 +198,7 @@ def job_row(result: JobResult) -> dict[str, Any]:
         "error_code": result.error_code,
         "http_status": result.http_status,
         "field": result.error_field,
+        "changes": result.changes,
     }
 
 

@@ -174,7 +174,7 @@ async def test_plan_shows_each_action_and_sends_nothing(
     plan = json.loads(capsys.readouterr().out)
     actions = {row["name"]: row["action"] for row in plan["jobs"]}
     assert actions == {
-        "job-00000": "drifted",
+        "job-00000": "update",  # apply updates it (run reports it drifted)
         "job-00001": "already_created",
         "job-00002": "already_created",
         "bad-00000": "retry",
@@ -182,8 +182,11 @@ async def test_plan_shows_each_action_and_sends_nothing(
         "new-00000": "create",
         "typo": "invalid",
     }
-    drifted = next(row for row in plan["jobs"] if row["action"] == "drifted")
+    drifted = next(row for row in plan["jobs"] if row["action"] == "update")
     assert drifted["drift"] == ["cu_number"]
+    assert drifted["changes"] == [
+        {"field": "cu_number", "old": 2, "new": 4, "how": "restart_if_running"}
+    ]
     assert plan["counts"]["already_created"] == 2 and plan["remote_checked"] is False
     assert sim.store.create_requests == sent
 

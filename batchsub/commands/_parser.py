@@ -19,6 +19,7 @@ from batchsub import __version__
 # ``handler=...`` (a ``(Settings, Namespace) -> int`` callable).
 _COMMAND_MODULES: dict[str, str] = {
     "run": "batchsub.commands.run",
+    "apply": "batchsub.commands.apply",
     "validate": "batchsub.commands.validate",
     "plan": "batchsub.commands.plan",
     "status": "batchsub.commands.status",

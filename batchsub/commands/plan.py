@@ -12,7 +12,7 @@ import asyncio
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from batchsub.jobs import (
     InvalidManifest,
     JobSpec,
     LedgerRecord,
+    LedgerState,
     ManifestItem,
     RememberedJob,
 )
@@ -54,6 +55,11 @@ def add_parser(commands: Any) -> None:
         help="also list the project's jobs on the API (list calls only) to spot adoptions",
     )
     plan.add_argument("--all", action="store_true", help="list already created jobs too")
+    plan.add_argument(
+        "--savepoint",
+        action="store_true",
+        help="show the restarts of `apply --savepoint` (stop with a savepoint, resume from it)",
+    )
     plan.add_argument("--json", action="store_true", help="print every job's action as JSON")
     plan.set_defaults(handler=plan_command)
 
@@ -68,6 +74,8 @@ class Action(StrEnum):
     DRIFTED = "drifted"  # created, but the manifest changed since: not sent
     INVALID = "invalid"
     ALREADY_CREATED = "already_created"
+    UPDATE = "update"  # created, its manifest changed: ``apply`` updates it (``run``: drifted)
+    ORPHANED = "orphaned"  # created (in the ledger), in no manifest of DIR
 
 
 _ACTION_STYLES = {
@@ -78,6 +86,8 @@ _ACTION_STYLES = {
     Action.DRIFTED: "magenta",
     Action.INVALID: "red",
     Action.ALREADY_CREATED: "dim",
+    Action.UPDATE: "blue",
+    Action.ORPHANED: "magenta",
 }
 
 
@@ -91,6 +101,8 @@ class PlanRow:
     job_id: int | None = None
     detail: str = ""
     drift: tuple[str, ...] = ()
+    # UPDATE (and a change apply cannot make): {field, old, new, how} per changed field.
+    changes: tuple[dict[str, Any], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """The row as JSON output shows it."""
@@ -101,22 +113,27 @@ class PlanRow:
             "job_id": self.job_id,
             "detail": self.detail,
             "drift": list(self.drift),
+            "changes": list(self.changes),
         }
 
 
 def plan_job(
-    spec: JobSpec, record: LedgerRecord | None, remote: Mapping[str, int] | None
+    spec: JobSpec,
+    record: LedgerRecord | None,
+    remote: Mapping[str, int] | None,
+    *,
+    savepoint: bool = False,
 ) -> PlanRow:
     """The action a run would take for ``spec``, given its ledger row and the remote names.
 
     The submitter's own decision (``decide_create``): a created row ends the job (drifted if
     the body changed); any other job found on the server by name is adopted; the rest are sent.
+    A changed job is shown as ``apply`` updates it (``apply_plan.decide_apply``), field by field.
     """
     decision = decide_create(spec, record)
     action = decision.action
     if record is not None and action is CreateAction.DRIFTED:
-        detail, drift = decision.reason or "", decision.drift
-        return PlanRow(spec.source, spec.name, Action.DRIFTED, record.job_id, detail, drift)
+        return _update_row(spec, record, decision.reason or "", decision.drift, savepoint)
     if record is not None and action is CreateAction.EXISTS:
         detail = ""
         if remote is not None and spec.name not in remote:
@@ -139,22 +156,63 @@ def plan_job(
     return PlanRow(spec.source, spec.name, Action.RETRY, detail=detail)
 
 
+def _update_row(
+    spec: JobSpec, record: LedgerRecord, reason: str, drift: tuple[str, ...], savepoint: bool
+) -> PlanRow:
+    """``update  name  cu_number: 2 -> 4 (restart if running)``, or drifted when apply cannot."""
+    from batchsub.lifecycle.apply_plan import UPDATES, ApplyAction, change_rows, decide_apply
+
+    applied = decide_apply(spec, record, None, None)
+    changes = tuple(change_rows(applied))
+    if applied.action not in (*UPDATES, ApplyAction.UPDATE_UNKNOWN):
+        detail = f"{reason}; {applied.reason}" if applied.reason else reason
+        row = PlanRow(spec.source, spec.name, Action.DRIFTED, record.job_id, detail, drift)
+        return replace(row, changes=changes)
+    how = applied.how(savepoint)
+    detail = "; ".join(f"{change.text()} ({how})" for change in applied.changes)
+    return PlanRow(spec.source, spec.name, Action.UPDATE, record.job_id, detail, drift, changes)
+
+
+async def orphan_rows(
+    ledger: Ledger, project_id: str, names: set[str]
+) -> AsyncIterator[PlanRow]:
+    """Jobs the ledger records as created in this project that no manifest of DIR names."""
+    async for record in ledger.records(project_id):
+        if record.state is LedgerState.CREATED and record.name not in names:
+            detail = "created by batchsub, in no manifest of DIR (apply --prune deletes it)"
+            if record.adopted:
+                detail = "adopted by batchsub, in no manifest of DIR (apply --prune deletes it)"
+            yield PlanRow(record.source, record.name, Action.ORPHANED, record.job_id, detail)
+
+
 async def plan_rows(
     items: AsyncIterator[ManifestItem],
     ledger: Ledger | None,
     project_id: str,
     remote: Mapping[str, int] | None,
+    *,
+    savepoint: bool = False,
+    orphans: bool = False,
 ) -> AsyncIterator[PlanRow]:
-    """The plan of every item, streamed; ``ledger`` is open, or None when none exists yet."""
+    """The plan of every item, streamed; ``ledger`` is open, or None when none exists yet.
+
+    ``orphans``: then the created jobs of the ledger no item names (``orphaned``).
+    """
     batch: list[ManifestItem] = []
+    names: set[str] = set()
     async for item in items:
         batch.append(item)
+        if orphans and item.name is not None:
+            names.add(item.name)
         if len(batch) >= PLAN_BATCH:
-            for row in await _plan_batch(batch, ledger, project_id, remote):
+            for row in await _plan_batch(batch, ledger, project_id, remote, savepoint):
                 yield row
             batch = []
-    for row in await _plan_batch(batch, ledger, project_id, remote):
+    for row in await _plan_batch(batch, ledger, project_id, remote, savepoint):
         yield row
+    if orphans and ledger is not None:
+        async for row in orphan_rows(ledger, project_id, names):
+            yield row
 
 
 async def _plan_batch(
@@ -162,6 +220,7 @@ async def _plan_batch(
     ledger: Ledger | None,
     project_id: str,
     remote: Mapping[str, int] | None,
+    savepoint: bool = False,
 ) -> list[PlanRow]:
     names = [item.name for item in batch if isinstance(item, JobSpec)]
     records = await ledger.get_many(project_id, names) if ledger is not None and names else {}
@@ -173,7 +232,7 @@ async def _plan_batch(
         elif isinstance(item, RememberedJob):
             rows.append(PlanRow(item.source, item.name, Action.ALREADY_CREATED, item.job_id))
         else:
-            rows.append(plan_job(item, records.get(item.name), remote))
+            rows.append(plan_job(item, records.get(item.name), remote, savepoint=savepoint))
     return rows
 
 
@@ -212,7 +271,15 @@ async def _plan(
     )
     try:
         with output:
-            async for row in plan_rows(source.items(), ledger, project_id, remote):
+            rows = plan_rows(
+                source.items(),
+                ledger,
+                project_id,
+                remote,
+                savepoint=getattr(args, "savepoint", False),
+                orphans=True,
+            )
+            async for row in rows:
                 output.add(row)
     finally:
         if ledger is not None:
@@ -315,6 +382,7 @@ def _print_plan_footer(
         f"Plan: {counts[Action.CREATE]} to create, {counts[Action.ADOPT]} to adopt, "
         f"{counts[Action.RETRY]} to retry, {counts[Action.RECONCILE]} to reconcile, "
         f"{counts[Action.ALREADY_CREATED]} already created, {counts[Action.DRIFTED]} drifted, "
-        f"{counts[Action.INVALID]} invalid.",
+        f"{counts[Action.INVALID]} invalid; apply: {counts[Action.UPDATE]} to update, "
+        f"{counts[Action.ORPHANED]} orphaned.",
         markup=False,
     )

@@ -103,6 +103,19 @@ _HOW = {
 }
 
 
+_HOW_SHOWN = {
+    ApplyAction.IN_PLACE: "in_place",
+    ApplyAction.RESTART: "restart",
+    ApplyAction.UPDATE_UNKNOWN: "restart_if_running",
+}
+
+
+def change_rows(decision: ApplyDecision) -> list[dict[str, Any]]:
+    """The changes of a decision as the report and ``plan --json`` show them."""
+    how = _HOW_SHOWN.get(decision.action, "update")
+    return [{"field": c.field, "old": c.old, "new": c.new, "how": how} for c in decision.changes]
+
+
 def applied_body(record: LedgerRecord, update: UpdateRecord | None) -> bytes:
     """The body batchsub last created or updated this job with."""
     done = update is not None and update.job_id == record.job_id and update.state == "done"

@@ -1,0 +1,354 @@
+"""``batchsub apply DIR``: make a directory of manifests the source of truth, safely.
+
+Two passes over DIR, one ledger:
+
+1. updates: every job the ledger records as created whose manifest changed since batchsub
+   last created or updated it is updated (``lifecycle.apply_plan`` decides, the ``Updater``
+   carries it out: in place, or stop with ``--savepoint``, PUT, start again); an update a
+   crash left unfinished is finished first; a job deleted on the server since is ``missing``.
+2. creates: the rest goes through ``run``'s own path (``runner.run_source``): jobs missing
+   from the ledger are created or adopted exactly as ``run`` does. Since a finished update
+   made the new body the job's body in the ledger, ``run`` now sees those jobs as they are.
+
+The report is ``run``'s, with ``updated`` (and its ``changes``), ``missing`` and update
+failures in place of ``already_created``/``drifted`` for the jobs of pass 1.
+
+Exit codes: 0 every job matches its manifest; 1 some job invalid, failed, missing, drifted
+(a change no update can make), duplicated or unresolved; 2 a usage or configuration error, a
+credential the API refused, or a report that could not be written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, cast
+
+import structlog
+
+from batchsub.client import make_session
+from batchsub.commands._flags import add_run_flags, add_send_flags
+from batchsub.errors import ApiError
+from batchsub.jobs import (
+    JobResult,
+    JobSpec,
+    LedgerRecord,
+    LedgerState,
+    Outcome,
+    RememberedJob,
+)
+from batchsub.ledgers.outage import Outage
+from batchsub.lifecycle.apply_plan import (
+    UPDATES,
+    ApplyAction,
+    ApplyDecision,
+    change_rows,
+    decide_apply,
+)
+from batchsub.lifecycle.status_reader import StatusReader
+from batchsub.lifecycle.updater import UpdateJob, UpdateKind, Updater, UpdateResult
+from batchsub.limiter import RateLimiter
+from batchsub.protocols import Ledger, UpdateLedger
+from batchsub.report import RunAccount
+from batchsub.retry import GIVE_UP_AFTER, RetryingCaller
+from batchsub.settings import Settings
+from batchsub.sources.directory import DirectorySource
+from batchsub.wiring import dli_client, open_ledger, resolve_target, retry_policy
+
+log = structlog.get_logger("batchsub.apply")
+_BATCH = 256  # jobs looked up in the ledger per query
+
+
+def add_parser(commands: Any) -> None:
+    """Register ``apply`` with the CLI."""
+    apply: argparse.ArgumentParser = commands.add_parser(
+        "apply", help="create what is missing and update what changed, keeping job state"
+    )
+    apply.add_argument("directory", type=Path, help="directory of .json/.yaml/.yml manifests")
+    add_send_flags(apply)
+    add_run_flags(apply)
+    apply.add_argument(
+        "--savepoint",
+        action="store_true",
+        help="a running job that must restart is stopped with a savepoint and resumes from it",
+    )
+    apply.add_argument(
+        "--dry-run", action="store_true", help="show what apply would do (as `plan`); send nothing"
+    )
+    apply.add_argument(
+        "--parse-workers",
+        type=int,
+        help="processes that read and parse manifests beside the sender; 0: none (default: 1)",
+    )
+    apply.set_defaults(handler=apply_command)
+
+
+def apply_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``batchsub apply DIR`` (or, with ``--dry-run``, ``batchsub plan DIR``)."""
+    if args.dry_run:
+        from batchsub.commands.plan import plan_command
+
+        plan_args = argparse.Namespace(
+            directory=args.directory,
+            check_remote=False,
+            json=False,
+            all=False,
+            savepoint=args.savepoint,
+        )
+        return plan_command(settings, plan_args)
+    from batchsub import eventloop
+
+    return eventloop.run(
+        apply_directory(
+            settings,
+            args.directory,
+            args.report,
+            simulator=args.simulator,
+            savepoint=args.savepoint,
+        ),
+        settings.event_loop,
+    )
+
+
+async def apply_directory(
+    settings: Settings,
+    directory: Path,
+    report: Path | None,
+    *,
+    simulator: bool,
+    savepoint: bool,
+) -> int:
+    """Update what changed, then create what is missing; returns the exit code."""
+    from batchsub.logs import configure_command_logging
+    from batchsub.parse_pool import ParserPool
+    from batchsub.runner import run_source
+
+    interactive = configure_command_logging(settings)
+    started = time.monotonic()
+    notes = ApplyNotes()
+    if not simulator:  # the built-in simulator starts empty: there is nothing to update
+        notes = await update_pass(settings, directory, savepoint=savepoint)
+    parser = ParserPool(settings.parse_workers)
+    parser.start()
+    try:
+        account = ApplyAccount(report, notes)
+        code = await run_source(
+            settings,
+            DirectorySource(directory, parser=parser),
+            account,
+            simulator=simulator,
+            progress=settings.progress_shown(interactive),
+        )
+    finally:
+        parser.close()
+    log.info(
+        "apply.finished",
+        updated=account.counts[Outcome.UPDATED],
+        missing=account.counts[Outcome.MISSING],
+        duration_s=round(time.monotonic() - started, 3),
+    )
+    return code
+
+
+# --- pass 1: updates ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Note:
+    """What pass 1 did to one job, for its report row."""
+
+    outcome: Outcome
+    changes: list[dict[str, object]] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class ApplyNotes:
+    """Pass 1's word on each job it touched, and its calls."""
+
+    jobs: dict[str, Note] = field(default_factory=dict)
+    puts: int = 0
+    calls: int = 0
+    fatal: str | None = None
+
+
+_KIND_OUTCOMES = {
+    UpdateKind.UPDATED: Outcome.UPDATED,
+    UpdateKind.FAILED: Outcome.FAILED,
+    UpdateKind.MISSING: Outcome.MISSING,
+    UpdateKind.UNRESOLVED: Outcome.UNRESOLVED,
+}
+async def update_pass(settings: Settings, directory: Path, *, savepoint: bool) -> ApplyNotes:
+    """Pass 1: finish unfinished updates, then update every created job whose manifest changed."""
+    notes = ApplyNotes()
+    async with AsyncExitStack() as stack:
+        target = await stack.enter_async_context(resolve_target(settings, simulator=False))
+        ledger = open_ledger(
+            settings.ledger,
+            request_timeout=settings.timeout,
+            timeout=settings.ledger_timeout,
+            outage=Outage(limit=settings.ledger_outage_limit, startup_limit=0.0),
+            lease=settings.lease_seconds,
+        )
+        await ledger.open()
+        stack.push_async_callback(ledger.close)
+        updates = _update_ledger(ledger)
+        if updates is None:
+            return notes
+        session = make_session(
+            settings.concurrency, str(settings.ca_file) if settings.ca_file else None
+        )
+        stack.push_async_callback(session.close)
+        limiter = RateLimiter(settings.rate)
+        policy = retry_policy(settings)
+        client = dli_client(
+            session, target, timeout=settings.timeout, connect_timeout=settings.connect_timeout
+        )
+        caller = RetryingCaller(limiter, policy, give_up_after=GIVE_UP_AFTER)
+        reader = StatusReader(client, caller)
+        project = target.project_id
+        work = await _decide(directory, ledger, updates, reader, project, notes)
+        if not work:
+            return notes
+        updater = Updater(
+            client=client,
+            reader=reader,
+            caller=caller,
+            ledger=updates,
+            limiter=limiter,
+            policy=policy,
+            savepoint=savepoint,
+            concurrency=settings.concurrency,
+            in_doubt_grace=settings.in_doubt_grace,
+        )
+        results = await updater.update([job for job, _ in work])
+        decisions = {job.name: decision for job, decision in work}
+        for result in results:
+            _note(notes, result, decisions.get(result.name))
+        notes.puts, notes.calls = updater.puts_sent, updater.calls
+        notes.fatal = str(updater.fatal) if updater.fatal is not None else None
+    return notes
+
+
+def _update_ledger(ledger: Ledger) -> UpdateLedger | None:
+    """The ledger's update records (both SQL ledgers keep them)."""
+    return cast(UpdateLedger, ledger) if hasattr(ledger, "begin_update") else None
+
+
+async def _decide(
+    directory: Path,
+    ledger: Any,
+    updates: UpdateLedger,
+    reader: StatusReader,
+    project: str,
+    notes: ApplyNotes,
+) -> list[tuple[UpdateJob, ApplyDecision | None]]:
+    """The updates to carry out: unfinished ones first, then the changed created jobs."""
+    unfinished = await updates.update_records(project)
+    work: list[tuple[UpdateJob, ApplyDecision | None]] = [
+        (UpdateJob(row.name, row.job_id, record=row), None) for row in unfinished.values()
+    ]
+    changed: list[tuple[JobSpec, LedgerRecord]] = []
+    created: dict[str, int] = {}  # every created job of DIR: its id, to see it still exists
+    source = DirectorySource(directory)
+    batch: list[JobSpec] = []
+    async for item in source.items():
+        if isinstance(item, RememberedJob) and item.job_id is not None:
+            created[item.name] = item.job_id
+        elif isinstance(item, JobSpec):
+            batch.append(item)
+            if len(batch) >= _BATCH:
+                await _sort(ledger, project, batch, changed, created)
+                batch = []
+    await _sort(ledger, project, batch, changed, created)
+    try:
+        seen = await reader.read({job_id: None for job_id in created.values()})
+    except ApiError as exc:
+        notes.fatal = f"statuses unreadable: {exc}"
+        log.error("apply.statuses_unreadable", error=str(exc))
+        return work
+    rows = await updates.update_records(project, [spec.name for spec, _ in changed])
+    for name, job_id in created.items():
+        if name not in unfinished and job_id in seen and seen[job_id] is None:
+            notes.jobs[name] = Note(Outcome.MISSING, error=f"job {job_id} was deleted")
+    for spec, record in changed:
+        if spec.name in unfinished or spec.name in notes.jobs:
+            continue
+        assert record.job_id is not None
+        sighting = seen.get(record.job_id)
+        status = sighting.status.status if sighting is not None else None
+        decision = decide_apply(spec, record, rows.get(spec.name), status)
+        if decision.action in UPDATES:
+            work.append((UpdateJob(spec.name, record.job_id, spec, decision), decision))
+        elif decision.action is not ApplyAction.UNCHANGED:
+            outcome = Outcome.DRIFTED if decision.changes else Outcome.UNRESOLVED
+            notes.jobs[spec.name] = Note(outcome, change_rows(decision), decision.reason)
+    return work
+
+
+async def _sort(
+    ledger: Any,
+    project: str,
+    batch: Sequence[JobSpec],
+    changed: list[tuple[JobSpec, LedgerRecord]],
+    created: dict[str, int],
+) -> None:
+    """Of ``batch``, the created jobs (by id) and, of those, the ones whose body changed."""
+    if not batch:
+        return
+    records: dict[str, LedgerRecord] = await ledger.get_many(project, [s.name for s in batch])
+    for spec in batch:
+        record = records.get(spec.name)
+        if record is None or record.state is not LedgerState.CREATED or record.job_id is None:
+            continue
+        created[spec.name] = record.job_id
+        if record.body != spec.body:
+            changed.append((spec, record))
+
+
+def _note(notes: ApplyNotes, result: UpdateResult, decision: ApplyDecision | None) -> None:
+    changes = change_rows(decision) if decision is not None else _resumed_changes(result)
+    notes.jobs[result.name] = Note(_KIND_OUTCOMES[result.kind], changes, result.error)
+
+
+def _resumed_changes(result: UpdateResult) -> list[dict[str, object]]:
+    """An update finished from the ledger: its fields (old values are not recorded)."""
+    how = "restart" if result.restarted else "update"
+    return [{"field": name, "old": None, "new": None, "how": how} for name in result.fields]
+
+
+# --- the report ------------------------------------------------------------------------
+
+
+class ApplyAccount(RunAccount):
+    """``run``'s account, with pass 1's outcome in place of ``already_created``/``drifted``."""
+
+    def __init__(self, report_path: Path | None, notes: ApplyNotes) -> None:
+        super().__init__(report_path)
+        self.notes = notes
+
+    def add(self, result: JobResult, *args: Any, **kwargs: Any) -> None:
+        """Count one result (rewritten by pass 1's note) and append its report row."""
+        super().add(self._rewritten(result), *args, **kwargs)
+
+    def _rewritten(self, result: JobResult) -> JobResult:
+        note = self.notes.jobs.get(result.name or "")
+        if note is None or result.outcome not in (Outcome.ALREADY_CREATED, Outcome.DRIFTED):
+            return result
+        return replace(
+            result, outcome=note.outcome, error=note.error, changes=note.changes, drift=[]
+        )
+
+    def summary(self, **extra: Any) -> dict[str, Any]:
+        """``run``'s summary, with the update calls of pass 1."""
+        summary = super().summary(**extra)
+        summary["update_calls"] = self.notes.puts
+        summary["stop_run_calls"] = self.notes.calls
+        if self.notes.fatal and not summary.get("fatal"):
+            summary["fatal"] = self.notes.fatal
+            summary["exit_code"] = max(int(summary.get("exit_code", 0)), 1)
+        return summary

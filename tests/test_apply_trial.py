@@ -1,0 +1,112 @@
+"""The issue's Done-when trial, as a new user would try it: real ``batchsub`` processes
+against a simulator process that refuses non-in-place changes to running jobs."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tests.process_support import get_json, remote_jobs, run_batchsub, simulator_process
+from tests.support import PROJECT, TOKEN
+
+QUICK = ("--start-seconds", "0.3", "--savepoint-seconds", "0.2", "--stop-seconds", "0.2")
+
+
+def post(endpoint: str, path: str, body: Any) -> Any:
+    request = urllib.request.Request(
+        f"{endpoint}/v1.0/{PROJECT}/streaming{path}",
+        data=orjson.dumps(body),
+        headers={"X-Auth-Token": TOKEN, "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        return orjson.loads(answer.read())
+
+
+def stats(endpoint: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{endpoint}/_simulator/stats", timeout=5) as answer:
+        found: dict[str, Any] = orjson.loads(answer.read())
+        return found
+
+
+def statuses(endpoint: str) -> dict[str, str]:
+    url = f"{endpoint}/v1.0/{PROJECT}/streaming/jobs?limit=100&order=asc"
+    return {job["name"]: job["status"] for job in get_json(url)["job_list"]["jobs"]}
+
+
+def write(folder: Path, index: int, **fields: Any) -> None:
+    name = f"job-{index:03d}"
+    body = {"name": name, "queue_name": "q1", "cu_number": 2, "smn_topic": "a", **fields}
+    (folder / f"{name}.json").write_bytes(orjson.dumps(body))
+
+
+def test_forty_running_jobs_ten_new_cu_five_new_topics(tmp_path: Path) -> None:
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    for index in range(40):
+        write(folder, index)
+    env = {"BATCHSUB_AUTH_TOKEN": TOKEN}
+    with simulator_process(tmp_path / "sim.log", "--update-running", "reject", *QUICK) as url:
+        common = ("--endpoint", url, "--project-id", PROJECT, "--ledger", tmp_path / "l.db")
+        done = run_batchsub("run", folder, *common, "--rate", "0", env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        ids = [job_id for _, job_id in remote_jobs(url)]
+        assert len(ids) == 40
+        post(url, "/jobs/run", {"job_ids": ids, "resume_savepoint": False})
+        time.sleep(1.0)
+        assert set(statuses(url).values()) == {"job_running"}
+        for index in range(10):
+            write(folder, index, cu_number=4)
+        for index in range(10, 15):
+            write(folder, index, smn_topic="b")
+
+        plan = run_batchsub("plan", folder, *common, "--savepoint", env=env, cwd=tmp_path)
+        assert plan.returncode == 0, plan.stderr
+        lines = [line for line in plan.stdout.splitlines() if "cu_number: 2 -> 4" in line]
+        assert len(lines) == 10, plan.stdout
+        assert all("update" in line for line in lines)
+        plan_json = run_batchsub("plan", folder, *common, "--json", env=env, cwd=tmp_path)
+        rows = {row["name"]: row for row in json.loads(plan_json.stdout)["jobs"]}
+        assert rows["job-000"]["changes"] == [
+            {"field": "cu_number", "old": 2, "new": 4, "how": "restart_if_running"}
+        ]
+        assert rows["job-010"]["changes"] == [
+            {"field": "smn_topic", "old": "a", "new": "b", "how": "in_place"}
+        ]
+        assert json.loads(plan_json.stdout)["counts"]["update"] == 15
+
+        report = tmp_path / "apply.json"
+        applied = run_batchsub(
+            "apply", folder, *common, "--savepoint", "--report", report, "--rate", "0",
+            env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert applied.returncode == 0, applied.stderr
+        written = json.loads(report.read_text())
+        summary = written["summary"]
+        assert (summary["updated"], summary["created"], summary["already_created"]) == (15, 0, 25)
+        assert summary["update_calls"] == 15
+        by_name = {row["name"]: row for row in written["jobs"]}
+        assert by_name["job-000"]["changes"] == [
+            {"field": "cu_number", "old": 2, "new": 4, "how": "restart"}
+        ]
+        assert by_name["job-010"]["changes"][0]["how"] == "in_place"
+        totals = stats(url)["totals"]
+        assert totals["stops"] == totals["savepoints"] == totals["resumes"] == 10
+        assert (totals["updates"], totals["updates_refused"], totals["runs_while_running"]) == (
+            15, 0, 0,
+        )  # fmt: skip
+        assert stats(url)["create_requests"] == 40
+        time.sleep(1.0)
+        assert set(statuses(url).values()) == {"job_running"}
+        jobs = {row["name"]: row for row in stats(url)["jobs"]}
+        assert all(jobs[f"job-{i:03d}"]["savepoint_path"] for i in range(10))
+
+        again = run_batchsub("apply", folder, *common, "--savepoint", env=env, cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        after = stats(url)
+        assert after["totals"] == totals and after["create_requests"] == 40  # nothing sent
