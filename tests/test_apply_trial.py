@@ -4,14 +4,24 @@ against a simulator process that refuses non-in-place changes to running jobs.""
 from __future__ import annotations
 
 import json
+import signal
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
-from tests.process_support import get_json, remote_jobs, run_batchsub, simulator_process
+from tests.process_support import (
+    get_json,
+    remote_jobs,
+    run_batchsub,
+    simulator_process,
+    start_batchsub,
+    stop,
+    wait_for,
+)
 from tests.support import PROJECT, TOKEN
 
 QUICK = ("--start-seconds", "0.3", "--savepoint-seconds", "0.2", "--stop-seconds", "0.2")
@@ -110,3 +120,70 @@ def test_forty_running_jobs_ten_new_cu_five_new_topics(tmp_path: Path) -> None:
         assert again.returncode == 0, again.stderr
         after = stats(url)
         assert after["totals"] == totals and after["create_requests"] == 40  # nothing sent
+
+
+@pytest.mark.parametrize(
+    ("counter", "at"),
+    [("stops", 1), ("updates", 30), ("resumes", 1)],  # killed while stopping, updating, starting
+)
+def test_apply_killed_mid_way_and_run_again_updates_each_job_once(
+    tmp_path: Path, counter: str, at: int
+) -> None:
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    count = 150
+    for index in range(count):
+        write(folder, index)
+    env = {"BATCHSUB_AUTH_TOKEN": TOKEN}
+    with simulator_process(tmp_path / "sim.log", "--update-running", "reject", *QUICK) as url:
+        common = (
+            "--endpoint", url, "--project-id", PROJECT, "--ledger", tmp_path / "l.db",
+            "--in-doubt-grace", "0.5",
+        )  # fmt: skip
+        done = run_batchsub("run", folder, *common, "--rate", "0", env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        ids = [job_id for _, job_id in remote_jobs(url)]
+        for start in range(0, count, 100):
+            post(url, "/jobs/run", {"job_ids": ids[start : start + 100]})
+        time.sleep(1.0)
+        for index in range(count):  # two in three restart, the rest in place
+            write(folder, index, **({"cu_number": 4} if index % 3 else {"smn_topic": "b"}))
+
+        proc = start_batchsub(
+            "apply", str(folder), *map(str, common), "--savepoint", "--rate", "25",
+            log=tmp_path / "apply1.log",
+        )  # fmt: skip
+        try:
+            wait_for(counter, lambda: stats(url)["totals"][counter] >= at, 15)
+        finally:
+            stop(proc)  # SIGKILL
+        assert proc.returncode == -signal.SIGKILL
+        killed_at = stats(url)["totals"]
+        assert killed_at["updates"] < count or counter == "resumes"  # mid-way
+
+        again = run_batchsub(
+            "apply", folder, *common, "--savepoint", "--rate", "0", "--report",
+            tmp_path / "r.json", env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        time.sleep(1.0)
+        after = stats(url)
+        assert after["create_requests"] == count and after["totals"]["updates_refused"] == 0
+        for row in after["jobs"]:
+            assert row["stops"] <= 1 and row["savepoints"] <= 1, row
+            assert row["runs_while_running"] == 0 and row["status"] == "job_running", row
+        restarted = [row for row in after["jobs"] if int(row["name"][4:]) % 3]
+        assert all(row["savepoints"] == 1 and row["resumes"] == [row["savepoint_path"]]
+                   for row in restarted)  # fmt: skip
+        for page in range(0, count, 100):
+            listed = get_json(
+                f"{url}/v1.0/{PROJECT}/streaming/jobs?limit=100&offset={page}&order=asc"
+                "&show_detail=true"
+            )["job_list"]["jobs"]
+            for job in listed:
+                config, index = job["job_config"], int(job["name"][4:])
+                assert (config["cu_number"], config["smn_topic"]) == (
+                    (4, "a") if index % 3 else (2, "b")
+                ), job["name"]
+        third = run_batchsub("apply", folder, *common, "--savepoint", env=env, cwd=tmp_path)
+        assert third.returncode == 0 and stats(url)["totals"] == after["totals"]
