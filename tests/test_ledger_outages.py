@@ -229,7 +229,9 @@ async def ride_out(tmp_path: Path, cluster: Cluster, outage: str) -> None:
         stop_workers(rig.workers, logs)
         assert_each_once(rig.endpoint, names)
         saw = [bool(events(log, "ledger.unavailable")) for log in logs]
-        assert any(saw), "no worker noticed the outage"
+        # A stop of 3 s outlasts the 2 s statement timeout, so someone notices; a fast restart
+        # may fall between two statements, and a pool that reconnects unseen is no failure.
+        assert any(saw) or outage == "restarted", "no worker noticed the outage"
         for log, noticed in zip(logs, saw, strict=True):
             assert len(events(log, "ledger.recovered")) == int(noticed)
         assert await rig.broker.depth(f"{rig.queue}.dead") == 0
