@@ -17,6 +17,7 @@ class Outcome(StrEnum):
     UNRESOLVED = "unresolved"
     DRIFTED = "drifted"
     DUPLICATED = "duplicated"  # two jobs of this name exist: the report names both job ids
+    HELD = "held"  # a wave before it failed too often (--max-failures): nothing sent for it
 
 
 class LedgerState(StrEnum):
@@ -32,10 +33,9 @@ class LedgerState(StrEnum):
 IN_DOUBT_STATES = frozenset({LedgerState.SUBMITTING, LedgerState.UNKNOWN})
 EXISTING_OUTCOMES = frozenset({Outcome.CREATED, Outcome.ALREADY_CREATED})  # the job exists
 # Sending the same manifest again will not change these: a person must look. Not created
-# (invalid, failed, drifted), or created twice (duplicated: one of the two must go).
-BROKEN_OUTCOMES = frozenset(
-    {Outcome.INVALID, Outcome.FAILED, Outcome.DRIFTED, Outcome.DUPLICATED}
-)
+# (invalid, failed, drifted), or created twice (duplicated: one of the two must go). A
+# ``held`` job is not broken: a rerun sends it (once the failures of its waves are fixed).
+BROKEN_OUTCOMES = frozenset({Outcome.INVALID, Outcome.FAILED, Outcome.DRIFTED, Outcome.DUPLICATED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +148,13 @@ class JobResult:
     # INVALID: the first field the manifest's error names (``tags[0].key``); the report's
     # ``field``. None for a file's own error (unreadable, bad JSON).
     error_field: str | None = None
+    # Starting it (``--start``) and waiting for it (``--wait``); all None when not asked.
+    start: str | None = None  # a ``StartKind`` value: started, active, not_started, ...
+    health: str | None = None  # a ``Health`` value: healthy, failed, timed_out, ...
+    status: str | None = None  # the last DLI status seen (job_running, ...)
+    started_at: float | None = None  # epoch seconds DLI took batchsub's start
+    running_at: float | None = None  # epoch seconds it was first seen running after it
+    start_error: str | None = None  # why it is not started or not healthy (DLI's status_desc)
 
 
 # --- starts: what the ledger records of starting a job (``protocols.StartLedger``) -------
