@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import importlib.resources
 import tempfile
 from collections import Counter
@@ -49,7 +48,7 @@ from batchsub.files import check_output, is_stdout, open_output
 from batchsub.jobs import EXISTING_OUTCOMES, JobResult, Outcome
 from batchsub.lifecycle.rollout import BAD_HEALTH, BAD_STARTS
 from batchsub.masking import mask_url
-from batchsub.text import clip, safe_value
+from batchsub.text import clip, iso_utc, safe_value
 
 FIRST_ERRORS = 10
 MAX_ERROR_CHARS = 4000  # one job's error in the report and the summary, whatever made it
@@ -247,11 +246,8 @@ def job_row(result: JobResult) -> dict[str, Any]:
 
 
 def iso_time(epoch: float | None) -> str | None:
-    """Epoch seconds as the report writes times: ISO 8601 in UTC, to the millisecond."""
-    if epoch is None:
-        return None
-    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Epoch seconds as the report writes times (ISO 8601 UTC, to the millisecond), or None."""
+    return None if epoch is None else iso_utc(epoch)
 
 
 def _lifecycle_count(result: JobResult) -> str:
