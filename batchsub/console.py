@@ -56,7 +56,12 @@ COUNTS: tuple[Count, ...] = (
     Count("unresolved", Outcome.UNRESOLVED.value),
     Count("drifted", Outcome.DRIFTED.value),
     Count("duplicated", Outcome.DUPLICATED.value),
+    Count("held", Outcome.HELD.value),
     Count("not done", NOT_DONE),
+    # --start / --wait (``lifecycle.rollout`` tallies them as they happen).
+    Count("started", "started"),
+    Count("running", "running"),
+    Count("start failed", "start failed"),
 )
 SPEED_WINDOW = 30.0  # seconds of progress the ETA's speed is measured over
 _BAR_MIN, _BAR_MAX = 10, 40
@@ -364,19 +369,46 @@ def print_summary(
         console.print(_fatal_line(summary), style="bold red", markup=False, soft_wrap=True)
 
 
+_RARE = frozenset({Outcome.DUPLICATED, Outcome.HELD})
+# --start / --wait: how the jobs that exist ended, under the outcomes (when asked for).
+_LIFECYCLE_ROWS = (
+    ("running", "running"),
+    ("finished", "finished"),
+    ("started", "started"),
+    ("start failed", "start_failed"),
+    ("timed out", "timed_out"),
+    ("still starting", "starting"),
+    ("not started", "not_started"),
+)
+
+
 def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    # "duplicated" only when it happened: a row that appears is one a reader notices.
-    return [
+    # "duplicated" and "held" only when they happened: a row that appears is one a reader
+    # notices. The start and wait rows only when asked for, and those not zero but running.
+    rows = [
         (outcome.value, str(summary.get(outcome.value, 0)))
         for outcome in Outcome
-        if outcome is not Outcome.DUPLICATED or summary.get(outcome.value)
+        if outcome not in _RARE or summary.get(outcome.value)
     ]
+    if "running" in summary:
+        rows += [
+            (label, str(summary.get(key, 0)))
+            for label, key in _LIFECYCLE_ROWS
+            if key == "running" or summary.get(key)
+        ]
+    return rows
 
 
 def _details(summary: dict[str, Any]) -> str:
+    starts = ""
+    if "run_calls" in summary:
+        starts = (
+            f" · run calls {summary.get('run_calls', 0)}"
+            f" · status calls {summary.get('status_calls', 0)}"
+        )
     return (
         f"creates sent {summary.get('creates_sent', 0)} · list calls {summary.get('list_calls', 0)}"
-        f" · 429s {summary.get('throttled', 0)} · adopted {summary.get('adopted', 0)}"
+        f"{starts} · 429s {summary.get('throttled', 0)} · adopted {summary.get('adopted', 0)}"
         f" · {summary.get('duration_s', 0)} s"
     )
 

@@ -17,6 +17,7 @@ class Outcome(StrEnum):
     UNRESOLVED = "unresolved"
     DRIFTED = "drifted"
     DUPLICATED = "duplicated"  # two jobs of this name exist: the report names both job ids
+    HELD = "held"  # a wave before it failed too often (--max-failures): nothing sent for it
     UPDATED = "updated"  # apply: the job now holds its changed manifest (``changes`` says what)
     MISSING = "missing"  # apply: created before, deleted on the server since (not recreated)
     PRUNED = "pruned"  # apply --prune: in the ledger, in no manifest: stopped and deleted
@@ -37,7 +38,9 @@ EXISTING_OUTCOMES = frozenset(
     {Outcome.CREATED, Outcome.ALREADY_CREATED, Outcome.UPDATED}
 )  # the job exists (and matches its manifest)
 # Sending the same manifest again will not change these: a person must look. Not created
-# (invalid, failed, drifted), or created twice (duplicated: one of the two must go).
+# (invalid, failed, drifted), or created twice (duplicated: one of the two must go), or
+# deleted on the server since (missing: apply --recreate-missing is not there yet). A
+# ``held`` job is not broken: a rerun sends it (once the failures of its waves are fixed).
 BROKEN_OUTCOMES = frozenset(
     {Outcome.INVALID, Outcome.FAILED, Outcome.DRIFTED, Outcome.DUPLICATED, Outcome.MISSING}
 )
@@ -155,6 +158,13 @@ class JobResult:
     error_field: str | None = None
     # UPDATED (and an update that failed): each changed field as ``{field, old, new, how}``.
     changes: list[dict[str, object]] = field(default_factory=list)
+    # Starting it (``--start``) and waiting for it (``--wait``); all None when not asked.
+    start: str | None = None  # a ``StartKind`` value: started, active, not_started, ...
+    health: str | None = None  # a ``Health`` value: healthy, failed, timed_out, ...
+    status: str | None = None  # the last DLI status seen (job_running, ...)
+    started_at: float | None = None  # epoch seconds DLI took batchsub's start
+    running_at: float | None = None  # epoch seconds it was first seen running after it
+    start_error: str | None = None  # why it is not started or not healthy (DLI's status_desc)
 
 
 # --- starts: what the ledger records of starting a job (``protocols.StartLedger``) -------

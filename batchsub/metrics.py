@@ -8,7 +8,10 @@ reached, or "API unreachable: REASON" while the API cannot be reached or its job
 200 again once they answer; 503 "stopping" at the end) from the run's own event loop.
 
 Metrics: ``batchsub_jobs_total{outcome}``, ``batchsub_request_seconds{call="create"|"list"}``,
-``batchsub_rate`` (the limiter's rate in use, req/s; 0 = unlimited),
+``batchsub_rate`` (the limiter's rate in use, req/s; 0 = unlimited), with ``--start``/``--wait``
+``batchsub_job_status_total{status}`` (jobs by the DLI status last seen when their start and
+wait ended), ``batchsub_starts_total{start}`` (how each start ended) and
+``batchsub_start_seconds`` (from DLI taking a start to the job first seen running),
 ``batchsub_throttled_total`` (429 answers), ``batchsub_ledger_up`` (0 during a ledger outage),
 ``batchsub_files_waiting`` (manifests in the drop folder not yet claimed, plus those in
 processing/) and ``batchsub_files_stuck`` (files whose move out of processing/ failed and is
@@ -75,6 +78,24 @@ class Metrics:
             "Drop-folder files whose move out of processing/ failed and is being retried.",
             registry=self.registry,
         )
+        self.job_status = Counter(
+            "batchsub_job_status",
+            "Jobs by the DLI status last seen once their start and wait ended.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.starts = Counter(
+            "batchsub_starts",
+            "Jobs by how their start ended (started, active, not_started, start_failed, ...).",
+            ["start"],
+            registry=self.registry,
+        )
+        self.start_seconds = Histogram(
+            "batchsub_start_seconds",
+            "Seconds from DLI taking a start to the job first seen job_running.",
+            buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, float("inf")),
+            registry=self.registry,
+        )
         self.stuck: Callable[[], list[str]] = list  # one line per stuck file, for /healthz
         # Every series exists from the start, at zero; kept, so a job or an answer costs no
         # label lookup.
@@ -97,6 +118,15 @@ class Metrics:
     def on_result(self, result: JobResult) -> None:
         """Count one job's final outcome."""
         self._jobs[result.outcome].inc()
+
+    def on_lifecycle(self, result: JobResult) -> None:
+        """Count a job's DLI status and start, and time its start, once they ended."""
+        if result.status is not None:
+            self.job_status.labels(status=result.status).inc()
+        if result.start is not None:
+            self.starts.labels(start=result.start).inc()
+        if result.started_at is not None and result.running_at is not None:
+            self.start_seconds.observe(max(0.0, result.running_at - result.started_at))
 
     def on_answer(self, call: str, seconds: float, status: int | None) -> None:
         """Time one request; count it as throttled if the answer was a 429."""

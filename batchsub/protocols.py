@@ -248,6 +248,10 @@ class RunObserver(Protocol):
         """One job's final result."""
         ...
 
+    def on_lifecycle(self, result: JobResult) -> None:
+        """One existing job's result once its start (--start) and wait (--wait) ended."""
+        ...
+
     def on_answer(self, call: str, seconds: float, status: int | None) -> None:
         """One HTTP request done: ``call`` is "create" or "list"; status None if no answer."""
         ...

@@ -46,8 +46,9 @@ from batchsub import __version__
 from batchsub.errors import OutputError, one_line
 from batchsub.files import check_output, is_stdout, open_output
 from batchsub.jobs import EXISTING_OUTCOMES, JobResult, Outcome
+from batchsub.lifecycle.rollout import BAD_HEALTH, BAD_STARTS
 from batchsub.masking import mask_url
-from batchsub.text import clip, safe_value
+from batchsub.text import clip, iso_utc, safe_value
 
 FIRST_ERRORS = 10
 MAX_ERROR_CHARS = 4000  # one job's error in the report and the summary, whatever made it
@@ -55,6 +56,12 @@ MAX_ERROR_CHARS = 4000  # one job's error in the report and the summary, whateve
 
 
 EXIT_FATAL = 2  # a credential the API refused, or a setting, stopped the run
+# Summary counts of --start / --wait: each job that exists adds to one. The first three make
+# the exit code 1: a start that failed (or a job that failed before it was healthy, stopped
+# or was deleted), a wait that ran out, a start not confirmed (a rerun decides it).
+LIFECYCLE_FAILURES = ("start_failed", "timed_out", "starting")
+LIFECYCLE_COUNTS = (*LIFECYCLE_FAILURES, "running", "finished", "started", "not_started")
+
 SCHEMA_VERSION = 2
 # Jobs done as asked: they exist (and match their manifest), or were pruned on purpose.
 _AS_ASKED = EXISTING_OUTCOMES | {Outcome.PRUNED}
@@ -67,6 +74,9 @@ class RunAccount:
     def __init__(self, report_path: Path | None = None) -> None:
         self.counts: Counter[Outcome] = Counter()
         self.adopted = 0
+        # Jobs by how their start and wait ended (``LIFECYCLE_COUNTS``), from ``add_row``.
+        self.lifecycle: Counter[str] = Counter()
+        self.lifecycle_shown = False  # --start or --wait: the summary has their counts
         self.first_errors: list[dict[str, Any]] = []
         self.project_id: str | None = None
         self.endpoint: str | None = None  # its password masked
@@ -97,8 +107,9 @@ class RunAccount:
         """Every job and invalid manifest seen so far."""
         return sum(self.counts.values())
 
-    def add(self, result: JobResult) -> None:
-        """Count one result and append its report row."""
+    def add(self, result: JobResult, *, row: bool = True) -> None:
+        """Count one result and append its report row (``row`` False: ``add_row`` will,
+        once its start and wait have ended)."""
         if result.error is not None and len(result.error) > MAX_ERROR_CHARS:
             result = dataclasses.replace(result, error=clip(result.error, MAX_ERROR_CHARS))
         self.counts[result.outcome] += 1
@@ -115,6 +126,30 @@ class RunAccount:
                     "error": result.error,
                 }
             )
+        if row:
+            self._write_row(result)
+
+    def add_row(self, result: JobResult) -> None:
+        """The row of a result counted before (``add(row=False)``), with its start and wait."""
+        if result.start_error is not None and len(result.start_error) > MAX_ERROR_CHARS:
+            result = dataclasses.replace(
+                result, start_error=clip(result.start_error, MAX_ERROR_CHARS)
+            )
+        self.lifecycle[_lifecycle_count(result)] += 1
+        bad = result.start in BAD_STARTS or result.health in BAD_HEALTH
+        if bad and len(self.first_errors) < FIRST_ERRORS:
+            what = result.health if result.health in BAD_HEALTH else result.start
+            self.first_errors.append(
+                {
+                    "source": result.source,
+                    "name": result.name,
+                    "outcome": result.outcome.value,
+                    "error": f"{what}: {result.start_error or 'no reason given'}",
+                }
+            )
+        self._write_row(result)
+
+    def _write_row(self, result: JobResult) -> None:
         if self._rows is not None:  # no row is built per job without a report to write
             row = job_row(result)
             try:
@@ -130,9 +165,12 @@ class RunAccount:
                 self._rows = None
 
     def exit_code(self, *, fatal: bool = False) -> int:
-        """0 when every job exists; 2 when a credential or setting stopped the run; else 1."""
+        """0 when every job exists (and, when asked, started and healthy); 2 when a credential
+        or setting stopped the run; else 1."""
         if fatal:
             return EXIT_FATAL
+        if any(self.lifecycle[key] for key in LIFECYCLE_FAILURES):
+            return 1
         return 0 if all(outcome in _AS_ASKED for outcome in self.counts.elements()) else 1
 
     def summary(self, **extra: Any) -> dict[str, Any]:
@@ -147,6 +185,8 @@ class RunAccount:
         for outcome in Outcome:
             summary[outcome.value] = self.counts[outcome]
         summary["adopted"] = self.adopted
+        if self.lifecycle_shown:  # --start or --wait
+            summary.update({key: self.lifecycle[key] for key in LIFECYCLE_COUNTS})
         summary.update(extra)
         summary["first_errors"] = self.first_errors
         return summary
@@ -199,7 +239,33 @@ def job_row(result: JobResult) -> dict[str, Any]:
         "http_status": result.http_status,
         "field": result.error_field,
         "changes": result.changes,
+        "start": result.start,
+        "health": result.health,
+        "status": result.status,
+        "started_at": iso_time(result.started_at),
+        "running_at": iso_time(result.running_at),
+        "start_error": result.start_error,
     }
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """Epoch seconds as the report writes times (ISO 8601 UTC, to the millisecond), or None."""
+    return None if epoch is None else iso_utc(epoch)
+
+
+def _lifecycle_count(result: JobResult) -> str:
+    """The one summary count a job's start and wait add to."""
+    if result.health in BAD_HEALTH:
+        return "timed_out" if result.health == "timed_out" else "start_failed"
+    if result.start == "start_failed":
+        return "start_failed"
+    if result.start == "unresolved":
+        return "starting"
+    if result.health in ("healthy", "finished") or result.status == "job_running":
+        return "running" if result.health != "finished" else "finished"
+    if result.start == "not_started":
+        return "not_started"
+    return "started"  # started (or on its way up) and not waited for
 
 
 def report_schema() -> dict[str, Any]:

@@ -1,8 +1,11 @@
-"""One run: source -> submitter (limiter, retry, client) -> ledger -> report.
+"""One run: source -> submitter (limiter, retry, client) -> ledger -> rollout -> report.
 
 Every command that sends jobs (``run``, ``retry``, ``watch``, ``consume``) runs its Source
 through ``run_source``, with parts built by ``batchsub.wiring``: one limiter, one retry
-policy, one way to stop (a signal drains, a second one cancels) and one summary.
+policy, one way to stop (a signal drains, a second one cancels) and one summary. With
+``--start``/``--wait`` the jobs that exist go on to ``lifecycle.rollout`` (started, waited
+for) before their report rows are written; with ``--waves``, ``lifecycle.wave_run`` sends
+the source a wave at a time.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,10 @@ import structlog
 from batchsub.client import make_session
 from batchsub.console import FileCount, ProgressDisplay, print_summary
 from batchsub.errors import OutputError
-from batchsub.jobs import JobResult
+from batchsub.jobs import EXISTING_OUTCOMES, JobResult, Outcome
 from batchsub.ledgers.outage import Outage
+from batchsub.lifecycle.rollout import Rollout
+from batchsub.lifecycle.wave_run import WaveRun
 from batchsub.limiter import RateLimiter
 from batchsub.logs import configure_command_logging
 from batchsub.masking import mask_url
@@ -37,7 +42,9 @@ from batchsub.settings import Settings
 from batchsub.sources.directory import DirectorySource, iter_manifest_paths
 from batchsub.submitter import Submitter
 from batchsub.wiring import (
+    Lifecycle,
     dli_client,
+    lifecycle,
     open_ledger,
     refused_credential,
     resolve_target,
@@ -45,6 +52,7 @@ from batchsub.wiring import (
 )
 
 log = structlog.get_logger("batchsub.run")
+
 
 async def run_directory(
     settings: Settings, directory: Path, report: Path | None, *, simulator: bool
@@ -85,11 +93,14 @@ async def run_source(
     total: int | None = None,
     endless: bool = False,
     observer: RunObserver | None = None,
+    retry_failed: bool = False,
 ) -> int:
     """Send every job of ``source``; print the summary, write the report, return the exit code.
 
     ``endless`` sources (a drop folder, a queue) stop being read on SIGTERM; a finite one is
-    read to its end so that every manifest is in the report.
+    read to its end so that every manifest is in the report. With ``--start``/``--wait`` a
+    ``Rollout`` starts each job once it exists and waits for it (``--waves``: ``WaveRun``);
+    ``retry_failed``: jobs whose start failed are started again (``retry --start``).
     """
     started = time.monotonic()
     async with AsyncExitStack() as stack:
@@ -136,6 +147,25 @@ async def run_source(
             refresh_after=settings.snapshot_refresh,
             relist_after=settings.snapshot_relist,
         )
+        plan = lifecycle(settings, endless=endless, retry_failed=retry_failed)
+        rollout: Rollout | None = None
+        sent = _Sent(account, observer)
+        display = ProgressDisplay(
+            account, limiter, enabled=progress, total=total, stopped=lambda: submitter.stopped
+        )
+        if plan.options.active:
+            account.lifecycle_shown = True
+            rollout = Rollout(
+                plan.options,
+                client=client,
+                caller=caller,
+                limiter=limiter,
+                policy=policy,
+                ledger=ledger,
+                on_row=sent.row,
+                on_phase=display.tally,
+            )
+            sent.rollout = rollout
         submitter = Submitter(
             client=client,
             ledger=ledger,
@@ -144,7 +174,7 @@ async def run_source(
             budget=RetryBudget(),
             reconciler=reconciler,
             concurrency=settings.concurrency,
-            on_result=_fan_out(account, observer),
+            on_result=sent.result,
             finish_source_on_stop=not endless,
             in_doubt_grace=settings.in_doubt_grace,
             claim_window=settings.claim_window,
@@ -160,15 +190,19 @@ async def run_source(
             ledger=mask_url(settings.ledger),
             rate=settings.rate,
             concurrency=settings.concurrency,
+            start=settings.start,
+            wait=plan.options.wait,
+            waves=settings.waves,
         )
         for note in settings.notes:
             log.warning("settings.adjusted", note=note)
-        display = ProgressDisplay(
-            account, limiter, enabled=progress, total=total, stopped=lambda: submitter.stopped
-        )
         with display:
-            await _run_until_done(submitter, source, display, settings.drain_timeout)
-        fatal = submitter.fatal
+            sending = _sending(submitter, source, rollout, plan, sent)
+            await _run_until_done(sending, display, settings.drain_timeout, submitter, rollout)
+        fatal = submitter.fatal or (rollout.fatal if rollout is not None else None)
+        extra = {}
+        if rollout is not None:
+            extra = {"run_calls": rollout.runs_sent, "status_calls": rollout.status_calls}
         summary = account.summary(
             creates_sent=submitter.creates_sent,
             list_calls=reconciler.list_calls,
@@ -178,6 +212,7 @@ async def run_source(
             duration_s=round(time.monotonic() - started, 3),
             exit_code=account.exit_code(fatal=fatal is not None),
             fatal=_fatal_message(fatal, target.auth) if fatal else None,
+            **extra,
         )
     unwritten = _write_report(account, summary)
     # The report on stdout keeps stdout JSON: the summary goes to stderr then.
@@ -203,15 +238,28 @@ def _write_report(account: RunAccount, summary: dict[str, Any]) -> OutputError |
     return None
 
 
-def _fan_out(account: RunAccount, observer: RunObserver | None) -> Callable[[JobResult], None]:
-    if observer is None:
-        return account.add
+class _Sent:
+    """Where each result goes: the account (and the observer) at once, or, for a job the
+    rollout takes over, its count at once and its row once its start and wait ended."""
 
-    def both(result: JobResult) -> None:
-        account.add(result)
-        observer.on_result(result)
+    def __init__(self, account: RunAccount, observer: RunObserver | None) -> None:
+        self.account = account
+        self.observer = observer
+        self.rollout: Rollout | None = None
+        self.create_failures = 0  # jobs not created (invalid manifests aside): waves count them
 
-    return both
+    def result(self, result: JobResult) -> None:
+        taken = self.rollout is not None and self.rollout.take(result)
+        self.account.add(result, row=not taken)
+        if result.outcome not in EXISTING_OUTCOMES and result.outcome is not Outcome.INVALID:
+            self.create_failures += 1
+        if self.observer is not None:
+            self.observer.on_result(result)
+
+    def row(self, result: JobResult) -> None:
+        self.account.add_row(result)
+        if self.observer is not None:
+            self.observer.on_lifecycle(result)
 
 
 def _fatal_message(error: Any, auth: Auth) -> str:
@@ -221,12 +269,35 @@ def _fatal_message(error: Any, auth: Auth) -> str:
     return str(error)
 
 
-async def _run_until_done(
-    submitter: Submitter, source: Source, display: ProgressDisplay, drain: float
+async def _sending(
+    submitter: Submitter, source: Source, rollout: Rollout | None, plan: Lifecycle, sent: _Sent
 ) -> None:
-    """Run the submitter; the first SIGINT/SIGTERM drains (up to ``drain`` s), a second cancels."""
+    """Create every job of ``source``; with a rollout, start and wait for them (in waves)."""
+    if rollout is None:
+        await submitter.run(source)
+        return
+    rolling = asyncio.create_task(rollout.run())
+    try:
+        if plan.waves is None:
+            await submitter.run(source)
+        else:
+            waves = WaveRun(plan.waves, plan.max_failures, submitter, rollout)
+            await waves.run(source, sent.result, lambda: sent.create_failures)
+    finally:
+        rollout.close()
+        await rolling
+
+
+async def _run_until_done(
+    sending: Coroutine[Any, Any, None],
+    display: ProgressDisplay,
+    drain: float,
+    submitter: Submitter,
+    rollout: Rollout | None,
+) -> None:
+    """Run ``sending``; the first SIGINT/SIGTERM drains (up to ``drain`` s), a second cancels."""
     loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(submitter.run(source))
+    task = asyncio.ensure_future(sending)
     signals_seen = 0
 
     def on_signal() -> None:
@@ -235,6 +306,8 @@ async def _run_until_done(
         if signals_seen == 1:
             log.warning("run.stopping", drain_timeout=drain)
             submitter.stop()
+            if rollout is not None:
+                rollout.stop()
             loop.call_later(drain, task.cancel)
         else:
             task.cancel()

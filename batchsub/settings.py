@@ -43,6 +43,7 @@ def is_shared_ledger(spec: str) -> bool:
     """True for a PostgreSQL URL (a ledger shared by workers), false for a SQLite file path."""
     return spec.startswith(("postgresql://", "postgres://"))
 
+
 CLOCK_SLACK = 1.0  # seconds of a claim kept for clock skew between hosts and scheduling
 _DEFAULT_TIMEOUT = 30.0
 _DEFAULT_GRACE = 5.0
@@ -126,6 +127,19 @@ class Settings(BaseSettings):
     # The event loop of run, watch, consume and retry: uvloop when installed ("auto"), or
     # asyncio's, to rule uvloop out when chasing a problem.
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+
+    # After the creates (issue 15): start every job that exists and is not running, wait
+    # until each is healthy (running for ``healthy_for`` s) or failed, roll out in waves.
+    start: bool = False
+    resume_savepoint: bool = False  # the run call's resume_savepoint
+    restart_stopped: bool = False  # start jobs stopped on purpose too (start_rules)
+    wait: bool = False  # without start: wait for the jobs already started
+    wait_timeout: float = Field(1200.0, gt=0.0)
+    healthy_for: float = Field(30.0, ge=0.0)
+    # ``run`` and ``retry``: cumulative wave targets, "1,10%,100%" (needs start; waits for
+    # each wave); ``watch`` and ``consume`` refuse them. max_failures: default 0 with waves.
+    waves: str | None = None
+    max_failures: int | None = Field(None, ge=0)
 
     # The drop-folder daemon (``batchsub watch``).
     settle_time: float = Field(1.0, ge=0.0)  # a file must stop changing this long before it is read
@@ -221,6 +235,19 @@ class Settings(BaseSettings):
                 " raise --lease or lower --timeout",
             )
         return value
+
+    @field_validator("waves")
+    @classmethod
+    def _waves_parse(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from batchsub.lifecycle.waves import parse_waves
+
+        try:
+            parse_waves(value)
+        except ConfigError as exc:
+            raise PydanticCustomError("waves", str(exc)) from None
+        return value.strip()
 
     @field_validator("event_loop", mode="before")
     @classmethod

@@ -352,6 +352,7 @@ class Submitter:
         self._on_result(result)
         await source.finish(item, result)
 
+
 def _error_of(exc: ApiError) -> ErrorInfo:
     return ErrorInfo(str(exc), exc.code, exc.status)
 

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import structlog
@@ -23,12 +24,19 @@ from batchsub.errors import ApiError, ConfigError, FatalApiError, RetryableError
 from batchsub.iam import IamDliClient, IamTokenAuth, auth_from_settings
 from batchsub.ledgers.outage import Outage
 from batchsub.ledgers.sqlite import SqliteLedger
+from batchsub.lifecycle.rollout import RolloutOptions
+from batchsub.lifecycle.start_rules import StartOptions
+from batchsub.lifecycle.waiter import WaitSettings
+from batchsub.lifecycle.waves import WaveTarget, parse_waves
 from batchsub.limiter import RateLimiter
 from batchsub.masking import mask_url
-from batchsub.protocols import Auth, Ledger
+from batchsub.protocols import Auth
 from batchsub.reachability import Reachability
 from batchsub.retry import RetryingCaller, RetryPolicy
 from batchsub.settings import Settings, is_shared_ledger
+
+if TYPE_CHECKING:
+    from batchsub.ledgers.postgres import PostgresLedger
 
 log = structlog.get_logger("batchsub.run")
 
@@ -125,7 +133,7 @@ def open_ledger(
     lease: float | None = None,
     timeout: float = 10.0,
     outage: Outage | None = None,
-) -> Ledger:
+) -> SqliteLedger | PostgresLedger:
     """The ledger named by ``--ledger``: a postgresql:// URL (shared) or a SQLite file path.
 
     ``read_only`` SQLite ledgers take no lock, so they can be read while a run writes.
@@ -145,6 +153,43 @@ def open_ledger(
             outage=outage,
         )
     return SqliteLedger(Path(spec), read_only=read_only, outage=outage)
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """What a run does after the creates: the rollout's options, and its waves (or None)."""
+
+    options: RolloutOptions
+    waves: tuple[WaveTarget, ...] | None = None
+    max_failures: int = 0
+
+
+def lifecycle(settings: Settings, *, endless: bool, retry_failed: bool = False) -> Lifecycle:
+    """``--start``, ``--wait`` and ``--waves`` from the settings; ConfigError if at odds.
+
+    ``endless`` sources (``watch``, ``consume``) refuse waves: their jobs have no end to
+    take percentages of, nor a last wave. ``retry_failed``: ``retry --start`` starts jobs
+    whose start failed once more (start_rules).
+    """
+    waves = parse_waves(settings.waves) if settings.waves is not None else None
+    if waves is not None and endless:
+        raise ConfigError(
+            "--waves works with run and retry (a finite set of manifests); watch and consume"
+            " start each job once it exists: use --start (and --wait) without --waves"
+        )
+    if waves is not None and not settings.start:
+        raise ConfigError("--waves starts each wave and waits for it: give --start too")
+    if settings.max_failures is not None and waves is None:
+        raise ConfigError("--max-failures counts the failures of waves: give --waves too")
+    options = RolloutOptions(
+        start=settings.start,
+        wait=settings.wait or waves is not None,
+        resume_savepoint=settings.resume_savepoint,
+        rules=StartOptions(restart_stopped=settings.restart_stopped, retry_failed=retry_failed),
+        waiting=WaitSettings(healthy_for=settings.healthy_for, wait_timeout=settings.wait_timeout),
+        in_doubt_grace=settings.in_doubt_grace,
+    )
+    return Lifecycle(options, waves, settings.max_failures or 0)
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -267,5 +312,3 @@ def _remote_failure(exc: ApiError, endpoint: str, auth: Auth) -> str:
     if isinstance(exc, RetryableError) and exc.status is None:
         return f"cannot reach {endpoint} ({exc}); check --endpoint/--region and the network"
     return f"cannot list jobs at {endpoint}: {exc}"
-
-

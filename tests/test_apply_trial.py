@@ -92,13 +92,15 @@ def test_forty_running_jobs_ten_new_cu_five_new_topics(tmp_path: Path) -> None:
 
         report = tmp_path / "apply.json"
         applied = run_batchsub(
-            "apply", folder, *common, "--savepoint", "--report", report, "--rate", "0",
-            env=env, cwd=tmp_path,
+            "apply", folder, *common, "--savepoint", "--wait", "--healthy-for", "0.5",
+            "--report", report, "--rate", "0", env=env, cwd=tmp_path,
         )  # fmt: skip
         assert applied.returncode == 0, applied.stderr
         written = json.loads(report.read_text())
         summary = written["summary"]
         assert (summary["updated"], summary["created"], summary["already_created"]) == (15, 0, 25)
+        assert (summary["running"], summary["start_failed"], summary["timed_out"]) == (40, 0, 0)
+        assert {row["health"] for row in written["jobs"]} == {"healthy"}
         assert summary["update_calls"] == 15
         by_name = {row["name"]: row for row in written["jobs"]}
         assert by_name["job-000"]["changes"] == [

@@ -128,7 +128,7 @@ def _good_report() -> dict[str, Any]:
         ("summary", lambda s: s.update(schema_version=1), "2 was expected"),
         ("summary", lambda s: s.pop("duplicated"), "'duplicated' is a required property"),
         ("summary", lambda s: s.update(endpoint="dli.example.com"), "does not match"),
-        ("job", lambda j: j.update(outcome="held"), "'held' is not one of"),
+        ("job", lambda j: j.update(outcome="vanished"), "'vanished' is not one of"),
         ("job", lambda j: j.update(field="cu_number"), "is not of type 'null'"),
         ("job", lambda j: j.update(http_status="400"), "is not of type 'integer', 'null'"),
         ("job", lambda j: j.pop("error_code"), "'error_code' is a required property"),

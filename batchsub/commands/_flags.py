@@ -57,3 +57,53 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--progress", choices=["auto", "on", "off"], help="progress bar (default: auto)"
     )
+
+
+def add_start_flags(parser: argparse.ArgumentParser, *, waves: bool) -> None:
+    """Start the jobs that exist, wait for them, and (``run``, ``retry``) roll out in waves."""
+    parser.add_argument(
+        "--start",
+        action="store_true",
+        default=None,
+        help="start every job that exists and is not running (once; see restart_stopped)",
+    )
+    parser.add_argument(
+        "--resume-savepoint",
+        action="store_true",
+        default=None,
+        help="start from the job's last savepoint (the run call's resume_savepoint)",
+    )
+    parser.add_argument(
+        "--restart-stopped",
+        action="store_true",
+        default=None,
+        help="start jobs that were stopped on purpose too",
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        default=None,
+        help="wait until every started job is healthy or failed (without --start: those"
+        " already started)",
+    )
+    parser.add_argument(
+        "--wait-timeout", type=float, help="seconds to wait for each job (default: 1200)"
+    )
+    parser.add_argument(
+        "--healthy-for",
+        type=float,
+        help="seconds a job must run without a break to be healthy (default: 30)",
+    )
+    if not waves:
+        return
+    parser.add_argument(
+        "--waves",
+        metavar="LIST",
+        help="roll out in waves, cumulative counts or percentages: 1,10%%,100%% (needs --start)",
+    )
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        metavar="N",
+        help="with --waves: hold the rest once more than N jobs failed (default: 0)",
+    )

@@ -11,7 +11,9 @@ Two passes over DIR, one ledger:
    made the new body the job's body in the ledger, ``run`` now sees those jobs as they are.
 
 The report is ``run``'s, with ``updated`` (and its ``changes``), ``missing`` and update
-failures in place of ``already_created``/``drifted`` for the jobs of pass 1.
+failures in place of ``already_created``/``drifted`` for the jobs of pass 1. ``--start``,
+``--wait`` and ``--waves`` are ``run``'s (pass 2): with ``--wait``, the jobs restarted by pass
+1 are waited for until healthy like every other job already started.
 
 Exit codes: 0 every job matches its manifest; 1 some job invalid, failed, missing, drifted
 (a change no update can make), duplicated or unresolved; 2 a usage or configuration error, a
@@ -31,7 +33,7 @@ from typing import Any, cast
 import structlog
 
 from batchsub.client import make_session
-from batchsub.commands._flags import add_run_flags, add_send_flags
+from batchsub.commands._flags import add_run_flags, add_send_flags, add_start_flags
 from batchsub.errors import ApiError
 from batchsub.jobs import (
     JobResult,
@@ -71,6 +73,7 @@ def add_parser(commands: Any) -> None:
     apply.add_argument("directory", type=Path, help="directory of .json/.yaml/.yml manifests")
     add_send_flags(apply)
     add_run_flags(apply)
+    add_start_flags(apply, waves=True)
     apply.add_argument(
         "--savepoint",
         action="store_true",
@@ -334,6 +337,10 @@ class ApplyAccount(RunAccount):
     def add(self, result: JobResult, *args: Any, **kwargs: Any) -> None:
         """Count one result (rewritten by pass 1's note) and append its report row."""
         super().add(self._rewritten(result), *args, **kwargs)
+
+    def add_row(self, result: JobResult) -> None:
+        """The row of a result counted before, once its start and wait ended (rewritten)."""
+        super().add_row(self._rewritten(result))
 
     def _rewritten(self, result: JobResult) -> JobResult:
         note = self.notes.jobs.get(result.name or "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
@@ -19,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from batchsub.answers import JobStatus
 from batchsub.commands._flags import add_send_flags
 from batchsub.commands._ledger import ledger_exists
 from batchsub.commands._tables import TABLE_LIMIT, more, new_console, plural
@@ -33,13 +35,15 @@ from batchsub.jobs import (
     ManifestItem,
     RememberedJob,
 )
+from batchsub.lifecycle.start_rules import StartAction, StartOptions, decide_start
+from batchsub.lifecycle.statuses import INIT
 from batchsub.logs import configure_command_logging
 from batchsub.masking import mask_url
 from batchsub.protocols import Ledger
 from batchsub.reconcile import Reconciler
 from batchsub.settings import Settings
 from batchsub.sources.directory import DirectorySource
-from batchsub.wiring import NO_PROJECT, open_ledger, remote_api
+from batchsub.wiring import NO_PROJECT, lifecycle, open_ledger, remote_api
 
 PLAN_BATCH = 256  # jobs looked up in the ledger per query
 
@@ -53,6 +57,18 @@ def add_parser(commands: Any) -> None:
         "--check-remote",
         action="store_true",
         help="also list the project's jobs on the API (list calls only) to spot adoptions",
+    )
+    plan.add_argument(
+        "--start",
+        action="store_true",
+        default=None,
+        help="also show what `run --start` would start (the start column)",
+    )
+    plan.add_argument(
+        "--restart-stopped",
+        action="store_true",
+        default=None,
+        help="with --start: as `run --start --restart-stopped` would",
     )
     plan.add_argument("--all", action="store_true", help="list already created jobs too")
     plan.add_argument(
@@ -103,6 +119,9 @@ class PlanRow:
     drift: tuple[str, ...] = ()
     # UPDATE (and a change apply cannot make): {field, old, new, how} per changed field.
     changes: tuple[dict[str, Any], ...] = ()
+    # --start: what the start rule (``start_rules.decide_start``) would do, and why not.
+    start: str | None = None
+    start_detail: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """The row as JSON output shows it."""
@@ -114,6 +133,8 @@ class PlanRow:
             "detail": self.detail,
             "drift": list(self.drift),
             "changes": list(self.changes),
+            "start": self.start,
+            "start_detail": self.start_detail,
         }
 
 
@@ -185,17 +206,58 @@ async def orphan_rows(
             yield PlanRow(record.source, record.name, Action.ORPHANED, record.job_id, detail)
 
 
+# Plan actions after which the run creates the job: it starts in job_init.
+_NEW_JOBS = frozenset({Action.CREATE, Action.RETRY, Action.RECONCILE})
+
+
+def plan_start(
+    row: PlanRow,
+    record: LedgerRecord | None,
+    statuses: Mapping[int, JobStatus] | None,
+    rules: StartOptions,
+) -> PlanRow:
+    """``row`` with what ``run --start`` would do for its job: the starter's own decision.
+
+    A job to be created starts in ``job_init``. One that exists is decided on its status as
+    listed (``--check-remote``), else on the status the ledger saw last (``job_init`` for one
+    never started), which the detail says.
+    """
+    if row.action is Action.INVALID:
+        return row
+    start = record.start if record is not None else None
+    if start is not None and start.job_id != row.job_id:
+        start = None  # about another job of that name
+    detail = ""
+    seen: JobStatus | None
+    if row.action in _NEW_JOBS or row.job_id is None:
+        start, seen = None, JobStatus(0, row.name or "", INIT)
+    elif statuses is not None:
+        seen = statuses.get(row.job_id)  # None: gone
+    else:
+        last = start.last_status if start is not None and start.last_status else INIT
+        seen = JobStatus(row.job_id, row.name or "", last)
+        detail = f"as the ledger last saw it ({last}); --check-remote reads its status"
+    decision = decide_start(start, seen, rules)
+    why = decision.reason or ""
+    if decision.action is StartAction.START and detail:
+        why = detail
+    return replace(row, start=decision.action.value, start_detail=why)
+
+
 async def plan_rows(
     items: AsyncIterator[ManifestItem],
     ledger: Ledger | None,
     project_id: str,
     remote: Mapping[str, int] | None,
     *,
+    rules: StartOptions | None = None,
+    statuses: Mapping[int, JobStatus] | None = None,
     savepoint: bool = False,
     orphans: bool = False,
 ) -> AsyncIterator[PlanRow]:
     """The plan of every item, streamed; ``ledger`` is open, or None when none exists yet.
 
+    ``rules`` (``--start``): each row says what the start would do (``plan_start``).
     ``orphans``: then the created jobs of the ledger no item names (``orphaned``).
     """
     batch: list[ManifestItem] = []
@@ -205,10 +267,12 @@ async def plan_rows(
         if orphans and item.name is not None:
             names.add(item.name)
         if len(batch) >= PLAN_BATCH:
-            for row in await _plan_batch(batch, ledger, project_id, remote, savepoint):
+            for row in await _plan_batch(
+                batch, ledger, project_id, remote, rules, statuses, savepoint
+            ):
                 yield row
             batch = []
-    for row in await _plan_batch(batch, ledger, project_id, remote, savepoint):
+    for row in await _plan_batch(batch, ledger, project_id, remote, rules, statuses, savepoint):
         yield row
     if orphans and ledger is not None:
         async for row in orphan_rows(ledger, project_id, names):
@@ -220,20 +284,40 @@ async def _plan_batch(
     ledger: Ledger | None,
     project_id: str,
     remote: Mapping[str, int] | None,
+    rules: StartOptions | None,
+    statuses: Mapping[int, JobStatus] | None,
     savepoint: bool = False,
 ) -> list[PlanRow]:
-    names = [item.name for item in batch if isinstance(item, JobSpec)]
+    names = [item.name for item in batch if item.name is not None]
     records = await ledger.get_many(project_id, names) if ledger is not None and names else {}
     rows = []
     for item in batch:
         if isinstance(item, InvalidManifest):
             detail = item.error.removeprefix(f"{item.source}: ")
-            rows.append(PlanRow(item.source, item.name, Action.INVALID, detail=detail))
+            row = PlanRow(item.source, item.name, Action.INVALID, detail=detail)
         elif isinstance(item, RememberedJob):
-            rows.append(PlanRow(item.source, item.name, Action.ALREADY_CREATED, item.job_id))
+            row = PlanRow(item.source, item.name, Action.ALREADY_CREATED, item.job_id)
         else:
-            rows.append(plan_job(item, records.get(item.name), remote, savepoint=savepoint))
+            row = plan_job(item, records.get(item.name), remote, savepoint=savepoint)
+        if rules is not None:
+            row = plan_start(row, records.get(row.name or ""), statuses, rules)
+        rows.append(row)
     return rows
+
+
+async def list_remote_statuses(settings: Settings, project_id: str) -> dict[int, JobStatus]:
+    """Job id -> status of every Flink Jar job of the project: list pages only."""
+    async with remote_api(settings, project_id) as api:
+        found: dict[int, JobStatus] = {}
+        offset = 0
+        while True:
+            page = await api.caller.call(
+                "list", functools.partial(api.client.status_page, status=None, offset=offset)
+            )
+            found.update((job.job_id, job) for job in page.jobs)
+            offset += len(page.jobs)
+            if not page.jobs or offset >= page.total_count:
+                return found
 
 
 async def list_remote_jobs(settings: Settings, project_id: str) -> dict[str, int]:
@@ -260,6 +344,10 @@ async def _plan(
     settings: Settings, args: argparse.Namespace, source: DirectorySource, project_id: str
 ) -> Counter[Action]:
     remote = await list_remote_jobs(settings, project_id) if args.check_remote else None
+    rules = lifecycle(settings, endless=False).options.rules if settings.start else None
+    statuses = None
+    if rules is not None and args.check_remote:
+        statuses = await list_remote_statuses(settings, project_id)
     ledger: Ledger | None = None
     if ledger_exists(settings.ledger):
         # A missing SQLite file means nothing was sent yet; opening it would create it.
@@ -276,6 +364,8 @@ async def _plan(
                 ledger,
                 project_id,
                 remote,
+                rules=rules,
+                statuses=statuses,
                 savepoint=getattr(args, "savepoint", False),
                 orphans=True,
             )
@@ -348,15 +438,20 @@ class _PlanTable:
             return
         console = new_console()
         table = Table(title="batchsub plan", header_style="bold")
-        for column in ("action", "name", "source", "detail"):
+        starts = any(row.start is not None for row in self._rows)
+        for column in ("action", "name", "source", "detail", *(["start"] * starts)):
             table.add_column(column, overflow="fold")
         for row in self._rows:
-            table.add_row(
+            cells = [
                 Text(row.action.value, style=_ACTION_STYLES[row.action]),
                 Text(row.name or "-"),
                 Text(row.source),
                 Text(row.detail),
-            )
+            ]
+            if starts:
+                shown = row.start or "-"
+                cells.append(Text(f"{shown}: {row.start_detail}" if row.start_detail else shown))
+            table.add_row(*cells)
         console.print(table)
         more(console, self._shown)
 

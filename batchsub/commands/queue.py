@@ -32,7 +32,7 @@ import structlog
 from aio_pika.abc import AbstractExchange
 
 from batchsub import eventloop
-from batchsub.commands._flags import add_send_flags
+from batchsub.commands._flags import add_send_flags, add_start_flags
 from batchsub.errors import ConfigError, one_line
 from batchsub.jobs import InvalidManifest, JobSpec
 from batchsub.logs import configure_command_logging
@@ -85,6 +85,7 @@ def add_parser(commands: Any) -> None:
     consume.add_argument("amqp_url", nargs="?", metavar="AMQP_URL", help=_URL_HELP)
     consume.add_argument("--queue", dest="queue", help="queue name (default: $BATCHSUB_QUEUE)")
     add_send_flags(consume)
+    add_start_flags(consume, waves=False)
     consume.add_argument("--report", type=Path, help="write a JSON report of every job on exit")
     consume.add_argument(
         "--simulator", action="store_true", help="start the built-in DLI simulator and send to it"

@@ -34,6 +34,13 @@ REPORT_FIELDS = (
     "http_status",
     "created_at",
     "updated_at",
+    "start_state",
+    "start_attempts",
+    "status",
+    "status_seen_at",
+    "started_at",
+    "running_at",
+    "start_error",
 )
 
 
@@ -59,7 +66,31 @@ def report_row(record: LedgerRecord) -> dict[str, Any]:
         **error_fields(record.error),
         "created_at": iso_utc(record.created_at),
         "updated_at": iso_utc(record.updated_at),
+        **start_fields(record),
     }
+
+
+def start_fields(record: LedgerRecord) -> dict[str, Any]:
+    """What the ledger knows of a job's start (``--start``, ``--wait``), all None if nothing.
+
+    A start record about another job of that name (created since) is not this job's.
+    """
+    start = record.start
+    if start is not None and start.job_id != record.job_id:
+        start = None
+    return {
+        "start_state": start.state.value if start and start.state else None,
+        "start_attempts": start.attempts if start else 0,
+        "status": start.last_status if start else None,
+        "status_seen_at": _iso(start.status_seen_at if start else None),
+        "started_at": _iso(start.started_at if start else None),
+        "running_at": _iso(start.running_at if start else None),
+        "start_error": start.error if start else None,
+    }
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else iso_utc(epoch)
 
 
 def _csv_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -1,24 +1,28 @@
 """``batchsub retry``: send again the jobs the ledger records as failed or retrying.
 
 Each is resent with the body the ledger recorded, through ``run_source`` exactly as ``run``
-sends; created jobs are never touched. Flags, report and exit codes as ``run``.
+sends; created jobs are never created again. With ``--start``, the jobs created before whose
+start failed are started once more too (a plain ``run --start`` leaves them alone: a start
+failure needs a fix first). Flags, report and exit codes as ``run``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from batchsub import eventloop
-from batchsub.commands._flags import add_run_flags, add_send_flags
+from batchsub.commands._flags import add_run_flags, add_send_flags, add_start_flags
 from batchsub.commands._ledger import existing_ledger, require_ledger
 from batchsub.files import is_stdout
+from batchsub.jobs import JobResult, LedgerState, ManifestItem, RememberedJob, StartState
 from batchsub.logs import configure_command_logging
 from batchsub.masking import mask_url
+from batchsub.protocols import Ledger, Source
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import Settings
@@ -31,6 +35,7 @@ def add_parser(commands: Any) -> None:
     retry = commands.add_parser("retry", help="send again the jobs that failed permanently")
     add_send_flags(retry)
     add_run_flags(retry)
+    add_start_flags(retry, waves=True)
     retry.set_defaults(handler=retry_command)
 
 
@@ -48,17 +53,67 @@ async def retry_failed(
     """
     project_id = project_id_for(settings, simulator=simulator)
     account = RunAccount(report)  # a bad --report path fails before anything is read
-    source = LedgerFailedSource(existing_ledger(settings.ledger), project_id)
-    count = await source.load()  # opened and closed again before run_source opens it
-    if count == 0:
+    failed = LedgerFailedSource(existing_ledger(settings.ledger), project_id)
+    count = await failed.load()  # opened and closed again before run_source opens it
+    source: Source = failed
+    start_failed: list[RememberedJob] = []
+    if settings.start:  # --start: jobs whose start failed are started once more
+        start_failed = await _start_failed(existing_ledger(settings.ledger), project_id)
+        source = _WithStartFailed(failed, start_failed)
+    if count == 0 and not start_failed:
         shown = mask_url(settings.ledger)
         announce(f"nothing to retry: ledger {shown} has no failed jobs in {project_id}")
         account.write_report(account.summary(exit_code=0))
         return 0
-    announce(f"sending again {count} failed jobs of project {project_id}")
+    if start_failed:
+        announce(
+            f"starting again {len(start_failed)} jobs of project {project_id} whose start failed"
+        )
+    if count:
+        announce(f"sending again {count} failed jobs of project {project_id}")
     return await run_source(
-        settings, source, account, simulator=simulator, progress=progress, total=count
+        settings,
+        source,
+        account,
+        simulator=simulator,
+        progress=progress,
+        total=count + len(start_failed),
+        retry_failed=True,
     )
+
+
+async def _start_failed(ledger: Ledger, project_id: str) -> list[RememberedJob]:
+    """The created jobs of the project whose start failed (read, then the ledger closed)."""
+    await ledger.open()
+    try:
+        return [
+            RememberedJob(record.source, record.name, record.job_id, record.adopted)
+            async for record in ledger.records(project_id)
+            if record.state is LedgerState.CREATED
+            and record.start is not None
+            and record.start.state is StartState.START_FAILED
+            and record.start.job_id == record.job_id
+        ]
+    finally:
+        await ledger.close()
+
+
+class _WithStartFailed:
+    """The failed jobs to send again, then the created jobs whose start failed (as jobs that
+    exist: the run reports them ``already_created`` and starts them)."""
+
+    def __init__(self, failed: Source, start_failed: list[RememberedJob]) -> None:
+        self._failed = failed
+        self._start_failed = start_failed
+
+    async def items(self) -> AsyncIterator[ManifestItem]:
+        async for item in self._failed.items():
+            yield item
+        for job in self._start_failed:
+            yield job
+
+    async def finish(self, item: ManifestItem, result: JobResult) -> None:
+        await self._failed.finish(item, result)
 
 
 def retry_command(settings: Settings, args: argparse.Namespace) -> int:

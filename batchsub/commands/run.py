@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from batchsub.commands._flags import add_run_flags, add_send_flags
+from batchsub.commands._flags import add_run_flags, add_send_flags, add_start_flags
 from batchsub.settings import Settings
 
 
@@ -23,6 +23,7 @@ def add_parser(commands: Any) -> None:
     run.add_argument("directory", type=Path, help="directory of .json/.yaml/.yml manifests")
     add_send_flags(run)
     add_run_flags(run)
+    add_start_flags(run, waves=True)
     run.add_argument(
         "--dry-run", action="store_true", help="show what a run would do (as `plan`); send nothing"
     )

@@ -11,13 +11,14 @@ import asyncio
 import heapq
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from batchsub.commands._ledger import add_ledger_flags, error_fields, existing_ledger, row_of
 from batchsub.commands._tables import new_console
+from batchsub.commands.report import start_fields
 from batchsub.jobs import LedgerRecord, LedgerState
 from batchsub.masking import mask_url
 from batchsub.protocols import Ledger
@@ -45,18 +46,30 @@ class LedgerStatus:
 
     counts: dict[str, int]
     failures: list[LedgerRecord]
+    # --start / --wait: jobs by start state (``never`` for those batchsub never started) and
+    # by the DLI status last seen; empty when no job of the ledger has a start record.
+    starts: dict[str, int] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
 
 
 async def ledger_status(ledger: Ledger, project_id: str | None, limit: int) -> LedgerStatus:
     """Stream every row once: count states, keep the ``limit`` most recently updated failures."""
     counts: Counter[str] = Counter()
+    starts: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
     latest: list[tuple[float, int, LedgerRecord]] = []  # a min-heap on updated_at
     await ledger.open()
     try:
         async for seq, record in _enumerate(ledger.records(project_id)):
             counts[record.state.value] += 1
-            if record.state in FAILURE_STATES and limit > 0:
-                entry = (record.updated_at, seq, record)
+            start = start_fields(record)
+            if record.state is LedgerState.CREATED:
+                starts[start["start_state"] or "never"] += 1
+            if start["status"] is not None:
+                statuses[start["status"]] += 1
+            failed = record.state in FAILURE_STATES or start["start_state"] == "start_failed"
+            if failed and limit > 0:
+                entry = (_failed_at(record), seq, record)
                 if len(latest) < limit:
                     heapq.heappush(latest, entry)
                 else:
@@ -66,7 +79,16 @@ async def ledger_status(ledger: Ledger, project_id: str | None, limit: int) -> L
     by_state = {state.value: counts[state.value] for state in LedgerState}
     by_state["total"] = sum(counts.values())
     failures = [record for _, _, record in sorted(latest, reverse=True)]
-    return LedgerStatus(by_state, failures)
+    if set(starts) <= {"never"}:
+        starts.clear()  # nothing was ever started: the counts say nothing new
+    return LedgerStatus(by_state, failures, dict(starts), dict(statuses))
+
+
+def _failed_at(record: LedgerRecord) -> float:
+    """When a failure happened: its start's last change for a start failure."""
+    if record.state is LedgerState.CREATED and record.start is not None:
+        return record.start.updated_at or record.updated_at
+    return record.updated_at
 
 
 async def _enumerate(
@@ -80,12 +102,16 @@ async def _enumerate(
 
 def failure_row(record: LedgerRecord) -> dict[str, Any]:
     """One failure as ``status --json`` shows it."""
+    start = start_fields(record)
     return {
         **row_of(record),
         "state": record.state.value,
         "attempts": record.attempts,
         **error_fields(record.error),
-        "updated_at": iso_utc(record.updated_at),
+        "updated_at": iso_utc(_failed_at(record)),
+        "start_state": start["start_state"],
+        "status": start["status"],
+        "start_error": start["start_error"],
     }
 
 
@@ -96,7 +122,12 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
     ledger = existing_ledger(settings.ledger)
     status = asyncio.run(ledger_status(ledger, args.project_id, args.limit))
     if args.json:
-        out = {"counts": status.counts, "failures": [failure_row(r) for r in status.failures]}
+        out = {
+            "counts": status.counts,
+            "starts": status.starts,
+            "statuses": status.statuses,
+            "failures": [failure_row(r) for r in status.failures],
+        }
         print(orjson.dumps(out).decode())
         return 0
     console = new_console()
@@ -107,8 +138,14 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
     for state, count in status.counts.items():
         counts.add_row(state, str(count), style="bold" if state == "total" else None)
     console.print(counts)
+    if status.starts:
+        console.print(_starts_table(status))
     if status.failures:
         console.print(_failures_table(status.failures))
+    if status.starts.get("start_failed"):
+        console.print(
+            "fix the cause of the start failures, then: batchsub retry --start", markup=False
+        )
     if status.counts[LedgerState.FAILED.value] or status.counts[LedgerState.RETRYING.value]:
         console.print(
             "fix the cause (quota, queue, credential), then: batchsub retry", markup=False
@@ -127,11 +164,29 @@ def _failures_table(failures: list[LedgerRecord]) -> Table:
     for record in failures:
         row = failure_row(record)
         code = row["error_code"] or (f"HTTP {row['http_status']}" if row["http_status"] else "-")
+        state, message = record.state.value, row["error_message"]
+        if row["start_state"] == "start_failed":
+            state, message = "start_failed", row["start_error"]
+            code = row["status"] or "-"
         table.add_row(
             Text(record.name),
-            Text(record.state.value),
+            Text(state),
             Text(code),
-            Text(row["error_message"] or ""),
+            Text(message or ""),
             Text(row["updated_at"]),
         )
+    return table
+
+
+def _starts_table(status: LedgerStatus) -> Table:
+    """The created jobs by start state, and every job by the DLI status last seen."""
+    from rich.table import Table
+
+    table = Table(title="starts (created jobs) and DLI status last seen", header_style="bold")
+    table.add_column("start / status")
+    table.add_column("jobs", justify="right")
+    for key, count in status.starts.items():
+        table.add_row(f"start {key}", str(count))
+    for key, count in sorted(status.statuses.items()):
+        table.add_row(key, str(count))
     return table

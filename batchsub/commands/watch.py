@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from batchsub import eventloop
-from batchsub.commands._flags import add_send_flags
+from batchsub.commands._flags import add_send_flags, add_start_flags
 from batchsub.logs import configure_logging
 from batchsub.metrics import Metrics, serving
 from batchsub.report import RunAccount
@@ -38,6 +38,7 @@ def add_parser(commands: Any) -> None:
     )
     watch.add_argument("directory", type=Path, metavar="DIR", help="the drop folder")
     add_send_flags(watch)
+    add_start_flags(watch, waves=False)
     watch.add_argument(
         "--settle-time",
         type=float,

@@ -1,0 +1,160 @@
+"""--start, --wait and --waves through ``run_source``, in process against the simulator.
+
+Waves: a failing first wave holds the rest (nothing sent for them); with healthy starts, no
+job of wave 2 is created before wave 1 ran for --healthy-for. Lost start answers start no job
+twice; --wait alone waits for the jobs already started; watch and consume refuse waves.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchsub.errors import ConfigError
+from batchsub.jobs import JobResult, Outcome
+from batchsub.metrics import Metrics
+from batchsub.report import RunAccount
+from batchsub.runner import run_source
+from batchsub.settings import load_settings
+from batchsub.simulator import RunningSimulator
+from batchsub.sources.directory import DirectorySource
+from batchsub.wiring import lifecycle
+from tests.run_support import read_report, settings_for
+from tests.support import PROJECT, SimulatorFactory, write_manifests
+
+FAST_START = {"start_seconds": (0.2, 0.2), "latency": 0.005, "seed": 7}
+
+
+async def run(
+    sim: RunningSimulator, tmp_path: Path, folder: Path, **settings: Any
+) -> tuple[int, dict[str, Any]]:
+    """One in-process run of ``folder`` with --start (and the given settings); code, report."""
+    values = {"start": True, "healthy_for": 0.5, "in_doubt_grace": 0.2, **settings}
+    report = tmp_path / "report.json"
+    code = await run_source(
+        settings_for(sim.url, tmp_path, **values), DirectorySource(folder), RunAccount(report)
+    )
+    return code, read_report(report)
+
+
+def stats(sim: RunningSimulator) -> dict[str, Any]:
+    return sim.store.stats(PROJECT)
+
+
+def twice(sim: RunningSimulator) -> list[str]:
+    rows = stats(sim)["jobs"]
+    return [job["name"] for job in rows if job["runs"] > 1 or job["runs_while_running"]]
+
+
+async def test_a_failing_first_wave_holds_the_rest(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(**{**FAST_START, "submit_fail": 0.9})
+    names = write_manifests(tmp_path / "m", 100)
+    code, report = await run(
+        sim, tmp_path, tmp_path / "m", waves="5,100%", max_failures=1, wait=True
+    )
+    assert code == 1
+    rows = {row["name"]: row for row in report["jobs"]}
+    held = sorted(n for n, r in rows.items() if r["outcome"] == "held")
+    assert held == names[5:]  # nothing of wave 2 was sent
+    assert all("--max-failures 1" in rows[n]["error"] and rows[n]["start"] is None for n in held)
+    assert sorted(job.name for job in sim.store.jobs) == names[:5]
+    assert report["summary"]["held"] == 95 and report["summary"]["start_failed"] >= 2
+
+
+async def test_wave_2_is_created_only_after_wave_1_ran_for_healthy_for(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(**FAST_START)
+    names = write_manifests(tmp_path / "m", 12)
+    code, report = await run(sim, tmp_path, tmp_path / "m", waves="2,50%,100%", healthy_for=0.5)
+    assert code == 0, report["summary"]
+    jobs = {job.name: job for job in sim.store.jobs}
+    for job in jobs.values():
+        assert job.status == "job_running"  # moves the simulated status along
+    waves = [names[:2], names[2:6], names[6:]]
+    for earlier, later in itertools.pairwise(waves):
+        healthy_by = max(jobs[n].start_time for n in earlier) + 500  # epoch ms
+        assert min(jobs[n].create_time for n in later) >= healthy_by
+    assert {row["health"] for row in report["jobs"]} == {"healthy"}
+    assert twice(sim) == []
+
+
+async def test_lost_start_answers_start_no_job_twice(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(**{**FAST_START, "drop_after_run": 0.5, "error_504_after_run": 0.3})
+    write_manifests(tmp_path / "m", 250)
+    code, report = await run(sim, tmp_path, tmp_path / "m", wait=True)
+    assert code == 0, report["summary"]
+    assert stats(sim)["faults"], "no start answer was lost: the test proves nothing"
+    assert twice(sim) == []
+    assert {job["status"] for job in stats(sim)["jobs"]} == {"job_running"}
+    assert report["summary"]["running"] == 250 and report["summary"]["run_calls"] >= 3
+
+
+async def test_wait_alone_waits_for_the_jobs_already_started(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(**FAST_START)
+    write_manifests(tmp_path / "m", 3)
+    code, first = await run(sim, tmp_path, tmp_path / "m")  # --start, no --wait
+    assert code == 0 and {row["start"] for row in first["jobs"]} == {"started"}
+    assert first["summary"]["started"] + first["summary"]["running"] == 3
+    write_manifests(tmp_path / "m", 1, prefix="late")  # created now, never started
+    code, report = await run(sim, tmp_path, tmp_path / "m", start=False, wait=True)
+    rows = {row["name"]: row for row in report["jobs"]}
+    assert rows.pop("late-00000")["start"] == "not_started"
+    assert {row["health"] for row in rows.values()} == {"healthy"}
+    assert code == 0  # a job never started is reported, not waited for
+    assert stats(sim)["totals"]["runs"] == 3
+
+
+async def test_a_stopped_job_is_started_again_only_with_restart_stopped(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(**FAST_START)
+    write_manifests(tmp_path / "m", 1)
+    assert (await run(sim, tmp_path, tmp_path / "m", wait=True))[0] == 0
+    job = sim.store.jobs[0]
+    job.enter("job_cancel_success")  # the user stopped it on purpose
+    code, report = await run(sim, tmp_path, tmp_path / "m", wait=True)
+    assert report["jobs"][0]["start"] == "not_started" and code == 0
+    code, report = await run(sim, tmp_path, tmp_path / "m", wait=True, restart_stopped=True)
+    assert (code, report["jobs"][0]["start"], report["jobs"][0]["health"]) == (
+        0,
+        "started",
+        "healthy",
+    )
+
+
+def test_watch_and_consume_refuse_waves_and_waves_need_start(tmp_path: Path) -> None:
+    settings = settings_for("http://127.0.0.1:9", tmp_path, start=True, waves="1,100%")
+    with pytest.raises(ConfigError, match="watch and consume"):
+        lifecycle(settings, endless=True)
+    assert lifecycle(settings, endless=False).waves is not None
+    with pytest.raises(ConfigError, match="give --start"):
+        lifecycle(settings_for("http://x", tmp_path, waves="5"), endless=False)
+    with pytest.raises(ConfigError, match="give --waves"):
+        lifecycle(settings_for("http://x", tmp_path, max_failures=2), endless=False)
+    with pytest.raises(ConfigError, match=r"waves: --waves 10%,5%: wave 2 \(5%\) must be more"):
+        load_settings({"start": True, "waves": "10%,5%"})
+
+
+def test_metrics_count_jobs_by_dli_status_and_time_the_starts() -> None:
+    metrics = Metrics()
+    row = JobResult("a.json", "a", Outcome.CREATED, job_id=1, start="started")
+    metrics.on_lifecycle(row)
+    running = JobResult(
+        "b.json", "b", Outcome.CREATED, job_id=2, start="started", status="job_running",
+        started_at=100.0, running_at=103.5,
+    )  # fmt: skip
+    metrics.on_lifecycle(running)
+    text = metrics.render().decode()
+    assert 'batchsub_job_status_total{status="job_running"} 1.0' in text
+    assert 'batchsub_starts_total{start="started"} 2.0' in text
+    assert "batchsub_start_seconds_count 1.0" in text and "batchsub_start_seconds_sum 3.5" in text
