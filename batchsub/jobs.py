@@ -240,6 +240,8 @@ class UpdateState(StrEnum):
     RESTARTING = "restarting"  # a run call may be in flight
     DONE = "done"  # finished: the job holds the body (and runs again if it ran)
     FAILED = "failed"  # given up: ``error`` says why (a refused PUT, a job gone)
+    PRUNING = "pruning"  # apply --prune: a stop or delete may be in flight (finished by --prune)
+    PRUNED = "pruned"  # apply --prune: deleted (the jobs row stays: the ledger keeps its history)
 
 
 UNFINISHED_UPDATES = frozenset(

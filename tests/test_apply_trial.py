@@ -189,3 +189,49 @@ def test_apply_killed_mid_way_and_run_again_updates_each_job_once(
                 ), job["name"]
         third = run_batchsub("apply", folder, *common, "--savepoint", env=env, cwd=tmp_path)
         assert third.returncode == 0 and stats(url)["totals"] == after["totals"]
+
+
+def test_prune_deletes_only_the_orphans_batchsub_made_after_listing_them(tmp_path: Path) -> None:
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    for index in range(6):
+        write(folder, index)
+    env = {"BATCHSUB_AUTH_TOKEN": TOKEN}
+    with simulator_process(tmp_path / "sim.log", *QUICK) as url:
+        common = ("--endpoint", url, "--project-id", PROJECT, "--ledger", tmp_path / "l.db")
+        done = run_batchsub("run", folder, *common, "--rate", "0", env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        by_name = dict(remote_jobs(url))
+        post(url, "/jobs/run", {"job_ids": [by_name["job-000"], by_name["job-001"]]})
+        # A job of someone else's, in no manifest: never batchsub's to delete.
+        post(url, "/flink-jobs", {"name": "not-ours", "queue_name": "q1"})
+        (folder / "job-000.json").unlink()  # running
+        (folder / "job-005.json").unlink()  # never started
+        time.sleep(0.6)
+
+        plan = run_batchsub("plan", folder, *common, "--json", env=env, cwd=tmp_path)
+        orphaned = [r["name"] for r in json.loads(plan.stdout)["jobs"] if r["action"] == "orphaned"]
+        assert sorted(orphaned) == ["job-000", "job-005"]
+        dry = run_batchsub("apply", folder, *common, "--prune", "--dry-run", env=env, cwd=tmp_path)
+        assert dry.returncode == 0 and "orphaned" in dry.stdout
+        assert len(remote_jobs(url)) == 7  # the dry run deleted nothing
+
+        report = tmp_path / "r.json"
+        pruned = run_batchsub(
+            "apply", folder, *common, "--prune", "--report", report, env=env, cwd=tmp_path
+        )
+        assert pruned.returncode == 0, pruned.stderr
+        assert "--prune: stopping and deleting 2 job(s)" in pruned.stderr
+        assert "job-000 (job " in pruned.stderr and "job-005 (job " in pruned.stderr
+        rows = {row["name"]: row for row in json.loads(report.read_text())["jobs"]}
+        assert rows["job-000"]["outcome"] == rows["job-005"]["outcome"] == "pruned"
+        assert json.loads(report.read_text())["summary"]["pruned"] == 2
+        left = {name for name, _ in remote_jobs(url)}
+        assert left == {"job-001", "job-002", "job-003", "job-004", "not-ours"}
+        jobs = {row["job_id"]: row for row in stats(url)["jobs"]}
+        assert jobs[by_name["job-000"]]["deleted"] and jobs[by_name["job-000"]]["stops"] == 1
+
+        again = run_batchsub("apply", folder, *common, "--prune", env=env, cwd=tmp_path)
+        assert again.returncode == 0 and "--prune" not in again.stderr, again.stderr
+        plan = run_batchsub("plan", folder, *common, "--json", env=env, cwd=tmp_path)
+        assert json.loads(plan.stdout)["counts"]["orphaned"] == 0

@@ -23,6 +23,7 @@ credential the API refused, or a report that could not be written.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -42,6 +43,7 @@ from batchsub.jobs import (
     LedgerState,
     Outcome,
     RememberedJob,
+    UpdateState,
 )
 from batchsub.ledgers.outage import Outage
 from batchsub.lifecycle.apply_plan import (
@@ -51,6 +53,7 @@ from batchsub.lifecycle.apply_plan import (
     change_rows,
     decide_apply,
 )
+from batchsub.lifecycle.pruner import PruneJob, Pruner, PruneResult
 from batchsub.lifecycle.status_reader import StatusReader
 from batchsub.lifecycle.updater import UpdateJob, UpdateKind, Updater, UpdateResult
 from batchsub.limiter import RateLimiter
@@ -78,6 +81,12 @@ def add_parser(commands: Any) -> None:
         "--savepoint",
         action="store_true",
         help="a running job that must restart is stopped with a savepoint and resumes from it",
+    )
+    apply.add_argument(
+        "--prune",
+        action="store_true",
+        help="stop and delete the jobs batchsub created or adopted in this project that no"
+        " manifest of DIR names (listed first; `plan` shows them as orphaned)",
     )
     apply.add_argument(
         "--dry-run", action="store_true", help="show what apply would do (as `plan`); send nothing"
@@ -112,6 +121,7 @@ def apply_command(settings: Settings, args: argparse.Namespace) -> int:
             args.report,
             simulator=args.simulator,
             savepoint=args.savepoint,
+            prune=args.prune,
         ),
         settings.event_loop,
     )
@@ -124,8 +134,9 @@ async def apply_directory(
     *,
     simulator: bool,
     savepoint: bool,
+    prune: bool = False,
 ) -> int:
-    """Update what changed, then create what is missing; returns the exit code."""
+    """Update what changed (and prune), then create what is missing; returns the exit code."""
     from batchsub.logs import configure_command_logging
     from batchsub.parse_pool import ParserPool
     from batchsub.runner import run_source
@@ -134,11 +145,14 @@ async def apply_directory(
     started = time.monotonic()
     notes = ApplyNotes()
     if not simulator:  # the built-in simulator starts empty: there is nothing to update
-        notes = await update_pass(settings, directory, savepoint=savepoint)
+        notes = await update_pass(settings, directory, savepoint=savepoint, prune=prune)
     parser = ParserPool(settings.parse_workers)
     parser.start()
     try:
         account = ApplyAccount(report, notes)
+        for record, result in notes.pruned:
+            outcome = Outcome.PRUNED if result.pruned else Outcome.FAILED
+            account.add(JobResult(record.source, record.name, outcome, record.job_id, result.error))
         code = await run_source(
             settings,
             DirectorySource(directory, parser=parser),
@@ -177,6 +191,7 @@ class ApplyNotes:
     puts: int = 0
     calls: int = 0
     fatal: str | None = None
+    pruned: list[tuple[LedgerRecord, PruneResult]] = field(default_factory=list)
 
 
 _KIND_OUTCOMES = {
@@ -185,9 +200,15 @@ _KIND_OUTCOMES = {
     UpdateKind.MISSING: Outcome.MISSING,
     UpdateKind.UNRESOLVED: Outcome.UNRESOLVED,
 }
-async def update_pass(settings: Settings, directory: Path, *, savepoint: bool) -> ApplyNotes:
-    """Pass 1: finish unfinished updates, then update every created job whose manifest changed."""
+
+
+async def update_pass(
+    settings: Settings, directory: Path, *, savepoint: bool, prune: bool = False
+) -> ApplyNotes:
+    """Pass 1: finish unfinished updates, then update every created job whose manifest changed;
+    with ``prune``, then stop and delete the created jobs no manifest names."""
     notes = ApplyNotes()
+    orphans: list[LedgerRecord] = []
     async with AsyncExitStack() as stack:
         target = await stack.enter_async_context(resolve_target(settings, simulator=False))
         ledger = open_ledger(
@@ -214,9 +235,9 @@ async def update_pass(settings: Settings, directory: Path, *, savepoint: bool) -
         caller = RetryingCaller(limiter, policy, give_up_after=GIVE_UP_AFTER)
         reader = StatusReader(client, caller)
         project = target.project_id
-        work = await _decide(directory, ledger, updates, reader, project, notes)
-        if not work:
-            return notes
+        work, names = await _decide(directory, ledger, updates, reader, project, notes)
+        if prune and notes.fatal is None:
+            orphans = await _orphans(ledger, updates, project, names)
         updater = Updater(
             client=client,
             reader=reader,
@@ -228,13 +249,60 @@ async def update_pass(settings: Settings, directory: Path, *, savepoint: bool) -
             concurrency=settings.concurrency,
             in_doubt_grace=settings.in_doubt_grace,
         )
-        results = await updater.update([job for job, _ in work])
+        results = await updater.update([job for job, _ in work]) if work else []
         decisions = {job.name: decision for job, decision in work}
         for result in results:
             _note(notes, result, decisions.get(result.name))
         notes.puts, notes.calls = updater.puts_sent, updater.calls
         notes.fatal = str(updater.fatal) if updater.fatal is not None else None
+        if prune and notes.fatal is None and orphans:
+            _announce(orphans)
+            pruner = Pruner(
+                client=client,
+                reader=reader,
+                caller=caller,
+                ledger=updates,
+                limiter=limiter,
+                policy=policy,
+                in_doubt_grace=settings.in_doubt_grace,
+            )
+            jobs = [PruneJob(r.name, r.job_id or 0, r.body, r.body_hash) for r in orphans]
+            done = await pruner.prune(jobs)
+            records = {record.name: record for record in orphans}
+            notes.pruned = [(records[result.name], result) for result in done]
+            notes.calls += pruner.deletes_sent
     return notes
+
+
+async def _orphans(
+    ledger: Ledger, updates: UpdateLedger, project: str, names: set[str]
+) -> list[LedgerRecord]:
+    """The jobs batchsub created or adopted in this project that no manifest of DIR names."""
+    found = [
+        record
+        async for record in ledger.records(project)
+        if record.state is LedgerState.CREATED
+        and record.job_id is not None
+        and record.name not in names
+    ]
+    rows = await updates.update_records(project, [record.name for record in found])
+    return [
+        record
+        for record in found
+        if not ((row := rows.get(record.name)) and row.job_id == record.job_id
+                and row.state is UpdateState.PRUNED)
+    ]  # fmt: skip
+
+
+def _announce(orphans: Sequence[LedgerRecord]) -> None:
+    """The list --prune deletes, printed before anything is sent."""
+    print(
+        f"batchsub: --prune: stopping and deleting {len(orphans)} job(s) batchsub created or"
+        " adopted in this project that no manifest of DIR names:",
+        file=sys.stderr,
+    )
+    for record in orphans:
+        print(f"  {record.name} (job {record.job_id}, from {record.source})", file=sys.stderr)
 
 
 def _update_ledger(ledger: Ledger) -> UpdateLedger | None:
@@ -249,8 +317,9 @@ async def _decide(
     reader: StatusReader,
     project: str,
     notes: ApplyNotes,
-) -> list[tuple[UpdateJob, ApplyDecision | None]]:
-    """The updates to carry out: unfinished ones first, then the changed created jobs."""
+) -> tuple[list[tuple[UpdateJob, ApplyDecision | None]], set[str]]:
+    """The updates to carry out (unfinished ones first, then the changed created jobs), and
+    the names of every job of DIR."""
     unfinished = await updates.update_records(project)
     work: list[tuple[UpdateJob, ApplyDecision | None]] = [
         (UpdateJob(row.name, row.job_id, record=row), None) for row in unfinished.values()
@@ -259,7 +328,10 @@ async def _decide(
     created: dict[str, int] = {}  # every created job of DIR: its id, to see it still exists
     source = DirectorySource(directory)
     batch: list[JobSpec] = []
+    names: set[str] = set()
     async for item in source.items():
+        if item.name is not None:
+            names.add(item.name)
         if isinstance(item, RememberedJob) and item.job_id is not None:
             created[item.name] = item.job_id
         elif isinstance(item, JobSpec):
@@ -273,7 +345,7 @@ async def _decide(
     except ApiError as exc:
         notes.fatal = f"statuses unreadable: {exc}"
         log.error("apply.statuses_unreadable", error=str(exc))
-        return work
+        return work, names
     rows = await updates.update_records(project, [spec.name for spec, _ in changed])
     for name, job_id in created.items():
         if name not in unfinished and job_id in seen and seen[job_id] is None:
@@ -290,7 +362,7 @@ async def _decide(
         elif decision.action is not ApplyAction.UNCHANGED:
             outcome = Outcome.DRIFTED if decision.changes else Outcome.UNRESOLVED
             notes.jobs[spec.name] = Note(outcome, change_rows(decision), decision.reason)
-    return work
+    return work, names
 
 
 async def _sort(

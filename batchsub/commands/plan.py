@@ -197,13 +197,23 @@ def _update_row(
 async def orphan_rows(
     ledger: Ledger, project_id: str, names: set[str]
 ) -> AsyncIterator[PlanRow]:
-    """Jobs the ledger records as created in this project that no manifest of DIR names."""
-    async for record in ledger.records(project_id):
-        if record.state is LedgerState.CREATED and record.name not in names:
-            detail = "created by batchsub, in no manifest of DIR (apply --prune deletes it)"
-            if record.adopted:
-                detail = "adopted by batchsub, in no manifest of DIR (apply --prune deletes it)"
-            yield PlanRow(record.source, record.name, Action.ORPHANED, record.job_id, detail)
+    """Jobs the ledger records as created in this project that no manifest of DIR names
+    (those ``apply --prune`` deleted already left out)."""
+    found = [
+        record
+        async for record in ledger.records(project_id)
+        if record.state is LedgerState.CREATED and record.name not in names
+    ]
+    pruned: set[str] = set()
+    if found and hasattr(ledger, "update_records"):
+        rows = await ledger.update_records(project_id, [record.name for record in found])
+        pruned = {name for name, row in rows.items() if row.state.value == "pruned"}
+    for record in found:
+        if record.name in pruned:
+            continue
+        who = "adopted" if record.adopted else "created"
+        detail = f"{who} by batchsub, in no manifest of DIR (apply --prune deletes it)"
+        yield PlanRow(record.source, record.name, Action.ORPHANED, record.job_id, detail)
 
 
 # Plan actions after which the run creates the job: it starts in job_init.
