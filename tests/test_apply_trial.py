@@ -235,3 +235,45 @@ def test_prune_deletes_only_the_orphans_batchsub_made_after_listing_them(tmp_pat
         assert again.returncode == 0 and "--prune" not in again.stderr, again.stderr
         plan = run_batchsub("plan", folder, *common, "--json", env=env, cwd=tmp_path)
         assert json.loads(plan.stdout)["counts"]["orphaned"] == 0
+
+
+def test_plan_check_remote_shows_a_change_made_by_hand_and_how_apply_updates(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    for index in range(3):
+        write(folder, index)
+    env = {"BATCHSUB_AUTH_TOKEN": TOKEN}
+    with simulator_process(tmp_path / "sim.log", *QUICK) as url:
+        common = ("--endpoint", url, "--project-id", PROJECT, "--ledger", tmp_path / "l.db")
+        done = run_batchsub("run", folder, *common, "--rate", "0", env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        ids = dict(remote_jobs(url))
+        post(url, "/jobs/run", {"job_ids": [ids["job-000"], ids["job-001"]]})
+        request = urllib.request.Request(  # a change by hand, in the console
+            f"{url}/v1.0/{PROJECT}/streaming/flink-jobs/{ids['job-002']}",
+            data=orjson.dumps({"cu_number": 8}),
+            headers={"X-Auth-Token": TOKEN, "Content-Type": "application/json"},
+            method="PUT",
+        )
+        urllib.request.urlopen(request, timeout=5).close()
+        write(folder, 0, cu_number=4)
+        time.sleep(0.6)
+        local = run_batchsub("plan", folder, *common, "--json", env=env, cwd=tmp_path)
+        rows = {row["name"]: row for row in json.loads(local.stdout)["jobs"]}
+        assert rows["job-002"]["action"] == "already_created"  # the ledger cannot see it
+        checked = run_batchsub(
+            "plan", folder, *common, "--json", "--check-remote", "--savepoint",
+            env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert checked.returncode == 0, checked.stderr
+        rows = {row["name"]: row for row in json.loads(checked.stdout)["jobs"]}
+        assert rows["job-002"]["action"] == "drifted"
+        assert rows["job-002"]["remote_drift"] == [
+            {"field": "cu_number", "server": 8, "batchsub": 2}
+        ]
+        assert rows["job-001"]["action"] == "already_created"  # defaults are no drift
+        assert rows["job-000"]["action"] == "update"
+        assert rows["job-000"]["changes"][0]["how"] == "restart"
+        assert "cu_number: 2 -> 4 (restart with savepoint)" in rows["job-000"]["detail"]

@@ -13,7 +13,7 @@ import functools
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,11 @@ class PlanRow:
     drift: tuple[str, ...] = ()
     # UPDATE (and a change apply cannot make): {field, old, new, how} per changed field.
     changes: tuple[dict[str, Any], ...] = ()
+    # --check-remote: fields the server's detail holds otherwise than batchsub left them.
+    remote_drift: tuple[dict[str, Any], ...] = ()
+    # A created job's manifest and ledger row, for --check-remote (not shown).
+    spec: JobSpec | None = field(default=None, compare=False, repr=False)
+    record: LedgerRecord | None = field(default=None, compare=False, repr=False)
     # --start: what the start rule (``start_rules.decide_start``) would do, and why not.
     start: str | None = None
     start_detail: str = ""
@@ -133,6 +138,7 @@ class PlanRow:
             "detail": self.detail,
             "drift": list(self.drift),
             "changes": list(self.changes),
+            "remote_drift": list(self.remote_drift),
             "start": self.start,
             "start_detail": self.start_detail,
         }
@@ -154,12 +160,14 @@ def plan_job(
     decision = decide_create(spec, record)
     action = decision.action
     if record is not None and action is CreateAction.DRIFTED:
-        return _update_row(spec, record, decision.reason or "", decision.drift, savepoint)
+        row = _update_row(spec, record, decision.reason or "", decision.drift, savepoint, None)
+        return replace(row, spec=spec, record=record)
     if record is not None and action is CreateAction.EXISTS:
         detail = ""
         if remote is not None and spec.name not in remote:
             detail = "not found remotely (deleted?); the ledger says created, so it is not sent"
-        return PlanRow(spec.source, spec.name, Action.ALREADY_CREATED, record.job_id, detail)
+        row = PlanRow(spec.source, spec.name, Action.ALREADY_CREATED, record.job_id, detail)
+        return replace(row, spec=spec, record=record)
     remote_id = remote.get(spec.name) if remote is not None else None
     if remote_id is not None:
         was = f"ledger: {record.state.value}; " if record is not None else ""
@@ -178,12 +186,18 @@ def plan_job(
 
 
 def _update_row(
-    spec: JobSpec, record: LedgerRecord, reason: str, drift: tuple[str, ...], savepoint: bool
+    spec: JobSpec,
+    record: LedgerRecord,
+    reason: str,
+    drift: tuple[str, ...],
+    savepoint: bool,
+    status: str | None,
 ) -> PlanRow:
-    """``update  name  cu_number: 2 -> 4 (restart if running)``, or drifted when apply cannot."""
+    """``update  name  cu_number: 2 -> 4 (restart if running)``, or drifted when apply cannot;
+    ``status`` (``--check-remote``) says whether the job runs, so how it is updated."""
     from batchsub.lifecycle.apply_plan import UPDATES, ApplyAction, change_rows, decide_apply
 
-    applied = decide_apply(spec, record, None, None)
+    applied = decide_apply(spec, record, None, status)
     changes = tuple(change_rows(applied))
     if applied.action not in (*UPDATES, ApplyAction.UPDATE_UNKNOWN):
         detail = f"{reason}; {applied.reason}" if applied.reason else reason
@@ -192,6 +206,49 @@ def _update_row(
     how = applied.how(savepoint)
     detail = "; ".join(f"{change.text()} ({how})" for change in applied.changes)
     return PlanRow(spec.source, spec.name, Action.UPDATE, record.job_id, detail, drift, changes)
+
+
+async def remote_rows(
+    rows: AsyncIterator[PlanRow], settings: Settings, project_id: str, savepoint: bool
+) -> AsyncIterator[PlanRow]:
+    """``--check-remote``: each created job's detail (one call each), in the create dialect
+    (``detail_dialect``), against the body batchsub left it with: a change made by hand (in
+    the console) shows as ``drifted``; its status says how ``apply`` would update it."""
+    from batchsub.answers import JOB_GONE
+    from batchsub.errors import ApiError
+    from batchsub.lifecycle.detail_dialect import differences, normalise
+
+    async with remote_api(settings, project_id) as api:
+        async for row in rows:
+            spec, record = row.spec, row.record
+            if spec is None or record is None or record.job_id is None:
+                yield row
+                continue
+            try:
+                detail = await api.caller.call(
+                    "job_detail", functools.partial(api.client.job_detail_body, record.job_id)
+                )
+            except ApiError as exc:
+                if exc.code != JOB_GONE:
+                    raise
+                gone = f"job {record.job_id} not found remotely (deleted?): apply says missing"
+                yield replace(row, detail=gone)
+                continue
+            status = str(detail.get("status") or "") or None
+            if row.action is Action.UPDATE:
+                reason = row.detail
+                row = _update_row(spec, record, reason, row.drift, savepoint, status)
+            base = orjson.loads(record.body)
+            drift = differences(base, normalise(detail))
+            if drift:
+                found = tuple(
+                    {"field": name, "server": have, "batchsub": want}
+                    for name, (have, want) in drift.items()
+                )
+                shown = "; ".join(f"{d['field']}: {d['server']!r} on the server" for d in found)
+                detail_text = f"changed outside batchsub: {shown}"
+                row = replace(row, action=Action.DRIFTED, detail=detail_text, remote_drift=found)
+            yield row
 
 
 async def orphan_rows(
@@ -379,6 +436,10 @@ async def _plan(
                 savepoint=getattr(args, "savepoint", False),
                 orphans=True,
             )
+            if args.check_remote:
+                rows = remote_rows(
+                    rows, settings, project_id, getattr(args, "savepoint", False)
+                )
             async for row in rows:
                 output.add(row)
     finally:
