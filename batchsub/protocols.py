@@ -184,6 +184,15 @@ class UpdateLedger(Protocol):
         """Commit steps; ``done`` also records the body as the job's (see the class docstring)."""
         ...
 
+    def forget_missing(
+        self, project_id: str, jobs: Sequence[tuple[str, int]]
+    ) -> Awaitable[set[str]]:
+        """(name, job_id) of created jobs seen deleted on the server: their jobs rows go back
+        to ``retrying`` (known not to exist), so the create path creates them again
+        (``apply --recreate-missing``). Only a row still ``created`` with that job_id moves;
+        the names moved."""
+        ...
+
 
 @runtime_checkable
 class FileIndex(Protocol):

@@ -277,3 +277,35 @@ def test_plan_check_remote_shows_a_change_made_by_hand_and_how_apply_updates(
         assert rows["job-000"]["action"] == "update"
         assert rows["job-000"]["changes"][0]["how"] == "restart"
         assert "cu_number: 2 -> 4 (restart with savepoint)" in rows["job-000"]["detail"]
+
+
+def test_a_job_deleted_on_the_server_is_missing_and_created_again_only_when_asked(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    for index in range(3):
+        write(folder, index)
+    env = {"BATCHSUB_AUTH_TOKEN": TOKEN}
+    with simulator_process(tmp_path / "sim.log", *QUICK) as url:
+        common = ("--endpoint", url, "--project-id", PROJECT, "--ledger", tmp_path / "l.db")
+        done = run_batchsub("run", folder, *common, "--rate", "0", env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        gone = dict(remote_jobs(url))["job-001"]
+        post(url, "/jobs/delete", {"job_ids": [gone]})
+        report = tmp_path / "r.json"
+        missing = run_batchsub("apply", folder, *common, "--report", report, env=env, cwd=tmp_path)
+        assert missing.returncode == 1
+        rows = {row["name"]: row for row in json.loads(report.read_text())["jobs"]}
+        assert rows["job-001"]["outcome"] == "missing" and rows["job-001"]["job_id"] == gone
+        assert stats(url)["create_requests"] == 3  # not created again
+        again = run_batchsub(
+            "apply", folder, *common, "--recreate-missing", "--report", report,
+            env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        rows = {row["name"]: row for row in json.loads(report.read_text())["jobs"]}
+        assert rows["job-001"]["outcome"] == "created" and rows["job-001"]["job_id"] != gone
+        assert stats(url)["create_requests"] == 4
+        third = run_batchsub("apply", folder, *common, "--recreate-missing", env=env, cwd=tmp_path)
+        assert third.returncode == 0 and stats(url)["create_requests"] == 4

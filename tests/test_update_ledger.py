@@ -204,3 +204,16 @@ async def test_a_version_2_postgres_ledger_gains_the_updates_table() -> None:
         finally:
             await conn.close()
     assert version == postgres.SCHEMA_VERSION == 3
+
+
+async def test_forget_missing_moves_only_a_created_row_of_that_job(make: MakeBackend) -> None:
+    b = await make(FakeClock(100.0))
+    assert await b.ledger.forget_missing(P, [("a", 7)]) == {"a"}
+    if b.kind == "memory":
+        return  # no jobs rows: what it records is the SQL ledgers' to show
+    sql: Any = b.ledger
+    row = (await sql.get_many(P, ["a"]))["a"]
+    assert (row.state, row.job_id) == (LedgerState.RETRYING, None)
+    assert await b.ledger.forget_missing(P, [("a", 7)]) == set()  # not created any more
+    await sql.record(P, spec_of(NEW), LedgerState.CREATED, job_id=9)
+    assert await b.ledger.forget_missing(P, [("a", 7)]) == set()  # another job now

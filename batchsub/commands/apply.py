@@ -83,6 +83,12 @@ def add_parser(commands: Any) -> None:
         help="a running job that must restart is stopped with a savepoint and resumes from it",
     )
     apply.add_argument(
+        "--recreate-missing",
+        action="store_true",
+        help="create again the jobs batchsub created that were deleted on the server since"
+        " (without it they are reported missing)",
+    )
+    apply.add_argument(
         "--prune",
         action="store_true",
         help="stop and delete the jobs batchsub created or adopted in this project that no"
@@ -122,6 +128,7 @@ def apply_command(settings: Settings, args: argparse.Namespace) -> int:
             simulator=args.simulator,
             savepoint=args.savepoint,
             prune=args.prune,
+            recreate_missing=args.recreate_missing,
         ),
         settings.event_loop,
     )
@@ -135,6 +142,7 @@ async def apply_directory(
     simulator: bool,
     savepoint: bool,
     prune: bool = False,
+    recreate_missing: bool = False,
 ) -> int:
     """Update what changed (and prune), then create what is missing; returns the exit code."""
     from batchsub.logs import configure_command_logging
@@ -145,7 +153,13 @@ async def apply_directory(
     started = time.monotonic()
     notes = ApplyNotes()
     if not simulator:  # the built-in simulator starts empty: there is nothing to update
-        notes = await update_pass(settings, directory, savepoint=savepoint, prune=prune)
+        notes = await update_pass(
+            settings,
+            directory,
+            savepoint=savepoint,
+            prune=prune,
+            recreate_missing=recreate_missing,
+        )
     parser = ParserPool(settings.parse_workers)
     parser.start()
     try:
@@ -192,6 +206,7 @@ class ApplyNotes:
     calls: int = 0
     fatal: str | None = None
     pruned: list[tuple[LedgerRecord, PruneResult]] = field(default_factory=list)
+    missing: dict[str, int] = field(default_factory=dict)  # name -> the job_id deleted
 
 
 _KIND_OUTCOMES = {
@@ -203,7 +218,12 @@ _KIND_OUTCOMES = {
 
 
 async def update_pass(
-    settings: Settings, directory: Path, *, savepoint: bool, prune: bool = False
+    settings: Settings,
+    directory: Path,
+    *,
+    savepoint: bool,
+    prune: bool = False,
+    recreate_missing: bool = False,
 ) -> ApplyNotes:
     """Pass 1: finish unfinished updates, then update every created job whose manifest changed;
     with ``prune``, then stop and delete the created jobs no manifest names."""
@@ -236,6 +256,12 @@ async def update_pass(
         reader = StatusReader(client, caller)
         project = target.project_id
         work, names = await _decide(directory, ledger, updates, reader, project, notes)
+        if recreate_missing and notes.missing:
+            # Their rows go back to retrying: pass 2 (the create path) creates them again.
+            moved = await updates.forget_missing(project, sorted(notes.missing.items()))
+            for name in moved:
+                notes.jobs.pop(name, None)
+            log.info("apply.recreating", jobs=len(moved))
         if prune and notes.fatal is None:
             orphans = await _orphans(ledger, updates, project, names)
         updater = Updater(
@@ -349,7 +375,9 @@ async def _decide(
     rows = await updates.update_records(project, [spec.name for spec, _ in changed])
     for name, job_id in created.items():
         if name not in unfinished and job_id in seen and seen[job_id] is None:
-            notes.jobs[name] = Note(Outcome.MISSING, error=f"job {job_id} was deleted")
+            error = f"job {job_id} was deleted on the server (--recreate-missing creates it)"
+            notes.jobs[name] = Note(Outcome.MISSING, error=error)
+            notes.missing[name] = job_id
     for spec, record in changed:
         if spec.name in unfinished or spec.name in notes.jobs:
             continue

@@ -47,6 +47,7 @@ class MemoryUpdateLedger:
     ) -> None:
         self._rows: dict[tuple[str, str], UpdateRecord] = {}
         self.applied: dict[tuple[str, str], tuple[int, bytes, str]] = {}  # jobs row body
+        self.forgotten: set[tuple[str, str, int]] = set()  # forget_missing
         self._clock = clock
         self._on_write = on_write
         self.writes = 0
@@ -90,6 +91,12 @@ class MemoryUpdateLedger:
             if step.state is UpdateState.DONE:
                 self.applied[key] = (row.job_id, row.body, row.body_hash)
         self._committed("record_update", steps)
+
+    async def forget_missing(self, project_id: str, jobs: Sequence[tuple[str, int]]) -> set[str]:
+        """Note the jobs forgotten (this ledger keeps no jobs rows)."""
+        self.forgotten.update((project_id, name, job_id) for name, job_id in jobs)
+        self._committed("forget_missing", [])
+        return {name for name, _ in jobs}
 
     def _committed(self, what: str, steps: Sequence[UpdateStep]) -> None:
         self.writes += 1

@@ -76,6 +76,15 @@ WHERE project_id = $1 AND name = $2 AND job_id = $6
 """
 
 
+_FORGET_SQL = """
+UPDATE batchsub_jobs SET state = 'retrying', job_id = NULL, error_code = NULL,
+    http_status = NULL, adopted = false, updated_at = $1, owner = NULL, lease_until = NULL,
+    error_message = 'deleted on the server; created again (apply --recreate-missing)'
+WHERE project_id = $2 AND name = $3 AND state = 'created' AND job_id = $4
+RETURNING name
+"""
+
+
 class PostgresUpdates:
     """The ``UpdateLedger`` methods of ``PostgresLedger`` (which provides the attributes)."""
 
@@ -153,6 +162,27 @@ class PostgresUpdates:
                         )  # fmt: skip
 
         return self._detach(self._statement("write failed", work, new_work=False))
+
+    def forget_missing(
+        self, project_id: str, jobs: Sequence[tuple[str, int]]
+    ) -> asyncio.Future[set[str]]:
+        """Move those created rows back to ``retrying`` (one transaction); the names moved."""
+
+        async def work(conn: _Connection) -> set[str]:
+            return await _forget(conn, float(self._clock()), project_id, jobs)
+
+        return self._detach(self._statement("write failed", work, new_work=True))
+
+
+async def _forget(
+    conn: _Connection, now: float, project_id: str, jobs: Sequence[tuple[str, int]]
+) -> set[str]:
+    moved: set[str] = set()
+    async with conn.transaction():
+        for name, job_id in sorted(jobs):
+            if await conn.fetchval(_FORGET_SQL, now, project_id, name, job_id) is not None:
+                moved.add(name)
+    return moved
 
 
 async def _locked(

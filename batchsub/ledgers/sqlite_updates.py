@@ -69,6 +69,14 @@ WHERE project_id = ? AND name = ? AND job_id = ?
 """
 
 
+_FORGET_SQL = """
+UPDATE jobs SET state = 'retrying', job_id = NULL, error_code = NULL, http_status = NULL,
+    error_message = 'deleted on the server; created again (apply --recreate-missing)',
+    adopted = 0, updated_at = ?
+WHERE project_id = ? AND name = ? AND state = 'created' AND job_id = ?
+"""
+
+
 class SqliteUpdates:
     """The ``UpdateLedger`` methods of ``SqliteLedger`` (which provides the attributes)."""
 
@@ -138,6 +146,21 @@ class SqliteUpdates:
                     )
 
         return self._update_write(work, new_work=False)
+
+    def forget_missing(
+        self, project_id: str, jobs: Sequence[tuple[str, int]]
+    ) -> asyncio.Future[set[str]]:
+        """Move those created rows back to ``retrying`` (one transaction); the names moved."""
+        now = self._clock()
+
+        def work(conn: sqlite3.Connection) -> set[str]:
+            moved = set()
+            for name, job_id in jobs:
+                if conn.execute(_FORGET_SQL, (now, project_id, name, job_id)).rowcount:
+                    moved.add(name)
+            return moved
+
+        return self._update_write(work, new_work=True)
 
     def _update_write(
         self, work: Callable[[sqlite3.Connection], Any], *, new_work: bool
