@@ -141,6 +141,9 @@ async def run_source(
         # A one-shot run with nobody listening at the endpoint says so in seconds; a daemon
         # keeps trying through an outage, as long as the retry policy allows.
         caller = RetryingCaller(limiter, policy, give_up_after=None if endless else GIVE_UP_AFTER)
+        use_parts = getattr(source, "use_parts", None)
+        if use_parts is not None:  # a source that updates jobs (``watch``/``consume --apply``)
+            use_parts(ledger, client, caller, limiter, policy)
         reconciler = Reconciler(
             client,
             caller,

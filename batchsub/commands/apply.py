@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,7 +33,7 @@ from typing import Any, cast
 
 import structlog
 
-from batchsub.client import make_session
+from batchsub.client import DliClient, make_session
 from batchsub.commands._flags import add_run_flags, add_send_flags, add_start_flags
 from batchsub.errors import ApiError
 from batchsub.jobs import (
@@ -41,6 +41,7 @@ from batchsub.jobs import (
     JobSpec,
     LedgerRecord,
     LedgerState,
+    ManifestItem,
     Outcome,
     RememberedJob,
     UpdateState,
@@ -57,9 +58,9 @@ from batchsub.lifecycle.pruner import PruneJob, Pruner, PruneResult
 from batchsub.lifecycle.status_reader import StatusReader
 from batchsub.lifecycle.updater import UpdateJob, UpdateKind, Updater, UpdateResult
 from batchsub.limiter import RateLimiter
-from batchsub.protocols import Ledger, UpdateLedger
+from batchsub.protocols import Ledger, Source, UpdateLedger
 from batchsub.report import RunAccount
-from batchsub.retry import GIVE_UP_AFTER, RetryingCaller
+from batchsub.retry import GIVE_UP_AFTER, RetryingCaller, RetryPolicy
 from batchsub.settings import Settings
 from batchsub.sources.directory import DirectorySource
 from batchsub.wiring import dli_client, open_ledger, resolve_target, retry_policy
@@ -436,14 +437,17 @@ class ApplyAccount(RunAccount):
 
     def add(self, result: JobResult, *args: Any, **kwargs: Any) -> None:
         """Count one result (rewritten by pass 1's note) and append its report row."""
-        super().add(self._rewritten(result), *args, **kwargs)
+        super().add(self._rewritten(result, done=kwargs.get("row", True)), *args, **kwargs)
 
     def add_row(self, result: JobResult) -> None:
         """The row of a result counted before, once its start and wait ended (rewritten)."""
-        super().add_row(self._rewritten(result))
+        super().add_row(self._rewritten(result, done=True))
 
-    def _rewritten(self, result: JobResult) -> JobResult:
-        note = self.notes.jobs.get(result.name or "")
+    def _rewritten(self, result: JobResult, *, done: bool) -> JobResult:
+        """The result as pass 1 saw it; ``done``: its row is written, its note used up (a
+        daemon sees the same name again, unchanged, as already created)."""
+        notes = self.notes.jobs
+        note = notes.pop(result.name or "", None) if done else notes.get(result.name or "")
         if note is None or result.outcome not in (Outcome.ALREADY_CREATED, Outcome.DRIFTED):
             return result
         return replace(
@@ -459,3 +463,127 @@ class ApplyAccount(RunAccount):
             summary["fatal"] = self.notes.fatal
             summary["exit_code"] = max(int(summary.get("exit_code", 0)), 1)
         return summary
+
+
+# --- the daemons: ``watch --apply`` and ``consume --apply`` --------------------------------
+
+
+class ApplyingSource:
+    """A daemon's source whose changed manifests update their jobs (``--apply``).
+
+    Each manifest of a job the ledger records as created whose body changed is updated (the
+    same decision and ``Updater`` as ``apply``) before the create path sees it: the create path
+    then finds the job holding its manifest, and the drop folder moves the file to ``done/``
+    (an update refused leaves it ``drifted``: ``failed/``). Updates a crash left unfinished are
+    finished first. One manifest at a time: updates are rare in a daemon, and a restart takes
+    seconds whoever waits. ``runner.run_source`` hands it the run's parts (``use_parts``).
+    """
+
+    def __init__(self, inner: Source, notes: ApplyNotes, settings: Settings, *, savepoint: bool):
+        self._inner = inner
+        self._notes = notes
+        self._settings = settings
+        self._savepoint = savepoint
+        self._ledger: Ledger | None = None
+        self._updates: UpdateLedger | None = None
+        self._updater: Updater | None = None
+        self._reader: StatusReader | None = None
+        self._project = ""
+
+    def use_parts(
+        self,
+        ledger: Ledger,
+        client: DliClient,
+        caller: RetryingCaller,
+        limiter: RateLimiter,
+        policy: RetryPolicy,
+    ) -> None:
+        """The run's ledger, client and pacing, shared with its creates."""
+        self._ledger, self._updates = ledger, _update_ledger(ledger)
+        if self._updates is None:
+            return
+        self._project = client.project_id
+        self._reader = StatusReader(client, caller)
+        self._updater = Updater(
+            client=client,
+            reader=self._reader,
+            caller=caller,
+            ledger=self._updates,
+            limiter=limiter,
+            policy=policy,
+            savepoint=self._savepoint,
+            concurrency=self._settings.concurrency,
+            in_doubt_grace=self._settings.in_doubt_grace,
+        )
+
+    async def items(self) -> AsyncIterator[ManifestItem]:
+        """The inner source's items, each changed job updated before it is yielded."""
+        if self._updater is not None and self._updates is not None:
+            rows = await self._updates.update_records(self._project)
+            if rows:
+                jobs = [UpdateJob(row.name, row.job_id, record=row) for row in rows.values()]
+                for result in await self._updater.update(jobs):
+                    _note(self._notes, result, None)
+        async for item in self._inner.items():
+            if isinstance(item, JobSpec):
+                await self._apply(item)
+            yield item
+
+    async def finish(self, item: ManifestItem, result: JobResult) -> None:
+        """Told once per item, after its outcome is committed."""
+        await self._inner.finish(item, result)
+
+    async def _apply(self, spec: JobSpec) -> None:
+        ledger, updates, updater, reader = self._ledger, self._updates, self._updater, self._reader
+        if ledger is None or updates is None or updater is None or reader is None:
+            return
+        record = (await ledger.get_many(self._project, [spec.name])).get(spec.name)
+        if record is None or record.state is not LedgerState.CREATED or record.job_id is None:
+            return
+        if record.body == spec.body:
+            return
+        row = (await updates.update_records(self._project, [spec.name])).get(spec.name)
+        try:
+            seen = await reader.read({record.job_id: None})
+        except ApiError as exc:
+            self._notes.jobs[spec.name] = Note(Outcome.UNRESOLVED, error=f"status: {exc}")
+            return
+        sighting = seen.get(record.job_id)
+        status = sighting.status.status if sighting is not None else None
+        decision = decide_apply(spec, record, row, status, gone=sighting is None)
+        if decision.action is ApplyAction.RESUME and row is not None:
+            job, decided = UpdateJob(spec.name, record.job_id, record=row), None
+        elif decision.action in UPDATES:
+            job, decided = UpdateJob(spec.name, record.job_id, spec, decision), decision
+        elif decision.action is ApplyAction.MISSING:
+            self._notes.jobs[spec.name] = Note(Outcome.MISSING, error=decision.reason)
+            return
+        else:
+            if decision.action is not ApplyAction.UNCHANGED:
+                outcome = Outcome.DRIFTED if decision.changes else Outcome.UNRESOLVED
+                self._notes.jobs[spec.name] = Note(outcome, change_rows(decision), decision.reason)
+            return
+        for result in await updater.update([job]):
+            _note(self._notes, result, decided)
+
+
+def add_apply_flags(parser: argparse.ArgumentParser) -> None:
+    """``--apply`` and ``--savepoint`` of the daemons (``watch``, ``consume``)."""
+    parser.add_argument(
+        "--apply",
+        action="store_true",
+        help="a manifest of a job batchsub created that changed updates the job (as `apply`)",
+    )
+    parser.add_argument(
+        "--savepoint",
+        action="store_true",
+        help="with --apply: a running job that must restart keeps its state through a savepoint",
+    )
+
+
+def applying(
+    settings: Settings, source: Source, report: Path | None, *, savepoint: bool
+) -> tuple[ApplyingSource, ApplyAccount]:
+    """A daemon's source and account with ``--apply``: changed jobs are updated."""
+    notes = ApplyNotes()
+    return ApplyingSource(source, notes, settings, savepoint=savepoint), ApplyAccount(report, notes)

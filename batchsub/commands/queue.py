@@ -33,12 +33,14 @@ from aio_pika.abc import AbstractExchange
 
 from batchsub import eventloop
 from batchsub.commands._flags import add_send_flags, add_start_flags
+from batchsub.commands.apply import add_apply_flags, applying
 from batchsub.errors import ConfigError, one_line
 from batchsub.jobs import InvalidManifest, JobSpec
 from batchsub.logs import configure_command_logging
 from batchsub.manifest import read_manifest
 from batchsub.masking import mask_url
 from batchsub.metrics import Metrics, serving
+from batchsub.protocols import Source
 from batchsub.report import RunAccount
 from batchsub.runner import daemon_exit_code, run_source
 from batchsub.settings import Settings
@@ -86,6 +88,7 @@ def add_parser(commands: Any) -> None:
     consume.add_argument("--queue", dest="queue", help="queue name (default: $BATCHSUB_QUEUE)")
     add_send_flags(consume)
     add_start_flags(consume, waves=False)
+    add_apply_flags(consume)
     consume.add_argument("--report", type=Path, help="write a JSON report of every job on exit")
     consume.add_argument(
         "--simulator", action="store_true", help="start the built-in DLI simulator and send to it"
@@ -254,6 +257,8 @@ async def consume_source(
     report: Path | None = None,
     simulator: bool = False,
     progress: bool = False,
+    apply: bool = False,
+    savepoint: bool = False,
 ) -> int:
     """Create the jobs of ``source``'s messages until it is closed or the run is stopped.
 
@@ -262,11 +267,14 @@ async def consume_source(
     With ``metrics_port`` set, serves /metrics and /healthz meanwhile (probes for workers).
     """
     account = RunAccount(report)
+    sent: Source = source
+    if apply:  # a changed manifest of a created job updates it (``commands.apply``)
+        sent, account = applying(settings, source, report, savepoint=savepoint)
     metrics = Metrics()
     async with serving(metrics, settings.metrics_host, settings.metrics_port):
         code = await run_source(
             settings,
-            source,
+            sent,
             account,
             simulator=simulator,
             progress=progress,
@@ -282,12 +290,20 @@ async def consume(
     report: Path | None = None,
     simulator: bool = False,
     progress: bool = False,
+    apply: bool = False,
+    savepoint: bool = False,
 ) -> int:
     """``batchsub consume``: connect, declare, consume until stopped; returns the exit code."""
     url, queue = amqp_target(settings)
     async with open_amqp_source(url, queue, prefetch=prefetch_for(settings.concurrency)) as source:
         return await consume_source(
-            settings, source, report=report, simulator=simulator, progress=progress
+            settings,
+            source,
+            report=report,
+            simulator=simulator,
+            progress=progress,
+            apply=apply,
+            savepoint=savepoint,
         )
 
 
@@ -296,6 +312,13 @@ def _consume_command(settings: Settings, args: argparse.Namespace) -> int:
     interactive = configure_command_logging(settings)
     progress = settings.progress_shown(interactive)
     return eventloop.run(
-        consume(settings, report=args.report, simulator=args.simulator, progress=progress),
+        consume(
+            settings,
+            report=args.report,
+            simulator=args.simulator,
+            progress=progress,
+            apply=args.apply,
+            savepoint=args.savepoint,
+        ),
         settings.event_loop,
     )

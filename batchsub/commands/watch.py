@@ -21,8 +21,10 @@ import structlog
 
 from batchsub import eventloop
 from batchsub.commands._flags import add_send_flags, add_start_flags
+from batchsub.commands.apply import add_apply_flags, applying
 from batchsub.logs import configure_logging
 from batchsub.metrics import Metrics, serving
+from batchsub.protocols import Source
 from batchsub.report import RunAccount
 from batchsub.runner import daemon_exit_code, run_source
 from batchsub.settings import Settings
@@ -65,6 +67,7 @@ def add_parser(commands: Any) -> None:
         help="seconds in-flight requests get to finish after SIGTERM (default: 30)",
     )
     watch.add_argument("--report", type=Path, help="write a JSON report of every job on exit")
+    add_apply_flags(watch)
     watch.add_argument(
         "--simulator", action="store_true", help="start the built-in DLI simulator and send to it"
     )
@@ -82,7 +85,14 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     )
     source = source_for(settings, args.directory)
     return eventloop.run(
-        watch(settings, source, report=args.report, simulator=bool(args.simulator)),
+        watch(
+            settings,
+            source,
+            report=args.report,
+            simulator=bool(args.simulator),
+            apply=args.apply,
+            savepoint=args.savepoint,
+        ),
         settings.event_loop,
     )
 
@@ -106,9 +116,16 @@ async def watch(
     report: Path | None = None,
     simulator: bool = False,
     metrics: Metrics | None = None,
+    apply: bool = False,
+    savepoint: bool = False,
 ) -> int:
-    """Run the daemon until a signal (or ``source.stop()``); 0, or 2 if the run failed."""
+    """Run the daemon until a signal (or ``source.stop()``); 0, or 2 if the run failed.
+
+    ``apply``: a changed manifest of a created job updates it (``commands.apply``)."""
     account = RunAccount(report)
+    sent: Source = source
+    if apply:
+        sent, account = applying(settings, source, report, savepoint=savepoint)
     metrics = metrics or Metrics()
     metrics.track_files(source.files_waiting)
     metrics.track_stuck(source.stuck_files)
@@ -124,7 +141,7 @@ async def watch(
         )
         try:
             code = await run_source(
-                settings, source, account, simulator=simulator, endless=True, observer=metrics
+                settings, sent, account, simulator=simulator, endless=True, observer=metrics
             )
         finally:
             await source.close()
