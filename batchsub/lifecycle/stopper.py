@@ -1,12 +1,12 @@
 """Send run or stop calls for many jobs, ``batch_size`` ids a call, as ``Starter`` does.
 
-Under the shared limiter; a call that did nothing (429, no connection) is sent again after
-the retry policy's backoff; a call refused as a whole (a 400) is halved, and later calls are
-no larger (the largest ``job_ids`` allowed is undocumented). What the answer says of each
-job comes back as a ``Sent``; nothing is concluded from an element's position alone: a job
-whose element failed is ``REFUSED``, one whose answer was lost ``LOST``, and its status
-decides either way (the caller reads it). The intent of every call is committed
-(``before``) before it leaves.
+Up to ``concurrency`` calls in flight, under the shared limiter; a call that did nothing
+(429, no connection) is sent again after the retry policy's backoff; a call refused as a
+whole (a 400) is halved, and later calls are no larger (the largest ``job_ids`` allowed is
+undocumented). What the answer says of each job comes back as a ``Sent``; nothing is
+concluded from an element's position alone: a job whose element failed is ``REFUSED``, one
+whose answer was lost ``LOST``, and its status decides either way (the caller reads it).
+The intent of every call is committed (``before``) before it leaves.
 """
 
 from __future__ import annotations
@@ -56,11 +56,13 @@ class BatchSender:
         policy: RetryPolicy,
         *,
         batch_size: int = 100,
+        concurrency: int = 4,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        if batch_size < 1 or concurrency < 1:
+            raise ValueError("batch_size and concurrency must be at least 1")
+        self._concurrency = concurrency
         self._client = client
         self._limiter = limiter
         self._policy = policy
@@ -80,10 +82,17 @@ class BatchSender:
     ) -> dict[int, Sent]:
         """Send ``call`` for every id (``flag``: trigger_savepoint / resume_savepoint)."""
         results: dict[int, Sent] = {}
-        queue = list(job_ids)
-        while queue:
-            group, queue = queue[: self.batch_size], queue[self.batch_size :]
-            await self._group(call, group, flag, before, results)
+        ids = list(job_ids)
+        groups = [ids[i : i + self.batch_size] for i in range(0, len(ids), self.batch_size)]
+        slots = asyncio.Semaphore(self._concurrency)
+
+        async def one(group: list[int]) -> None:
+            async with slots:
+                await self._group(call, group, flag, before, results)
+
+        async with asyncio.TaskGroup() as tasks:
+            for group in groups:
+                tasks.create_task(one(group))
         return results
 
     async def _group(
