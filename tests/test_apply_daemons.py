@@ -61,3 +61,46 @@ async def test_a_changed_manifest_dropped_again_updates_its_running_job(
 def test_consume_takes_apply_too() -> None:
     args = build_parser(["consume"]).parse_args(["consume", "amqp://h", "--apply", "--savepoint"])
     assert (args.apply, args.savepoint) == (True, True)
+
+
+async def test_an_update_left_by_a_crash_is_finished_before_a_newer_change(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    from batchsub.commands.apply import ApplyAccount, ApplyNotes, update_pass
+    from batchsub.jobs import UpdateRecord, UpdateState, UpdateStep
+    from batchsub.ledgers.sqlite import SqliteLedger
+    from batchsub.sources.directory import DirectorySource
+    from tests.apply_support import spec_of
+    from tests.support import PROJECT, write_manifests
+
+    sim = await simulator()
+    folder = tmp_path / "m"
+    write_manifests(folder, 1)  # job-00000, cu_number 2, not started
+    settings = settings_for(sim.url, tmp_path)
+    assert (
+        await run_source(settings, DirectorySource(folder), ApplyAccount(None, ApplyNotes())) == 0
+    )
+    [made] = sim.store.jobs
+    # A crash left an update to cu_number 3 planned (not sent); the manifest says 4 now.
+    earlier = spec_of({"name": "job-00000", "queue_name": "testQueue", "cu_number": 3})
+    put = earlier.body.replace(b'"name":"job-00000",', b"")
+    async with SqliteLedger(tmp_path / "ledger.db") as ledger:
+        row = UpdateRecord("job-00000", made.job_id, UpdateState.PLANNED, earlier.body,
+                           earlier.body_hash, put)  # fmt: skip
+        assert await ledger.begin_update(PROJECT, [row]) == {"job-00000"}
+        await ledger.record_update(PROJECT, [UpdateStep("job-00000", made.job_id,
+                                                        UpdateState.PLANNED)])  # fmt: skip
+    write_manifests(folder, 1, cu_number=4)
+
+    async def apply_once() -> dict[str, object]:
+        notes = await update_pass(settings, folder, savepoint=False)
+        report = tmp_path / "r.json"
+        await run_source(settings, DirectorySource(folder), ApplyAccount(report, notes))
+        rows: dict[str, object] = json.loads(report.read_text())["jobs"][0]
+        return rows
+
+    first = await apply_once()
+    assert (first["outcome"], made.body["cu_number"]) == ("unresolved", 3)
+    second = await apply_once()
+    assert (second["outcome"], made.body["cu_number"]) == ("updated", 4)
+    assert made.counts.updates == 2 and len(sim.store.jobs) == 1

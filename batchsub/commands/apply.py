@@ -450,6 +450,11 @@ class ApplyAccount(RunAccount):
         note = notes.pop(result.name or "", None) if done else notes.get(result.name or "")
         if note is None or result.outcome not in (Outcome.ALREADY_CREATED, Outcome.DRIFTED):
             return result
+        if note.outcome is Outcome.UPDATED and result.outcome is Outcome.DRIFTED:
+            # An update a crash left was finished, to the body recorded then; the manifest
+            # changed again since: the next apply makes that change.
+            error = "finished an earlier update; the manifest changed since: apply again"
+            return replace(result, outcome=Outcome.UNRESOLVED, error=error, changes=note.changes)
         return replace(
             result, outcome=note.outcome, error=note.error, changes=note.changes, drift=[]
         )
