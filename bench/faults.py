@@ -292,7 +292,7 @@ after the workers started. {machine}.
 
 Jobs created during an outage are those whose claims were committed before it (a worker
 claims a job before it waits for its pacing turn), plus, during the freeze, the other two
-workers' jobs; "lasted" includes `pg_ctlcluster` stopping and starting the server. A worker's
+workers' jobs; "lasted" includes `pg_ctl` stopping and starting the server. A worker's
 outage (below) begins at its first failed statement: for the frozen link, once a statement
 timed out (`ledger_timeout`, 10 s).
 
