@@ -7,12 +7,14 @@ twice; --wait alone waits for the jobs already started; watch and consume refuse
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from batchsub.commands.watch import watch
 from batchsub.errors import ConfigError
 from batchsub.jobs import JobResult, Outcome
 from batchsub.metrics import Metrics
@@ -21,9 +23,10 @@ from batchsub.runner import run_source
 from batchsub.settings import load_settings
 from batchsub.simulator import RunningSimulator
 from batchsub.sources.directory import DirectorySource
+from batchsub.sources.dropfolder import DropFolderSource
 from batchsub.wiring import lifecycle
 from tests.run_support import read_report, settings_for
-from tests.support import PROJECT, SimulatorFactory, write_manifests
+from tests.support import PROJECT, SimulatorFactory, drop, eventually, job, write_manifests
 
 FAST_START = {"start_seconds": (0.2, 0.2), "latency": 0.005, "seed": 7}
 
@@ -46,7 +49,7 @@ def stats(sim: RunningSimulator) -> dict[str, Any]:
 
 def twice(sim: RunningSimulator) -> list[str]:
     rows = stats(sim)["jobs"]
-    return [job["name"] for job in rows if job["runs"] > 1 or job["runs_while_running"]]
+    return [row["name"] for row in rows if row["runs"] > 1 or row["runs_while_running"]]
 
 
 async def test_a_failing_first_wave_holds_the_rest(
@@ -73,9 +76,9 @@ async def test_wave_2_is_created_only_after_wave_1_ran_for_healthy_for(
     names = write_manifests(tmp_path / "m", 12)
     code, report = await run(sim, tmp_path, tmp_path / "m", waves="2,50%,100%", healthy_for=0.5)
     assert code == 0, report["summary"]
-    jobs = {job.name: job for job in sim.store.jobs}
-    for job in jobs.values():
-        assert job.status == "job_running"  # moves the simulated status along
+    jobs = {made.name: made for made in sim.store.jobs}
+    for made in jobs.values():
+        assert made.status == "job_running"  # moves the simulated status along
     waves = [names[:2], names[2:6], names[6:]]
     for earlier, later in itertools.pairwise(waves):
         healthy_by = max(jobs[n].start_time for n in earlier) + 500  # epoch ms
@@ -158,3 +161,32 @@ def test_metrics_count_jobs_by_dli_status_and_time_the_starts() -> None:
     assert 'batchsub_job_status_total{status="job_running"} 1.0' in text
     assert 'batchsub_starts_total{start="started"} 2.0' in text
     assert "batchsub_start_seconds_count 1.0" in text and "batchsub_start_seconds_sum 3.5" in text
+
+
+async def test_watch_starts_each_dropped_job_once_it_exists_and_waits_for_it(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(**FAST_START)
+    inbox = tmp_path / "inbox"
+    source = DropFolderSource(inbox, settle_time=0.1, rescan_interval=0.5)
+    source.prepare()
+    settings = settings_for(sim.url, tmp_path, start=True, wait=True, healthy_for=0.3)
+    report = tmp_path / "report.json"
+    metrics = Metrics()
+    task = asyncio.create_task(watch(settings, source, report=report, metrics=metrics))
+    try:
+        for index in range(3):
+            drop(inbox, f"w{index}.json", job(f"w{index}"))
+        await eventually(lambda: stats(sim)["statuses"].get("job_running") == 3, timeout=10)
+        drop(inbox, "late.json", job("late"))  # a batch of its own, later
+        await eventually(lambda: stats(sim)["statuses"].get("job_running") == 4, timeout=10)
+        await asyncio.sleep(0.6)  # healthy_for: the rows are written
+    finally:
+        source.stop()
+        code = await asyncio.wait_for(task, 10)
+    assert code == 0 and twice(sim) == []
+    rows = read_report(report)["jobs"]
+    assert sorted((r["name"], r["start"], r["health"]) for r in rows) == [
+        (name, "started", "healthy") for name in ("late", "w0", "w1", "w2")
+    ]
+    assert 'batchsub_job_status_total{status="job_running"} 4.0' in metrics.render().decode()
