@@ -58,7 +58,7 @@ class RolloutOptions:
     waiting: WaitSettings = field(default_factory=WaitSettings)
     in_doubt_grace: float = 5.0
     batch_size: int = 100
-    linger: float = 0.2  # seconds a batch waits to fill up
+    linger: float = 1.0  # seconds a batch waits to fill up (fewer, fuller run calls)
 
     @property
     def active(self) -> bool:
