@@ -362,10 +362,11 @@ def print_summary(
     errors = summary.get("first_errors") or []
     if errors:
         console.print("first problems:", style="bold")
+        # soft_wrap: a path is never split over two lines, whatever the width (grep finds it).
         for line in _error_lines(errors):
-            console.print(line, markup=False)
+            console.print(line, markup=False, soft_wrap=True)
     if summary.get("fatal"):
-        console.print(_fatal_line(summary), style="bold red", markup=False)
+        console.print(_fatal_line(summary), style="bold red", markup=False, soft_wrap=True)
 
 
 _RARE = frozenset({Outcome.DUPLICATED, Outcome.HELD})
