@@ -45,8 +45,7 @@ import orjson
 from batchsub import __version__
 from batchsub.errors import OutputError, one_line
 from batchsub.files import check_output, is_stdout, open_output
-from batchsub.jobs import EXISTING_OUTCOMES, JobResult, Outcome
-from batchsub.lifecycle.rollout import BAD_HEALTH, BAD_STARTS
+from batchsub.jobs import BAD_HEALTH, BAD_STARTS, EXISTING_OUTCOMES, JobResult, Outcome
 from batchsub.masking import mask_url
 from batchsub.text import clip, iso_utc, safe_value
 

@@ -16,7 +16,9 @@ import pytest
 
 from batchsub.commands.watch import watch
 from batchsub.errors import ConfigError
-from batchsub.jobs import JobResult, Outcome
+from batchsub.jobs import BAD_HEALTH, BAD_STARTS, INTERRUPTED, JobResult, Outcome
+from batchsub.lifecycle.starter import StartKind
+from batchsub.lifecycle.waiter import GOOD_HEALTH, Health
 from batchsub.metrics import Metrics
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
@@ -211,3 +213,9 @@ async def test_two_runs_sharing_a_postgresql_ledger_start_each_job_once(
     assert {row["status"] for row in stats(sim)["jobs"]} == {"job_running"}
     assert len(sim.store.jobs) == 150 and sim.store.duplicates() == {}
     assert set(codes) <= {0, 1}  # a job the other worker held may end unconfirmed here
+
+
+def test_the_failure_values_of_the_report_are_the_engines() -> None:
+    # jobs.py names them as strings (the report must not import the engine): they must match.
+    assert {*BAD_STARTS, "started", "active", "not_started"} == {k.value for k in StartKind}
+    assert BAD_HEALTH == {h.value for h in Health if h not in GOOD_HEALTH} | {INTERRUPTED}
