@@ -10,6 +10,7 @@ starts no running job.
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,29 @@ def test_a_run_killed_while_starting_then_rerun_starts_nothing_twice(tmp_path: P
     assert all(job["runs"] == 1 for job in stats["jobs"])
     rows = rows_by_name(json.loads(report.read_text()))
     assert {r["health"] for r in rows.values()} == {"healthy"}
+
+
+def test_sigint_while_waiting_stops_at_once_and_says_what_was_not_waited_for(
+    tmp_path: Path,
+) -> None:
+    write_manifests(tmp_path / "m", 20)
+    ledger, report = tmp_path / "ledger.db", tmp_path / "report.json"
+    env = {"BATCHSUB_AUTH_TOKEN": TOKEN}
+    with simulator_process(tmp_path / "sim.log", "--start-seconds", "0.2") as endpoint:
+        args = run_args(tmp_path / "m", endpoint, ledger, report, "--healthy-for", "60")
+        proc = start_batchsub(*args, log=tmp_path / "run.log", env=env)
+        try:
+            wait_for(
+                "every job running",
+                lambda: sim_stats(endpoint)["statuses"].get("job_running") == 20,
+                timeout=30,
+            )
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=10)  # not the 60 s of healthy_for
+        finally:
+            stop(proc)
+        stats = sim_stats(endpoint)
+    assert proc.returncode in (1, 130), (tmp_path / "run.log").read_text()
+    rows = rows_by_name(json.loads(report.read_text()))
+    assert {(r["start"], r["health"]) for r in rows.values()} == {("started", "interrupted")}
+    assert started_twice(stats) == []
