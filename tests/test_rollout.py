@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from batchsub.commands.retry import retry_failed
 from batchsub.commands.watch import watch
 from batchsub.errors import ConfigError
 from batchsub.jobs import BAD_HEALTH, BAD_STARTS, INTERRUPTED, JobResult, Outcome
@@ -23,7 +24,9 @@ from batchsub.metrics import Metrics
 from batchsub.report import RunAccount
 from batchsub.runner import run_source
 from batchsub.settings import load_settings
-from batchsub.simulator import RunningSimulator
+from batchsub.simulator import RunningSimulator, SimulatorConfig
+from batchsub.simulator.faults import START_FAULTS, FaultPicker
+from batchsub.simulator.lifecycle import LIFECYCLE
 from batchsub.sources.directory import DirectorySource
 from batchsub.sources.dropfolder import DropFolderSource
 from batchsub.wiring import lifecycle
@@ -219,3 +222,28 @@ def test_the_failure_values_of_the_report_are_the_engines() -> None:
     # jobs.py names them as strings (the report must not import the engine): they must match.
     assert {*BAD_STARTS, "started", "active", "not_started"} == {k.value for k in StartKind}
     assert BAD_HEALTH == {h.value for h in Health if h not in GOOD_HEALTH} | {INTERRUPTED}
+
+
+async def test_retry_start_starts_the_jobs_whose_start_failed_once_more(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(**{**FAST_START, "submit_fail": 1.0})
+    write_manifests(tmp_path / "m", 3)
+    code, report = await run(sim, tmp_path, tmp_path / "m", wait=True)
+    assert code == 1 and report["summary"]["start_failed"] == 3
+    code, report = await run(sim, tmp_path, tmp_path / "m", wait=True)  # a rerun: left alone
+    assert {row["start"] for row in report["jobs"]} == {"start_failed"}
+    assert stats(sim)["totals"]["runs"] == 3
+    # The cause fixed (the queue has CUs again), retry --start starts them once more.
+    lifecycle_of = sim._runner.app[LIFECYCLE]
+    lifecycle_of._start_faults = FaultPicker(SimulatorConfig(), START_FAULTS)
+    settings = settings_for(sim.url, tmp_path, start=True, wait=True, healthy_for=0.3)
+    said: list[str] = []
+    code = await retry_failed(settings, tmp_path / "retry.json", announce=said.append)
+    rows = read_report(tmp_path / "retry.json")["jobs"]
+    assert code == 0 and said == [f"starting again 3 jobs of project {PROJECT} whose start failed"]
+    assert {(r["outcome"], r["start"], r["health"]) for r in rows} == {
+        ("already_created", "started", "healthy")
+    }
+    assert [row["runs"] for row in stats(sim)["jobs"]] == [2, 2, 2]  # failed, then started
+    assert stats(sim)["totals"]["runs_while_running"] == 0
