@@ -135,7 +135,8 @@ class RunAccount:
         self.lifecycle[_lifecycle_count(result)] += 1
         bad = result.start in BAD_STARTS or result.health in BAD_HEALTH
         if bad and len(self.first_errors) < FIRST_ERRORS:
-            what = result.health if result.health in BAD_HEALTH else result.start
+            what = f"not healthy ({result.health})" if result.health in BAD_HEALTH else None
+            what = what or ("start failed" if result.start == "start_failed" else "unconfirmed")
             self.first_errors.append(
                 {
                     "source": result.source,
