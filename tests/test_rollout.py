@@ -258,3 +258,13 @@ async def test_retry_start_starts_the_jobs_whose_start_failed_once_more(
     }
     assert [row["runs"] for row in stats(sim)["jobs"]] == [2, 2, 2]  # failed, then started
     assert stats(sim)["totals"]["runs_while_running"] == 0
+
+
+async def test_waves_over_invalid_manifests_only_still_report_them(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(**FAST_START)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "broken.json").write_text("{not json")
+    code, report = await run(sim, tmp_path, tmp_path / "m", waves="10%,100%")
+    assert code == 1 and [row["outcome"] for row in report["jobs"]] == ["invalid"]
