@@ -5,8 +5,9 @@ for until healthy; ``--waves``: a wave at a time), see ``batchsub.lifecycle.roll
 
 Exit codes: 0 every job exists (created now or before; with ``--start``/``--wait``, started
 and healthy); 1 some manifest invalid, failed, drifted, duplicated or unresolved, a start
-failed or unconfirmed, a job not healthy within ``--wait-timeout``, or jobs held; 2 a usage or configuration error, a credential the API
-refused, or a report that could not be written (one line on stderr, no traceback).
+failed or unconfirmed, a job not healthy within ``--wait-timeout``, or jobs held; 2 a usage
+or configuration error, a credential the API refused, or a report that could not be written
+(one line on stderr, no traceback).
 """
 
 from __future__ import annotations
