@@ -268,3 +268,12 @@ async def test_waves_over_invalid_manifests_only_still_report_them(
     (tmp_path / "m" / "broken.json").write_text("{not json")
     code, report = await run(sim, tmp_path, tmp_path / "m", waves="10%,100%")
     assert code == 1 and [row["outcome"] for row in report["jobs"]] == ["invalid"]
+
+
+async def test_resume_savepoint_reaches_the_run_call(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(**FAST_START)
+    write_manifests(tmp_path / "m", 3)
+    code, _ = await run(sim, tmp_path, tmp_path / "m", resume_savepoint=True)
+    assert code == 0 and stats(sim)["totals"]["resumes"] == 3
