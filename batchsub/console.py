@@ -359,6 +359,8 @@ def print_summary(
     table.add_row("total", str(summary.get("total", 0)), style="bold")
     console.print(table)
     console.print(_details(summary), markup=False)
+    for line in _starts(summary):
+        console.print(line, markup=False)
     errors = summary.get("first_errors") or []
     if errors:
         console.print("first problems:", style="bold")
@@ -370,7 +372,7 @@ def print_summary(
 
 
 _RARE = frozenset({Outcome.DUPLICATED, Outcome.HELD})
-# --start / --wait: how the jobs that exist ended, under the outcomes (when asked for).
+# --start / --wait: how the jobs that exist ended, a line under the table (when asked for).
 _LIFECYCLE_ROWS = (
     ("running", "running"),
     ("finished", "finished"),
@@ -384,33 +386,35 @@ _LIFECYCLE_ROWS = (
 
 def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     # "duplicated" and "held" only when they happened: a row that appears is one a reader
-    # notices. The start and wait rows only when asked for, and those not zero but running.
-    rows = [
+    # notices.
+    return [
         (outcome.value, str(summary.get(outcome.value, 0)))
         for outcome in Outcome
         if outcome not in _RARE or summary.get(outcome.value)
     ]
-    if "running" in summary:
-        rows += [
-            (label, str(summary.get(key, 0)))
-            for label, key in _LIFECYCLE_ROWS
-            if key == "running" or summary.get(key)
-        ]
-    return rows
 
 
 def _details(summary: dict[str, Any]) -> str:
-    starts = ""
-    if "run_calls" in summary:
-        starts = (
-            f" · run calls {summary.get('run_calls', 0)}"
-            f" · status calls {summary.get('status_calls', 0)}"
-        )
     return (
         f"creates sent {summary.get('creates_sent', 0)} · list calls {summary.get('list_calls', 0)}"
-        f"{starts} · 429s {summary.get('throttled', 0)} · adopted {summary.get('adopted', 0)}"
+        f" · 429s {summary.get('throttled', 0)} · adopted {summary.get('adopted', 0)}"
         f" · {summary.get('duration_s', 0)} s"
     )
+
+
+def _starts(summary: dict[str, Any]) -> list[str]:
+    """--start / --wait: how the jobs that exist ended, and the calls it took (one line)."""
+    if "running" not in summary:
+        return []
+    counts = [
+        f"{label} {summary.get(key, 0)}"
+        for label, key in _LIFECYCLE_ROWS
+        if key == "running" or summary.get(key)
+    ]
+    calls = (
+        f"run calls {summary.get('run_calls', 0)} · status calls {summary.get('status_calls', 0)}"
+    )
+    return [f"starts: {' · '.join(counts)} · {calls}"]
 
 
 def _error_lines(errors: list[dict[str, Any]]) -> list[str]:
@@ -499,7 +503,7 @@ def plain_summary(summary: dict[str, Any], width: int) -> str | None:
         *(f"│ {outcome:<{left}} │ {jobs:>{right}} │" for outcome, jobs in rows),
         f"└{'─' * (left + 2)}┴{'─' * (right + 2)}┘",
     ]
-    texts = [_details(summary)]
+    texts = [_details(summary), *_starts(summary)]
     errors = summary.get("first_errors") or []
     if errors:
         texts += ["first problems:", *_error_lines(errors)]

@@ -46,6 +46,14 @@ BROKEN_OUTCOMES = frozenset(
 )
 
 
+# ``JobResult.start`` and ``health`` values (``StartKind``, ``Health`` of ``lifecycle``) that
+# are not done as asked: a start failed or unconfirmed; a wait that did not end healthy (or
+# finished), or that the run's stop cut short (``interrupted``). They make the exit code 1.
+BAD_STARTS = frozenset({"start_failed", "unresolved"})
+INTERRUPTED = "interrupted"
+BAD_HEALTH = frozenset({"failed", "stopped", "gone", "timed_out", INTERRUPTED})
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """One valid job from a manifest: its request body exactly as it will be sent."""

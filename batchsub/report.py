@@ -45,8 +45,7 @@ import orjson
 from batchsub import __version__
 from batchsub.errors import OutputError, one_line
 from batchsub.files import check_output, is_stdout, open_output
-from batchsub.jobs import EXISTING_OUTCOMES, JobResult, Outcome
-from batchsub.lifecycle.rollout import BAD_HEALTH, BAD_STARTS
+from batchsub.jobs import BAD_HEALTH, BAD_STARTS, EXISTING_OUTCOMES, JobResult, Outcome
 from batchsub.masking import mask_url
 from batchsub.text import clip, iso_utc, safe_value
 
@@ -138,7 +137,8 @@ class RunAccount:
         self.lifecycle[_lifecycle_count(result)] += 1
         bad = result.start in BAD_STARTS or result.health in BAD_HEALTH
         if bad and len(self.first_errors) < FIRST_ERRORS:
-            what = result.health if result.health in BAD_HEALTH else result.start
+            what = f"not healthy ({result.health})" if result.health in BAD_HEALTH else None
+            what = what or ("start failed" if result.start == "start_failed" else "unconfirmed")
             self.first_errors.append(
                 {
                     "source": result.source,

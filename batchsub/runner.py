@@ -103,6 +103,7 @@ async def run_source(
     ``retry_failed``: jobs whose start failed are started again (``retry --start``).
     """
     started = time.monotonic()
+    plan = lifecycle(settings, endless=endless, retry_failed=retry_failed)  # usage errors first
     async with AsyncExitStack() as stack:
         target = await stack.enter_async_context(resolve_target(settings, simulator=simulator))
         account.set_target(target.project_id, target.endpoint)
@@ -150,7 +151,6 @@ async def run_source(
             refresh_after=settings.snapshot_refresh,
             relist_after=settings.snapshot_relist,
         )
-        plan = lifecycle(settings, endless=endless, retry_failed=retry_failed)
         rollout: Rollout | None = None
         sent = _Sent(account, observer)
         display = ProgressDisplay(

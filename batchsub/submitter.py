@@ -352,7 +352,6 @@ class Submitter:
         self._on_result(result)
         await source.finish(item, result)
 
-
 def _error_of(exc: ApiError) -> ErrorInfo:
     return ErrorInfo(str(exc), exc.code, exc.status)
 

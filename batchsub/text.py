@@ -43,6 +43,8 @@ _KINDS = {
 }
 
 
+
+
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
     if code in _ESCAPED_BYTES:

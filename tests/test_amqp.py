@@ -297,3 +297,23 @@ async def test_an_unreachable_broker_is_one_line_without_the_password() -> None:
 
 def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("BATCHSUB_", "HUAWEICLOUD_"))}
+
+
+async def test_consume_starts_each_job_once_it_exists(
+    broker: Broker, simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    sim = await simulator(start_seconds=(0.2, 0.2))
+    queue = broker.queue_name("consume-start")
+    names = write_manifests(tmp_path / "m", 5)
+    await publish_directory(AMQP_URL, queue, tmp_path / "m", validate=False)
+    settings = settings_for(sim.url, tmp_path, queue, start=True, wait=True, healthy_for=0.2)
+
+    def all_running(source: AmqpSource) -> bool:
+        running: int = sim.store.stats(PROJECT)["statuses"].get("job_running", 0)
+        return running == len(names)
+
+    code, source = await consume_until(settings, all_running)
+    assert code == 0 and source.acked == 5
+    rows = sim.store.stats(PROJECT)["jobs"]
+    assert sorted(row["name"] for row in rows) == names
+    assert all(row["runs"] == 1 and not row["runs_while_running"] for row in rows)

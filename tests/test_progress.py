@@ -194,3 +194,16 @@ def test_the_live_display_writes_its_last_frame_and_nothing_when_off() -> None:
     with quiet:
         off.add(JobResult("m/a.json", "a", Outcome.CREATED))
         quiet.refresh()
+
+
+def test_starts_are_counted_beside_the_creates_in_their_order() -> None:
+    bar = Bar(4)
+    with bar.display:
+        bar.results(2, Outcome.CREATED)
+        bar.display.tally("running")
+        bar.display.tally("started", 2)
+        bar.display.tally("start failed")
+        counts = " ".join(bar.frame(120)[1:])
+    assert "held" not in counts  # not happened: no room taken
+    order = [counts.index(word) for word in ("created 2", "started 2", "running 1", "failed 1")]
+    assert order == sorted(order), counts

@@ -10,6 +10,7 @@ starts no running job.
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -71,26 +72,28 @@ def test_300_jobs_started_and_waited_for_with_faults_then_a_rerun(tmp_path: Path
         assert all(r["start"] == "active" for n, r in rows.items() if n not in failed)
 
 
-def test_a_run_killed_while_starting_then_rerun_starts_nothing_twice(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kill_at", ["the first start", "every job started"])
+def test_a_run_killed_mid_way_then_rerun_starts_nothing_twice(tmp_path: Path, kill_at: str) -> None:
     names = write_manifests(tmp_path / "m", 250)
+    enough = 1 if kill_at == "the first start" else 250
     ledger, report = tmp_path / "ledger.db", tmp_path / "report.json"
     env = {"BATCHSUB_AUTH_TOKEN": TOKEN}
     slow = ("--start-seconds", "0.5-1", "--drop-after-run", "0.2", "--seed", "3")
     with simulator_process(tmp_path / "sim.log", *slow) as endpoint:
-        args = run_args(tmp_path / "m", endpoint, ledger, report, "--concurrency", "2")
+        extra = ("--concurrency", "2", "--healthy-for", "3")  # killed before it is over
+        args = run_args(tmp_path / "m", endpoint, ledger, report, *extra)
         proc = start_batchsub(*args, log=tmp_path / "killed.log", env=env)
         try:
             wait_for(
-                "the first start",
-                lambda: proc.poll() is not None or sim_stats(endpoint)["totals"]["runs"] > 0,
+                kill_at,
+                lambda: proc.poll() is not None or sim_stats(endpoint)["totals"]["runs"] >= enough,
                 timeout=30,
             )
             assert proc.poll() is None, (tmp_path / "killed.log").read_text()
-            stop(proc)  # SIGKILL: mid-start, with creates still going
+            stop(proc)  # SIGKILL: mid-start (creates still going), or while waiting
         finally:
             stop(proc)
-        killed_at = sim_stats(endpoint)
-        assert 0 < killed_at["totals"]["runs"] < 250
+        assert sim_stats(endpoint)["totals"]["runs"] >= enough
         rerun = run_batchsub(*args, env=env, timeout=120)
         assert rerun.returncode == 0, rerun.stderr
         stats = sim_stats(endpoint)
@@ -100,3 +103,29 @@ def test_a_run_killed_while_starting_then_rerun_starts_nothing_twice(tmp_path: P
     assert all(job["runs"] == 1 for job in stats["jobs"])
     rows = rows_by_name(json.loads(report.read_text()))
     assert {r["health"] for r in rows.values()} == {"healthy"}
+
+
+def test_sigint_while_waiting_stops_at_once_and_says_what_was_not_waited_for(
+    tmp_path: Path,
+) -> None:
+    write_manifests(tmp_path / "m", 20)
+    ledger, report = tmp_path / "ledger.db", tmp_path / "report.json"
+    env = {"BATCHSUB_AUTH_TOKEN": TOKEN}
+    with simulator_process(tmp_path / "sim.log", "--start-seconds", "0.2") as endpoint:
+        args = run_args(tmp_path / "m", endpoint, ledger, report, "--healthy-for", "60")
+        proc = start_batchsub(*args, log=tmp_path / "run.log", env=env)
+        try:
+            wait_for(
+                "every job running",
+                lambda: sim_stats(endpoint)["statuses"].get("job_running") == 20,
+                timeout=30,
+            )
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=10)  # not the 60 s of healthy_for
+        finally:
+            stop(proc)
+        stats = sim_stats(endpoint)
+    assert proc.returncode in (1, 130), (tmp_path / "run.log").read_text()
+    rows = rows_by_name(json.loads(report.read_text()))
+    assert {(r["start"], r["health"]) for r in rows.values()} == {("started", "interrupted")}
+    assert started_twice(stats) == []

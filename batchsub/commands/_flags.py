@@ -65,7 +65,7 @@ def add_start_flags(parser: argparse.ArgumentParser, *, waves: bool) -> None:
         "--start",
         action="store_true",
         default=None,
-        help="start every job that exists and is not running (once; see restart_stopped)",
+        help="start every job that exists and is not running (once; see --restart-stopped)",
     )
     parser.add_argument(
         "--resume-savepoint",

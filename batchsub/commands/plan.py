@@ -447,6 +447,9 @@ async def _plan(
             await ledger.close()
     if not args.json:
         _print_plan_footer(settings, project_id, ledger is not None, remote, output.counts)
+        if output.starts:
+            shown = ", ".join(f"{n} {what}" for what, n in sorted(output.starts.items()))
+            new_console().print(f"Start (run --start): {shown}.", markup=False)
     return output.counts
 
 
@@ -457,6 +460,7 @@ class _PlanJson:
         self, settings: Settings, project_id: str, remote: Mapping[str, int] | None
     ) -> None:
         self.counts: Counter[Action] = Counter()
+        self.starts: Counter[str] = Counter()  # --start: jobs by start decision
         self._head = {
             "project_id": project_id,
             "ledger": mask_url(settings.ledger),
@@ -470,6 +474,8 @@ class _PlanJson:
 
     def add(self, row: PlanRow) -> None:
         self.counts[row.action] += 1
+        if row.start is not None:
+            self.starts[row.start] += 1
         sys.stdout.write(("\n" if self._first else ",\n") + orjson.dumps(row.as_dict()).decode())
         self._first = False
 
@@ -478,7 +484,8 @@ class _PlanJson:
             sys.stdout.write("\n")
             return
         counts = {action.value: self.counts[action] for action in Action}
-        sys.stdout.write('\n], "counts": ' + orjson.dumps(counts).decode() + "}\n")
+        tail = f', "starts": {orjson.dumps(dict(self.starts)).decode()}' if self.starts else ""
+        sys.stdout.write('\n], "counts": ' + orjson.dumps(counts).decode() + tail + "}\n")
 
 
 class _PlanTable:
@@ -486,6 +493,7 @@ class _PlanTable:
 
     def __init__(self, *, show_all: bool) -> None:
         self.counts: Counter[Action] = Counter()
+        self.starts: Counter[str] = Counter()  # --start: jobs by start decision
         self._show_all = show_all
         self._rows: list[PlanRow] = []
         self._shown = 0
@@ -495,7 +503,10 @@ class _PlanTable:
 
     def add(self, row: PlanRow) -> None:
         self.counts[row.action] += 1
-        if row.action is Action.ALREADY_CREATED and not self._show_all and not row.detail:
+        if row.start is not None:
+            self.starts[row.start] += 1
+        quiet = not row.detail and row.start in (None, "active")  # nothing to do or say
+        if row.action is Action.ALREADY_CREATED and not self._show_all and quiet:
             return
         self._shown += 1
         if len(self._rows) < TABLE_LIMIT:

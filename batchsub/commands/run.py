@@ -1,8 +1,13 @@
 """``batchsub run DIR``: create every job of a directory of manifests, exactly once.
 
-Exit codes: 0 every job exists (created now or before); 1 some manifest invalid, failed,
-drifted, duplicated or unresolved; 2 a usage or configuration error, a credential the API
-refused, or a report that could not be written (one line on stderr, no traceback).
+With ``--start`` every job that exists is started after its create (``--wait``: and waited
+for until healthy; ``--waves``: a wave at a time), see ``batchsub.lifecycle.rollout``.
+
+Exit codes: 0 every job exists (created now or before; with ``--start``/``--wait``, started
+and healthy); 1 some manifest invalid, failed, drifted, duplicated or unresolved, a start
+failed or unconfirmed, a job not healthy within ``--wait-timeout``, or jobs held; 2 a usage
+or configuration error, a credential the API refused, or a report that could not be written
+(one line on stderr, no traceback).
 """
 
 from __future__ import annotations

@@ -4,5 +4,7 @@
 (the starter acts on it, ``plan`` shows it); ``status_reader`` reads many jobs' statuses from
 list pages in few calls; ``starter`` sends the run calls and records every step in the
 ``StartLedger``; ``waiter`` polls until each job is healthy, failed or out of time; ``waves``
-splits a rollout into waves and holds the rest after too many failures.
+splits a rollout into waves and holds the rest after too many failures. ``rollout`` wires
+them behind the submitter (``--start``, ``--wait``: each job started once it exists, its
+report row written once its wait ended) and ``wave_run`` sends a finite source wave by wave.
 """

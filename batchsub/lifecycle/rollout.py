@@ -26,7 +26,16 @@ import structlog
 
 from batchsub.client import DliClient
 from batchsub.errors import ApiError, LedgerError
-from batchsub.jobs import EXISTING_OUTCOMES, ErrorInfo, JobResult, Outcome, StartRecord
+from batchsub.jobs import (
+    BAD_HEALTH,
+    BAD_STARTS,
+    EXISTING_OUTCOMES,
+    INTERRUPTED,
+    ErrorInfo,
+    JobResult,
+    Outcome,
+    StartRecord,
+)
 from batchsub.lifecycle.start_rules import StartOptions
 from batchsub.lifecycle.starter import Starter, StartJob, StartKind, StartResult
 from batchsub.lifecycle.status_reader import StatusReader
@@ -38,10 +47,6 @@ from batchsub.retry import RetryingCaller, RetryPolicy
 
 log = structlog.get_logger("batchsub.lifecycle.rollout")
 
-INTERRUPTED = "interrupted"  # a wait the run's stop (or a fatal error) cut short
-# Starts that are not done as asked, and waits that did not end healthy: exit code 1.
-BAD_STARTS = frozenset({StartKind.START_FAILED.value, StartKind.UNRESOLVED.value})
-BAD_HEALTH = frozenset({*(h.value for h in Health if h not in GOOD_HEALTH), INTERRUPTED})
 _WAITED = frozenset({StartKind.STARTED, StartKind.ACTIVE})
 _WAITED_VALUES = frozenset(kind.value for kind in _WAITED)
 START_CONCURRENCY = 4  # batches being started at once (each one run call of 100 ids)
@@ -58,7 +63,7 @@ class RolloutOptions:
     waiting: WaitSettings = field(default_factory=WaitSettings)
     in_doubt_grace: float = 5.0
     batch_size: int = 100
-    linger: float = 0.2  # seconds a batch waits to fill up
+    linger: float = 1.0  # seconds a batch waits to fill up (fewer, fuller run calls)
 
     @property
     def active(self) -> bool:

@@ -79,6 +79,9 @@ class WaveRun:
         invalid = [item for item in items if isinstance(item, InvalidManifest)]
         jobs = [item for item in items if not isinstance(item, InvalidManifest)]
         sizes = wave_sizes(self._targets, len(jobs))
+        if not sizes:  # no job to send: the invalid manifests are still reported
+            await self._sender.run(_Part(invalid, source))
+            return
         control = WaveController(sizes, self._max_failures)
         sent = 0
         while (wave := control.next_wave()) is not None:

@@ -183,7 +183,9 @@ class DirectorySource:
         if done is not None:
             (path, fingerprint), results = done
             names = [r.name for r in results if r.name is not None]
-            if len(names) == len(results) and all(r.outcome in EXISTING_OUTCOMES for r in results):
+            if len(names) == len(results) and all(
+                r.outcome in EXISTING_OUTCOMES for r in results
+            ):
                 self._done.append((path, fingerprint, names))
         await self._flush(final=self._exhausted and not self._open)
 

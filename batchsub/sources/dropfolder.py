@@ -521,3 +521,4 @@ def _first_error(results: list[JobResult], outcomes: Iterable[Outcome]) -> str:
         if result.outcome in wanted:
             return result.error or result.outcome.value
     return "no error message"
+
