@@ -57,6 +57,9 @@ COUNTS: tuple[Count, ...] = (
     Count("drifted", Outcome.DRIFTED.value),
     Count("duplicated", Outcome.DUPLICATED.value),
     Count("held", Outcome.HELD.value),
+    Count("updated", Outcome.UPDATED.value),
+    Count("missing", Outcome.MISSING.value),
+    Count("pruned", Outcome.PRUNED.value),
     Count("not done", NOT_DONE),
     # --start / --wait (``lifecycle.rollout`` tallies them as they happen).
     Count("started", "started"),
@@ -371,7 +374,9 @@ def print_summary(
         console.print(_fatal_line(summary), style="bold red", markup=False, soft_wrap=True)
 
 
-_RARE = frozenset({Outcome.DUPLICATED, Outcome.HELD})
+_RARE = frozenset(
+    {Outcome.DUPLICATED, Outcome.HELD, Outcome.UPDATED, Outcome.MISSING, Outcome.PRUNED}
+)
 # --start / --wait: how the jobs that exist ended, a line under the table (when asked for).
 _LIFECYCLE_ROWS = (
     ("running", "running"),
@@ -385,8 +390,8 @@ _LIFECYCLE_ROWS = (
 
 
 def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    # "duplicated" and "held" only when they happened: a row that appears is one a reader
-    # notices.
+    # "duplicated", "held" and apply's own only when they happened: a row that appears is
+    # one a reader notices.
     return [
         (outcome.value, str(summary.get(outcome.value, 0)))
         for outcome in Outcome
