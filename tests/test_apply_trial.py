@@ -3,16 +3,20 @@ against a simulator process that refuses non-in-place changes to running jobs.""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import signal
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from tests.pg import fresh_database, postgres_listening
 from tests.process_support import (
     get_json,
     remote_jobs,
@@ -55,14 +59,35 @@ def write(folder: Path, index: int, **fields: Any) -> None:
     (folder / f"{name}.json").write_bytes(orjson.dumps(body))
 
 
-def test_forty_running_jobs_ten_new_cu_five_new_topics(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def ledger_for(kind: str, tmp_path: Path) -> Iterator[str]:
+    """A SQLite file, or a fresh database of the real PostgreSQL server."""
+    if kind == "sqlite":
+        yield str(tmp_path / "l.db")
+        return
+    if not postgres_listening():
+        pytest.skip("no PostgreSQL server listens")
+    loop = asyncio.new_event_loop()
+    database = fresh_database()
+    try:
+        yield loop.run_until_complete(database.__aenter__())
+    finally:
+        loop.run_until_complete(database.__aexit__(None, None, None))
+        loop.close()
+
+
+@pytest.mark.parametrize("ledger", ["sqlite", "postgres"])
+def test_forty_running_jobs_ten_new_cu_five_new_topics(tmp_path: Path, ledger: str) -> None:
     folder = tmp_path / "jobs"
     folder.mkdir()
     for index in range(40):
         write(folder, index)
     env = {"BATCHSUB_AUTH_TOKEN": TOKEN}
-    with simulator_process(tmp_path / "sim.log", "--update-running", "reject", *QUICK) as url:
-        common = ("--endpoint", url, "--project-id", PROJECT, "--ledger", tmp_path / "l.db")
+    with (
+        ledger_for(ledger, tmp_path) as spec,
+        simulator_process(tmp_path / "sim.log", "--update-running", "reject", *QUICK) as url,
+    ):
+        common = ("--endpoint", url, "--project-id", PROJECT, "--ledger", spec)
         done = run_batchsub("run", folder, *common, "--rate", "0", env=env, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         ids = [job_id for _, job_id in remote_jobs(url)]
