@@ -184,6 +184,12 @@ class UpdateLedger(Protocol):
         """Commit steps; ``done`` also records the body as the job's (see the class docstring)."""
         ...
 
+    def claim_updates(self, project_id: str, names: Sequence[str]) -> Awaitable[set[str]]:
+        """Claim unfinished updates to resume them; the names claimed. A shared ledger gives
+        each a lease (renewed by every step) and refuses a name another live worker holds;
+        a one-writer ledger claims every unfinished one."""
+        ...
+
     def forget_missing(
         self, project_id: str, jobs: Sequence[tuple[str, int]]
     ) -> Awaitable[set[str]]:

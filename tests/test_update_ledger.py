@@ -217,3 +217,21 @@ async def test_forget_missing_moves_only_a_created_row_of_that_job(make: MakeBac
     assert await b.ledger.forget_missing(P, [("a", 7)]) == set()  # not created any more
     await sql.record(P, spec_of(NEW), LedgerState.CREATED, job_id=9)
     assert await b.ledger.forget_missing(P, [("a", 7)]) == set()  # another job now
+
+
+async def test_a_resume_claims_an_unfinished_update_once(make: MakeBackend) -> None:
+    clock = FakeClock(100.0)
+    b = await make(clock)
+    assert await b.ledger.claim_updates(P, ["a"]) == set()  # nothing unfinished
+    assert await b.ledger.begin_update(P, [intent()]) == {"a"}
+    await b.ledger.record_update(P, [step(UpdateState.STOPPING, sent=True)])
+    if b.kind != "postgres":  # one writer: every unfinished one is its to resume
+        assert await b.ledger.claim_updates(P, ["a"]) == {"a"}
+        return
+    assert await b.ledger.claim_updates(P, ["a"]) == set()  # the step's lease is live
+    clock.now += 10_000.0  # the worker died: its lease ran out
+    claims = await asyncio.gather(*(b.ledger.claim_updates(P, ["a"]) for _ in range(3)))
+    assert sorted(n for c in claims for n in c) == ["a"]
+    await b.ledger.record_update(P, [step(UpdateState.DONE)])
+    clock.now += 10_000.0
+    assert await b.ledger.claim_updates(P, ["a"]) == set()  # finished

@@ -92,6 +92,11 @@ class MemoryUpdateLedger:
                 self.applied[key] = (row.job_id, row.body, row.body_hash)
         self._committed("record_update", steps)
 
+    async def claim_updates(self, project_id: str, names: Sequence[str]) -> set[str]:
+        """Every unfinished one of these names (one writer: nobody else holds them)."""
+        rows = (self._rows.get((project_id, name)) for name in names)
+        return {row.name for row in rows if row is not None and row.state in UNFINISHED_UPDATES}
+
     async def forget_missing(self, project_id: str, jobs: Sequence[tuple[str, int]]) -> set[str]:
         """Note the jobs forgotten (this ledger keeps no jobs rows)."""
         self.forgotten.update((project_id, name, job_id) for name, job_id in jobs)

@@ -2,11 +2,13 @@
 
 A write locks the rows of its jobs (``SELECT ... FOR UPDATE``, in name order, so two workers'
 calls cannot deadlock), applies the transitions of ``ledgers._updates`` (the ones the memory
-ledger applies) and writes them back, in one transaction. ``begin_update`` is one
-conditional upsert per name (``ON CONFLICT ... WHERE`` the row is finished): two workers
-inserting the same new name are serialised on its key, so a name is claimed once between
-them while an unfinished update holds it. ``done`` also makes the update's
-body the jobs row's body (same transaction), as the SQLite ledger does.
+ledger applies) and writes them back, in one transaction. A row being worked on carries a
+lease (``claim_until``, ``lease_seconds`` from its last step), so that a worker resuming
+unfinished updates (``claim_updates``) never takes one another live worker holds.
+``begin_update`` is one conditional upsert per name (``ON CONFLICT ... WHERE`` the row is
+finished): two workers inserting the same new name are serialised on its key, so a name is
+claimed once between them while an unfinished update holds it. ``done`` also makes the
+update's body the jobs row's body (same transaction), as the SQLite ledger does.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ UPDATES_MIGRATION = f"""
         error       text,
         created_at  double precision NOT NULL,
         updated_at  double precision NOT NULL,
+        claim_until double precision,
         PRIMARY KEY (project_id, name)
     );
     CREATE INDEX IF NOT EXISTS batchsub_updates_by_state ON batchsub_updates (project_id, state);
@@ -56,19 +59,28 @@ WHERE project_id = $1 AND state = ANY($2::text[]) ORDER BY name
 """
 _LOCK_SQL = _READ_SQL + " ORDER BY name FOR UPDATE"
 _UPSERT_SQL = f"""
-INSERT INTO batchsub_updates (project_id, {UPDATE_COLUMNS}, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+INSERT INTO batchsub_updates (project_id, {UPDATE_COLUMNS}, created_at, claim_until)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15)
 ON CONFLICT (project_id, name) DO UPDATE SET
     job_id = excluded.job_id, state = excluded.state, body_hash = excluded.body_hash,
     body = excluded.body, put_body = excluded.put_body, restart = excluded.restart,
     savepoint = excluded.savepoint, attempts = excluded.attempts, error = excluded.error,
-    created_at = excluded.created_at, updated_at = excluded.updated_at
+    created_at = excluded.created_at, updated_at = excluded.updated_at,
+    claim_until = excluded.claim_until
 WHERE batchsub_updates.state <> ALL($14::text[])
 RETURNING name
 """
 _STEP_SQL = """
-UPDATE batchsub_updates SET state = $3, attempts = $4, error = $5, updated_at = $6
+UPDATE batchsub_updates SET state = $3, attempts = $4, error = $5, updated_at = $6,
+    claim_until = CASE WHEN $3 = ANY($7::text[]) THEN $8::double precision ELSE NULL END
 WHERE project_id = $1 AND name = $2
+"""
+# A resume takes a row no live worker holds; its lease is renewed by every step.
+_CLAIM_SQL = """
+UPDATE batchsub_updates SET claim_until = $3
+WHERE project_id = $1 AND name = ANY($2::text[]) AND state = ANY($4::text[])
+  AND (claim_until IS NULL OR claim_until < $5)
+RETURNING name
 """
 _APPLIED_SQL = """
 UPDATE batchsub_jobs SET body = $3, body_hash = $4, updated_at = $5
@@ -89,6 +101,7 @@ class PostgresUpdates:
     """The ``UpdateLedger`` methods of ``PostgresLedger`` (which provides the attributes)."""
 
     _clock: Callable[[], float]
+    _lease: float
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         raise NotImplementedError
@@ -132,7 +145,9 @@ class PostgresUpdates:
                     if row is None or intent.name in claimed:
                         continue
                     values = _updates.to_values(row)
-                    name = await conn.fetchval(_UPSERT_SQL, project_id, *values, now, UNFINISHED)
+                    name = await conn.fetchval(
+                        _UPSERT_SQL, project_id, *values, now, UNFINISHED, now + self._lease
+                    )
                     if name is not None:
                         claimed.add(intent.name)
             return claimed
@@ -153,8 +168,9 @@ class PostgresUpdates:
                     rows[step.name] = row
                     error = _updates.to_values(row)[9]
                     await conn.execute(
-                        _STEP_SQL, project_id, row.name, row.state.value, row.attempts, error, now
-                    )
+                        _STEP_SQL, project_id, row.name, row.state.value, row.attempts, error,
+                        now, UNFINISHED, now + self._lease,
+                    )  # fmt: skip
                     if row.state is UpdateState.DONE:
                         await conn.execute(
                             _APPLIED_SQL, project_id, row.name, row.body, row.body_hash, now,
@@ -162,6 +178,18 @@ class PostgresUpdates:
                         )  # fmt: skip
 
         return self._detach(self._statement("write failed", work, new_work=False))
+
+    def claim_updates(self, project_id: str, names: Sequence[str]) -> asyncio.Future[set[str]]:
+        """Claim the unfinished updates of these names no live worker holds (a lease)."""
+
+        async def work(conn: _Connection) -> set[str]:
+            now = float(self._clock())
+            rows = await conn.fetch(
+                _CLAIM_SQL, project_id, list(names), now + self._lease, UNFINISHED, now
+            )
+            return {row[0] for row in rows}
+
+        return self._detach(self._statement("write failed", work, new_work=True))
 
     def forget_missing(
         self, project_id: str, jobs: Sequence[tuple[str, int]]

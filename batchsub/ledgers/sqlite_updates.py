@@ -147,6 +147,11 @@ class SqliteUpdates:
 
         return self._update_write(work, new_work=False)
 
+    async def claim_updates(self, project_id: str, names: Sequence[str]) -> set[str]:
+        """Every unfinished one of these names: one process owns the file."""
+        rows = await self.update_records(project_id, names)
+        return {name for name, row in rows.items() if row.state.value in UNFINISHED}
+
     def forget_missing(
         self, project_id: str, jobs: Sequence[tuple[str, int]]
     ) -> asyncio.Future[set[str]]:

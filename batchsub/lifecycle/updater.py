@@ -182,9 +182,16 @@ class Updater:
     async def update(self, jobs: Sequence[UpdateJob]) -> list[UpdateResult]:
         """Carry out these updates; one result per job (resumed rows first, then new ones)."""
         run = _Run()
-        for job in jobs:
-            if job.record is not None:
-                run.jobs[job.name] = _Job(job.record)
+        resumed = [job for job in jobs if job.record is not None]
+        claimed = set()
+        if resumed:
+            names = [job.name for job in resumed]
+            claimed = await self._commit(self._ledger.claim_updates(self._project, names))
+        for job in resumed:
+            assert job.record is not None
+            entry = run.jobs[job.name] = _Job(job.record)
+            if job.name not in claimed:
+                self._done(entry, UpdateKind.UNRESOLVED, "another worker is finishing it")
         await self._plan([j for j in jobs if j.record is None and j.name not in run.jobs], run)
         await self._settle_doubts(run)
         await self._stop(run)
@@ -292,6 +299,7 @@ class Updater:
                 else:
                     waiting.append(job)
             await self._steps(stopped, UpdateState.STOPPED)
+            await self._steps(waiting, UpdateState.STOPPING)  # renews a shared ledger's lease
             jobs = waiting
             if not jobs:
                 return
