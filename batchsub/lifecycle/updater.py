@@ -426,9 +426,8 @@ class Updater:
             attempts += 1
             sent = await self._send("run", to_run, UpdateState.RESTARTING, self._savepoint)
             took = [j for j in to_run if sent[j.job_id].kind is SentKind.TOOK]
-            for job in took:
-                await self._started(job, None)
-            unsure = [j for j in to_run if j.result is None and j not in took]
+            await self._started_all(took, None)
+            unsure = [j for j in to_run if j.result is None]  # the ones that took are done
             if not unsure:
                 return
             await self._pause(self._grace)
@@ -457,11 +456,17 @@ class Updater:
         return decide_start(record, seen, StartOptions()).action is StartAction.START
 
     async def _started(self, job: _Job, status: str | None) -> None:
-        if job.put_error is not None or job.row.error is not None:
-            await self._fail(job, job.put_error or job.row.error or "update refused")
-            return
-        await self._steps([job], UpdateState.DONE)
-        self._done(job, UpdateKind.UPDATED, status=status)
+        await self._started_all([job], status)
+
+    async def _started_all(self, jobs: Sequence[_Job], status: str | None) -> None:
+        """DLI took the runs: done (one write), or failed when their PUT was refused."""
+        done = [j for j in jobs if j.put_error is None and j.row.error is None]
+        for job in jobs:
+            if job.put_error is not None or job.row.error is not None:
+                await self._fail(job, job.put_error or job.row.error or "update refused")
+        await self._steps(done, UpdateState.DONE)
+        for job in done:
+            self._done(job, UpdateKind.UPDATED, status=status)
 
     async def _finish(self, run: _Run) -> None:
         """Updates with nothing more to do (in place, or a job not running): done."""
