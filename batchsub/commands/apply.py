@@ -177,6 +177,9 @@ async def apply_directory(
         )
     finally:
         parser.close()
+    if account.total == 0:  # as run says it: a wrong directory should not pass unnoticed
+        print(f"batchsub: warning: no manifests (*.json, *.yaml, *.yml) under {directory}",
+              file=sys.stderr)  # fmt: skip
     log.info(
         "apply.finished",
         updated=account.counts[Outcome.UPDATED],
