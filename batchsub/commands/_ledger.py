@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from batchsub.errors import ConfigError
-from batchsub.jobs import ErrorInfo, LedgerRecord
+from batchsub.jobs import ErrorInfo, LedgerRecord, LedgerState, Outcome
 from batchsub.protocols import Ledger
 from batchsub.settings import is_shared_ledger
 from batchsub.wiring import open_ledger
@@ -50,3 +50,19 @@ def error_fields(error: ErrorInfo | None) -> dict[str, Any]:
         "error_message": error.message if error else None,
         "http_status": error.http_status if error else None,
     }
+
+
+# One vocabulary: a ledger row's state read as the outcome the run report uses. The ledger
+# keeps finer states; ``status`` and ``report`` show both (README, "One vocabulary").
+OUTCOME_OF_STATE: dict[LedgerState, Outcome] = {
+    LedgerState.CREATED: Outcome.CREATED,
+    LedgerState.FAILED: Outcome.FAILED,  # refused for good
+    LedgerState.RETRYING: Outcome.FAILED,  # gave up after retries (or a run retries it now)
+    LedgerState.SUBMITTING: Outcome.UNRESOLVED,  # in doubt: a run stopped with it in flight
+    LedgerState.UNKNOWN: Outcome.UNRESOLVED,  # in doubt: its answer was lost
+}
+
+
+def outcome_of(state: LedgerState) -> Outcome:
+    """The report's outcome for a ledger state (``retrying`` is ``failed``, ...)."""
+    return OUTCOME_OF_STATE[state]

@@ -21,7 +21,7 @@ import orjson
 
 from batchsub.commands._flags import add_send_flags
 from batchsub.commands._ledger import ledger_exists
-from batchsub.commands._tables import TABLE_LIMIT, more, new_console, plural
+from batchsub.commands._tables import plural
 from batchsub.create_rules import CreateAction, decide_create
 from batchsub.errors import ConfigError
 from batchsub.files import stdout_may_close
@@ -32,8 +32,9 @@ from batchsub.jobs import (
     ManifestItem,
     RememberedJob,
 )
-from batchsub.logs import configure_command_logging
+from batchsub.logs import configure_command_logging, say
 from batchsub.masking import mask_url
+from batchsub.output import Format, Rows, add_output_flags, chosen_format, note
 from batchsub.protocols import Ledger
 from batchsub.reconcile import Reconciler
 from batchsub.settings import Settings
@@ -54,7 +55,7 @@ def add_parser(commands: Any) -> None:
         help="also list the project's jobs on the API (list calls only) to spot adoptions",
     )
     plan.add_argument("--all", action="store_true", help="list already created jobs too")
-    plan.add_argument("--json", action="store_true", help="print every job's action as JSON")
+    add_output_flags(plan, "every job's action")
     plan.set_defaults(handler=plan_command)
 
 
@@ -184,7 +185,7 @@ async def list_remote_jobs(settings: Settings, project_id: str) -> dict[str, int
 
 
 def plan_command(settings: Settings, args: argparse.Namespace) -> int:
-    """``batchsub plan DIR``: 1 if a manifest is invalid, else 0; nothing is created."""
+    """``batchsub plan DIR``: 1 if a manifest is invalid (or none exists), else 0."""
     project_id = settings.project_id
     if not project_id:
         raise ConfigError(NO_PROJECT + " (the ledger is keyed by project)")
@@ -194,6 +195,9 @@ def plan_command(settings: Settings, args: argparse.Namespace) -> int:
     counts: Counter[Action] = Counter()
     with stdout_may_close():
         counts = asyncio.run(_plan(settings, args, source, project_id))
+    if not counts:
+        say("error", f"no manifests (*.json, *.yaml, *.yml) under {args.directory}")
+        return 1
     return 1 if counts[Action.INVALID] else 0
 
 
@@ -207,8 +211,11 @@ async def _plan(
         ledger = open_ledger(settings.ledger, read_only=True)
     if ledger is not None:
         await ledger.open()
-    output: _PlanJson | _PlanTable = (
-        _PlanJson(settings, project_id, remote) if args.json else _PlanTable(show_all=args.all)
+    fmt = chosen_format(args)
+    output: _PlanJson | _PlanRows = (
+        _PlanJson(settings, project_id, remote)
+        if fmt is Format.JSON
+        else _PlanRows(fmt, show_all=args.all)
     )
     try:
         with output:
@@ -217,8 +224,8 @@ async def _plan(
     finally:
         if ledger is not None:
             await ledger.close()
-    if not args.json:
-        _print_plan_footer(settings, project_id, ledger is not None, remote, output.counts)
+    if fmt is not Format.JSON:
+        _print_plan_footer(fmt, settings, project_id, ledger is not None, remote, output.counts)
     return output.counts
 
 
@@ -253,68 +260,50 @@ class _PlanJson:
         sys.stdout.write('\n], "counts": ' + orjson.dumps(counts).decode() + "}\n")
 
 
-class _PlanTable:
-    """Collects the rows worth showing (not already created, unless asked) into one table."""
+class _PlanRows:
+    """The rows worth showing (not already created, unless asked): a table, or plain lines."""
 
-    def __init__(self, *, show_all: bool) -> None:
+    def __init__(self, fmt: Format, *, show_all: bool) -> None:
         self.counts: Counter[Action] = Counter()
         self._show_all = show_all
-        self._rows: list[PlanRow] = []
-        self._shown = 0
+        self._rows = Rows(fmt, ("action", "name", "source", "detail"), title="batchsub plan")
 
-    def __enter__(self) -> _PlanTable:
+    def __enter__(self) -> _PlanRows:
         return self
 
     def add(self, row: PlanRow) -> None:
         self.counts[row.action] += 1
         if row.action is Action.ALREADY_CREATED and not self._show_all and not row.detail:
             return
-        self._shown += 1
-        if len(self._rows) < TABLE_LIMIT:
-            self._rows.append(row)
+        cells = (row.action.value, row.name, row.source, row.detail)
+        self._rows.add(cells, style=_ACTION_STYLES[row.action])
 
     def __exit__(self, *exc: object) -> None:
-        from rich.table import Table
-        from rich.text import Text
-
-        if exc[0] is not None or not self._rows:
-            return
-        console = new_console()
-        table = Table(title="batchsub plan", header_style="bold")
-        for column in ("action", "name", "source", "detail"):
-            table.add_column(column, overflow="fold")
-        for row in self._rows:
-            table.add_row(
-                Text(row.action.value, style=_ACTION_STYLES[row.action]),
-                Text(row.name or "-"),
-                Text(row.source),
-                Text(row.detail),
-            )
-        console.print(table)
-        more(console, self._shown)
+        if exc[0] is None:
+            self._rows.close()
 
 
 def _print_plan_footer(
+    fmt: Format,
     settings: Settings,
     project_id: str,
     ledger_exists: bool,
     remote: Mapping[str, int] | None,
     counts: Counter[Action],
 ) -> None:
-    console = new_console()
     if not ledger_exists:
-        console.print(f"ledger {settings.ledger} does not exist yet: no job was sent with it")
+        note(fmt, f"ledger {settings.ledger} does not exist yet: no job was sent with it")
     checked = (
         f"{len(remote)} jobs listed remotely"
         if remote is not None
         else "remote not checked (--check-remote lists it)"
     )
     shown = mask_url(settings.ledger)
-    console.print(f"project {project_id} · ledger {shown} · {checked}", markup=False)
-    console.print(
+    note(fmt, f"project {project_id} · ledger {shown} · {checked}")
+    note(
+        fmt,
         f"Plan: {counts[Action.CREATE]} to create, {counts[Action.ADOPT]} to adopt, "
         f"{counts[Action.RETRY]} to retry, {counts[Action.RECONCILE]} to reconcile, "
         f"{counts[Action.ALREADY_CREATED]} already created, {counts[Action.DRIFTED]} drifted, "
         f"{counts[Action.INVALID]} invalid.",
-        markup=False,
     )

@@ -1,7 +1,10 @@
-"""``batchsub status``: a ledger's counts by state and its latest failures.
+"""``batchsub status``: a ledger's jobs by outcome (and ledger state), its latest failures,
+and what to do next.
 
 Reads the ledger without locking it (beside a run or a daemon that writes it) and never
-creates one. Exit code 0 whenever the ledger could be read, 2 otherwise.
+creates one. Outcomes are the run report's (``_ledger.OUTCOME_OF_STATE``): ``retrying`` (gave
+up after retries) counts as failed, ``submitting`` and ``unknown`` as unresolved.
+Exit code 0 whenever the ledger could be read, 2 otherwise.
 """
 
 from __future__ import annotations
@@ -9,52 +12,87 @@ from __future__ import annotations
 import argparse
 import asyncio
 import heapq
+import os
+import shlex
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import orjson
-
-from batchsub.commands._ledger import add_ledger_flags, error_fields, existing_ledger, row_of
-from batchsub.commands._tables import new_console
-from batchsub.jobs import LedgerRecord, LedgerState
+from batchsub.commands._ledger import (
+    add_ledger_flags,
+    error_fields,
+    existing_ledger,
+    outcome_of,
+    row_of,
+)
+from batchsub.jobs import LedgerRecord, LedgerState, Outcome
 from batchsub.masking import mask_url
+from batchsub.output import (
+    Format,
+    Rows,
+    add_output_flags,
+    chosen_format,
+    note,
+    print_json,
+    problem_line,
+)
 from batchsub.protocols import Ledger
 from batchsub.settings import Settings
 from batchsub.text import iso_utc
 
-if TYPE_CHECKING:
-    from rich.table import Table
-
 FAILURE_STATES = frozenset({LedgerState.FAILED, LedgerState.RETRYING, LedgerState.UNKNOWN})
+# Not done: a run again finishes them (and sends any job it never sent).
+UNFINISHED_STATES = frozenset(
+    {LedgerState.RETRYING, LedgerState.SUBMITTING, LedgerState.UNKNOWN}
+)
+STATUS_OUTCOMES = (Outcome.CREATED, Outcome.FAILED, Outcome.UNRESOLVED)
 
 
 def add_parser(commands: Any) -> None:
     """Register ``status`` with the CLI."""
-    status = commands.add_parser("status", help="ledger counts by state and the latest failures")
+    status = commands.add_parser("status", help="ledger jobs by outcome and the latest failures")
     add_ledger_flags(status)
     status.add_argument("--limit", type=int, default=10, help="failures to show (default: 10)")
-    status.add_argument("--json", action="store_true", help="print counts and failures as JSON")
+    add_output_flags(status, "the counts and failures")
     status.set_defaults(handler=status_command)
 
 
 @dataclass(slots=True)
 class LedgerStatus:
-    """Counts by state and the latest failures of a ledger."""
+    """Counts by state and the latest failures of a ledger.
+
+    ``unfinished_dir``: the folder the manifests of the unfinished jobs share, if any.
+    """
 
     counts: dict[str, int]
     failures: list[LedgerRecord]
+    unfinished_dir: str | None = None
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        """The counts as the report's outcomes, with ``total``."""
+        by_outcome: Counter[str] = Counter()
+        for state in LedgerState:
+            by_outcome[outcome_of(state).value] += self.counts.get(state.value, 0)
+        shown = {outcome.value: by_outcome[outcome.value] for outcome in STATUS_OUTCOMES}
+        shown["total"] = self.counts.get("total", 0)
+        return shown
 
 
 async def ledger_status(ledger: Ledger, project_id: str | None, limit: int) -> LedgerStatus:
     """Stream every row once: count states, keep the ``limit`` most recently updated failures."""
     counts: Counter[str] = Counter()
     latest: list[tuple[float, int, LedgerRecord]] = []  # a min-heap on updated_at
+    folder: str | None = None
+    mixed = False
     await ledger.open()
     try:
         async for seq, record in _enumerate(ledger.records(project_id)):
             counts[record.state.value] += 1
+            if record.state in UNFINISHED_STATES and not mixed:
+                here = os.path.dirname(record.source.rpartition("#")[0] or record.source)
+                folder, mixed = _common(folder, here)
             if record.state in FAILURE_STATES and limit > 0:
                 entry = (record.updated_at, seq, record)
                 if len(latest) < limit:
@@ -66,7 +104,18 @@ async def ledger_status(ledger: Ledger, project_id: str | None, limit: int) -> L
     by_state = {state.value: counts[state.value] for state in LedgerState}
     by_state["total"] = sum(counts.values())
     failures = [record for _, _, record in sorted(latest, reverse=True)]
-    return LedgerStatus(by_state, failures)
+    return LedgerStatus(by_state, failures, None if mixed else folder)
+
+
+def _common(folder: str | None, here: str) -> tuple[str | None, bool]:
+    """The folder ``folder`` and ``here`` share; mixed when they share none."""
+    if folder is None:
+        return here, False
+    try:
+        shared = os.path.commonpath([folder, here])
+    except ValueError:  # one absolute, one relative
+        return None, True
+    return (shared, False) if shared else (None, True)
 
 
 async def _enumerate(
@@ -82,6 +131,7 @@ def failure_row(record: LedgerRecord) -> dict[str, Any]:
     """One failure as ``status --json`` shows it."""
     return {
         **row_of(record),
+        "outcome": outcome_of(record.state).value,
         "state": record.state.value,
         "attempts": record.attempts,
         **error_fields(record.error),
@@ -89,49 +139,68 @@ def failure_row(record: LedgerRecord) -> dict[str, Any]:
     }
 
 
-def status_command(settings: Settings, args: argparse.Namespace) -> int:
-    """``batchsub status``: counts by state and the latest failures; always 0 when readable."""
-    from rich.table import Table
+def advice(status: LedgerStatus) -> list[str]:
+    """What to do next: run again for jobs not done, retry for jobs failed for good."""
+    counts = status.counts
+    lines = []
+    unfinished = sum(counts[state.value] for state in UNFINISHED_STATES)
+    if unfinished:
+        folder = shlex.quote(status.unfinished_dir) if status.unfinished_dir else "DIR"
+        lines.append(
+            f"{unfinished} jobs not done (a run was interrupted, gave up on them, or is still "
+            f"going): run `batchsub run {folder}` again to finish; it skips created jobs, "
+            "looks up the ones in doubt by name and sends the rest, with any never sent"
+        )
+    if counts[LedgerState.FAILED.value]:
+        lines.append(
+            f"{counts[LedgerState.FAILED.value]} jobs failed for good: fix the cause (quota, "
+            "queue, credential), then: batchsub retry"
+        )
+    return lines
 
+
+def status_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``batchsub status``: counts by outcome and the latest failures; always 0 when readable."""
+    fmt = chosen_format(args)
     ledger = existing_ledger(settings.ledger)
     status = asyncio.run(ledger_status(ledger, args.project_id, args.limit))
-    if args.json:
-        out = {"counts": status.counts, "failures": [failure_row(r) for r in status.failures]}
-        print(orjson.dumps(out).decode())
-        return 0
-    console = new_console()
-    where = f" (project {args.project_id})" if args.project_id else ""
-    counts = Table(title=f"ledger {mask_url(settings.ledger)}{where}", header_style="bold")
-    counts.add_column("state")
-    counts.add_column("jobs", justify="right")
-    for state, count in status.counts.items():
-        counts.add_row(state, str(count), style="bold" if state == "total" else None)
-    console.print(counts)
-    if status.failures:
-        console.print(_failures_table(status.failures))
-    if status.counts[LedgerState.FAILED.value] or status.counts[LedgerState.RETRYING.value]:
-        console.print(
-            "fix the cause (quota, queue, credential), then: batchsub retry", markup=False
+    if fmt is Format.JSON:
+        print_json(
+            {
+                "counts": status.counts,
+                "outcomes": status.outcomes,
+                "failures": [failure_row(r) for r in status.failures],
+                "advice": advice(status),
+            }
         )
+        return 0
+    where = f" (project {args.project_id})" if args.project_id else ""
+    title = f"ledger {mask_url(settings.ledger)}{where}"
+    with Rows(fmt, ("outcome", "jobs", "ledger states"), title=title, right=("jobs",)) as rows:
+        for outcome, count in status.outcomes.items():
+            states = [
+                f"{state.value} {status.counts[state.value]}"
+                for state in LedgerState
+                if outcome_of(state).value == outcome and status.counts[state.value]
+            ]
+            style = "bold" if outcome == "total" else None
+            rows.add((outcome, count, " · ".join(states)), style=style)
+    columns = ("name", "outcome", "state", "error code", "message", "updated (UTC)")
+    with Rows(fmt, columns, title="latest failures", plain=_failure_line) as rows:
+        for record in status.failures:
+            row = failure_row(record)
+            code = row["error_code"] or (
+                f"HTTP {row['http_status']}" if row["http_status"] else None
+            )
+            cells = (record.name, row["outcome"], row["state"], code, row["error_message"])
+            rows.add((*cells, row["updated_at"], record.source))
+    for line in advice(status):
+        note(fmt, line)
     return 0
 
 
-def _failures_table(failures: list[LedgerRecord]) -> Table:
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title="latest failures", header_style="bold")
-    for column in ("name", "state", "error code", "message"):
-        table.add_column(column, overflow="fold")
-    table.add_column("updated (UTC)", no_wrap=True)
-    for record in failures:
-        row = failure_row(record)
-        code = row["error_code"] or (f"HTTP {row['http_status']}" if row["http_status"] else "-")
-        table.add_row(
-            Text(record.name),
-            Text(record.state.value),
-            Text(code),
-            Text(row["error_message"] or ""),
-            Text(row["updated_at"]),
-        )
-    return table
+def _failure_line(cells: Any) -> str:
+    """``path: name: outcome (state): code: message`` for a plain line."""
+    name, outcome, state, code, message, updated, source = cells
+    text = f"{name}: {outcome} ({state}, {updated}): {code or '-'}: {message or ''}"
+    return problem_line(source, text)
