@@ -28,6 +28,7 @@ from batchsub.ledgers.outage import Outage
 from batchsub.limiter import RateLimiter
 from batchsub.logs import configure_command_logging, say
 from batchsub.masking import mask_url
+from batchsub.output import is_terminal
 from batchsub.parse_pool import ParserPool
 from batchsub.protocols import Auth, FileIndex, RunObserver, Source
 from batchsub.reachability import Reachability
@@ -199,11 +200,9 @@ async def run_source(
         )
     unwritten = _write_report(account, summary)
     # The report on stdout keeps stdout JSON: the summary goes to stderr then.
-    print_summary(
-        summary,
-        stream=sys.stderr if account.report_to_stdout else None,
-        rerun=rerun if interrupted else None,
-    )
+    out = sys.stderr if account.report_to_stdout else sys.stdout
+    if not endless or is_terminal(out):  # a daemon's summary is its run.finished event
+        print_summary(summary, stream=out, rerun=rerun if interrupted else None)
     log.info("run.finished", **{k: v for k, v in summary.items() if k != "first_errors"})
     if fatal is not None:
         say("error", summary["fatal"])

@@ -52,17 +52,20 @@ def error_fields(error: ErrorInfo | None) -> dict[str, Any]:
     }
 
 
-# One vocabulary: a ledger row's state read as the outcome the run report uses. The ledger
+# One vocabulary: a ledger row read as the outcome the run report gives such a job. The ledger
 # keeps finer states; ``status`` and ``report`` show both (README, "One vocabulary").
 OUTCOME_OF_STATE: dict[LedgerState, Outcome] = {
     LedgerState.CREATED: Outcome.CREATED,
     LedgerState.FAILED: Outcome.FAILED,  # refused for good
-    LedgerState.RETRYING: Outcome.FAILED,  # gave up after retries (or a run retries it now)
+    LedgerState.RETRYING: Outcome.FAILED,  # with an error: gave up after retries
     LedgerState.SUBMITTING: Outcome.UNRESOLVED,  # in doubt: a run stopped with it in flight
     LedgerState.UNKNOWN: Outcome.UNRESOLVED,  # in doubt: its answer was lost
 }
 
 
-def outcome_of(state: LedgerState) -> Outcome:
-    """The report's outcome for a ledger state (``retrying`` is ``failed``, ...)."""
-    return OUTCOME_OF_STATE[state]
+def outcome_of(record: LedgerRecord) -> Outcome:
+    """The run report's outcome for a ledger row: ``retrying`` with an error gave up after
+    retries (failed); without one, a run stopped before sending it (unresolved)."""
+    if record.state is LedgerState.RETRYING and record.error is None:
+        return Outcome.UNRESOLVED
+    return OUTCOME_OF_STATE[record.state]

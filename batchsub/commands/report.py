@@ -64,7 +64,7 @@ def report_row(record: LedgerRecord) -> dict[str, Any]:
     """One ledger row as the report shows it: its outcome in the run report's words."""
     return {
         **row_of(record),
-        "outcome": outcome_of(record.state).value,
+        "outcome": outcome_of(record).value,
         "job_id": record.job_id,
         "attempts": record.attempts,
         "adopted": record.adopted,

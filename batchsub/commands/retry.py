@@ -16,6 +16,7 @@ from typing import Any
 from batchsub import eventloop
 from batchsub.commands._flags import add_run_flags, add_send_flags
 from batchsub.commands._ledger import existing_ledger, require_ledger
+from batchsub.commands.status import ledger_status, never_sent_advice
 from batchsub.files import is_stdout
 from batchsub.logs import configure_command_logging
 from batchsub.masking import mask_url
@@ -48,6 +49,9 @@ async def retry_failed(
     """
     project_id = project_id_for(settings, simulator=simulator)
     account = RunAccount(report)  # a bad --report path fails before anything is read
+    unsent = never_sent_advice(await ledger_status(existing_ledger(settings.ledger), project_id, 0))
+    if unsent is not None:
+        announce(unsent)
     source = LedgerFailedSource(existing_ledger(settings.ledger), project_id)
     count = await source.load()  # opened and closed again before run_source opens it
     if count == 0:
@@ -57,7 +61,13 @@ async def retry_failed(
         return 0
     announce(f"sending again {count} failed jobs of project {project_id}")
     return await run_source(
-        settings, source, account, simulator=simulator, progress=progress, total=count
+        settings,
+        source,
+        account,
+        simulator=simulator,
+        progress=progress,
+        total=count,
+        rerun="batchsub retry",
     )
 
 

@@ -2,8 +2,9 @@
 and what to do next.
 
 Reads the ledger without locking it (beside a run or a daemon that writes it) and never
-creates one. Outcomes are the run report's (``_ledger.OUTCOME_OF_STATE``): ``retrying`` (gave
-up after retries) counts as failed, ``submitting`` and ``unknown`` as unresolved.
+creates one. Outcomes are the run report's (``_ledger.outcome_of``): ``retrying`` with an
+error (gave up after retries) counts as failed, without one (a stop before it was sent) as
+unresolved, and so do ``submitting`` and ``unknown``.
 Exit code 0 whenever the ledger could be read, 2 otherwise.
 """
 
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import heapq
 import os
 import shlex
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from batchsub.commands._ledger import (
@@ -26,6 +29,7 @@ from batchsub.commands._ledger import (
     outcome_of,
     row_of,
 )
+from batchsub.errors import BatchsubError
 from batchsub.jobs import LedgerRecord, LedgerState, Outcome
 from batchsub.masking import mask_url
 from batchsub.output import (
@@ -39,6 +43,7 @@ from batchsub.output import (
 )
 from batchsub.protocols import Ledger
 from batchsub.settings import Settings
+from batchsub.sources.directory import iter_manifest_paths
 from batchsub.text import iso_utc
 
 FAILURE_STATES = frozenset({LedgerState.FAILED, LedgerState.RETRYING, LedgerState.UNKNOWN})
@@ -68,13 +73,19 @@ class LedgerStatus:
     counts: dict[str, int]
     failures: list[LedgerRecord]
     unfinished_dir: str | None = None
+    # (outcome, ledger state) -> rows: the outcomes, and which states each is made of.
+    states_of: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)
+    # The folder every row's manifest is under, and its manifest files no row came from:
+    # files a run never sent (it was interrupted before them), when that folder is here.
+    manifest_dir: str | None = None
+    never_sent: int = 0
 
     @property
     def outcomes(self) -> dict[str, int]:
         """The counts as the report's outcomes, with ``total``."""
         by_outcome: Counter[str] = Counter()
-        for state in LedgerState:
-            by_outcome[outcome_of(state).value] += self.counts.get(state.value, 0)
+        for (outcome, _), count in self.states_of.items():
+            by_outcome[outcome] += count
         shown = {outcome.value: by_outcome[outcome.value] for outcome in STATUS_OUTCOMES}
         shown["total"] = self.counts.get("total", 0)
         return shown
@@ -83,16 +94,25 @@ class LedgerStatus:
 async def ledger_status(ledger: Ledger, project_id: str | None, limit: int) -> LedgerStatus:
     """Stream every row once: count states, keep the ``limit`` most recently updated failures."""
     counts: Counter[str] = Counter()
+    states_of: Counter[tuple[str, str]] = Counter()
     latest: list[tuple[float, int, LedgerRecord]] = []  # a min-heap on updated_at
     folder: str | None = None
     mixed = False
+    files: set[str] = set()
+    root: str | None = None
+    scattered = False
     await ledger.open()
     try:
         async for seq, record in _enumerate(ledger.records(project_id)):
             counts[record.state.value] += 1
+            states_of[outcome_of(record).value, record.state.value] += 1
+            file = record.source.rpartition("#")[0] or record.source
+            if file not in files:
+                files.add(file)
+                if not scattered:
+                    root, scattered = _common(root, os.path.dirname(file))
             if record.state in UNFINISHED_STATES and not mixed:
-                here = os.path.dirname(record.source.rpartition("#")[0] or record.source)
-                folder, mixed = _common(folder, here)
+                folder, mixed = _common(folder, os.path.dirname(file))
             if record.state in FAILURE_STATES and limit > 0:
                 entry = (record.updated_at, seq, record)
                 if len(latest) < limit:
@@ -104,7 +124,20 @@ async def ledger_status(ledger: Ledger, project_id: str | None, limit: int) -> L
     by_state = {state.value: counts[state.value] for state in LedgerState}
     by_state["total"] = sum(counts.values())
     failures = [record for _, _, record in sorted(latest, reverse=True)]
-    return LedgerStatus(by_state, failures, None if mixed else folder)
+    found = LedgerStatus(by_state, failures, None if mixed else folder, states_of)
+    if root and not scattered:
+        found.manifest_dir, found.never_sent = root, _files_not_in(Path(root), files)
+    return found
+
+
+def _files_not_in(folder: Path, files: set[str]) -> int:
+    """How many manifest files under ``folder`` (a run's order) are not in ``files``."""
+    if not folder.is_dir():  # the ledger of another machine, or the files moved
+        return 0
+    try:
+        return sum(1 for path in iter_manifest_paths(folder) if str(path) not in files)
+    except (OSError, BatchsubError):  # an unreadable folder: nothing to say about it
+        return 0
 
 
 def _common(folder: str | None, here: str) -> tuple[str | None, bool]:
@@ -131,7 +164,7 @@ def failure_row(record: LedgerRecord) -> dict[str, Any]:
     """One failure as ``status --json`` shows it."""
     return {
         **row_of(record),
-        "outcome": outcome_of(record.state).value,
+        "outcome": outcome_of(record).value,
         "state": record.state.value,
         "attempts": record.attempts,
         **error_fields(record.error),
@@ -144,8 +177,15 @@ def advice(status: LedgerStatus) -> list[str]:
     counts = status.counts
     lines = []
     unfinished = sum(counts[state.value] for state in UNFINISHED_STATES)
+    shown = status.unfinished_dir or status.manifest_dir
+    folder = shlex.quote(shown) if shown else "DIR"
+    if status.never_sent:
+        lines.append(
+            f"{status.never_sent} manifest files under {status.manifest_dir} have no job in "
+            f"the ledger (never sent: a run was interrupted before them?): run "
+            f"`batchsub run {folder}` to send them"
+        )
     if unfinished:
-        folder = shlex.quote(status.unfinished_dir) if status.unfinished_dir else "DIR"
         lines.append(
             f"{unfinished} jobs not done (a run was interrupted, gave up on them, or is still "
             f"going): run `batchsub run {folder}` again to finish; it skips created jobs, "
@@ -159,6 +199,18 @@ def advice(status: LedgerStatus) -> list[str]:
     return lines
 
 
+def never_sent_advice(status: LedgerStatus) -> str | None:
+    """What ``retry`` says of manifest files no run sent: ``run`` sends them, not ``retry``."""
+    if not status.never_sent:
+        return None
+    folder = shlex.quote(status.manifest_dir or "DIR")
+    return (
+        f"{status.never_sent} manifest files under {status.manifest_dir} were never sent (a "
+        f"run was interrupted before them?): retry resends only jobs the ledger holds; run "
+        f"`batchsub run {folder}` to send them"
+    )
+
+
 def status_command(settings: Settings, args: argparse.Namespace) -> int:
     """``batchsub status``: counts by outcome and the latest failures; always 0 when readable."""
     fmt = chosen_format(args)
@@ -170,6 +222,8 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
                 "counts": status.counts,
                 "outcomes": status.outcomes,
                 "failures": [failure_row(r) for r in status.failures],
+                "never_sent_files": status.never_sent,
+                "manifest_dir": status.manifest_dir,
                 "advice": advice(status),
             }
         )
@@ -179,14 +233,14 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
     with Rows(fmt, ("outcome", "jobs", "ledger states"), title=title, right=("jobs",)) as rows:
         for outcome, count in status.outcomes.items():
             states = [
-                f"{state.value} {status.counts[state.value]}"
+                f"{state.value} {status.states_of[outcome, state.value]}"
                 for state in LedgerState
-                if outcome_of(state).value == outcome and status.counts[state.value]
+                if status.states_of[outcome, state.value]
             ]
             style = "bold" if outcome == "total" else None
             rows.add((outcome, count, " · ".join(states)), style=style)
     columns = ("name", "outcome", "state", "error code", "message", "updated (UTC)")
-    with Rows(fmt, columns, title="latest failures", plain=_failure_line) as rows:
+    with Rows(fmt, columns, title="latest jobs not done", plain=_failure_line) as rows:
         for record in status.failures:
             row = failure_row(record)
             code = row["error_code"] or (
