@@ -90,10 +90,15 @@ def plain_cell(value: object) -> str:
 
 
 def problem_line(where: str, message: str) -> str:
-    """``path: message`` on one line, the message cut so the line stays within ``MAX_LINE``."""
+    """``path: message`` on one line, the message cut in its middle (its end often says how
+    many more problems there are) so that the line stays within ``MAX_LINE``."""
     where = printable(where)
     room = max(80, MAX_LINE - len(where) - 2)
-    return f"{where}: {printable(message, room)}"
+    message = printable(message)
+    if len(message) > room:
+        tail = room // 4
+        message = f"{message[: room - tail - 5]} ... {message[-tail:]}"
+    return f"{where}: {message}"
 
 
 class Rows:
