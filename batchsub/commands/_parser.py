@@ -16,6 +16,7 @@ import argparse
 import difflib
 import importlib
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -55,7 +56,7 @@ _GLOBAL_DESTS = frozenset(options[0].lstrip("-").replace("-", "_") for options, 
 # The exit codes of each command (README, "Exit codes"); a command not named has _DEFAULT_EXIT.
 _SENDING_EXIT = (
     "0 every job is as asked (created now or before); 1 some job invalid, failed, drifted, "
-    "duplicated or unresolved, or no manifest at all; 2 a usage or configuration error, a "
+    "duplicated, held or unresolved, or no manifest at all; 2 a usage or configuration error, a "
     "credential the API refused, a report that could not be written; 130 stopped by SIGINT, "
     "143 by SIGTERM (after the drain; the report says interrupted: true)"
 )
@@ -231,4 +232,6 @@ def _epilog(sub: argparse.ArgumentParser, path: str) -> str:
     lines.append("exit codes: " + EXIT_CODES.get(path, _DEFAULT_EXIT))
     if path in EXAMPLES:
         lines.append("example: " + EXAMPLES[path])
-    return "\n".join(lines)
+    return "\n".join(
+        textwrap.fill(line, 79, subsequent_indent="  ", break_on_hyphens=False) for line in lines
+    )
