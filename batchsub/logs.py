@@ -18,7 +18,7 @@ import orjson
 import structlog
 
 from batchsub.masking import scrub
-from batchsub.text import safe_value, utf8
+from batchsub.text import printable, safe_value, utf8
 
 if TYPE_CHECKING:
     from batchsub.settings import Settings
@@ -149,8 +149,7 @@ def configure_logging(
     ``hidden``: secrets to scrub from what libraries log (``Settings.secret_values``).
     """
     use_json = fmt == "json" or (fmt == "auto" and not interactive)
-    if fmt == "json":
-        set_json_lines(True)
+    set_json_lines(fmt == "json")  # the command's last words in its logs' format
     structlog.configure(
         processors=[renderers(use_json, colors=interactive)],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -191,7 +190,7 @@ def say(level: str, message: str, **fields: Any) -> None:
         event = {"event": f"command.{level}", "message": message, **fields}
         line = _JsonLine()(None, level, event)
     else:
-        line = utf8(f"batchsub: {level}: {message}")
+        line = f"batchsub: {level}: {printable(message)}"
     stream = sys.stderr
     stream.write(line + "\n")
     stream.flush()
