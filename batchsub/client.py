@@ -289,17 +289,12 @@ class DliClient:
             ) as resp:
                 status = resp.status
                 return classify(status, await resp.read(), resp.headers)
-        except aiohttp.ClientSSLError as exc:
-            error = ErrorInfo(f"TLS failure talking to {self._endpoint}: {exc}; use --ca-file")
-            return Answer(Kind.FATAL, error=error)
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            return Answer(Kind.TRANSIENT, error=ErrorInfo(self._cannot_connect(exc)))
-        except TimeoutError:
-            error = ErrorInfo("no answer before the timeout")
-            return Answer(Kind.IN_DOUBT, error=error, timed_out=True)
-        except aiohttp.ClientError as exc:
-            error = ErrorInfo(f"answer lost: {type(exc).__name__}: {exc}")
-            return Answer(Kind.IN_DOUBT, error=error)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            kind, problem = transport_failure(exc, self._endpoint, self._timeout)
+            if kind is Kind.TRANSIENT:
+                self.reachability.lost(problem)
+            timed_out = kind is Kind.IN_DOUBT and isinstance(exc, TimeoutError)
+            return Answer(kind, error=ErrorInfo(problem), timed_out=timed_out)
         finally:
             if self._on_answer is not None:
                 self._on_answer(call, time.perf_counter() - started, status)
@@ -332,13 +327,28 @@ class DliClient:
         elif accepted:
             self._proven = True
 
-    def _cannot_connect(self, exc: aiohttp.ClientError) -> str:
-        reason: object = exc
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            reason = f"no answer to connect within {self._timeout.sock_connect:g} s"
-        problem = f"cannot connect to {self._endpoint}: {reason}"
-        self.reachability.lost(problem)
-        return problem
+
+def transport_failure(
+    exc: aiohttp.ClientError | TimeoutError, peer: str, timeout: aiohttp.ClientTimeout
+) -> tuple[Kind, str]:
+    """What an aiohttp failure of a request to ``peer`` means, and its one line.
+
+    The one conversion of aiohttp's errors (the API client's and the IAM login's): TLS is
+    ``FATAL`` (a retry cannot fix it); no connection ``TRANSIENT`` (the request never left);
+    no answer in time, or a connection dropped after sending, ``IN_DOUBT``.
+    """
+    # Order matters: the TLS error is a connector error, the connect timeout a timeout.
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return Kind.FATAL, f"TLS failure talking to {peer}: {exc}; use --ca-file"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return Kind.TRANSIENT, (
+            f"cannot connect to {peer}: no answer to connect within {timeout.sock_connect:g} s"
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return Kind.TRANSIENT, f"cannot connect to {peer}: {exc}"
+    if isinstance(exc, TimeoutError):
+        return Kind.IN_DOUBT, "no answer before the timeout"
+    return Kind.IN_DOUBT, f"answer lost: {type(exc).__name__}: {exc}"
 
 
 async def close_session(session: aiohttp.ClientSession) -> None:

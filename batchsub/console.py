@@ -364,10 +364,11 @@ def print_summary(
     errors = summary.get("first_errors") or []
     if errors:
         console.print("first problems:", style="bold")
+        # soft_wrap: a path is never split over two lines, whatever the width (grep finds it).
         for err in errors:
-            console.print("  " + _error_line(err), markup=False)
+            console.print("  " + _error_line(err), markup=False, soft_wrap=True)
     if summary.get("fatal"):
-        console.print(_fatal_line(summary), style="bold red", markup=False)
+        console.print(_fatal_line(summary), style="bold red", markup=False, soft_wrap=True)
     if rerun is not None:
         console.print(_rerun_line(summary, rerun), style="bold yellow", markup=False)
 

@@ -27,8 +27,8 @@ import orjson
 import structlog
 from yarl import URL
 
-from batchsub.answers import AnswerKind, CreateAnswer, JobPage
-from batchsub.client import DliClient, make_session
+from batchsub.answers import AnswerKind, CreateAnswer, JobPage, Kind
+from batchsub.client import DliClient, make_session, transport_failure
 from batchsub.errors import (
     CONNECT_FAILED,
     ApiError,
@@ -249,19 +249,13 @@ class IamTokenAuth:
                 raw = await resp.read()
                 token = resp.headers.get("X-Subject-Token", "")
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-        except aiohttp.ClientSSLError as exc:
-            raise FatalApiError(
-                f"TLS failure talking to the IAM endpoint {login.endpoint}: {exc}; use --ca-file"
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise RetryableError(
-                f"cannot connect to the IAM endpoint {login.endpoint} (--iam-endpoint): {exc}",
-                code=CONNECT_FAILED,
-            ) from None
-        except TimeoutError:
-            raise RetryableError(f"IAM login at {login.endpoint}: no answer in time") from None
-        except aiohttp.ClientError as exc:
-            raise RetryableError(f"IAM login at {login.endpoint}: {type(exc).__name__}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            peer = f"the IAM endpoint {login.endpoint} (--iam-endpoint)"
+            kind, problem = transport_failure(exc, peer, self._timeout)
+            if kind is Kind.FATAL:
+                raise FatalApiError(problem) from None
+            code = CONNECT_FAILED if kind is Kind.TRANSIENT else None
+            raise RetryableError(f"IAM login: {problem}", code=code) from None
         if status in (200, 201) and token:
             self._keep(token, _lifetime(raw, self._wall_clock()), sent)
             log.info("iam.token", reason=reason, user=login.user, valid_s=round(self._lifetime))

@@ -1,13 +1,16 @@
 """Soak the queue workers through infrastructure faults: the issue's "Done when", at full length.
 
-Usage: ``python bench/faults.py [--jobs 900] [--rate 4] [--sigstop] [--output F]`` (Linux, as
-root: it restarts and stops the local PostgreSQL with ``pg_ctlcluster``, and needs RabbitMQ
-on 127.0.0.1:5672). Not part of the test suite: it takes about two minutes.
+Usage: ``python bench/faults.py [--jobs 900] [--rate 4] [--sigstop] [--output F]`` (Linux, with
+PostgreSQL's ``initdb`` installed: it restarts and stops a private cluster of its own, see
+``tests/private_pg.py``; RabbitMQ on 127.0.0.1:5672). Not part of the test suite: it takes
+about two minutes.
 
-Three ``batchsub consume`` workers share one queue and one fresh PostgreSQL database, each
+Three ``batchsub consume`` workers share one queue and one private PostgreSQL cluster, each
 reaching PostgreSQL through a TCP proxy of its own (``tests/faults.py``), against a
 ``batchsub simulator`` process that accepts a second job of a name (so a duplicate would
-show). Every job is published twice. While they work, on a fixed timeline:
+show). Every job is published twice, among poison messages (a name with a NUL character,
+which PostgreSQL cannot store, raw and escaped; bytes that are not UTF-8; not JSON at all),
+each of which must be dead-lettered alone. While they work, on a fixed timeline:
 
 - PostgreSQL is restarted once (fast mode: every session is ended);
 - PostgreSQL is stopped for 20 s, then started;
@@ -17,9 +20,10 @@ show). Every job is published twice. While they work, on a fixed timeline:
 
 Then it waits for every job and an empty queue, SIGTERMs the workers and checks, from the
 simulator's list and the broker, not from batchsub's counters: each job exists exactly once,
-no worker exited before the SIGTERM and each exited 0, the queue and its dead-letter queue
-are empty, no log holds a traceback. It writes the figures, a Markdown section, to
-``bench/faults.md`` (``--output``), copied into ``bench/results.md`` under its own heading.
+no worker exited before the SIGTERM and each exited 0, the queue is empty and its dead-letter
+queue holds exactly the poison messages, no log holds a traceback. It writes the figures, a
+Markdown section, to ``bench/faults.md`` (``--output``), copied into ``bench/results.md`` under
+its own heading.
 """
 
 from __future__ import annotations
@@ -48,17 +52,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.amqp_support import AMQP_URL, Broker, broker_listening  # noqa: E402
-from tests.faults import (  # noqa: E402
-    Proxy,
-    paused,
-    postgres_control_problem,
-    postgres_stopped,
-    restart_postgres,
-    via,
-)
-from tests.pg import PORT, fresh_database  # noqa: E402
+from tests.faults import Proxy, paused, via  # noqa: E402
+from tests.private_pg import Cluster, private_cluster, private_cluster_problem  # noqa: E402
 
 WORKERS = 3
+
+# Messages no worker can take: each must be dead-lettered alone, the jobs around it created.
+POISON = [
+    b'{"name": "poison\\u0000escaped", "queue_name": "q"}',
+    b'{"name": "poison\x00raw"}',
+    b'{"name": "poison-\xff\xfe"}',
+    b"not json at all",
+]
 
 
 @dataclass
@@ -136,14 +141,19 @@ async def wait_until(started: float, at_s: float, watch: Watcher) -> None:
 
 
 async def timeline(
-    started: float, watch: Watcher, proxies: list[Proxy], workers: list[Worker], sigstop: bool
+    started: float,
+    watch: Watcher,
+    cluster: Cluster,
+    proxies: list[Proxy],
+    workers: list[Worker],
+    sigstop: bool,
 ) -> list[Fault]:
     faults: list[Fault] = []
     await wait_until(started, 15, watch)
     with fault(faults, "PostgreSQL restarted", started, watch):
-        await asyncio.to_thread(restart_postgres)
+        await asyncio.to_thread(cluster.restart)
     await wait_until(started, 35, watch)
-    with fault(faults, "PostgreSQL stopped for 20 s", started, watch), postgres_stopped():
+    with fault(faults, "PostgreSQL stopped for 20 s", started, watch), cluster.stopped():
         await asyncio.sleep(20)
     await wait_until(started, 70, watch)
     with fault(faults, "worker 1's link to PostgreSQL frozen for 30 s", started, watch):
@@ -180,21 +190,24 @@ async def soak(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     queue = broker.queue_name("soak-faults")
     workers: list[Worker] = []
     try:
-        async with fresh_database("batchsub_soak") as dsn:
+        with private_cluster() as cluster:
             with (
                 contextlib.ExitStack() as stack,
                 Simulator(work, "--latency", "0.02", "--duplicate-names", "accept") as sim,
             ):
-                for _ in range(2):  # every job published twice
+                for copy in range(2):  # every job published twice, poison among them
                     await asyncio.to_thread(publish, queue, work / "m")
-                proxies = [stack.enter_context(Proxy(PORT)) for _ in range(WORKERS)]
+                    if copy == 0:
+                        for body in POISON:
+                            await broker.publish(queue, body)
+                proxies = [stack.enter_context(Proxy(cluster.port)) for _ in range(WORKERS)]
                 workers = [
-                    start_worker(i, work, queue, sim, via(dsn, proxies[i]), args)
+                    start_worker(i, work, queue, sim, via(cluster.dsn, proxies[i]), args)
                     for i in range(WORKERS)
                 ]
                 watch = Watcher(sim, workers)
                 started = time.monotonic()
-                faults = await timeline(started, watch, proxies, workers, args.sigstop)
+                faults = await timeline(started, watch, cluster, proxies, workers, args.sigstop)
                 deadline = time.monotonic() + 300
                 while watch.created() < args.jobs or await broker.depth(queue) > 0:
                     if time.monotonic() > deadline:
@@ -242,7 +255,8 @@ def page(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, bool]:
          all(w.exited_early is None for w in workers)),
         ("exit codes after SIGTERM", result["exits"], all(code == 0 for code in result["exits"])),
         ("messages left in the queue", result["depth"], result["depth"] == 0),
-        ("messages dead-lettered", result["dead"], result["dead"] == 0),
+        ("poison messages dead-lettered", f"{result['dead']} of {len(POISON)}",
+         result["dead"] == len(POISON)),
         ("tracebacks in the logs", result["tracebacks"], result["tracebacks"] == 0),
     ]  # fmt: skip
     ok = all(passed for _, _, passed in checks)
@@ -278,7 +292,7 @@ after the workers started. {machine}.
 
 Jobs created during an outage are those whose claims were committed before it (a worker
 claims a job before it waits for its pacing turn), plus, during the freeze, the other two
-workers' jobs; "lasted" includes `pg_ctlcluster` stopping and starting the server. A worker's
+workers' jobs; "lasted" includes `pg_ctl` stopping and starting the server. A worker's
 outage (below) begins at its first failed statement: for the frozen link, once a statement
 timed out (`ledger_timeout`, 10 s).
 
@@ -307,7 +321,7 @@ def main() -> int:
     parser.add_argument("--sigstop", action="store_true", help="also SIGSTOP a worker (fencing)")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "faults.md")
     args = parser.parse_args()
-    problem = postgres_control_problem()
+    problem = private_cluster_problem()
     if problem is not None or not broker_listening():
         print(f"faults.py cannot run here: {problem or 'RabbitMQ is not listening'}")
         return 2

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import re
 import shutil
 import signal
 import socket
@@ -213,8 +214,10 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 
 
 def via(dsn: str, proxy: Proxy) -> str:
-    """``dsn`` of the local PostgreSQL, pointed at ``proxy`` instead."""
-    return dsn.replace(f"@{HOST}:{PORT}/", f"@127.0.0.1:{proxy.port}/", 1)
+    """``dsn`` (``postgresql://user@host:port/db``) pointed at ``proxy`` instead."""
+    pointed, count = re.subn(r"@[^@/]+/", f"@127.0.0.1:{proxy.port}/", dsn, count=1)
+    assert count == 1, f"not a DSN with a host: {dsn}"  # else the fault would miss its target
+    return pointed
 
 
 # --- processes --------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Real ``batchsub`` processes (``consume`` workers, ``run``, ``watch``) against the simulator
 process, real RabbitMQ and PostgreSQL. Each case asserts from the simulator's side (its list
 endpoint) that every job exists exactly once and that no worker exited. PostgreSQL is really
-restarted and stopped (other tests share it: a few seconds at most); a partition is the TCP
-proxy of ``tests.faults`` in front of it; a full disk is a small tmpfs of the test's own.
+restarted and stopped: a private cluster of the test's own (``tests.private_pg``), so that no
+other test sees the outage; a partition is the TCP proxy of ``tests.faults`` in front of it; a
+full disk is a small tmpfs of the test's own.
 """
 
 from __future__ import annotations
@@ -32,12 +33,10 @@ from tests.amqp_support import AMQP_URL, Broker, broker_listening
 from tests.faults import (
     Proxy,
     fill,
-    postgres_control_problem,
-    postgres_stopped,
-    restart_postgres,
     via,
 )
 from tests.pg import PORT, fresh_database, postgres_listening
+from tests.private_pg import Cluster, private_cluster, private_cluster_problem
 from tests.process_support import (
     free_port,
     job_count,
@@ -54,8 +53,8 @@ needs_postgres = pytest.mark.skipif(
     not postgres_listening(), reason="PostgreSQL is not listening on 5432"
 )
 needs_broker = pytest.mark.skipif(not broker_listening(), reason="RabbitMQ is not listening")
-_CONTROL = postgres_control_problem()
-needs_pg_control = pytest.mark.skipif(_CONTROL is not None, reason=_CONTROL or "")
+_PRIVATE = private_cluster_problem()
+needs_private_cluster = pytest.mark.skipif(_PRIVATE is not None, reason=_PRIVATE or "")
 
 # Quick to notice and to retry: a ledger statement times out after 2 s, a drain takes 5 s.
 QUICK = {"BATCHSUB_LEDGER_TIMEOUT": "2", "BATCHSUB_DRAIN_TIMEOUT": "5"}
@@ -158,14 +157,21 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def queue_rig(tmp_path: Path, label: str) -> AsyncIterator[Rig]:
-    """A fresh queue and database, the simulator process and a proxy; workers killed after."""
+async def queue_rig(
+    tmp_path: Path, label: str, cluster: Cluster | None = None
+) -> AsyncIterator[Rig]:
+    """A fresh queue and database (or ``cluster``'s), the simulator process and a proxy;
+    workers killed after."""
     broker = await Broker.open()
     try:
-        async with fresh_database() as dsn:
+        async with contextlib.AsyncExitStack() as stack:
+            if cluster is None:
+                dsn = await stack.enter_async_context(fresh_database())
+            else:
+                dsn = cluster.dsn
             with (
                 simulator_process(tmp_path / "sim.log") as endpoint,
-                Proxy(PORT) as proxy,
+                Proxy(PORT if cluster is None else cluster.port) as proxy,
                 processes() as workers,
             ):
                 yield Rig(broker, broker.queue_name(label), dsn, endpoint, proxy, workers)
@@ -208,12 +214,16 @@ def stop_workers(workers: list[subprocess.Popen[bytes]], logs: list[Path]) -> No
 # --- PostgreSQL restarted or stopped ----------------------------------------------------------
 
 
-@needs_postgres
 @needs_broker
-@needs_pg_control
+@needs_private_cluster
 @pytest.mark.parametrize("outage", ["restarted", "stopped for 3 s"])
 async def test_consume_workers_ride_out_postgres(tmp_path: Path, outage: str) -> None:
-    async with queue_rig(tmp_path, "pg-outage") as rig:
+    with private_cluster() as cluster:
+        await ride_out(tmp_path, cluster, outage)
+
+
+async def ride_out(tmp_path: Path, cluster: Cluster, outage: str) -> None:
+    async with queue_rig(tmp_path, "pg-outage", cluster) as rig:
         names = write_manifests(tmp_path / "m", 60)
         for _ in range(2):  # every job published twice
             await publish_directory(AMQP_URL, rig.queue, tmp_path / "m")
@@ -222,34 +232,36 @@ async def test_consume_workers_ride_out_postgres(tmp_path: Path, outage: str) ->
         rig.workers += [start_batchsub(*args, log=log, env=QUICK) for log in logs]
         await until("the first jobs", lambda: job_count(rig.endpoint) >= 8, 30)
         if outage == "restarted":
-            await asyncio.to_thread(restart_postgres)
+            await asyncio.to_thread(cluster.restart)
         else:
-            with postgres_stopped():
+            with cluster.stopped():
                 await asyncio.sleep(3)
         await until("every job", lambda: created(rig.endpoint) >= set(names), 60)
         await drained(rig.broker, rig.queue)
         stop_workers(rig.workers, logs)
         assert_each_once(rig.endpoint, names)
         saw = [bool(events(log, "ledger.unavailable")) for log in logs]
-        assert any(saw), "no worker noticed the outage"
+        # A stop of 3 s outlasts the 2 s statement timeout, so someone notices; a fast restart
+        # may fall between two statements, and a pool that reconnects unseen is no failure.
+        assert any(saw) or outage == "restarted", "no worker noticed the outage"
         for log, noticed in zip(logs, saw, strict=True):
             assert len(events(log, "ledger.recovered")) == int(noticed)
         assert await rig.broker.depth(f"{rig.queue}.dead") == 0
 
 
-@needs_postgres
-@needs_pg_control
+@needs_private_cluster
 async def test_run_rides_out_a_postgres_restart(tmp_path: Path) -> None:
     names = write_manifests(tmp_path / "m", 60)
     report = tmp_path / "report.json"
-    async with fresh_database() as dsn:
+    with private_cluster() as cluster:
+        dsn = cluster.dsn
         with simulator_process(tmp_path / "sim.log") as endpoint, processes() as started:
             args = run_args(tmp_path / "m", endpoint, dsn, "--rate", "15", "--report", str(report))
             run = start_batchsub(*args, log=tmp_path / "run.log", env=QUICK)
             started.append(run)
             await until("the first jobs", lambda: job_count(endpoint) >= 10, 30)
             assert run.poll() is None, "the run ended before the restart"
-            await asyncio.to_thread(restart_postgres)
+            await asyncio.to_thread(cluster.restart)
             code = await asyncio.to_thread(run.wait, 60)
             log = (tmp_path / "run.log").read_text()
             assert code == 0, log[-3000:]
