@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from batchsub.jobs import JobResult, Outcome
 from batchsub.limiter import RateLimiter
+from batchsub.logs import tell
 from batchsub.output import is_terminal, new_console, problem_line
 from batchsub.report import RunAccount
 from batchsub.text import printable
@@ -344,7 +345,7 @@ def print_summary(
         out.write(plain_summary(summary))
         out.flush()
         if rerun is not None:
-            sys.stderr.write(printable(_rerun_line(summary, rerun)) + "\n")
+            tell(_rerun_line(summary, rerun))
         return
     if console is None:
         console = new_console(out)  # rich costs about 100 ms: only for a person

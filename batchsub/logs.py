@@ -194,3 +194,14 @@ def say(level: str, message: str, **fields: Any) -> None:
     stream = sys.stderr
     stream.write(line + "\n")
     stream.flush()
+
+
+def tell(message: str) -> None:
+    """A line for a person on stderr (a total, advice): the text alone, or under JSON logs
+    the event ``command.note``, so that stderr stays JSON lines only."""
+    if _JSON_LINES["on"]:
+        line = _JsonLine()(None, "info", {"event": "command.note", "message": message})
+    else:
+        line = printable(message)
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

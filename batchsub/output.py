@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
+from batchsub.logs import tell
 from batchsub.text import printable, safe_value
 
 if TYPE_CHECKING:
@@ -179,10 +180,13 @@ class Rows:
 
 
 def note(fmt: Format, text: str) -> None:
-    """A line for a person (a total, advice): stdout beside a table, stderr beside data."""
-    stream = sys.stdout if fmt is Format.TABLE else sys.stderr
-    stream.write(printable(text) + "\n")
-    stream.flush()
+    """A line for a person (a total, advice): stdout beside a table, stderr beside data (a
+    JSON event there under JSON logs)."""
+    if fmt is not Format.TABLE:
+        tell(text)
+        return
+    sys.stdout.write(printable(text) + "\n")
+    sys.stdout.flush()
 
 
 def print_json(data: Any, *, indent: bool = False) -> None:

@@ -112,13 +112,17 @@ def test_status_json_into_head_is_quiet_and_exits_0(tmp_path: Path) -> None:
 # --- signals and what to do after ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("sig", "code", "logs"), [(signal.SIGINT, 130, "auto"), (signal.SIGTERM, 143, "json")]
+)
 def test_a_signal_stops_a_run_with_128_plus_its_number_and_the_advice_to_run_again(
-    tmp_path: Path, sig: signal.Signals, code: int
+    tmp_path: Path, sig: signal.Signals, code: int, logs: str
 ) -> None:
     write_manifests(tmp_path / "m", 200)
     proc = subprocess.Popen(
-        batchsub("run", "m", "--simulator", "--rate", "20", "--report", "r.json"),
+        batchsub(
+            "run", "m", "--simulator", "--rate", "20", "--report", "r.json", "--log-format", logs
+        ),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
         env=clean_env(), cwd=tmp_path,
     )  # fmt: skip
@@ -131,6 +135,9 @@ def test_a_signal_stops_a_run_with_128_plus_its_number_and_the_advice_to_run_aga
     assert summary["created"] > 0 and summary["unresolved"] > 0
     assert "interrupted\ttrue" in out.decode()
     assert "run `batchsub run m` again" in err.decode()
+    if logs == "json":  # the advice too is a JSON line: nothing else is on stderr
+        events = [orjson.loads(line) for line in err.decode().splitlines()]
+        assert {"run.stopping", "command.note", "run.finished"} <= {e["event"] for e in events}
 
     status = run_batchsub("status", cwd=tmp_path)
     assert status.returncode == 0
