@@ -95,6 +95,8 @@ EXAMPLES: dict[str, str] = {
     "auth check": "batchsub auth check --region cn-north-4",
     "completion": 'eval "$(batchsub completion bash)"',
 }
+# Flags named as a setting that only the flag sets (a filter, not where to send).
+_FLAG_ONLY = frozenset({("status", "project_id"), ("report", "project_id")})
 _CREDENTIAL_ENV = (
     "BATCHSUB_AUTH_TOKEN, BATCHSUB_IAM_USER/_DOMAIN/_PASSWORD(_FILE), "
     "HUAWEICLOUD_SDK_AK/_SK, HUAWEICLOUD_SDK_PROJECT_ID"
@@ -222,13 +224,21 @@ def _epilog(sub: argparse.ArgumentParser, path: str) -> str:
     env = sorted(
         "BATCHSUB_" + action.dest.upper()
         for action in sub._actions
-        if action.dest in fields and action.option_strings
+        if action.dest in fields
+        and action.option_strings
+        and (path, action.dest) not in _FLAG_ONLY
     )
     lines = []
     if env:
         lines.append("environment: " + ", ".join(env) + " (a flag beats its variable)")
-    if {"endpoint", "project_id"} & {a.dest for a in sub._actions}:
+    dests = {a.dest for a in sub._actions}
+    if "endpoint" in dests:
         lines.append("credentials: " + _CREDENTIAL_ENV)
+    if "ledger" in dests:
+        lines.append(
+            "ledger: a SQLite file (default batchsub.db, one writer) or a postgresql:// URL "
+            "(shared by workers on several hosts)"
+        )
     lines.append("exit codes: " + EXIT_CODES.get(path, _DEFAULT_EXIT))
     if path in EXAMPLES:
         lines.append("example: " + EXAMPLES[path])
