@@ -52,6 +52,8 @@ UNFINISHED_STATES = frozenset(
     {LedgerState.RETRYING, LedgerState.SUBMITTING, LedgerState.UNKNOWN}
 )
 STATUS_OUTCOMES = (Outcome.CREATED, Outcome.FAILED, Outcome.UNRESOLVED)
+# Manifest files whose paths are held to find the ones never sent; past it, memory stays flat.
+MAX_FILES = 200_000
 
 
 def add_parser(commands: Any) -> None:
@@ -98,19 +100,14 @@ async def ledger_status(ledger: Ledger, project_id: str | None, limit: int) -> L
     latest: list[tuple[float, int, LedgerRecord]] = []  # a min-heap on updated_at
     folder: str | None = None
     mixed = False
-    files: set[str] = set()
-    root: str | None = None
-    scattered = False
+    files = _ManifestFiles()
     await ledger.open()
     try:
         async for seq, record in _enumerate(ledger.records(project_id)):
             counts[record.state.value] += 1
             states_of[outcome_of(record).value, record.state.value] += 1
             file = record.source.rpartition("#")[0] or record.source
-            if file not in files:
-                files.add(file)
-                if not scattered:
-                    root, scattered = _common(root, os.path.dirname(file))
+            files.add(file)
             if record.state in UNFINISHED_STATES and not mixed:
                 folder, mixed = _common(folder, os.path.dirname(file))
             if record.state in FAILURE_STATES and limit > 0:
@@ -125,19 +122,40 @@ async def ledger_status(ledger: Ledger, project_id: str | None, limit: int) -> L
     by_state["total"] = sum(counts.values())
     failures = [record for _, _, record in sorted(latest, reverse=True)]
     found = LedgerStatus(by_state, failures, None if mixed else folder, states_of)
-    if root and not scattered:
-        found.manifest_dir, found.never_sent = root, _files_not_in(Path(root), files)
+    found.manifest_dir, found.never_sent = files.never_sent()
     return found
 
 
-def _files_not_in(folder: Path, files: set[str]) -> int:
-    """How many manifest files under ``folder`` (a run's order) are not in ``files``."""
-    if not folder.is_dir():  # the ledger of another machine, or the files moved
-        return 0
-    try:
-        return sum(1 for path in iter_manifest_paths(folder) if str(path) not in files)
-    except (OSError, BatchsubError):  # an unreadable folder: nothing to say about it
-        return 0
+class _ManifestFiles:
+    """The manifest files a ledger's rows came from, while they share one folder and are
+    not too many to hold (``MAX_FILES``): to count the files of that folder no run sent."""
+
+    def __init__(self) -> None:
+        self._files: set[str] = set()
+        self._root: str | None = None
+        self._lost = False  # scattered, or too many: nothing is said of them
+
+    def add(self, file: str) -> None:
+        if self._lost or file in self._files:
+            return
+        self._files.add(file)
+        self._root, self._lost = _common(self._root, os.path.dirname(file))
+        if len(self._files) > MAX_FILES:
+            self._lost = True
+        if self._lost:
+            self._files.clear()
+
+    def never_sent(self) -> tuple[str | None, int]:
+        """The shared folder and how many of its manifest files no row came from."""
+        if self._lost or not self._root or not os.path.isdir(self._root):
+            return None, 0  # the ledger of another machine, or the files moved
+        try:
+            unsent = sum(
+                1 for path in iter_manifest_paths(Path(self._root)) if str(path) not in self._files
+            )
+        except (OSError, BatchsubError):  # an unreadable folder: nothing to say about it
+            return None, 0
+        return self._root, unsent
 
 
 def _common(folder: str | None, here: str) -> tuple[str | None, bool]:
@@ -182,7 +200,7 @@ def advice(status: LedgerStatus) -> list[str]:
     if status.never_sent:
         lines.append(
             f"{status.never_sent} manifest files under {status.manifest_dir} have no job in "
-            f"the ledger (never sent: a run was interrupted before them?): run "
+            f"the ledger (never sent: new since, or a run was interrupted before them): run "
             f"`batchsub run {folder}` to send them"
         )
     if unfinished:
@@ -205,9 +223,9 @@ def never_sent_advice(status: LedgerStatus) -> str | None:
         return None
     folder = shlex.quote(status.manifest_dir or "DIR")
     return (
-        f"{status.never_sent} manifest files under {status.manifest_dir} were never sent (a "
-        f"run was interrupted before them?): retry resends only jobs the ledger holds; run "
-        f"`batchsub run {folder}` to send them"
+        f"{status.never_sent} manifest files under {status.manifest_dir} were never sent (new "
+        "since, or a run was interrupted before them): retry resends only jobs the ledger "
+        f"holds; run `batchsub run {folder}` to send them"
     )
 
 
