@@ -1,8 +1,9 @@
 """structlog set-up: JSON lines when not on a terminal (or in a daemon), pretty on a terminal.
 
 ``say`` writes the lines a command ends with (its fatal error, a warning): as JSON lines too
-when the logs are JSON by choice (``--log-format json``, a daemon), so that every line of
-stderr then parses; else as ``batchsub: error: ...``. No renderer here ever raises.
+when the logs are JSON by choice (``--log-format json``, ``watch``), so that every line of
+stderr then parses; else as ``batchsub: error: ...``; ``tell`` the lines for a person beside
+them (totals, advice). No renderer here ever raises.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """One typed settings object: command-line flags over ``BATCHSUB_*`` environment over a TOML file.
 
-Nothing else in batchsub reads ``os.environ`` (the console only looks at rich's own variables,
-to size a table as rich would). Credentials also come from the official Huawei
+Nothing else in batchsub reads ``os.environ`` (``requested_log_format`` here reads the log
+format before the settings can be built, to say their error in it). Credentials also come from
+the official Huawei
 Cloud SDK's variable names (``HUAWEICLOUD_SDK_AK``, ``_SK``, ``_PROJECT_ID``) so that a user
 who has the SDK set up needs nothing new.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -357,8 +359,6 @@ def _describe(exc: ValidationError, config_file: Path | None) -> str:
 def requested_log_format(flag: str | None) -> str:
     """The log format asked for by ``--log-format`` or ``BATCHSUB_LOG_FORMAT``, before (or
     without) the settings: a usage or configuration error is logged in it too."""
-    import os
-
     return (flag or os.environ.get("BATCHSUB_LOG_FORMAT") or "auto").strip().lower()
 
 
