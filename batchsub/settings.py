@@ -2,9 +2,8 @@
 
 Nothing else in batchsub reads ``os.environ`` (``requested_log_format`` here reads the log
 format before the settings can be built, to say their error in it). Credentials also come from
-the official Huawei
-Cloud SDK's variable names (``HUAWEICLOUD_SDK_AK``, ``_SK``, ``_PROJECT_ID``) so that a user
-who has the SDK set up needs nothing new.
+the official Huawei Cloud SDK's variable names (``HUAWEICLOUD_SDK_AK``, ``_SK``,
+``_PROJECT_ID``) so that a user who has the SDK set up needs nothing new.
 """
 
 from __future__ import annotations
