@@ -242,3 +242,28 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_escaped() -> None:
     for text in ("=1+1", "+cmd", "-2", "@SUM(A1)", "\tx", "\rx"):
         assert csv_cell(text) == "'" + text
     assert csv_cell("plain") == "plain" and csv_cell(True) == "true" and csv_cell(3) == 3
+
+
+def test_a_daemon_logs_its_shutdown_summary_as_one_event_and_draws_no_table(
+    tmp_path: Path,
+) -> None:
+    drop = tmp_path / "drop"
+    write_manifests(drop, 2)
+    err = tmp_path / "err.log"
+    with err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            batchsub("watch", drop, "--simulator", "--settle-time", "0.1", "--log-format", "json"),
+            stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
+            env=clean_env(), cwd=tmp_path,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while err.read_text().count('"job.created"') < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0  # a daemon's stop by SIGTERM is no failure
+    assert out == b""  # no table into container logs
+    events = [orjson.loads(line) for line in err.read_text().splitlines()]
+    finished = [e for e in events if e["event"] == "run.finished"]
+    assert len(finished) == 1 and finished[0]["created"] == 2
+    assert finished[0]["interrupted"] is False and finished[0]["exit_code"] == 0
