@@ -107,7 +107,8 @@ class Rows:
 
     ``columns`` are the header; ``right`` the columns aligned right; ``plain`` formats one
     row's plain line (default: the cells tab-separated); cells past the columns are seen by
-    ``plain`` only. Use it as a context manager.
+    ``plain`` only. JSON is the command's own document: rows are not printed then. Use it as
+    a context manager.
     """
 
     def __init__(
@@ -135,10 +136,12 @@ class Rows:
         """One row; ``style``: a rich style for the row on a terminal (ignored elsewhere)."""
         self.count += 1
         if self._fmt is Format.PLAIN:
-            shown = cells if self._plain else cells[: len(self._columns)]
-            line = self._plain(cells) if self._plain else "\t".join(map(plain_cell, shown))
+            if self._plain is not None:
+                line = self._plain(cells)
+            else:
+                line = "\t".join(plain_cell(cell) for cell in cells[: len(self._columns)])
             sys.stdout.write(line + "\n")
-        elif len(self._rows) < self._limit:
+        elif self._fmt is Format.TABLE and len(self._rows) < self._limit:
             self._rows.append((tuple(cells), style))
 
     def __enter__(self) -> Rows:
