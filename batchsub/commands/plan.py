@@ -2,7 +2,9 @@
 
 The action of each job comes from the same decision the submitter makes (``plan_job``);
 ``--check-remote`` adds list calls (and nothing else) to show the jobs a run would adopt.
-Exit codes: 0, or 1 when a manifest is invalid; 2 a usage or configuration error.
+Exit codes: 0, or 1 when a manifest is invalid or there is none; 2 a usage or configuration
+error. Printed by ``batchsub.output``: piped, one tab-separated line per job shown, the
+footer on stderr.
 """
 
 from __future__ import annotations
