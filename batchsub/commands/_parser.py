@@ -76,8 +76,7 @@ EXIT_CODES: dict[str, str] = {
     "watch": _DAEMON_EXIT,
     "consume": _DAEMON_EXIT,
     "auth check": "0 the API accepted the credential; 2 it refused it or could not be asked",
-    "healthcheck": "0 /healthz answered 200; 1 it did not (never 2: container runtimes "
-    "reserve it)",
+    "healthcheck": "0 /healthz answered 200; 1 it did not (never 2: container runtimes reserve it)",
 }
 EXAMPLES: dict[str, str] = {
     "run": "batchsub run manifests --region cn-north-4 --report report.json",
@@ -224,9 +223,7 @@ def _epilog(sub: argparse.ArgumentParser, path: str) -> str:
     env = sorted(
         "BATCHSUB_" + action.dest.upper()
         for action in sub._actions
-        if action.dest in fields
-        and action.option_strings
-        and (path, action.dest) not in _FLAG_ONLY
+        if action.dest in fields and action.option_strings and (path, action.dest) not in _FLAG_ONLY
     )
     lines = []
     if env:

@@ -48,9 +48,7 @@ from batchsub.text import iso_utc
 
 FAILURE_STATES = frozenset({LedgerState.FAILED, LedgerState.RETRYING, LedgerState.UNKNOWN})
 # Not done: a run again finishes them (and sends any job it never sent).
-UNFINISHED_STATES = frozenset(
-    {LedgerState.RETRYING, LedgerState.SUBMITTING, LedgerState.UNKNOWN}
-)
+UNFINISHED_STATES = frozenset({LedgerState.RETRYING, LedgerState.SUBMITTING, LedgerState.UNKNOWN})
 STATUS_OUTCOMES = (Outcome.CREATED, Outcome.FAILED, Outcome.UNRESOLVED)
 # Manifest files whose paths are held to find the ones never sent; past it, memory stays flat.
 MAX_FILES = 200_000
