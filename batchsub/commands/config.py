@@ -75,11 +75,10 @@ def config_show_command(settings: Settings, args: argparse.Namespace) -> int:
         kind, where = given[0]
         words = _source_words(where, config_file)
         # A token's own description names its variable: say where this one really came from.
-        credential = (
-            f"token (auth_token from {words})"
-            if kind == "token"
-            else (f"{credential} (from {words})")
-        )
+        if kind == "token":
+            credential = f"token (auth_token from {words})"
+        else:
+            credential = f"{credential} (from {words})"
     ignored = [f"{kind} ({_source_words(where, config_file)})" for kind, where in given[1:]]
     if fmt is Format.JSON:
         print_json(
