@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from batchsub.jobs import JobResult, Outcome
 from batchsub.limiter import RateLimiter
 from batchsub.logs import tell
-from batchsub.output import is_terminal, new_console, problem_line
+from batchsub.output import is_terminal, new_console, plain_cell, problem_line
 from batchsub.report import RunAccount
 from batchsub.text import printable
 
@@ -383,9 +383,6 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-_DETAILS = ("creates_sent", "list_calls", "throttled", "adopted", "duration_s")
-
-
 def _details(summary: dict[str, Any]) -> str:
     return (
         f"creates sent {summary.get('creates_sent', 0)} · list calls {summary.get('list_calls', 0)}"
@@ -413,16 +410,24 @@ def _rerun_line(summary: dict[str, Any], rerun: str) -> str:
     )
 
 
+# Summary fields the plain lines leave out: the report's own bookkeeping and where it went.
+_NOT_PLAIN = frozenset({"schema_version", "batchsub_version", "first_errors"})
+
+
 def plain_summary(summary: dict[str, Any]) -> str:
-    """The summary as plain lines: ``outcome<TAB>count`` (every outcome and ``total``), the
-    run's figures the same way, then one ``path: outcome: error`` line per first problem."""
+    """The summary as plain lines: ``outcome<TAB>count`` (every outcome and ``total``), then
+    every other figure of the summary the same way, in its order (``creates_sent<TAB>14``,
+    a field added to the summary included), then one ``path: outcome: error`` line per first
+    problem. A field that is null (no fatal error) or a container is left out."""
     lines = [f"{outcome}\t{jobs}" for outcome, jobs in _rows(summary)]
     lines.append(f"total\t{summary.get('total', 0)}")
-    lines += [f"{key}\t{summary.get(key, 0)}" for key in _DETAILS]
-    if summary.get("interrupted"):
-        lines.append("interrupted\ttrue")
-    if summary.get("fatal"):
-        lines.append(f"fatal\t{printable(str(summary['fatal']))}")
+    shown = {outcome.value for outcome in Outcome} | {"total"}  # a rare one at 0 stays out
+    for key, value in summary.items():
+        if key in shown or key in _NOT_PLAIN or value is None or isinstance(value, dict | list):
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        lines.append(f"{printable(str(key))}\t{plain_cell(value)}")
     for err in summary.get("first_errors") or []:
         lines.append(problem_line(*_error_line(err).split(": ", 1)))
     return "\n".join(lines) + "\n"
