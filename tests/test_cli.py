@@ -131,9 +131,11 @@ def test_an_unreachable_endpoint_is_given_up_within_15_s_with_one_line(
         elif where == "syn-dropped":
             endpoint = f"http://127.0.0.1:{stack.enter_context(unanswered_port())}"
         else:
-            with socket.socket() as sock:  # a port nobody listens on
-                sock.bind(("127.0.0.1", 0))
-                endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            # A port held bound but never listened on: refused, and no parallel test can
+            # take it meanwhile (a port merely closed again can be).
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
         started = time.monotonic()
         result = run_batchsub(
             "run", folder, "--endpoint", endpoint, "--project-id", "p",
