@@ -1,9 +1,9 @@
 """Soak the queue workers through infrastructure faults: the issue's "Done when", at full length.
 
-Usage: ``python bench/faults.py [--jobs 900] [--rate 4] [--sigstop] [--output F]`` (Linux, with
+Usage: ``python bench/faults.py [--jobs 1600] [--rate 4] [--sigstop] [--output F]`` (Linux, with
 PostgreSQL's ``initdb`` installed: it restarts and stops a private cluster of its own, see
 ``tests/private_pg.py``; RabbitMQ on 127.0.0.1:5672). Not part of the test suite: it takes
-about two minutes.
+about three minutes.
 
 Three ``batchsub consume`` workers share one queue and one private PostgreSQL cluster, each
 reaching PostgreSQL through a TCP proxy of its own (``tests/faults.py``), against a
@@ -316,7 +316,8 @@ timed out (`ledger_timeout`, 10 s).
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--jobs", type=int, default=900)
+    # 1,600 jobs keep work queued past the SIGSTOP at 110 s (900 are done by then).
+    parser.add_argument("--jobs", type=int, default=1600)
     parser.add_argument("--rate", type=float, default=4.0, help="each worker's --rate")
     parser.add_argument("--sigstop", action="store_true", help="also SIGSTOP a worker (fencing)")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "faults.md")
