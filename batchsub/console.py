@@ -1,14 +1,11 @@
 """What a person sees: a progress bar on a terminal and the summary table at the end.
 
 rich costs about 100 ms of start-up, paid by every run; it is imported only when a progress bar
-is drawn or when the summary cannot be written as plain text exactly as rich would write it.
+or a summary table is drawn for a person (piped, the summary is plain lines: batchsub.output).
 """
 
 from __future__ import annotations
 
-import builtins
-import os
-import re
 import sys
 import time
 from collections import Counter, deque
@@ -19,7 +16,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from batchsub.jobs import JobResult, Outcome
 from batchsub.limiter import RateLimiter
+from batchsub.logs import tell
+from batchsub.output import is_terminal, new_console, plain_cell, problem_line
 from batchsub.report import RunAccount
+from batchsub.text import printable
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderResult
@@ -336,25 +336,33 @@ def _wrap(items: list[str], width: int, separator: str = " · ") -> list[str]:
 
 
 def print_summary(
-    summary: dict[str, Any], console: Console | None = None, *, stream: TextIO | None = None
+    summary: dict[str, Any],
+    console: Console | None = None,
+    *,
+    stream: TextIO | None = None,
+    rerun: str | None = None,
 ) -> None:
-    """The end-of-run table: one row per outcome, then the first errors (on ``stream``,
-    stdout by default)."""
-    if console is None:
-        out = stream or sys.stdout
-        width = _plain_width(out)
-        text = None if width is None else plain_summary(summary, width)
-        if text is not None:
-            out.write(text)
-            out.flush()
-            return
-        # imported here: rich costs about 100 ms at start-up; see plain_summary.
-        from rich.console import Console
+    """The end-of-run summary (on ``stream``, stdout by default), by the output rule: on a
+    terminal a borderless table, the first problems and what to do next; elsewhere one plain
+    line per item (``outcome<TAB>count``, then ``path: outcome: error``), the advice on stderr.
 
-        console = Console(highlight=False, file=out)
+    ``rerun``: the command to run again, for a run a signal interrupted.
+    """
+    out = stream or sys.stdout
+    if console is None and not is_terminal(out):
+        out.write(plain_summary(summary))
+        out.flush()
+        if rerun is not None:
+            tell(_rerun_line(summary, rerun))
+        return
+    if console is None:
+        console = new_console(out)  # rich costs about 100 ms: only for a person
     from rich.table import Table
 
-    table = Table(title="batchsub run", show_header=True, header_style="bold")
+    table = Table(
+        title="batchsub run", title_justify="left", title_style="bold", header_style="bold",
+        box=None,
+    )  # fmt: skip
     table.add_column("outcome")
     table.add_column("jobs", justify="right")
     for outcome, jobs in _rows(summary):
@@ -368,10 +376,12 @@ def print_summary(
     if errors:
         console.print("first problems:", style="bold")
         # soft_wrap: a path is never split over two lines, whatever the width (grep finds it).
-        for line in _error_lines(errors):
-            console.print(line, markup=False, soft_wrap=True)
+        for err in errors:
+            console.print("  " + _error_line(err), markup=False, soft_wrap=True)
     if summary.get("fatal"):
         console.print(_fatal_line(summary), style="bold red", markup=False, soft_wrap=True)
+    if rerun is not None:
+        console.print(_rerun_line(summary, rerun), style="bold yellow", markup=False)
 
 
 _RARE = frozenset(
@@ -422,100 +432,43 @@ def _starts(summary: dict[str, Any]) -> list[str]:
     return [f"starts: {' · '.join(counts)} · {calls}"]
 
 
-def _error_lines(errors: list[dict[str, Any]]) -> list[str]:
-    lines = []
-    for err in errors:
-        error = str(err["error"])
-        where = "" if error.startswith(f"{err['source']}:") else f"{err['source']}: "
-        lines.append(f"  {err['outcome']}: {where}{error}")
-    return lines
+def _error_line(err: dict[str, Any]) -> str:
+    """``path: outcome: error`` (the error without the path it may start with)."""
+    source = str(err.get("source"))
+    error = str(err.get("error"))
+    return f"{source}: {err.get('outcome')}: {error.removeprefix(f'{source}: ')}"
 
 
 def _fatal_line(summary: dict[str, Any]) -> str:
     return f"run stopped: {summary['fatal']}"
 
 
-# Text that rich writes unchanged when it fits the width: printable ASCII and "·", no
-# ":name:" that rich could take for an emoji code, no trailing space.
-_PLAIN_TEXT = re.compile(r"(?!.*:\S*:)[ -~·]*[!-~·]")
-_PLAIN_CELL = re.compile(r"[0-9]+")
+def _rerun_line(summary: dict[str, Any], rerun: str) -> str:
+    left = summary.get(Outcome.UNRESOLVED.value, 0)
+    return (
+        f"interrupted: {left} jobs not done; run `{rerun}` again to finish (created jobs are"
+        " skipped, jobs in doubt are looked up by name first, none is sent twice)"
+    )
 
 
-def _plain_width(stream: TextIO) -> int | None:
-    """The width rich would use for ``stream`` if it is no terminal, else None.
+# Summary fields the plain lines leave out: the report's own bookkeeping and where it went.
+_NOT_PLAIN = frozenset({"schema_version", "batchsub_version", "first_errors"})
 
-    None also where rich would decide otherwise than by ``isatty()`` (its environment
-    variables, Jupyter, IDLE, Windows) or would draw the table in ASCII.
-    """
-    environ = os.environ
-    if (
-        sys.platform == "win32"
-        or "FORCE_COLOR" in environ
-        or "TTY_COMPATIBLE" in environ
-        or hasattr(builtins, "get_ipython")
-        or "idlelib" in sys.modules
-        or hasattr(stream, "rich_proxied_file")
-        or not (getattr(stream, "encoding", None) or "utf-8").lower().startswith("utf")
-    ):
-        return None
-    try:
-        if stream.isatty():
-            return None
-    except ValueError:
-        return None
-    columns = environ.get("COLUMNS")
-    if columns is not None and columns.isdigit():
-        return int(columns)
-    width: int | None = None
-    for fd in _std_fds():
-        try:
-            width = os.get_terminal_size(fd).columns
-        except (AttributeError, ValueError, OSError):
+
+def plain_summary(summary: dict[str, Any]) -> str:
+    """The summary as plain lines: ``outcome<TAB>count`` (every outcome and ``total``), then
+    every other figure of the summary the same way, in its order (``creates_sent<TAB>14``,
+    a field added to the summary included), then one ``path: outcome: error`` line per first
+    problem. A field that is null (no fatal error) or a container is left out."""
+    lines = [f"{outcome}\t{jobs}" for outcome, jobs in _rows(summary)]
+    lines.append(f"total\t{summary.get('total', 0)}")
+    shown = {outcome.value for outcome in Outcome} | {"total"}  # a rare one at 0 stays out
+    for key, value in summary.items():
+        if key in shown or key in _NOT_PLAIN or value is None or isinstance(value, dict | list):
             continue
-        break
-    return width or 80
-
-
-def _std_fds() -> tuple[int, int, int]:
-    fds = []
-    for stream, default in ((sys.__stdin__, 0), (sys.__stdout__, 1), (sys.__stderr__, 2)):
-        try:
-            fds.append(stream.fileno() if stream is not None else default)
-        except Exception:
-            fds.append(default)
-    return fds[0], fds[1], fds[2]
-
-
-def plain_summary(summary: dict[str, Any], width: int) -> str | None:
-    """The summary exactly as ``print_summary`` writes it with rich to a non-terminal of
-    ``width`` columns, or None where that is not certain (long lines, unusual characters).
-
-    rich's import costs about 100 ms, more than the whole of a small run.
-    """
-    rows = [*_rows(summary), ("total", str(summary.get("total", 0)))]
-    if not all(_PLAIN_CELL.fullmatch(jobs) for _, jobs in rows):
-        return None
-    left = max(len("outcome"), *(len(outcome) for outcome, _ in rows))
-    right = max(len("jobs"), *(len(jobs) for _, jobs in rows))
-    table_width = left + right + 7
-    title = "batchsub run"
-    pad = table_width - len(title)
-    lines = [
-        " " * (pad // 2) + title + " " * (pad - pad // 2),
-        f"┏{'━' * (left + 2)}┳{'━' * (right + 2)}┓",
-        f"┃ {'outcome':<{left}} ┃ {'jobs':>{right}} ┃",
-        f"┡{'━' * (left + 2)}╇{'━' * (right + 2)}┩",
-        *(f"│ {outcome:<{left}} │ {jobs:>{right}} │" for outcome, jobs in rows),
-        f"└{'─' * (left + 2)}┴{'─' * (right + 2)}┘",
-    ]
-    texts = [_details(summary), *_starts(summary)]
-    errors = summary.get("first_errors") or []
-    if errors:
-        texts += ["first problems:", *_error_lines(errors)]
-    if summary.get("fatal"):
-        texts.append(_fatal_line(summary))
-    if table_width > width or not all(
-        len(text) <= width and _PLAIN_TEXT.fullmatch(text) for text in texts
-    ):
-        return None
-    return "\n".join([*lines, *texts]) + "\n"
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        lines.append(f"{printable(str(key))}\t{plain_cell(value)}")
+    for err in summary.get("first_errors") or []:
+        lines.append(problem_line(*_error_line(err).split(": ", 1)))
+    return "\n".join(lines) + "\n"

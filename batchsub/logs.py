@@ -1,4 +1,10 @@
-"""structlog set-up: JSON lines when not on a terminal (or in a daemon), pretty on a terminal."""
+"""structlog set-up: JSON lines when not on a terminal (or in a daemon), pretty on a terminal.
+
+``say`` writes the lines a command ends with (its fatal error, a warning): as JSON lines too
+when the logs are JSON by choice (``--log-format json``, ``watch``), so that every line of
+stderr then parses; else as ``batchsub: error: ...``; ``tell`` the lines for a person beside
+them (totals, advice). No renderer here ever raises.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import orjson
 import structlog
 
 from batchsub.masking import scrub
-from batchsub.text import safe_value, utf8
+from batchsub.text import printable, safe_value, utf8
 
 if TYPE_CHECKING:
     from batchsub.settings import Settings
@@ -78,7 +84,10 @@ class _SafeConsole:
         try:
             line = self._render(logger, method_name, dict(event_dict))
         except Exception:  # a repr() that raises, a huge int: render the values made safe
-            line = self._render(logger, method_name, safe_value(dict(event_dict)))
+            try:
+                line = self._render(logger, method_name, safe_value(dict(event_dict)))
+            except Exception:  # a renderer that fails on plain values: the JSON line then
+                line = _JsonLine()(logger, method_name, event_dict)
         return utf8(line)
 
     def _render(self, logger: Any, method_name: str, event_dict: Any) -> str:
@@ -141,6 +150,7 @@ def configure_logging(
     ``hidden``: secrets to scrub from what libraries log (``Settings.secret_values``).
     """
     use_json = fmt == "json" or (fmt == "auto" and not interactive)
+    set_json_lines(fmt == "json")  # the command's last words in its logs' format
     structlog.configure(
         processors=[renderers(use_json, colors=interactive)],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -164,3 +174,35 @@ def configure_command_logging(settings: Settings, *, quiet: bool = False) -> boo
         settings.log_format, level, interactive=interactive, hidden=settings.secret_values()
     )
     return interactive
+
+
+_JSON_LINES = {"on": False}  # set once the command knows its log format
+
+
+def set_json_lines(on: bool) -> None:
+    """Whether ``say`` writes JSON lines (logs in JSON by choice) or ``batchsub: ...`` lines."""
+    _JSON_LINES["on"] = on
+
+
+def say(level: str, message: str, **fields: Any) -> None:
+    """One line on stderr that a command ends with or warns by: ``batchsub: error: ...``, or
+    under JSON logs the event ``command.error`` (``command.warning``) with its ``message``."""
+    if _JSON_LINES["on"]:
+        event = {"event": f"command.{level}", "message": message, **fields}
+        line = _JsonLine()(None, level, event)
+    else:
+        line = f"batchsub: {level}: {printable(message)}"
+    stream = sys.stderr
+    stream.write(line + "\n")
+    stream.flush()
+
+
+def tell(message: str) -> None:
+    """A line for a person on stderr (a total, advice): the text alone, or under JSON logs
+    the event ``command.note``, so that stderr stays JSON lines only."""
+    if _JSON_LINES["on"]:
+        line = _JsonLine()(None, "info", {"event": "command.note", "message": message})
+    else:
+        line = printable(message)
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

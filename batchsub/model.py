@@ -10,8 +10,10 @@ rejects becomes one line naming the fields (``describe_validation_error``): the 
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import math
 import re
+import typing
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
@@ -288,7 +290,7 @@ def _error_message(err: Any) -> str:
     if kind == "missing":
         return f"{where}: required field is missing"
     if kind == "extra_forbidden":
-        return f"{where}: unknown field (not in the DLI create API)"
+        return f"{where}: unknown field (not in the DLI create API){_did_you_mean(loc)}"
     if kind in _EXPECTED:
         return f"{where}: expected {_EXPECTED[kind]}, got {show(value)}"
     if kind in ("string_too_short", "string_too_long") or (
@@ -310,6 +312,35 @@ def _error_message(err: Any) -> str:
         return _surrogate_message(loc, value)
     msg: str = err["msg"]
     return f"{where}: {msg[:1].lower()}{msg[1:]}"
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """`` (did you mean parallel_number?)`` for an unknown key close to a field of its model."""
+    model: type[BaseModel] = FlinkJarJob
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(part)
+        inner = _model_in(info.annotation) if info is not None else None
+        if inner is None:
+            return ""
+        model = inner
+    key = loc[-1] if loc else None
+    if not isinstance(key, str):
+        return ""
+    close = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds (``list[Tag]`` -> Tag, ``ResourceConfig | None`` -> it)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _surrogate_message(loc: tuple[int | str, ...], value: str) -> str:

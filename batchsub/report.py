@@ -8,7 +8,7 @@ Report schema (``--report PATH``), version 2; the JSON Schema is
                  "total": N, "created": N, "already_created": N, "invalid": N, "failed": N,
                  "unresolved": N, "drifted": N, "duplicated": N, "adopted": N,
                  "creates_sent": N, "list_calls": N, "throttled": N, "rate": R, "duration_s": S,
-                 "exit_code": 0|1|2,
+                 "exit_code": 0|1|2|130|143, "interrupted": bool, "fatal": str | null,
                  "first_errors": [{"source": ..., "name": ..., "outcome": ..., "error": ...}]},
      "jobs": [{"source": "path" | "path#index", "name": str | null,
                "outcome": "created" | "already_created" | "invalid" | "failed" | "unresolved"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import signal
 import sys
 import time
@@ -30,8 +31,9 @@ from batchsub.ledgers.outage import Outage
 from batchsub.lifecycle.rollout import Rollout
 from batchsub.lifecycle.wave_run import WaveRun
 from batchsub.limiter import RateLimiter
-from batchsub.logs import configure_command_logging
+from batchsub.logs import configure_command_logging, say
 from batchsub.masking import mask_url
+from batchsub.output import is_terminal
 from batchsub.parse_pool import ParserPool
 from batchsub.protocols import Auth, FileIndex, RunObserver, Source
 from batchsub.reachability import Reachability
@@ -52,6 +54,8 @@ from batchsub.wiring import (
 )
 
 log = structlog.get_logger("batchsub.run")
+EXIT_SOME_FAILED = 1  # some job not as asked (or, for run, no manifest at all)
+
 
 
 async def run_directory(
@@ -59,6 +63,13 @@ async def run_directory(
 ) -> int:
     """``batchsub run DIR``: create every job of DIR once; returns the exit code."""
     interactive = configure_command_logging(settings)
+    DirectorySource(directory)  # a missing directory: one line, exit 2
+    if next(iter_manifest_paths(directory), None) is None:
+        # An error, as ``kubectl apply`` on no objects: a wrong directory must not pass.
+        empty = RunAccount(report)
+        empty.write_report(empty.summary(exit_code=EXIT_SOME_FAILED, interrupted=False))
+        say("error", f"no manifests (*.json, *.yaml, *.yml) under {directory}: nothing to run")
+        return EXIT_SOME_FAILED
     # Forked first: before the ledger, the sockets and any thread exist.
     parser = ParserPool(settings.parse_workers)
     parser.start()
@@ -70,16 +81,16 @@ async def run_directory(
         show_progress = settings.progress_shown(interactive)
         total = FileCount(sum(1 for _ in iter_manifest_paths(directory))) if show_progress else None
         code = await run_source(
-            settings, source, account, simulator=simulator, progress=show_progress, total=total
+            settings,
+            source,
+            account,
+            simulator=simulator,
+            progress=show_progress,
+            total=total,
+            rerun=f"batchsub run {shlex.quote(str(directory))}",
         )
     finally:
         parser.close()
-    if account.total == 0:
-        # Nothing to do is not a failure, but a wrong directory should not pass unnoticed.
-        print(
-            f"batchsub: warning: no manifests (*.json, *.yaml, *.yml) under {directory}",
-            file=sys.stderr,
-        )
     return code
 
 
@@ -94,12 +105,15 @@ async def run_source(
     endless: bool = False,
     observer: RunObserver | None = None,
     retry_failed: bool = False,
+    rerun: str | None = None,
 ) -> int:
     """Send every job of ``source``; print the summary, write the report, return the exit code.
 
     ``endless`` sources (a drop folder, a queue) stop being read on SIGTERM; a finite one is
-    read to its end so that every manifest is in the report. With ``--start``/``--wait`` a
-    ``Rollout`` starts each job once it exists and waits for it (``--waves``: ``WaveRun``);
+    read to its end so that every manifest is in the report. A finite one stopped by a
+    signal exits 128 + its number (130, 143) and is ``interrupted``; ``rerun`` is the command
+    the summary then tells the user to run again. With ``--start``/``--wait`` a ``Rollout``
+    starts each job once it exists and waits for it (``--waves``: ``WaveRun``);
     ``retry_failed``: jobs whose start failed are started again (``retry --start``).
     """
     started = time.monotonic()
@@ -201,11 +215,17 @@ async def run_source(
             log.warning("settings.adjusted", note=note)
         with display:
             sending = _sending(submitter, source, rollout, plan, sent)
-            await _run_until_done(sending, display, settings.drain_timeout, submitter, rollout)
+            signum = await _run_until_done(
+                sending, display, settings.drain_timeout, submitter, rollout
+            )
         fatal = submitter.fatal or (rollout.fatal if rollout is not None else None)
         extra = {}
         if rollout is not None:
             extra = {"run_calls": rollout.runs_sent, "status_calls": rollout.status_calls}
+        interrupted = signum is not None and not endless
+        exit_code = account.exit_code(fatal=fatal is not None)
+        if interrupted and signum is not None:
+            exit_code = 128 + signum  # as a shell reports a process the signal ended
         summary = account.summary(
             creates_sent=submitter.creates_sent,
             list_calls=reconciler.list_calls,
@@ -213,20 +233,23 @@ async def run_source(
             retry_budget_exhausted=submitter.budget_exhausted,
             rate=round(limiter.rate, 3),
             duration_s=round(time.monotonic() - started, 3),
-            exit_code=account.exit_code(fatal=fatal is not None),
+            exit_code=exit_code,
+            interrupted=interrupted,
             fatal=_fatal_message(fatal, target.auth) if fatal else None,
             **extra,
         )
     unwritten = _write_report(account, summary)
     # The report on stdout keeps stdout JSON: the summary goes to stderr then.
-    print_summary(summary, stream=sys.stderr if account.report_to_stdout else None)
+    out = sys.stderr if account.report_to_stdout else sys.stdout
+    if not endless or is_terminal(out):  # a daemon's summary is its run.finished event
+        print_summary(summary, stream=out, rerun=rerun if interrupted else None)
     log.info("run.finished", **{k: v for k, v in summary.items() if k != "first_errors"})
     if fatal is not None:
-        print(f"batchsub: error: {summary['fatal']}", file=sys.stderr)
+        say("error", summary["fatal"])
     if unwritten is not None:
-        print(f"batchsub: error: {unwritten}", file=sys.stderr)
-    exit_code: int = summary["exit_code"]
-    return exit_code
+        say("error", str(unwritten))
+    code: int = summary["exit_code"]
+    return code
 
 
 def _write_report(account: RunAccount, summary: dict[str, Any]) -> OutputError | None:
@@ -297,17 +320,19 @@ async def _run_until_done(
     drain: float,
     submitter: Submitter,
     rollout: Rollout | None,
-) -> None:
-    """Run ``sending``; the first SIGINT/SIGTERM drains (up to ``drain`` s), a second cancels."""
+) -> int | None:
+    """Run ``sending``; the first SIGINT/SIGTERM drains (up to ``drain`` s), a second cancels.
+
+    Returns the number of the first signal, or None when none came.
+    """
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(sending)
-    signals_seen = 0
+    signals_seen: list[int] = []
 
-    def on_signal() -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen == 1:
-            log.warning("run.stopping", drain_timeout=drain)
+    def on_signal(signum: int) -> None:
+        signals_seen.append(signum)
+        if len(signals_seen) == 1:
+            log.warning("run.stopping", signal=signal.Signals(signum).name, drain_timeout=drain)
             submitter.stop()
             if rollout is not None:
                 rollout.stop()
@@ -316,7 +341,7 @@ async def _run_until_done(
             task.cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(sig, on_signal, int(sig))
     try:
         while not task.done():
             await asyncio.wait([task], timeout=0.25)
@@ -326,6 +351,7 @@ async def _run_until_done(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    return signals_seen[0] if signals_seen else None
 
 
 def daemon_exit_code(code: int) -> int:

@@ -1,15 +1,16 @@
 """One typed settings object: command-line flags over ``BATCHSUB_*`` environment over a TOML file.
 
-Nothing else in batchsub reads ``os.environ`` (the console only looks at rich's own variables,
-to size a table as rich would). Credentials also come from the official Huawei
-Cloud SDK's variable names (``HUAWEICLOUD_SDK_AK``, ``_SK``, ``_PROJECT_ID``) so that a user
-who has the SDK set up needs nothing new.
+Nothing else in batchsub reads ``os.environ`` (``requested_log_format`` here reads the log
+format before the settings can be built, to say their error in it). Credentials also come from
+the official Huawei Cloud SDK's variable names (``HUAWEICLOUD_SDK_AK``, ``_SK``,
+``_PROJECT_ID``) so that a user who has the SDK set up needs nothing new.
 """
 
 from __future__ import annotations
 
 import contextvars
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -379,3 +380,47 @@ def _describe(exc: ValidationError, config_file: Path | None) -> str:
         problems.append(f"{field}: {err['msg']}")
     where = f" (flags, BATCHSUB_* environment or {config_file})" if config_file else ""
     return "invalid setting" + where + ": " + "; ".join(problems)
+
+
+def requested_log_format(flag: str | None) -> str:
+    """The log format asked for by ``--log-format`` or ``BATCHSUB_LOG_FORMAT``, before (or
+    without) the settings: a usage or configuration error is logged in it too."""
+    return (flag or os.environ.get("BATCHSUB_LOG_FORMAT") or "auto").strip().lower()
+
+
+def setting_sources(flags: dict[str, Any], config_file: Path | None) -> dict[str, str]:
+    """Where each setting's value came from: ``flag``, ``env``, ``file`` or ``default``.
+
+    The same sources, in the same order, as ``load_settings`` reads (``config show``).
+    """
+    from pydantic_settings import EnvSettingsSource
+
+    from_env = {_field_of(key) for key in EnvSettingsSource(Settings)()}
+    config_file = config_file_in_use(config_file)
+    from_file: set[str] = set()
+    if config_file is not None and config_file.is_file():
+        try:
+            from_file = set(TomlConfigSettingsSource(Settings, toml_file=config_file)())
+        except ValueError:
+            from_file = set()
+    sources = {}
+    for name in Settings.model_fields:
+        if flags.get(name) is not None:
+            sources[name] = "flag"
+        elif name in from_env:
+            sources[name] = "env"
+        elif name in from_file:
+            sources[name] = "file"
+        else:
+            sources[name] = "default"
+    return sources
+
+
+def _field_of(key: str) -> str:
+    """The field an environment source's key stands for (its name, or one of its aliases)."""
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+        if key == name or key in choices:
+            return name
+    return key

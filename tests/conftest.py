@@ -17,6 +17,7 @@ from batchsub.client import DliClient
 from batchsub.jobs import JobResult
 from batchsub.ledgers.sqlite import SqliteLedger
 from batchsub.limiter import RateLimiter
+from batchsub.logs import set_json_lines
 from batchsub.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.faults import ensure_postgres_running, small_filesystem
 from tests.run_support import Pool, PoolFactory, make_submitter
@@ -36,9 +37,11 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     yield
     # A command run in process configures structlog for the whole process; later tests
     # (capture_logs among them) need the defaults back, and the module loggers it cached
-    # (cache_logger_on_first_use) must be assembled afresh.
+    # (cache_logger_on_first_use) must be assembled afresh; and its last words
+    # (batchsub.logs.say) go back to plain lines.
     structlog.reset_defaults()
     forget_cached_loggers()
+    set_json_lines(False)
 
 
 @pytest.fixture(autouse=True)

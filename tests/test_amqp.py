@@ -163,6 +163,7 @@ async def test_consume_creates_every_job_once_and_dead_letters_invalid_messages(
     typo = dead[str(tmp_path / "m" / "typo.json")]
     assert typo.headers[ERROR_HEADER] == (
         f"{tmp_path / 'm' / 'typo.json'}: parallel_numbr: unknown field (not in the DLI create API)"
+        " (did you mean parallel_number?)"
     )
     assert typo.headers[OUTCOME_HEADER] == "invalid"
     assert typo.headers[SUFFIX_HEADER] == ".json"  # the original headers are kept

@@ -94,11 +94,13 @@ def free_port() -> int:
 
 
 async def test_connection_refused_is_known_not_sent() -> None:
-    async with aiohttp.ClientSession() as session:
-        client = DliClient(
-            session, f"http://127.0.0.1:{free_port()}", PROJECT, TokenAuth(TOKEN), timeout=2
-        )
-        answer = await client.create(b'{"name": "x"}')
+    # Held bound, never listened on: refused, and no parallel test can take the port meanwhile.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{held.getsockname()[1]}"
+        async with aiohttp.ClientSession() as session:
+            client = DliClient(session, url, PROJECT, TokenAuth(TOKEN), timeout=2)
+            answer = await client.create(b'{"name": "x"}')
     assert answer.kind is AnswerKind.RETRY_SAFE
     assert answer.error is not None and "cannot connect" in answer.error.message
 

@@ -101,16 +101,40 @@ def test_validate_lists_every_problem_with_file_job_and_field(
     assert "duplicate job name" in problems[("m/zz-dup.json", "job-00000")]
     assert len(problems) == 3
 
+    # Not a terminal: one "path: field: message" line per problem, the totals on stderr.
     assert main(["validate", "m"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [
+        'm/list.yaml#1: cu_number: expected an integer, got "2"',
+        "m/typo.json: parallel_numbr: unknown field (not in the DLI create API)"
+        " (did you mean parallel_number?)",
+        'm/zz-dup.json: name: duplicate job name "job-00000" (first defined in'
+        " m/job-00000.json)",
+    ]
+    assert "5 manifests, 3 jobs valid, 3 problems" in captured.err
+
+    # -o table: the borderless table, and the totals under it.
+    assert main(["validate", "m", "-o", "table"]) == 1
     out = capsys.readouterr().out
-    assert "parallel_numbr" in out and "m/typo.json" in out
-    assert "5 manifests, 3 jobs valid, 3 problems" in out
+    assert "m/typo.json" in out and "parallel_numbr" in out and "5 manifests" in out
+    assert not set(out) & set("┏┃│━─┗└")
 
     (folder / "typo.json").unlink()
     (folder / "list.yaml").unlink()
     (folder / "zz-dup.json").unlink()
     assert main(["validate", "m"]) == 0
-    assert "2 manifests, 2 jobs valid, 0 problems" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert captured.out == "" and "2 manifests, 2 jobs valid, 0 problems" in captured.err
+
+
+def test_validate_and_plan_of_a_folder_without_manifests_exit_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    Path("empty").mkdir()
+    assert main(["validate", "empty"]) == 1
+    assert "batchsub: error: no manifests" in capsys.readouterr().err
+    assert main(["plan", "empty", "--project-id", PROJECT]) == 1
+    assert "batchsub: error: no manifests" in capsys.readouterr().err
 
 
 def test_validate_reports_a_manifest_of_400000_problems_in_seconds(
@@ -126,7 +150,7 @@ def test_validate_reports_a_manifest_of_400000_problems_in_seconds(
         assert main(args) == 1
         out = capsys.readouterr().out
         assert time.monotonic() - started < 15  # about 1 s; minutes before (a 20 MB line)
-        assert "399995" in out and len(out) < 4096  # "and 399995 more problems", wrapped
+        assert "399995" in out and len(out) < 4096  # "and 399995 more problems"
 
 
 def test_validate_and_plan_report_unreadable_entries_as_run_does(
@@ -191,10 +215,22 @@ async def test_plan_shows_each_action_and_sends_nothing(
     assert sim.store.create_requests == sent
 
     code = await cli("plan", folder, "--ledger", ledger, "--project-id", PROJECT)
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
     assert code == 1
-    assert "Plan: 1 to create, 0 to adopt, 2 to retry" in out.replace("\n", " ")
-    assert "DLI.0002" in out
+    assert "Plan: 1 to create, 0 to adopt, 2 to retry" in captured.err
+    # Piped: one tab-separated line per job worth showing, whole path and detail.
+    lines = [line.split("\t") for line in captured.out.splitlines()]
+    assert {(cells[0], cells[1]) for cells in lines} == {
+        ("update", "job-00000"), ("retry", "bad-00000"), ("retry", "bad-00001"),
+        ("create", "new-00000"), ("invalid", "typo"),
+    }  # fmt: skip
+    assert all(len(cells) == 4 for cells in lines)
+    retry = next(cells for cells in lines if cells[1] == "bad-00000")
+    assert retry[2] == "m/bad-00000.json" and "DLI.0002" in retry[3]
+
+    code = await cli("plan", folder, "--ledger", ledger, "--project-id", PROJECT, "-o", "table")
+    out = capsys.readouterr().out
+    assert code == 1 and "Plan: 1 to create" in out.replace("\n", " ")
 
 
 async def test_plan_check_remote_marks_jobs_made_elsewhere_as_adopt(
@@ -262,14 +298,25 @@ async def test_status_counts_states_and_shows_latest_failures(
     status = json.loads(capsys.readouterr().out)
     assert status["counts"]["created"] == 3 and status["counts"]["failed"] == 2
     assert status["counts"]["total"] == 5
+    assert status["outcomes"] == {"created": 3, "failed": 2, "unresolved": 0, "total": 5}
     assert {f["name"] for f in status["failures"]} == {"bad-00000", "bad-00001"}
     assert {f["error_code"] for f in status["failures"]} == {"DLI.0002"}
+    assert {f["outcome"] for f in status["failures"]} == {"failed"}
     assert all(f["updated_at"].endswith("Z") for f in status["failures"])
 
-    assert await cli("status", "--ledger", ledger, "--limit", "1") == 0
+    assert await cli("status", "--ledger", ledger, "--limit", "1", "-o", "table") == 0
     out = capsys.readouterr().out
     assert "DLI.0002" in out and "batchsub retry" in out
     assert ("bad-00000" in out) != ("bad-00001" in out)  # only the latest one
+
+    # Piped: "outcome<TAB>count<TAB>states" lines, then "path: name: ..." per failure.
+    assert await cli("status", "--ledger", ledger) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[:4] == ["created\t3\tcreated 3", "failed\t2\tfailed 2", "unresolved\t0\t-",
+                         "total\t5\t-"]  # fmt: skip
+    assert lines[4].startswith("m/bad-0000") and ": failed (failed, " in lines[4]
+    assert "DLI.0002" in lines[4] and "batchsub retry" in captured.err
 
     assert await cli("status", "--ledger", ledger, "--project-id", "elsewhere", "--json") == 0
     assert json.loads(capsys.readouterr().out)["counts"]["total"] == 0
@@ -310,6 +357,7 @@ async def test_report_writes_every_ledger_row_as_json_and_csv(
     table = list(csv.DictReader(capsys.readouterr().out.splitlines()))
     assert len(table) == 5
     assert {row["outcome"] for row in table} == {"created", "failed"}
+    assert {row["ledger_state"] for row in table} == {"created", "failed"}
     assert table[0]["error_message"].startswith("The queue missingQueue does not exist")
     assert not list(Path().glob(".report-*"))
 
@@ -373,7 +421,10 @@ def test_config_show_merges_file_env_and_flags_and_masks_secrets(
     assert main(["--config", "cfg.toml", "config", "show", "--concurrency", "9"]) == 0
     out = capsys.readouterr().out
     assert "# config file: cfg.toml" in out
-    assert "rate = 7.0" in out and "concurrency = 9" in out and 'region = "cn-north-4"' in out
+    assert "rate = 7.0  # env" in out and "concurrency = 9  # flag" in out
+    assert 'region = "cn-north-4"  # file' in out and "timeout = 30.0  # default" in out
+    # The token in the environment beats the lone SK: both are said.
+    assert "# credential in use: token (auth_token from the environment)" in out
     assert "# endpoint in use: https://dli.cn-north-4.myhuaweicloud.com" in out
     assert 'auth_token = "********"' in out and 'sk = "********"' in out
     assert "very-secret" not in out
@@ -383,3 +434,22 @@ def test_config_show_merges_file_env_and_flags_and_masks_secrets(
     assert shown["config_file"] == "cfg.toml"
     assert shown["settings"]["concurrency"] == 5 and shown["settings"]["ak"] is None
     assert shown["settings"]["auth_token"] == "********"
+    assert shown["sources"]["concurrency"] == "file" and shown["sources"]["rate"] == "env"
+
+
+def test_config_show_names_a_token_in_the_file_that_beats_ak_sk_in_the_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Path("cfg.toml").write_text('auth_token = "file-token"\n')
+    monkeypatch.setenv("HUAWEICLOUD_SDK_AK", "AKIDEXAMPLE")
+    monkeypatch.setenv("HUAWEICLOUD_SDK_SK", "very-secret-sk")
+    assert main(["--config", "cfg.toml", "config", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "# credential in use: token (auth_token from config file cfg.toml)" in out
+    assert "# also set, not used: AK/SK (the environment)" in out
+    assert 'auth_token = "********"  # file' in out and "file-token" not in out
+    # After the command, as before it: a global flag.
+    assert main(["config", "show", "--config", "cfg.toml", "--json"]) == 0
+    shown = orjson.loads(capsys.readouterr().out)
+    assert shown["credentials_not_used"] == ["AK/SK (the environment)"]
+    assert "very-secret" not in json.dumps(shown)

@@ -8,6 +8,7 @@ is one line naming the user and domain, exit 2.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -474,6 +475,11 @@ async def test_auth_check_names_the_credential_it_used(
     assert code == 0, err
     assert out.startswith(f"credential OK: AK/SK HUAWEICLOUD_SDK_AK={AK[:4]}")
     assert [path for _, path in sim.store.arrivals] == [f"/v1.0/{PROJECT}/streaming/jobs"]
+    code, out, err = await batchsub("auth", "check", "-o", "json", env=good, cwd=tmp_path)
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer["ok"] is True and answer["project_id"] == PROJECT and answer["jobs"] == 0
+    assert answer["endpoint"] == sim.url and answer["credential"].startswith("AK/SK")
     code, out, err = await batchsub(
         "auth", "check", env={**base, "BATCHSUB_AUTH_TOKEN": "not-a-token"}, cwd=tmp_path
     )

@@ -63,6 +63,18 @@ QUICK = {"BATCHSUB_LEDGER_TIMEOUT": "2", "BATCHSUB_DRAIN_TIMEOUT": "5"}
 # --- helpers ----------------------------------------------------------------------------------
 
 
+
+def fatal_lines(text: str) -> list[str]:
+    """The command's error lines, as ``batchsub: error: ...``: under ``--log-format json``
+    each is the JSON event ``command.error``, the only kind of line on stderr then."""
+    found = []
+    for line in text.splitlines():
+        if line.startswith("batchsub:"):
+            found.append(line)
+        elif '"command.error"' in line:
+            found.append("batchsub: error: " + orjson.loads(line)["message"])
+    return found
+
 def events(log: Path, name: str) -> list[dict[str, Any]]:
     """The JSON log events called ``name`` in ``log`` (other lines are skipped)."""
     found = []
@@ -323,7 +335,7 @@ async def test_run_ends_in_one_line_when_the_ledger_stays_down_past_the_limit(
             assert code == 2, err.read_text()[-3000:]
             assert took < 10
             assert_clean(err)
-            errors = [ln for ln in err.read_text().splitlines() if ln.startswith("batchsub:")]
+            errors = fatal_lines(err.read_text())
             shown = ledger.replace("s3cret", "***")
             assert len(errors) == 1, errors
             assert re.fullmatch(
@@ -331,7 +343,7 @@ async def test_run_ends_in_one_line_when_the_ledger_stays_down_past_the_limit(
             ), errors[0]
             for text in (err.read_text(), out.read_text(), report.read_text()):
                 assert "s3cret" not in text
-            assert "batchsub run" in out.read_text()  # the summary is printed
+            assert "\ntotal\t" in out.read_text()  # the summary is printed
             written = orjson.loads(report.read_bytes())
             assert written["summary"]["exit_code"] == 2
             assert written["summary"]["fatal"] == errors[0].removeprefix("batchsub: error: ")
@@ -402,9 +414,11 @@ async def test_run_does_not_start_without_its_ledger(tmp_path: Path) -> None:
             assert time.monotonic() - started < 10
             lines = (tmp_path / "run.log").read_text().strip().splitlines()
             assert code == 2
-            assert len(lines) == 1, lines
+            assert len(lines) == 1, lines  # under --log-format json, the error is a JSON line
             shown = ledger.replace("s3cret", "***")
-            assert lines[0].startswith(f"batchsub: error: ledger {shown}: cannot connect: ")
+            assert fatal_lines(lines[0])[0].startswith(
+                f"batchsub: error: ledger {shown}: cannot connect: "
+            )
             assert job_count(endpoint) == 0
 
 
@@ -430,14 +444,14 @@ async def test_run_on_a_full_disk_ends_in_one_line_naming_the_ledger(
 
         assert code == 2, err.read_text()[-3000:]
         assert_clean(err)
-        errors = [ln for ln in err.read_text().splitlines() if ln.startswith("batchsub:")]
+        errors = fatal_lines(err.read_text())
         assert len(errors) == 1, errors
         assert re.fullmatch(
             rf"batchsub: error: ledger {re.escape(str(ledger))} unwritable for \d+ s: "
             "write failed: database or disk is full",
             errors[0],
         ), errors
-        assert "batchsub run" in out.read_text()
+        assert "\ntotal\t" in out.read_text()
         written = orjson.loads(report.read_bytes())
         assert written["summary"]["exit_code"] == 2
         assert sorted(row["name"] for row in written["jobs"]) == names

@@ -139,3 +139,37 @@ def test_printable_escapes_only_what_is_not_text() -> None:
     assert printable("caf\udce9.json") == "caf\\xe9.json"  # a file name's byte 0xE9
     assert printable("lone \ud800 surrogate") == "lone \\ud800 surrogate"
     assert safe_value({"a": [b"\xff", 2**80]}) == {"a": ["b'\\xff'", str(2**80)]}
+
+
+@pytest.mark.parametrize("json_lines", [False, True])
+def test_say_writes_one_line_in_the_log_format_whatever_the_message(
+    json_lines: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batchsub.logs import say, set_json_lines
+
+    set_json_lines(json_lines)
+    try:
+        say("error", "caf\udce9.json: bad\n value", source="caf\udce9.json", odd=_Raises())
+    finally:
+        set_json_lines(False)
+    err = capsys.readouterr().err
+    err.encode("utf-8")  # valid UTF-8
+    lines = err.splitlines()
+    assert len(lines) == 1
+    if json_lines:
+        event = orjson.loads(lines[0])
+        assert event["event"] == "command.error" and event["level"] == "error"
+        assert event["message"].startswith("caf\\xe9.json: bad")
+    else:
+        assert lines[0].startswith("batchsub: error: caf\\xe9.json: bad")
+
+
+def test_json_log_format_turns_say_into_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    from batchsub.logs import say, set_json_lines
+
+    configure_logging("json", "info", interactive=False)
+    try:
+        say("warning", "no manifests")
+    finally:
+        set_json_lines(False)
+    assert orjson.loads(capsys.readouterr().err)["event"] == "command.warning"

@@ -93,7 +93,8 @@ BROKEN = {
     "name-too-long.json": "name: must be 1 to 57 characters (got 58)",
     "desc-too-long.yaml": "desc: must be at most 512 characters (got 513)",
     "string-for-int.json": 'cu_number: expected an integer, got "two"',
-    "typo.json": "parallel_numbr: unknown field (not in the DLI create API)",
+    "typo.json": "parallel_numbr: unknown field (not in the DLI create API)"
+    " (did you mean parallel_number?)",
     "resume-max-num-zero.yaml": "resume_max_num: must be -1 or greater than 0 (got 0)",
     "missing-name.json": "name: required field is missing",
     "tag-without-value.yaml": "tags[0].value: required field is missing",
@@ -688,3 +689,18 @@ def test_a_list_of_55000_small_jobs_holds_little_more_than_its_jobs() -> None:
     assert len(items) == 55_000 and all(isinstance(item, JobSpec) for item in items)
     # About 450 bytes a job (name, body, hash, source); each body kept orjson's 4 KiB buffer.
     assert held / len(items) < 1024
+
+
+
+def test_an_unknown_field_close_to_a_known_one_says_which(tmp_path: Path) -> None:
+    path = tmp_path / "a.json"
+    path.write_text(
+        '{"name": "a", "parallel_numbr": 2, "tags": [{"key": "k", "value": "v", "valeu": 1}],'
+        ' "zzz": 1}'
+    )
+    item = one(parse_manifest_file(path, "a.json"))
+    assert isinstance(item, InvalidManifest)
+    unknown = "unknown field (not in the DLI create API)"
+    assert f"parallel_numbr: {unknown} (did you mean parallel_number?)" in item.error
+    assert f"tags[0].valeu: {unknown} (did you mean value?)" in item.error
+    assert f"zzz: {unknown}" in item.error and f"zzz: {unknown} (" not in item.error

@@ -57,4 +57,4 @@ def test_a_run_to_a_pipe_loads_no_heavy_module(tmp_path: Path) -> None:
     )
     loaded, result = loaded_after(body, tmp_path)
     assert loaded == []
-    assert "batchsub run" in result.stdout and "│ created         │    2 │" in result.stdout
+    assert "created\t2\n" in result.stdout and "total\t2\n" in result.stdout  # plain, piped

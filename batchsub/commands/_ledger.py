@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from batchsub.errors import ConfigError
-from batchsub.jobs import ErrorInfo, LedgerRecord
+from batchsub.jobs import ErrorInfo, LedgerRecord, LedgerState, Outcome
 from batchsub.protocols import Ledger
 from batchsub.settings import is_shared_ledger
 from batchsub.wiring import open_ledger
@@ -50,3 +50,22 @@ def error_fields(error: ErrorInfo | None) -> dict[str, Any]:
         "error_message": error.message if error else None,
         "http_status": error.http_status if error else None,
     }
+
+
+# One vocabulary: a ledger row read as the outcome the run report gives such a job. The ledger
+# keeps finer states; ``status`` and ``report`` show both (README, "One vocabulary").
+OUTCOME_OF_STATE: dict[LedgerState, Outcome] = {
+    LedgerState.CREATED: Outcome.CREATED,
+    LedgerState.FAILED: Outcome.FAILED,  # refused for good
+    LedgerState.RETRYING: Outcome.FAILED,  # with an error: gave up after retries
+    LedgerState.SUBMITTING: Outcome.UNRESOLVED,  # in doubt: a run stopped with it in flight
+    LedgerState.UNKNOWN: Outcome.UNRESOLVED,  # in doubt: its answer was lost
+}
+
+
+def outcome_of(record: LedgerRecord) -> Outcome:
+    """The run report's outcome for a ledger row: ``retrying`` with an error gave up after
+    retries (failed); without one, a run stopped before sending it (unresolved)."""
+    if record.state is LedgerState.RETRYING and record.error is None:
+        return Outcome.UNRESOLVED
+    return OUTCOME_OF_STATE[record.state]

@@ -1,23 +1,17 @@
-"""The tables and counts the commands print for a person (``--json`` prints every row).
-
-rich is imported where a table is drawn: ``retry``, ``report`` and ``config show`` draw none.
-"""
+"""Words for the counts the commands print. The tables and lines themselves are drawn by
+``batchsub.output`` (one output rule for every command); its names are kept here for the
+callers that import them from this module."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from batchsub.output import TABLE_LIMIT, new_console
+
 if TYPE_CHECKING:
     from rich.console import Console
 
-TABLE_LIMIT = 500  # rows a human table shows at most; --json always has every row
-
-
-def new_console() -> Console:
-    """A console on stdout that highlights nothing (manifest names are shown as they are)."""
-    from rich.console import Console
-
-    return Console(highlight=False)
+__all__ = ["TABLE_LIMIT", "more", "new_console", "plural"]
 
 
 def plural(count: int, noun: str) -> str:
@@ -28,4 +22,4 @@ def plural(count: int, noun: str) -> str:
 def more(console: Console, total: int) -> None:
     """Say how many rows a table of ``total`` left out, if it left any out."""
     if total > TABLE_LIMIT:
-        console.print(f"... and {total - TABLE_LIMIT} more (use --json for all)", markup=False)
+        console.print(f"... and {total - TABLE_LIMIT} more (-o plain or -o json shows all)")

@@ -14,6 +14,8 @@ from typing import Any
 
 from batchsub.commands._flags import add_send_flags
 from batchsub.logs import configure_command_logging
+from batchsub.masking import mask_url
+from batchsub.output import Format, add_output_flags, chosen_format, print_json
 from batchsub.settings import Settings
 from batchsub.wiring import project_id_for, remote_api
 
@@ -26,6 +28,7 @@ def add_parser(commands: Any) -> None:
         "check", help="verify the configured credential with one list call (limit 1)"
     )
     add_send_flags(check)
+    add_output_flags(check, "the answer")
     check.set_defaults(handler=check_command)
 
 
@@ -33,7 +36,11 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
     """Entry point of ``batchsub auth check``: 0 accepted, 2 refused or unreachable."""
     project_id = project_id_for(settings, simulator=False)
     configure_command_logging(settings, quiet=True)
-    print(asyncio.run(verify(settings, project_id)))
+    answer = asyncio.run(check_credential(settings, project_id))
+    if chosen_format(args) is Format.JSON:
+        print_json(answer)
+    else:
+        print(_ok_line(answer))
     return 0
 
 
@@ -42,12 +49,27 @@ async def verify(settings: Settings, project_id: str) -> str:
 
     Raises ConfigError (one line naming the credential and the fix) when it did not.
     """
+    return _ok_line(await check_credential(settings, project_id))
+
+
+def _ok_line(answer: dict[str, Any]) -> str:
+    return (
+        f"credential OK: {answer['credential']} may call project {answer['project_id']} at "
+        f"{answer['endpoint']} ({answer['jobs']} Flink Jar jobs there)"
+    )
+
+
+async def check_credential(settings: Settings, project_id: str) -> dict[str, Any]:
+    """The list call of ``verify``, its answer as ``auth check -o json`` prints it."""
     async with remote_api(settings, project_id) as api:
         page = await api.caller.call(
             "auth check", lambda: api.client.list_page(name=None, offset=0, limit=1)
         )
         target = api.target
-        return (
-            f"credential OK: {target.auth.describe()} may call project {project_id} at "
-            f"{target.endpoint} ({page.total_count} Flink Jar jobs there)"
-        )
+        return {
+            "ok": True,
+            "credential": target.auth.describe(),
+            "project_id": project_id,
+            "endpoint": mask_url(target.endpoint),
+            "jobs": page.total_count,
+        }

@@ -16,6 +16,7 @@ import urllib.request
 from typing import Any
 
 from batchsub.errors import ConfigError
+from batchsub.logs import say
 from batchsub.settings import Settings
 
 DEFAULT_TIMEOUT = 5.0
@@ -80,7 +81,7 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"healthcheck: --url must start with http:// or https://: {url}")
     except ConfigError as exc:
-        print(f"batchsub: error: {exc}", file=sys.stderr)
+        say("error", str(exc))
         return 1
     healthy, what = check(url, args.check_timeout)
     print(f"batchsub healthcheck: {url}: {what}", file=sys.stdout if healthy else sys.stderr)

@@ -2,7 +2,9 @@
 
 The action of each job comes from the same decision the submitter makes (``plan_job``);
 ``--check-remote`` adds list calls (and nothing else) to show the jobs a run would adopt.
-Exit codes: 0, or 1 when a manifest is invalid; 2 a usage or configuration error.
+Exit codes: 0, or 1 when a manifest is invalid or there is none; 2 a usage or configuration
+error. Printed by ``batchsub.output``: piped, one tab-separated line per job shown, the
+footer on stderr.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import orjson
 from batchsub.answers import JobStatus
 from batchsub.commands._flags import add_send_flags
 from batchsub.commands._ledger import ledger_exists
-from batchsub.commands._tables import TABLE_LIMIT, more, new_console, plural
+from batchsub.commands._tables import plural
 from batchsub.create_rules import CreateAction, decide_create
 from batchsub.errors import ConfigError
 from batchsub.files import stdout_may_close
@@ -37,8 +39,9 @@ from batchsub.jobs import (
 )
 from batchsub.lifecycle.start_rules import StartAction, StartOptions, decide_start
 from batchsub.lifecycle.statuses import INIT
-from batchsub.logs import configure_command_logging
+from batchsub.logs import configure_command_logging, say
 from batchsub.masking import mask_url
+from batchsub.output import Format, Rows, add_output_flags, chosen_format, note
 from batchsub.protocols import Ledger
 from batchsub.reconcile import Reconciler
 from batchsub.settings import Settings
@@ -76,7 +79,7 @@ def add_parser(commands: Any) -> None:
         action="store_true",
         help="show the restarts of `apply --savepoint` (stop with a savepoint, resume from it)",
     )
-    plan.add_argument("--json", action="store_true", help="print every job's action as JSON")
+    add_output_flags(plan, "every job's action")
     plan.set_defaults(handler=plan_command)
 
 
@@ -394,7 +397,7 @@ async def list_remote_jobs(settings: Settings, project_id: str) -> dict[str, int
 
 
 def plan_command(settings: Settings, args: argparse.Namespace) -> int:
-    """``batchsub plan DIR``: 1 if a manifest is invalid, else 0; nothing is created."""
+    """``batchsub plan DIR``: 1 if a manifest is invalid (or none exists), else 0."""
     project_id = settings.project_id
     if not project_id:
         raise ConfigError(NO_PROJECT + " (the ledger is keyed by project)")
@@ -404,6 +407,9 @@ def plan_command(settings: Settings, args: argparse.Namespace) -> int:
     counts: Counter[Action] = Counter()
     with stdout_may_close():
         counts = asyncio.run(_plan(settings, args, source, project_id))
+    if not counts:
+        say("error", f"no manifests (*.json, *.yaml, *.yml) under {args.directory}")
+        return 1
     return 1 if counts[Action.INVALID] else 0
 
 
@@ -421,8 +427,11 @@ async def _plan(
         ledger = open_ledger(settings.ledger, read_only=True)
     if ledger is not None:
         await ledger.open()
-    output: _PlanJson | _PlanTable = (
-        _PlanJson(settings, project_id, remote) if args.json else _PlanTable(show_all=args.all)
+    fmt = chosen_format(args)
+    output: _PlanJson | _PlanRows = (
+        _PlanJson(settings, project_id, remote)
+        if fmt is Format.JSON
+        else _PlanRows(fmt, show_all=args.all, starts=rules is not None)
     )
     try:
         with output:
@@ -445,11 +454,11 @@ async def _plan(
     finally:
         if ledger is not None:
             await ledger.close()
-    if not args.json:
-        _print_plan_footer(settings, project_id, ledger is not None, remote, output.counts)
+    if fmt is not Format.JSON:
+        _print_plan_footer(fmt, settings, project_id, ledger is not None, remote, output.counts)
         if output.starts:
             shown = ", ".join(f"{n} {what}" for what, n in sorted(output.starts.items()))
-            new_console().print(f"Start (run --start): {shown}.", markup=False)
+            note(fmt, f"Start (run --start): {shown}.")
     return output.counts
 
 
@@ -488,17 +497,18 @@ class _PlanJson:
         sys.stdout.write('\n], "counts": ' + orjson.dumps(counts).decode() + tail + "}\n")
 
 
-class _PlanTable:
-    """Collects the rows worth showing (not already created, unless asked) into one table."""
+class _PlanRows:
+    """The rows worth showing (not already created, unless asked): a table, or plain lines."""
 
-    def __init__(self, *, show_all: bool) -> None:
+    def __init__(self, fmt: Format, *, show_all: bool, starts: bool = False) -> None:
         self.counts: Counter[Action] = Counter()
         self.starts: Counter[str] = Counter()  # --start: jobs by start decision
         self._show_all = show_all
-        self._rows: list[PlanRow] = []
-        self._shown = 0
+        self._with_start = starts  # --start: a start column, what the start rule would do
+        columns = ("action", "name", "source", "detail", *(["start"] * starts))
+        self._rows = Rows(fmt, columns, title="batchsub plan")
 
-    def __enter__(self) -> _PlanTable:
+    def __enter__(self) -> _PlanRows:
         return self
 
     def add(self, row: PlanRow) -> None:
@@ -508,58 +518,39 @@ class _PlanTable:
         quiet = not row.detail and row.start in (None, "active")  # nothing to do or say
         if row.action is Action.ALREADY_CREATED and not self._show_all and quiet:
             return
-        self._shown += 1
-        if len(self._rows) < TABLE_LIMIT:
-            self._rows.append(row)
+        cells: tuple[str | None, ...] = (row.action.value, row.name, row.source, row.detail)
+        if self._with_start:
+            shown = row.start or "-"
+            cells += (f"{shown}: {row.start_detail}" if row.start_detail else shown,)
+        self._rows.add(cells, style=_ACTION_STYLES[row.action])
 
     def __exit__(self, *exc: object) -> None:
-        from rich.table import Table
-        from rich.text import Text
-
-        if exc[0] is not None or not self._rows:
-            return
-        console = new_console()
-        table = Table(title="batchsub plan", header_style="bold")
-        starts = any(row.start is not None for row in self._rows)
-        for column in ("action", "name", "source", "detail", *(["start"] * starts)):
-            table.add_column(column, overflow="fold")
-        for row in self._rows:
-            cells = [
-                Text(row.action.value, style=_ACTION_STYLES[row.action]),
-                Text(row.name or "-"),
-                Text(row.source),
-                Text(row.detail),
-            ]
-            if starts:
-                shown = row.start or "-"
-                cells.append(Text(f"{shown}: {row.start_detail}" if row.start_detail else shown))
-            table.add_row(*cells)
-        console.print(table)
-        more(console, self._shown)
+        if exc[0] is None:
+            self._rows.close()
 
 
 def _print_plan_footer(
+    fmt: Format,
     settings: Settings,
     project_id: str,
     ledger_exists: bool,
     remote: Mapping[str, int] | None,
     counts: Counter[Action],
 ) -> None:
-    console = new_console()
     if not ledger_exists:
-        console.print(f"ledger {settings.ledger} does not exist yet: no job was sent with it")
+        note(fmt, f"ledger {settings.ledger} does not exist yet: no job was sent with it")
     checked = (
         f"{len(remote)} jobs listed remotely"
         if remote is not None
         else "remote not checked (--check-remote lists it)"
     )
     shown = mask_url(settings.ledger)
-    console.print(f"project {project_id} · ledger {shown} · {checked}", markup=False)
-    console.print(
+    note(fmt, f"project {project_id} · ledger {shown} · {checked}")
+    note(
+        fmt,
         f"Plan: {counts[Action.CREATE]} to create, {counts[Action.ADOPT]} to adopt, "
         f"{counts[Action.RETRY]} to retry, {counts[Action.RECONCILE]} to reconcile, "
         f"{counts[Action.ALREADY_CREATED]} already created, {counts[Action.DRIFTED]} drifted, "
         f"{counts[Action.INVALID]} invalid; apply: {counts[Action.UPDATE]} to update, "
         f"{counts[Action.ORPHANED]} orphaned.",
-        markup=False,
     )

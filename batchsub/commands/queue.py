@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from batchsub.commands._flags import add_send_flags, add_start_flags
 from batchsub.commands.apply import add_apply_flags, applying
 from batchsub.errors import ConfigError, one_line
 from batchsub.jobs import InvalidManifest, JobSpec
-from batchsub.logs import configure_command_logging
+from batchsub.logs import configure_command_logging, tell
 from batchsub.manifest import read_manifest
 from batchsub.masking import mask_url
 from batchsub.metrics import Metrics, serving
@@ -135,7 +134,7 @@ class PublishCounts:
 
 
 def _print_invalid(error: str) -> None:
-    print(f"invalid: {error}", file=sys.stderr)
+    tell(f"invalid: {error}")  # a JSON event under --log-format json
 
 
 async def publish_directory(

@@ -1,7 +1,10 @@
 """``batchsub report``: every ledger row, streamed as JSON or CSV, to stdout or ``--output``.
 
 ``--output`` is written as ``--report`` is (``batchsub.files.open_output``). Reads the ledger
-without locking it and never creates one.
+without locking it and never creates one. ``outcome`` is the run report's word for the row's
+ledger state (``_ledger.OUTCOME_OF_STATE``: ``retrying`` is ``failed``); ``ledger_state``
+keeps the finer state. A CSV cell that a spreadsheet would run as a formula (it starts with
+``=``, ``+``, ``-``, ``@``, a tab or a carriage return) is written with a ``'`` before it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,13 @@ from typing import IO, Any
 
 import orjson
 
-from batchsub.commands._ledger import add_ledger_flags, error_fields, existing_ledger, row_of
+from batchsub.commands._ledger import (
+    add_ledger_flags,
+    error_fields,
+    existing_ledger,
+    outcome_of,
+    row_of,
+)
 from batchsub.files import check_output, stdout_may_close, text_output
 from batchsub.jobs import LedgerRecord
 from batchsub.protocols import Ledger
@@ -34,6 +43,7 @@ REPORT_FIELDS = (
     "http_status",
     "created_at",
     "updated_at",
+    "ledger_state",
     "start_state",
     "start_attempts",
     "status",
@@ -42,6 +52,8 @@ REPORT_FIELDS = (
     "running_at",
     "start_error",
 )
+# OWASP's advice against CSV injection: a leading quote makes the cell text in a spreadsheet.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def add_parser(commands: Any) -> None:
@@ -56,18 +68,28 @@ def add_parser(commands: Any) -> None:
 
 
 def report_row(record: LedgerRecord) -> dict[str, Any]:
-    """One ledger row as the report shows it; the state is the outcome."""
+    """One ledger row as the report shows it: its outcome in the run report's words."""
     return {
         **row_of(record),
-        "outcome": record.state.value,
+        "outcome": outcome_of(record).value,
         "job_id": record.job_id,
         "attempts": record.attempts,
         "adopted": record.adopted,
         **error_fields(record.error),
         "created_at": iso_utc(record.created_at),
         "updated_at": iso_utc(record.updated_at),
+        "ledger_state": record.state.value,
         **start_fields(record),
     }
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell: booleans as true/false, text a spreadsheet would run escaped."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def start_fields(record: LedgerRecord) -> dict[str, Any]:
@@ -94,7 +116,7 @@ def _iso(epoch: float | None) -> str | None:
 
 
 def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: ("true" if v else "false") if isinstance(v, bool) else v for k, v in row.items()}
+    return {k: csv_cell(v) for k, v in row.items()}
 
 
 async def write_ledger_report(

@@ -18,6 +18,7 @@ from typing import Any
 from batchsub import eventloop
 from batchsub.commands._flags import add_run_flags, add_send_flags, add_start_flags
 from batchsub.commands._ledger import existing_ledger, require_ledger
+from batchsub.commands.status import ledger_status, never_sent_advice
 from batchsub.files import is_stdout
 from batchsub.jobs import JobResult, LedgerState, ManifestItem, RememberedJob, StartState
 from batchsub.logs import configure_command_logging
@@ -53,6 +54,9 @@ async def retry_failed(
     """
     project_id = project_id_for(settings, simulator=simulator)
     account = RunAccount(report)  # a bad --report path fails before anything is read
+    unsent = never_sent_advice(await ledger_status(existing_ledger(settings.ledger), project_id, 0))
+    if unsent is not None:
+        announce(unsent)
     failed = LedgerFailedSource(existing_ledger(settings.ledger), project_id)
     count = await failed.load()  # opened and closed again before run_source opens it
     source: Source = failed
@@ -79,6 +83,7 @@ async def retry_failed(
         progress=progress,
         total=count + len(start_failed),
         retry_failed=True,
+        rerun="batchsub retry",
     )
 
 

@@ -1,7 +1,9 @@
 """``batchsub validate DIR``: check every manifest offline, as ``run`` would read it.
 
 Never opens a ledger nor sends anything. Exit codes: 0 every manifest valid, 1 any problem
-(a bad field, a file that cannot be read or parsed, a name defined twice), 2 a usage error.
+(a bad field, a file that cannot be read or parsed, a name defined twice) or no manifest at
+all, 2 a usage error. Output by ``batchsub.output``: piped, one ``path: field: message`` line
+per problem (the totals on stderr).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from batchsub.commands._tables import TABLE_LIMIT, more, new_console, plural
+from batchsub.commands._tables import plural
 from batchsub.jobs import InvalidManifest
+from batchsub.logs import say
+from batchsub.output import Format, Rows, add_output_flags, chosen_format, note, print_json
+from batchsub.output import problem_line as plain_problem
 from batchsub.settings import Settings
 from batchsub.sources.directory import DirectorySource
 
@@ -25,7 +28,7 @@ def add_parser(commands: Any) -> None:
     """Register ``validate`` with the CLI."""
     validate = commands.add_parser("validate", help="check every manifest offline")
     validate.add_argument("directory", type=Path, help="directory of .json/.yaml/.yml manifests")
-    validate.add_argument("--json", action="store_true", help="print the problems as JSON")
+    add_output_flags(validate, "the problems")
     validate.set_defaults(handler=validate_command)
 
 
@@ -36,13 +39,14 @@ class Problem:
     file: str
     job: str | None
     problem: str
+    source: str = ""  # the file, with #index for a job of a list file
 
     @classmethod
     def of(cls, item: InvalidManifest) -> Problem:
         """The problem an InvalidManifest describes, without the source prefix in its text."""
         file, index = split_source(item.source)
         job = item.name or (f"#{index}" if index is not None else None)
-        return cls(file, job, item.error.removeprefix(f"{item.source}: "))
+        return cls(file, job, item.error.removeprefix(f"{item.source}: "), item.source)
 
 
 @dataclass(slots=True)
@@ -80,30 +84,32 @@ async def validate_directory(directory: Path) -> Validation:
 
 def validate_command(settings: Settings, args: argparse.Namespace) -> int:
     """``batchsub validate DIR``: 0 when every manifest is valid, 1 otherwise."""
-    from rich.table import Table
-    from rich.text import Text
-
+    fmt = chosen_format(args)
     found = asyncio.run(validate_directory(args.directory))
-    if args.json:
-        out = {
-            "manifests": found.manifests,
-            "valid": found.valid,
-            "problems": [dataclasses.asdict(p) for p in found.problems],
-        }
-        print(orjson.dumps(out).decode())
+    if fmt is Format.JSON:
+        print_json(
+            {
+                "manifests": found.manifests,
+                "valid": found.valid,
+                "problems": [dataclasses.asdict(p) for p in found.problems],
+            }
+        )
     else:
-        console = new_console()
-        if found.problems:
-            table = Table(title="batchsub validate", header_style="bold")
-            for column in ("file", "job", "problem"):
-                table.add_column(column, overflow="fold")
-            for p in found.problems[:TABLE_LIMIT]:
-                table.add_row(Text(p.file), Text(p.job or "-"), Text(p.problem))
-            console.print(table)
-            more(console, len(found.problems))
-        console.print(
+        with Rows(fmt, ("file", "job", "problem"), plain=_problem_line) as rows:
+            for p in found.problems:
+                rows.add((p.file, p.job, p.problem, p.source))
+        note(
+            fmt,
             f"{plural(found.manifests, 'manifest')}, {plural(found.valid, 'job')} valid, "
             f"{plural(len(found.problems), 'problem')}",
-            markup=False,
         )
+    if found.manifests == 0:
+        say("error", f"no manifests (*.json, *.yaml, *.yml) under {args.directory}")
+        return 1
     return 1 if found.problems else 0
+
+
+def _problem_line(cells: Any) -> str:
+    """``path: field: message`` (the path with ``#index`` for a job of a list file)."""
+    _, _, problem, source = cells
+    return plain_problem(source, problem)
