@@ -173,6 +173,8 @@ class JobResult:
     started_at: float | None = None  # epoch seconds DLI took batchsub's start
     running_at: float | None = None  # epoch seconds it was first seen running after it
     start_error: str | None = None  # why it is not started or not healthy (DLI's status_desc)
+    # Its body sets restart_when_exception: a wait takes job_running_exception as a passage.
+    restarts: bool = False
 
 
 # --- starts: what the ledger records of starting a job (``protocols.StartLedger``) -------

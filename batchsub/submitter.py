@@ -20,9 +20,10 @@ import contextlib
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
+import orjson
 import structlog
 
 from batchsub.client import DliClient
@@ -349,8 +350,21 @@ class Submitter:
                 waiting.set()
 
     async def _finish(self, source: Source, item: ManifestItem, result: JobResult) -> None:
+        if isinstance(item, JobSpec) and restarts_on_exception(item):
+            result = replace(result, restarts=True)
         self._on_result(result)
         await source.finish(item, result)
+
+def restarts_on_exception(spec: JobSpec) -> bool:
+    """True when the job's body sets ``restart_when_exception`` (DLI revives it after a failure)."""
+    if b"restart_when_exception" not in spec.body:  # the common case, without parsing
+        return False
+    try:
+        body = orjson.loads(spec.body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and body.get("restart_when_exception") is True
+
 
 def _error_of(exc: ApiError) -> ErrorInfo:
     return ErrorInfo(str(exc), exc.code, exc.status)

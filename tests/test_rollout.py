@@ -277,3 +277,23 @@ async def test_resume_savepoint_reaches_the_run_call(
     write_manifests(tmp_path / "m", 3)
     code, _ = await run(sim, tmp_path, tmp_path / "m", resume_savepoint=True)
     assert code == 0 and stats(sim)["totals"]["resumes"] == 3
+
+
+async def test_a_job_that_restarts_on_exception_is_waited_for_through_it(
+    simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    # Both jobs run, then fail after 0.3 s; only the one whose body sets
+    # restart_when_exception comes back (1.5 s later) and must end healthy, not failed.
+    sim = await simulator(
+        start_seconds=(1.5, 1.5), fail_after_run=1.0, fail_after_seconds=(0.3, 0.3), seed=7
+    )
+    folder = tmp_path / "m"
+    folder.mkdir()
+    drop(folder, "revived.json", job("revived", restart_when_exception=True))
+    drop(folder, "plain.json", job("plain"))
+    code, report = await run(sim, tmp_path, folder, wait=True, healthy_for=1.0)
+    rows = {row["name"]: row for row in report["jobs"]}
+    assert rows["plain"]["health"] == "failed"
+    assert rows["plain"]["status"] == "job_running_exception"
+    assert rows["revived"]["health"] == "healthy", rows["revived"]
+    assert code == 1

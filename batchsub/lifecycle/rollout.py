@@ -296,7 +296,10 @@ class Rollout:
     async def _wait(self, job_ids: list[int], rows: dict[int, JobResult]) -> None:
         """Wait for the verdicts of ``job_ids`` (or a stop); the rows get them."""
         assert self.waiter is not None
-        self.waiter.track(Watched(job_id, rows[job_id].name or "") for job_id in job_ids)
+        self.waiter.track(
+            Watched(job_id, rows[job_id].name or "", restarts=rows[job_id].restarts)
+            for job_id in job_ids
+        )
         verdicts = asyncio.ensure_future(self.waiter.wait(job_ids))
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
