@@ -7,6 +7,7 @@ import contextlib
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -178,6 +179,16 @@ async def test_refused_project_or_credential_names_the_fix(
     assert sim.store.create_requests == 0
 
 
+def created_in(ledger: Path) -> int:
+    """Jobs a running batchsub's SQLite ledger holds as created (0 while it has none)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT count(*) FROM jobs WHERE state = 'created'").fetchone()
+            return int(row[0])
+    except sqlite3.Error:  # not made yet, or its schema not yet
+        return 0
+
+
 def test_ctrl_c_stops_promptly_and_reports_every_job(tmp_path: Path) -> None:
     folder = tmp_path / "m"
     write_manifests(folder, 40)
@@ -188,7 +199,10 @@ def test_ctrl_c_stops_promptly_and_reports_every_job(tmp_path: Path) -> None:
         env=clean_env(), stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    time.sleep(2.5)
+    # Interrupt once the first jobs are created, however slowly this machine started it.
+    deadline = time.monotonic() + 20
+    while created_in(tmp_path / "l.db") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     stopped_at = time.monotonic()
     _, err = proc.communicate(timeout=30)
