@@ -58,17 +58,25 @@ EXIT_SOME_FAILED = 1  # some job not as asked (or, for run, no manifest at all)
 
 
 
+def refused_as_empty(directory: Path, report: Path | None) -> bool:
+    """True (said, and the report written) when DIR holds no manifest: an error, as
+    ``kubectl apply`` on no objects, since a wrong directory must not pass. A missing
+    directory is a ConfigError (one line, exit 2)."""
+    DirectorySource(directory)
+    if next(iter_manifest_paths(directory), None) is not None:
+        return False
+    empty = RunAccount(report)
+    empty.write_report(empty.summary(exit_code=EXIT_SOME_FAILED, interrupted=False))
+    say("error", f"no manifests (*.json, *.yaml, *.yml) under {directory}: nothing to run")
+    return True
+
+
 async def run_directory(
     settings: Settings, directory: Path, report: Path | None, *, simulator: bool
 ) -> int:
     """``batchsub run DIR``: create every job of DIR once; returns the exit code."""
     interactive = configure_command_logging(settings)
-    DirectorySource(directory)  # a missing directory: one line, exit 2
-    if next(iter_manifest_paths(directory), None) is None:
-        # An error, as ``kubectl apply`` on no objects: a wrong directory must not pass.
-        empty = RunAccount(report)
-        empty.write_report(empty.summary(exit_code=EXIT_SOME_FAILED, interrupted=False))
-        say("error", f"no manifests (*.json, *.yaml, *.yml) under {directory}: nothing to run")
+    if refused_as_empty(directory, report):
         return EXIT_SOME_FAILED
     # Forked first: before the ledger, the sockets and any thread exist.
     parser = ParserPool(settings.parse_workers)

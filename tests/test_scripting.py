@@ -153,13 +153,22 @@ def test_a_signal_stops_a_run_with_128_plus_its_number_and_the_advice_to_run_aga
     assert "run `batchsub run m`" in retry.stdout
 
 
-def test_an_empty_folder_is_an_error_with_a_report(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["run", "apply"])
+def test_an_empty_folder_is_an_error_with_a_report(tmp_path: Path, command: str) -> None:
     (tmp_path / "empty").mkdir()
-    result = run_batchsub("run", "empty", "--simulator", "--report", "r.json", cwd=tmp_path)
+    result = run_batchsub(command, "empty", "--simulator", "--report", "r.json", cwd=tmp_path)
     assert result.returncode == 1
     assert "batchsub: error: no manifests (*.json, *.yaml, *.yml) under empty" in result.stderr
     summary = json.loads((tmp_path / "r.json").read_text())["summary"]
     assert summary["exit_code"] == 1 and summary["total"] == 0
+
+
+def test_apply_dry_run_on_the_simulator_plans_for_its_demo_project(tmp_path: Path) -> None:
+    names = write_manifests(tmp_path / "m", 3)
+    result = run_batchsub("apply", "m", "--simulator", "--dry-run", cwd=tmp_path)  # piped: plain
+    assert result.returncode == 0, result.stderr
+    assert sorted(line.split("\t")[1] for line in result.stdout.splitlines()) == sorted(names)
+    assert all(line.startswith("create\t") for line in result.stdout.splitlines())
 
 
 # --- logs ----------------------------------------------------------------------------------
@@ -170,6 +179,7 @@ def test_an_empty_folder_is_an_error_with_a_report(tmp_path: Path) -> None:
     [
         ["run", "missing-dir", "--simulator", "--log-format", "json"],
         ["run", "empty", "--simulator", "--log-format", "json"],
+        ["apply", "empty", "--simulator", "--log-format", "json"],
         ["--log-format", "json", "run", "m", "--simulator", "--rate", "-1"],
         ["run", "m", "--simulator", "--log-format", "json", "--rat", "5"],
         ["status", "--ledger", "missing.db", "--log-format", "json"],

@@ -69,6 +69,7 @@ _DEFAULT_EXIT = "0 success; 2 a usage or configuration error (one line on stderr
 EXIT_CODES: dict[str, str] = {
     "run": _SENDING_EXIT,
     "retry": _SENDING_EXIT,
+    "apply": _SENDING_EXIT.replace("(created now or before)", "(created, or updated to match)"),
     "validate": "0 every manifest valid; 1 a problem, or no manifest at all; 2 a usage error",
     "plan": "0 nothing invalid; 1 a manifest invalid, or no manifest at all; "
     "2 a usage or configuration error",
@@ -82,6 +83,7 @@ EXIT_CODES: dict[str, str] = {
 EXAMPLES: dict[str, str] = {
     "run": "batchsub run manifests --region cn-north-4 --report report.json",
     "retry": "batchsub retry --region cn-north-4 --report retry.json",
+    "apply": "batchsub apply manifests --savepoint --start --wait --report apply.json",
     "validate": "batchsub validate manifests > problems.txt",
     "plan": "batchsub plan manifests --check-remote -o plain | grep -v already_created",
     "status": "batchsub status --ledger batchsub.db -o json | jq .outcomes",

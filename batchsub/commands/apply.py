@@ -63,7 +63,7 @@ from batchsub.report import RunAccount
 from batchsub.retry import GIVE_UP_AFTER, RetryingCaller, RetryPolicy
 from batchsub.settings import Settings
 from batchsub.sources.directory import DirectorySource
-from batchsub.wiring import dli_client, open_ledger, resolve_target, retry_policy
+from batchsub.wiring import dli_client, open_ledger, project_id_for, resolve_target, retry_policy
 
 log = structlog.get_logger("batchsub.apply")
 _BATCH = 256  # jobs looked up in the ledger per query
@@ -111,6 +111,9 @@ def apply_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.dry_run:
         from batchsub.commands.plan import plan_command
 
+        project_id = project_id_for(settings, simulator=args.simulator)  # as apply would send
+        settings = settings.model_copy(update={"project_id": project_id})
+
         plan_args = argparse.Namespace(
             directory=args.directory,
             check_remote=False,
@@ -148,9 +151,11 @@ async def apply_directory(
     """Update what changed (and prune), then create what is missing; returns the exit code."""
     from batchsub.logs import configure_command_logging
     from batchsub.parse_pool import ParserPool
-    from batchsub.runner import run_source
+    from batchsub.runner import EXIT_SOME_FAILED, refused_as_empty, run_source
 
     interactive = configure_command_logging(settings)
+    if refused_as_empty(directory, report):
+        return EXIT_SOME_FAILED
     started = time.monotonic()
     notes = ApplyNotes()
     if not simulator:  # the built-in simulator starts empty: there is nothing to update
@@ -177,9 +182,6 @@ async def apply_directory(
         )
     finally:
         parser.close()
-    if account.total == 0:  # as run says it: a wrong directory should not pass unnoticed
-        print(f"batchsub: warning: no manifests (*.json, *.yaml, *.yml) under {directory}",
-              file=sys.stderr)  # fmt: skip
     log.info(
         "apply.finished",
         updated=account.counts[Outcome.UPDATED],
