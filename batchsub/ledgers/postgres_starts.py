@@ -12,18 +12,18 @@ its run call took effect before anything is sent again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import asyncpg
 
 from batchsub.jobs import StartIntent, StartOutcome, StartRecord, StatusSeen
 from batchsub.ledgers import _starts
+from batchsub.ledgers._postgres_host import Connection as _Connection
+from batchsub.ledgers._postgres_host import PostgresHost
 from batchsub.ledgers._rows import chunks
 from batchsub.ledgers._starts import START_COLUMNS, START_WIDTH
 
-_T = TypeVar("_T")
-_Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"  # generic in stubs
 _CHUNK = 1000  # names per ``= ANY($2)``
 
 # The rows of a start write, locked in name order (two workers' calls cannot deadlock).
@@ -44,26 +44,8 @@ _START_WRITE_SQL = (
 )
 
 
-class PostgresStarts:
-    """The ``StartLedger`` methods of ``PostgresLedger`` (which provides the attributes)."""
-
-    _clock: Callable[[], float]
-    _lease: float
-
-    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        raise NotImplementedError
-
-    async def _statement(
-        self,
-        what: str,
-        statement: Callable[[_Connection], Awaitable[_T]],
-        *,
-        new_work: bool = True,
-    ) -> _T:
-        raise NotImplementedError
-
-    def _detach(self, write: Awaitable[_T]) -> asyncio.Future[_T]:
-        raise NotImplementedError
+class PostgresStarts(PostgresHost):
+    """The ``StartLedger`` methods of ``PostgresLedger`` (which provides the statements)."""
 
     async def start_records(self, project_id: str, names: Sequence[str]) -> dict[str, StartRecord]:
         """The start records of those names that have one, one query per 1000 names."""

@@ -14,18 +14,15 @@ update's body the jobs row's body (same transaction), as the SQLite ledger does.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeAlias, TypeVar
-
-import asyncpg
+from collections.abc import Sequence
 
 from batchsub.jobs import UpdateRecord, UpdateState, UpdateStep
 from batchsub.ledgers import _updates
+from batchsub.ledgers._postgres_host import Connection as _Connection
+from batchsub.ledgers._postgres_host import PostgresHost
 from batchsub.ledgers._rows import chunks
 from batchsub.ledgers._updates import STATES_CHECK, UNFINISHED, UPDATE_COLUMNS
 
-_T = TypeVar("_T")
-_Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"  # generic in stubs
 _CHUNK = 1000  # names per ``= ANY($2)``
 
 # Schema v3 (after the start columns of v2): the update records.
@@ -97,26 +94,8 @@ RETURNING name
 """
 
 
-class PostgresUpdates:
-    """The ``UpdateLedger`` methods of ``PostgresLedger`` (which provides the attributes)."""
-
-    _clock: Callable[[], float]
-    _lease: float
-
-    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        raise NotImplementedError
-
-    async def _statement(
-        self,
-        what: str,
-        statement: Callable[[_Connection], Awaitable[_T]],
-        *,
-        new_work: bool = True,
-    ) -> _T:
-        raise NotImplementedError
-
-    def _detach(self, write: Awaitable[_T]) -> asyncio.Future[_T]:
-        raise NotImplementedError
+class PostgresUpdates(PostgresHost):
+    """The ``UpdateLedger`` methods of ``PostgresLedger`` (which provides the statements)."""
 
     async def update_records(
         self, project_id: str, names: Sequence[str] | None = None
