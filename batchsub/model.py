@@ -209,6 +209,23 @@ def _length_limits() -> dict[str, tuple[int, int | None]]:
 _LENGTH_LIMITS = _length_limits()
 MAX_NAME = _LENGTH_LIMITS["name"][1] or 0
 
+# What the server holds for a field a create body left out (the API reference's defaults, in
+# the create dialect): the detail dialect expects them, the simulator fills them in.
+SERVER_DEFAULTS: dict[str, Any] = {
+    "cu_number": 2,
+    "manager_cu_number": 1,
+    "parallel_number": 1,
+    "tm_cus": 1,
+    "log_enabled": False,
+    "restart_when_exception": False,
+    "resume_checkpoint": False,
+    "resume_max_num": -1,
+    "checkpoint_enabled": False,
+    "checkpoint_mode": 1,
+    "checkpoint_interval": 10,
+    "resource_config_version": "v1",
+}
+
 
 # --- error messages -------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ The detail speaks another dialect than the create and update bodies (API referen
 - ``name``, ``desc``, ``queue_name``, ``main_class`` and ``entrypoint_args`` sit at the top
   of ``job_detail``, every other field inside ``job_config``; ``tags`` are not shown (DLI
   keeps them in its v3 tag API), so they are never compared;
-- the server fills in what a body left out: the documented defaults (``DEFAULTS``), a
+- the server fills in what a body left out: the documented defaults (``SERVER_DEFAULTS``), a
   ``runtime_config`` and a computed ``tm_slot_num`` (``SERVER_FILLED``: not compared when the
   manifest leaves them out, as the Terraform provider found for ``runtime_config``), and
   null, ``""`` or ``[]`` for the rest (all read as "not set").
@@ -22,26 +22,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from batchsub.model import FlinkJarJob
+from batchsub.model import SERVER_DEFAULTS, FlinkJarJob
 
 TOP_LEVEL = ("name", "desc", "queue_name", "main_class", "entrypoint_args")
 """Fields the detail shows at the top of ``job_detail``; the rest are in ``job_config``."""
 
-DEFAULTS: dict[str, Any] = {
-    "cu_number": 2,
-    "manager_cu_number": 1,
-    "parallel_number": 1,
-    "tm_cus": 1,
-    "log_enabled": False,
-    "restart_when_exception": False,
-    "resume_checkpoint": False,
-    "resume_max_num": -1,
-    "checkpoint_enabled": False,
-    "checkpoint_mode": 1,
-    "checkpoint_interval": 10,
-    "resource_config_version": "v1",
-}
-"""What the server holds for a field a body left out (the API reference's defaults)."""
 
 SERVER_FILLED = frozenset({"runtime_config", "tm_slot_num"})
 """Fields the server computes when a body leaves them out: compared only when set."""
@@ -83,7 +68,7 @@ def held(body: Mapping[str, Any], field: str) -> Any:
     """The value the server holds for ``field`` given a create-style body (None: not set)."""
     value = _clean(body[field]) if field in body else _UNSET
     if value is _UNSET:
-        return DEFAULTS.get(field)
+        return SERVER_DEFAULTS.get(field)
     return value
 
 
@@ -92,7 +77,7 @@ def differences(
 ) -> dict[str, tuple[Any, Any]]:
     """Fields where the server's normalised body differs from the manifest: (server, manifest).
 
-    A field the manifest leaves out is expected at its default (``DEFAULTS``) or unset; one
+    A field the manifest leaves out is expected at its default (``SERVER_DEFAULTS``) or unset; one
     the server fills in by itself (``SERVER_FILLED``) is compared only when the manifest sets
     it. ``tags`` are not compared (the detail does not show them).
     """
@@ -112,8 +97,8 @@ def cleared(field: str) -> tuple[bool, Any]:
     A field with a default takes the default; a string ``""``, a list ``[]``. Others (an
     object, a server-filled field) cannot be cleared by an update.
     """
-    if field in DEFAULTS:
-        return True, DEFAULTS[field]
+    if field in SERVER_DEFAULTS:
+        return True, SERVER_DEFAULTS[field]
     if field in SERVER_FILLED or field in ("resource_config", "tags", "name"):
         return False, None
     annotation = str(FlinkJarJob.model_fields[field].annotation)

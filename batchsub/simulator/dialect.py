@@ -17,23 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from batchsub.model import SERVER_DEFAULTS
 from batchsub.simulator.store import CONFIG_KEYS, JOB_TYPE, SimJob
 
-# Create-body values the server assumes for a field left out (in the create dialect).
-DEFAULTS: dict[str, Any] = {
-    "cu_number": 2,
-    "manager_cu_number": 1,
-    "parallel_number": 1,
-    "tm_cus": 1,
-    "log_enabled": False,
-    "restart_when_exception": False,
-    "resume_checkpoint": False,
-    "resume_max_num": -1,
-    "checkpoint_enabled": False,
-    "checkpoint_mode": 1,
-    "checkpoint_interval": 10,
-    "resource_config_version": "v1",
-}
 DEFAULT_RUNTIME_CONFIG = '[{"key":"kubernetes.jobmanager.replicas","value":"1"}]'
 CHECKPOINT_MODES = {1: "exactly_once", 2: "at_least_once"}
 
@@ -58,7 +44,7 @@ def effective(body: dict[str, Any], key: str) -> Any:
     """The value the server holds for ``key`` (create dialect): the body's, else its default."""
     if key in body:
         return body[key]
-    return DEFAULTS.get(key)
+    return SERVER_DEFAULTS.get(key)
 
 
 def job_config(body: dict[str, Any]) -> dict[str, Any]:
