@@ -19,7 +19,7 @@ import time
 from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -28,11 +28,12 @@ from batchsub.console import FileCount, ProgressDisplay, print_summary
 from batchsub.errors import OutputError
 from batchsub.jobs import EXISTING_OUTCOMES, JobResult, Outcome
 from batchsub.ledgers.outage import Outage
-from batchsub.lifecycle.rollout import Rollout
-from batchsub.lifecycle.wave_run import WaveRun
 from batchsub.limiter import RateLimiter
 from batchsub.logs import configure_command_logging, say
 from batchsub.masking import mask_url
+
+if TYPE_CHECKING:  # imported when --start/--wait asks for them: a plain run pays nothing
+    from batchsub.lifecycle.rollout import Rollout
 from batchsub.output import is_terminal
 from batchsub.parse_pool import ParserPool
 from batchsub.protocols import Auth, FileIndex, RunObserver, Source
@@ -179,6 +180,8 @@ async def run_source(
             account, limiter, enabled=progress, total=total, stopped=lambda: submitter.stopped
         )
         if plan.options.active:
+            from batchsub.lifecycle.rollout import Rollout
+
             account.lifecycle_shown = True
             rollout = Rollout(
                 plan.options,
@@ -315,6 +318,8 @@ async def _sending(
         if plan.waves is None:
             await submitter.run(source)
         else:
+            from batchsub.lifecycle.wave_run import WaveRun
+
             waves = WaveRun(plan.waves, plan.max_failures, submitter, rollout)
             await waves.run(source, sent.result, lambda: sent.create_failures)
     finally:

@@ -24,7 +24,7 @@ from batchsub.errors import ApiError, ConfigError, FatalApiError, RetryableError
 from batchsub.iam import IamDliClient, IamTokenAuth, auth_from_settings
 from batchsub.ledgers.outage import Outage
 from batchsub.ledgers.sqlite import SqliteLedger
-from batchsub.lifecycle.rollout import RolloutOptions
+from batchsub.lifecycle.options import RolloutOptions
 from batchsub.lifecycle.start_rules import StartOptions
 from batchsub.lifecycle.waiter import WaitSettings
 from batchsub.lifecycle.waves import WaveTarget, parse_waves

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import structlog
 
@@ -36,11 +36,11 @@ from batchsub.jobs import (
     Outcome,
     StartRecord,
 )
-from batchsub.lifecycle.start_rules import StartOptions
+from batchsub.lifecycle.options import RolloutOptions
 from batchsub.lifecycle.starter import Starter, StartJob, StartKind, StartResult
 from batchsub.lifecycle.status_reader import StatusReader
 from batchsub.lifecycle.statuses import ACTIVE, FAILED, INIT, Phase, failure_reason, phase
-from batchsub.lifecycle.waiter import GOOD_HEALTH, Health, Verdict, Waiter, WaitSettings, Watched
+from batchsub.lifecycle.waiter import GOOD_HEALTH, Health, Verdict, Waiter, Watched
 from batchsub.limiter import RateLimiter
 from batchsub.protocols import StartLedger
 from batchsub.retry import RetryingCaller, RetryPolicy
@@ -50,25 +50,6 @@ log = structlog.get_logger("batchsub.lifecycle.rollout")
 _WAITED = frozenset({StartKind.STARTED, StartKind.ACTIVE})
 _WAITED_VALUES = frozenset(kind.value for kind in _WAITED)
 START_CONCURRENCY = 4  # batches being started at once (each one run call of 100 ids)
-
-
-@dataclass(frozen=True, slots=True)
-class RolloutOptions:
-    """What the user asked for beyond creating: ``--start``, ``--wait`` and their knobs."""
-
-    start: bool = False
-    wait: bool = False
-    resume_savepoint: bool = False
-    rules: StartOptions = field(default_factory=StartOptions)
-    waiting: WaitSettings = field(default_factory=WaitSettings)
-    in_doubt_grace: float = 5.0
-    batch_size: int = 100
-    linger: float = 1.0  # seconds a batch waits to fill up (fewer, fuller run calls)
-
-    @property
-    def active(self) -> bool:
-        """True when anything is to be done after the creates."""
-        return self.start or self.wait
 
 
 def is_failure(result: JobResult) -> bool:
