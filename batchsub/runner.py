@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from batchsub.client import make_session
 from batchsub.console import FileCount, ProgressDisplay, print_summary
 from batchsub.errors import OutputError
 from batchsub.jobs import EXISTING_OUTCOMES, JobResult, Outcome
@@ -46,12 +45,13 @@ from batchsub.sources.directory import DirectorySource, iter_manifest_paths
 from batchsub.submitter import Submitter
 from batchsub.wiring import (
     Lifecycle,
-    dli_client,
+    client_for,
     lifecycle,
-    open_ledger,
     refused_credential,
     resolve_target,
     retry_policy,
+    sending_ledger,
+    session_for,
 )
 
 log = structlog.get_logger("batchsub.run")
@@ -137,28 +137,19 @@ async def run_source(
             startup_limit=None if endless else 0.0,
             on_change=observer.on_ledger if observer else None,
         )
-        ledger = open_ledger(
-            settings.ledger,
-            request_timeout=settings.timeout,
-            timeout=settings.ledger_timeout,
-            outage=outage,
-            lease=settings.lease_seconds,
-        )
+        ledger = sending_ledger(settings, outage)
         await ledger.open()
         stack.push_async_callback(ledger.close)
         if isinstance(source, DirectorySource) and isinstance(ledger, FileIndex):
             source.use_index(ledger, target.project_id)
-        session = make_session(
-            settings.concurrency, str(settings.ca_file) if settings.ca_file else None
-        )
+        session = session_for(settings)
         stack.push_async_callback(session.close)
         limiter = RateLimiter(settings.rate)
         policy = retry_policy(settings)
-        client = dli_client(
+        client = client_for(
             session,
             target,
-            timeout=settings.timeout,
-            connect_timeout=settings.connect_timeout,
+            settings,
             on_answer=observer.on_answer if observer else None,
             reachability=Reachability(observer.on_api_state if observer else None),
         )

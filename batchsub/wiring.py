@@ -125,6 +125,41 @@ def dli_client(
     )
 
 
+def session_for(settings: Settings) -> aiohttp.ClientSession:
+    """The HTTP session of a command that talks to the API, sized and trusted as set."""
+    return make_session(settings.concurrency, str(settings.ca_file) if settings.ca_file else None)
+
+
+def client_for(
+    session: aiohttp.ClientSession,
+    target: Target,
+    settings: Settings,
+    *,
+    on_answer: Callable[[str, float, int | None], None] | None = None,
+    reachability: Reachability | None = None,
+) -> DliClient:
+    """``dli_client`` with the timeouts of the settings."""
+    return dli_client(
+        session,
+        target,
+        timeout=settings.timeout,
+        connect_timeout=settings.connect_timeout,
+        on_answer=on_answer,
+        reachability=reachability,
+    )
+
+
+def sending_ledger(settings: Settings, outage: Outage) -> SqliteLedger | PostgresLedger:
+    """The ledger of a command that sends (claims, bounds and outages as set); not opened."""
+    return open_ledger(
+        settings.ledger,
+        request_timeout=settings.timeout,
+        timeout=settings.ledger_timeout,
+        outage=outage,
+        lease=settings.lease_seconds,
+    )
+
+
 def open_ledger(
     spec: str,
     *,
@@ -279,17 +314,10 @@ async def remote_api(settings: Settings, project_id: str) -> AsyncIterator[Remot
     endpoint = settings.resolved_endpoint()
     async with opened_auth(settings, project_id) as auth:
         target = Target(endpoint, project_id, auth)
-        session = make_session(
-            settings.concurrency, str(settings.ca_file) if settings.ca_file else None
-        )
+        session = session_for(settings)
         try:
-            client = dli_client(
-                session,
-                target,
-                timeout=settings.timeout,
-                connect_timeout=settings.connect_timeout,
-                reachability=Reachability(quiet=True),  # the error line says it
-            )
+            # quiet: the error line says it
+            client = client_for(session, target, settings, reachability=Reachability(quiet=True))
             policy = dataclasses.replace(
                 retry_policy(settings),
                 max_attempts=min(REMOTE_LIST_ATTEMPTS, settings.max_attempts),

@@ -33,7 +33,7 @@ from typing import Any, cast
 
 import structlog
 
-from batchsub.client import DliClient, make_session
+from batchsub.client import DliClient
 from batchsub.commands._flags import add_run_flags, add_send_flags, add_start_flags
 from batchsub.errors import ApiError
 from batchsub.jobs import (
@@ -63,7 +63,14 @@ from batchsub.report import RunAccount
 from batchsub.retry import GIVE_UP_AFTER, RetryingCaller, RetryPolicy
 from batchsub.settings import Settings
 from batchsub.sources.directory import DirectorySource
-from batchsub.wiring import dli_client, open_ledger, project_id_for, resolve_target, retry_policy
+from batchsub.wiring import (
+    client_for,
+    project_id_for,
+    resolve_target,
+    retry_policy,
+    sending_ledger,
+    session_for,
+)
 
 log = structlog.get_logger("batchsub.apply")
 _BATCH = 256  # jobs looked up in the ledger per query
@@ -237,27 +244,18 @@ async def update_pass(
     orphans: list[LedgerRecord] = []
     async with AsyncExitStack() as stack:
         target = await stack.enter_async_context(resolve_target(settings, simulator=False))
-        ledger = open_ledger(
-            settings.ledger,
-            request_timeout=settings.timeout,
-            timeout=settings.ledger_timeout,
-            outage=Outage(limit=settings.ledger_outage_limit, startup_limit=0.0),
-            lease=settings.lease_seconds,
-        )
+        outage = Outage(limit=settings.ledger_outage_limit, startup_limit=0.0)
+        ledger = sending_ledger(settings, outage)
         await ledger.open()
         stack.push_async_callback(ledger.close)
         updates = _update_ledger(ledger)
         if updates is None:
             return notes
-        session = make_session(
-            settings.concurrency, str(settings.ca_file) if settings.ca_file else None
-        )
+        session = session_for(settings)
         stack.push_async_callback(session.close)
         limiter = RateLimiter(settings.rate)
         policy = retry_policy(settings)
-        client = dli_client(
-            session, target, timeout=settings.timeout, connect_timeout=settings.connect_timeout
-        )
+        client = client_for(session, target, settings)
         caller = RetryingCaller(limiter, policy, give_up_after=GIVE_UP_AFTER)
         reader = StatusReader(client, caller)
         project = target.project_id
